@@ -1,0 +1,373 @@
+//! Recording diagnostics during training (the burn side of this crate).
+//!
+//! Every `every` steps the recorder measures, on a FIXED probe batch (the first images of the
+//! training set, a fixed timestep grid of `t_bins` bins with `probe_per_bin` samples each, fixed
+//! noise), so successive records compare: per-block feature norms, skip norms and ratios at each
+//! fusion, the coefficient applied per LSC (LS: gate statistics and their exponential-decay fit),
+//! loss and ||x_t||^2 per bin, gradient norms per bin, robustness to a small input perturbation,
+//! and an estimate of M0; on the training batch it records gradient norms, weight norms and
+//! relative updates per parameter group. With `every = 0` it does nothing and allocates nothing.
+//!
+//! M0 (Thm 3.4, the largest gain of an encoder/decoder pair) is estimated by finite differences:
+//! for the perturbed and clean probe passes, the gain of LSC i is
+//! ||Δ decoder output consuming i|| / ||Δ encoder output producing i||, and M0 is the largest gain.
+
+use crate::records::Record;
+use crate::stats::exp_decay_fit;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use scalelong_data::ImageSet;
+use scalelong_model::diffusion::{NoiseSchedule, per_sample_loss, seeded_noise};
+use scalelong_model::{Coefficient, DiffusionNet, ForwardTrace};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnosticsConfig {
+    /// Record every this many optimizer steps; 0 turns recording off.
+    pub every: u64,
+    pub t_bins: usize,
+    pub probe_per_bin: usize,
+    /// Standard deviation of the robustness perturbation δ, relative to the RMS of x_t.
+    pub robustness_delta: f64,
+}
+
+impl Default for DiagnosticsConfig {
+    fn default() -> Self {
+        Self { every: 0, t_bins: 10, probe_per_bin: 2, robustness_delta: 1e-2 }
+    }
+}
+
+/// The fixed probe batch, on the inference backend.
+struct Probe {
+    x_t: Tensor<4>,
+    noise: Tensor<4>,
+    model_time: Tensor<1>,
+    delta: Tensor<4>,
+    /// Timestep bin of each sample.
+    bins: Vec<u32>,
+}
+
+pub struct Recorder {
+    every: u64,
+    t_bins: usize,
+    probe: Option<Probe>,
+}
+
+impl Recorder {
+    /// `device` is the training device (with autodiff); the probe lives on its inner backend.
+    pub fn new(config: &DiagnosticsConfig, images: &ImageSet, schedule: &NoiseSchedule, seed: u64, device: &Device) -> Result<Self, String> {
+        if config.every == 0 {
+            return Ok(Self { every: 0, t_bins: 0, probe: None });
+        }
+        let (bins, per_bin) = (config.t_bins, config.probe_per_bin);
+        if bins == 0 || per_bin == 0 || bins > schedule.steps() {
+            return Err(format!("diagnostics: t_bins ({bins}) and probe_per_bin ({per_bin}) must be positive, t_bins at most the schedule's steps"));
+        }
+        let count = bins * per_bin;
+        if images.len() < count {
+            return Err(format!("diagnostics: the probe needs {count} images, the dataset has {}", images.len()));
+        }
+        let device = device.clone().inner();
+        let shape = [count, images.channels, images.height, images.width];
+        let pixels: Vec<f32> = (0..count).flat_map(|i| images.image(i).iter().copied()).collect();
+        let x0 = Tensor::<1>::from_floats(pixels.as_slice(), &device).reshape(shape);
+        let t = schedule.steps() as f64;
+        let steps: Vec<usize> = (0..count)
+            .map(|j| (((j / per_bin) as f64 + ((j % per_bin) as f64 + 0.5) / per_bin as f64) * t / bins as f64) as usize)
+            .collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xd1a6);
+        let noised = schedule.q_sample(x0, seeded_noise(shape, &mut rng, &device), &steps);
+        let rms = noised.x_t.clone().square().mean().sqrt().into_scalar::<f32>() as f64;
+        let delta = seeded_noise(shape, &mut rng, &device).mul_scalar(config.robustness_delta * rms);
+        let bins = (0..count).map(|j| (j / per_bin) as u32).collect();
+        Ok(Self {
+            every: config.every,
+            t_bins: config.t_bins,
+            probe: Some(Probe { x_t: noised.x_t, noise: noised.noise, model_time: noised.model_time, delta, bins }),
+        })
+    }
+
+    pub fn is_due(&self, step: u64) -> bool {
+        self.every > 0 && step % self.every == 0
+    }
+
+    /// Gradient norms per parameter group on the training batch (before the optimizer step).
+    pub fn gradient_rows(&self, step: u64, model: &DiffusionNet, grads: &GradientsParams) -> Vec<Record> {
+        group_sums(model, grads)
+            .into_iter()
+            .map(|(group, sq)| row(step, "grad_norm", Some(group), None, None, sq.sqrt()))
+            .collect()
+    }
+
+    /// Everything else, after the optimizer step: weights, updates and the probe measurements.
+    pub fn record(&mut self, step: u64, before: &DiffusionNet, after: &DiffusionNet) -> Result<Vec<Record>, String> {
+        let Some(probe) = &self.probe else { return Ok(Vec::new()) };
+        let mut rows = weight_rows(step, before, after);
+        rows.extend(probe_rows(step, probe, self.t_bins, after));
+        rows.extend(bin_gradient_rows(step, probe, self.t_bins, after));
+        Ok(rows)
+    }
+}
+
+fn row(step: u64, quantity: &str, layer: Option<String>, lsc: Option<u32>, t_bin: Option<u32>, value: f64) -> Record {
+    Record { step, quantity: quantity.into(), layer, lsc, t_bin, value: value.is_finite().then_some(value) }
+}
+
+/// The diagnostics group of a parameter, from its module path (see docs/run-folder.md).
+pub fn group_of(path: &[String]) -> String {
+    // Variant names of the enums (`UViT`, `UNet`, `Res`, ...) carry no grouping information.
+    let parts: Vec<&str> = path
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !matches!(*p, "UViT" | "UNet" | "Stem" | "Res" | "Down"))
+        .collect();
+    match parts.as_slice() {
+        ["patch_embed" | "time_embed" | "pos_embed", ..] => "embed".into(),
+        ["in_blocks" | "encoder", k, ..] => format!("enc.{k}"),
+        ["mid_block" | "middle", ..] => "mid".into(),
+        ["out_blocks", k, "skip_linear", ..] => format!("fusion.{k}"),
+        ["decoder", k, "res", "norm1" | "conv1" | "shortcut", ..] => format!("fusion.{k}"),
+        ["out_blocks" | "decoder", _, "gate", ..] | ["se", ..] => "gate".into(),
+        ["out_blocks" | "decoder", k, ..] => format!("dec.{k}"),
+        _ => "head".into(),
+    }
+}
+
+/// Every parameter (or, given `grads`, its gradient) flattened, with its group, in visiting order.
+fn grouped_tensors(model: &DiffusionNet, grads: Option<&GradientsParams>) -> Vec<(String, Tensor<1>)> {
+    struct Visitor<'a> {
+        path: Vec<String>,
+        grads: Option<&'a GradientsParams>,
+        out: Vec<(String, Tensor<1>)>,
+    }
+    impl ModuleVisitor for Visitor<'_> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let tensor = match self.grads {
+                Some(grads) => grads.get::<D>(param.id),
+                None => Some(param.val()),
+            };
+            if let Some(t) = tensor {
+                self.out.push((group_of(&self.path), t.inner().reshape([-1])));
+            }
+        }
+    }
+    let mut visitor = Visitor { path: Vec::new(), grads, out: Vec::new() };
+    model.visit(&mut visitor);
+    visitor.out
+}
+
+/// Reads many scalars with one device sync: `parts[i]` is a `[n_i]` tensor.
+fn read_scalars(parts: Vec<Tensor<1>>) -> Vec<f64> {
+    if parts.is_empty() {
+        return Vec::new();
+    }
+    Tensor::cat(parts, 0).into_data().try_to_vec::<f32>().expect("f32 scalars").into_iter().map(f64::from).collect()
+}
+
+/// Sum of squared gradients per group, plus `total`.
+fn group_sums(model: &DiffusionNet, grads: &GradientsParams) -> BTreeMap<String, f64> {
+    let (names, parts): (Vec<String>, Vec<Tensor<1>>) =
+        grouped_tensors(model, Some(grads)).into_iter().map(|(group, g)| (group, g.square().sum())).unzip();
+    let mut sums = BTreeMap::new();
+    for (group, v) in names.into_iter().zip(read_scalars(parts)) {
+        *sums.entry(group).or_insert(0.0) += v;
+        *sums.entry("total".to_string()).or_insert(0.0) += v;
+    }
+    sums
+}
+
+fn weight_rows(step: u64, before: &DiffusionNet, after: &DiffusionNet) -> Vec<Record> {
+    let (before, after) = (grouped_tensors(before, None), grouped_tensors(after, None));
+    let mut names = Vec::new();
+    let mut parts = Vec::new();
+    for ((group, b), (_, a)) in before.into_iter().zip(after) {
+        names.push(group);
+        parts.push(b.clone().square().sum());
+        parts.push((a.clone() - b).square().sum());
+        parts.push(a.square().sum());
+    }
+    let values = read_scalars(parts);
+    let mut sums: BTreeMap<String, [f64; 3]> = BTreeMap::new();
+    for (group, v) in names.into_iter().zip(values.chunks(3)) {
+        for key in [group, "total".to_string()] {
+            let s = sums.entry(key).or_insert([0.0; 3]);
+            for i in 0..3 {
+                s[i] += v[i];
+            }
+        }
+    }
+    sums.into_iter()
+        .flat_map(|(group, [before_sq, update_sq, after_sq])| {
+            [
+                row(step, "weight_norm", Some(group.clone()), None, None, after_sq.sqrt()),
+                row(step, "rel_update", Some(group), None, None, (update_sq / before_sq).sqrt()),
+            ]
+        })
+        .collect()
+}
+
+/// Per-sample values of one probe quantity, to be averaged per bin and overall.
+struct PerSample {
+    quantity: &'static str,
+    layer: Option<String>,
+    lsc: Option<u32>,
+    values: Tensor<1>,
+}
+
+/// L2 norm of each row: `[B, F] -> [B]`.
+fn row_norms(x: Tensor<2>) -> Tensor<1> {
+    let b = x.dims()[0];
+    x.square().sum_dim(1).sqrt().reshape([b])
+}
+
+/// `coef * skip` in the flattened layout: a gate `[B, G]` scales `F / G` consecutive features.
+fn scaled_skip(skip: &Tensor<2>, coefficient: &Coefficient) -> Tensor<2> {
+    match coefficient {
+        Coefficient::Fixed(c) => skip.clone().mul_scalar(*c),
+        Coefficient::Gate(gate) => {
+            let [b, f] = skip.dims();
+            let g = gate.dims()[1];
+            (skip.clone().reshape([b, g, f / g]) * gate.clone().reshape([b, g, 1])).reshape([b, f])
+        }
+    }
+}
+
+fn probe_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionNet) -> Vec<Record> {
+    let net = model.valid();
+    let mut trace = ForwardTrace::default();
+    let out = net.forward(probe.x_t.clone(), probe.model_time.clone(), Some(&mut trace));
+    let mut noisy_trace = ForwardTrace::default();
+    let noisy_out = net.forward(probe.x_t.clone() + probe.delta.clone(), probe.model_time.clone(), Some(&mut noisy_trace));
+    let n = trace.fusions.len();
+    let batch = probe.bins.len();
+    let flat = |t: Tensor<4>| t.reshape([batch as i64, -1]);
+
+    let mut series = vec![
+        PerSample { quantity: "probe_loss", layer: None, lsc: None, values: per_sample_loss(out.clone(), probe.noise.clone()) },
+        PerSample { quantity: "xt_sq_norm", layer: None, lsc: None, values: row_norms(flat(probe.x_t.clone())).square() },
+        PerSample {
+            quantity: "robustness",
+            layer: None,
+            lsc: None,
+            values: row_norms(flat(noisy_out - out)) / row_norms(flat(probe.delta.clone())),
+        },
+    ];
+    let mut feature = |layer: String, lsc: Option<u32>, h: &Tensor<2>| {
+        let numel = h.dims()[1] as f64;
+        let l2 = row_norms(h.clone());
+        series.push(PerSample { quantity: "feature_rms", layer: Some(layer.clone()), lsc, values: l2.clone().div_scalar(numel.sqrt()) });
+        series.push(PerSample { quantity: "feature_l2", layer: Some(layer), lsc, values: l2 });
+    };
+    for (k, h) in trace.encoder.iter().enumerate() {
+        feature(format!("enc.{k}"), Some(k as u32 + 1), h);
+    }
+    if let Some(h) = &trace.middle {
+        feature("mid".into(), None, h);
+    }
+    for (k, h) in trace.decoder.iter().enumerate() {
+        feature(format!("dec.{k}"), Some((n - k) as u32), h);
+    }
+    // M0: the largest gain of an encoder/decoder pair under the input perturbation.
+    let mut gains = Vec::new();
+    for (k, fusion) in trace.fusions.iter().enumerate() {
+        let layer = Some(format!("dec.{k}"));
+        let lsc = Some(fusion.lsc as u32);
+        let scaled = scaled_skip(&fusion.skip, &fusion.coefficient);
+        let skip_l2 = row_norms(fusion.skip.clone());
+        let scaled_l2 = row_norms(scaled);
+        let main_l2 = row_norms(fusion.main.clone());
+        series.push(PerSample { quantity: "skip_l2", layer: layer.clone(), lsc, values: skip_l2 });
+        series.push(PerSample { quantity: "skip_ratio", layer: layer.clone(), lsc, values: scaled_l2.clone() / main_l2 });
+        series.push(PerSample { quantity: "scaled_skip_l2", layer, lsc, values: scaled_l2 });
+        let enc = fusion.lsc - 1;
+        let d_enc = row_norms(noisy_trace.encoder[enc].clone() - trace.encoder[enc].clone()).mean();
+        let d_dec = row_norms(noisy_trace.decoder[k].clone() - trace.decoder[k].clone()).mean();
+        gains.push(d_dec / d_enc);
+    }
+
+    // One sync for every per-sample series, one for the gains.
+    let lens: Vec<usize> = series.iter().map(|s| s.values.dims()[0]).collect();
+    let all = read_scalars(series.iter().map(|s| s.values.clone()).collect());
+    let mut rows = Vec::new();
+    let mut offset = 0;
+    for (s, len) in series.iter().zip(lens) {
+        let values = &all[offset..offset + len];
+        offset += len;
+        rows.push(row(step, s.quantity, s.layer.clone(), s.lsc, None, mean(values)));
+        for bin in 0..t_bins as u32 {
+            let in_bin: Vec<f64> = values.iter().zip(&probe.bins).filter(|(_, b)| **b == bin).map(|(v, _)| *v).collect();
+            rows.push(row(step, s.quantity, s.layer.clone(), s.lsc, Some(bin), mean(&in_bin)));
+        }
+    }
+    if let Some(m0) = read_scalars(gains).into_iter().reduce(f64::max) {
+        rows.push(row(step, "m0", None, None, None, m0));
+    }
+    rows.extend(coefficient_rows(step, &trace));
+    rows
+}
+
+/// `coef` per LSC; for LS also gate mean/std/min/max and the exponential-decay fit over LSCs.
+fn coefficient_rows(step: u64, trace: &ForwardTrace) -> Vec<Record> {
+    let mut rows = Vec::new();
+    let mut gate_means: BTreeMap<usize, f64> = BTreeMap::new();
+    for (k, fusion) in trace.fusions.iter().enumerate() {
+        let layer = Some(format!("dec.{k}"));
+        let lsc = Some(fusion.lsc as u32);
+        match &fusion.coefficient {
+            Coefficient::Fixed(c) => rows.push(row(step, "coef", layer, lsc, None, *c)),
+            Coefficient::Gate(gate) => {
+                let g = gate.clone().reshape([-1]);
+                let stats = read_scalars(vec![g.clone().mean(), g.clone().var(0).sqrt(), g.clone().min(), g.max()]);
+                gate_means.insert(fusion.lsc, stats[0]);
+                rows.push(row(step, "coef", layer.clone(), lsc, None, stats[0]));
+                for (q, v) in ["gate_mean", "gate_std", "gate_min", "gate_max"].into_iter().zip(stats) {
+                    rows.push(row(step, q, layer.clone(), lsc, None, v));
+                }
+            }
+        }
+    }
+    let means: Vec<f64> = gate_means.values().copied().collect(); // ordered by LSC, 1 first
+    if let Some(fit) = exp_decay_fit(&means) {
+        for (q, v) in [("gate_fit_a", fit.a), ("gate_fit_kappa", fit.kappa_hat), ("gate_fit_r2", fit.r2)] {
+            rows.push(row(step, q, None, None, None, v));
+        }
+    }
+    rows
+}
+
+/// Squared gradient norms of the encoder and decoder blocks on the probe samples of each bin
+/// (Thm 3.3), one backward pass per bin.
+fn bin_gradient_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionNet) -> Vec<Record> {
+    let mut rows = Vec::new();
+    for bin in 0..t_bins as u32 {
+        let idx: Vec<usize> = probe.bins.iter().enumerate().filter(|(_, b)| **b == bin).map(|(i, _)| i).collect();
+        let (start, len) = (idx[0], idx.len());
+        let x = probe.x_t.clone().narrow(0, start, len).autodiff();
+        let t = probe.model_time.clone().narrow(0, start, len).autodiff();
+        let noise = probe.noise.clone().narrow(0, start, len).autodiff();
+        let loss = (model.forward(x, t, None) - noise).square().mean();
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        let sums = group_sums(model, &grads);
+        let side = |prefix: &str| sums.iter().filter(|(g, _)| g.starts_with(prefix)).map(|(_, v)| v).sum::<f64>();
+        let (enc, dec) = (side("enc."), side("dec.") + side("fusion."));
+        for (layer, sq) in [("enc", enc), ("dec", dec), ("total", sums.get("total").copied().unwrap_or(0.0))] {
+            rows.push(row(step, "grad_norm_bin", Some(layer.into()), None, Some(bin), sq.sqrt()));
+        }
+    }
+    rows
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}

@@ -1,0 +1,85 @@
+//! Checkpoints: everything needed to resume a run exactly, in one folder that is swapped in
+//! atomically (written as `checkpoint.tmp/`, then renamed over `checkpoint/`).
+//!
+//! | file | content |
+//! |---|---|
+//! | `model.bpk` | the trained weights (burn record) |
+//! | `ema.bpk` | the EMA weights |
+//! | `optimizer.bin` | AdamW moments and step counts |
+//! | `state.json` | step, config; the data order and the per-step noise are functions of (seed, step), so no RNG stream needs saving |
+
+use crate::config::RunConfig;
+use crate::run_folder::{read_json, write_atomic, write_json_atomic};
+use anyhow::{Context, Result};
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+use scalelong_model::DiffusionNet;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub step: u64,
+    pub config: RunConfig,
+}
+
+pub struct Checkpoint {
+    pub state: CheckpointState,
+    pub model: DiffusionNet,
+    pub ema: DiffusionNet,
+    pub optimizer: ModuleOptimizer,
+}
+
+pub fn folder(run: &Path) -> PathBuf {
+    run.join("checkpoint")
+}
+
+pub fn save(run: &Path, state: &CheckpointState, model: &DiffusionNet, ema: &DiffusionNet, optimizer: &ModuleOptimizer) -> Result<()> {
+    let tmp = run.join("checkpoint.tmp");
+    let old = run.join("checkpoint.old");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let record = |m: &DiffusionNet| -> Result<Vec<u8>> { Ok(m.clone().into_record().into_bytes()?.to_vec()) };
+    write_atomic(&tmp.join("model.bpk"), &record(model)?)?;
+    write_atomic(&tmp.join("ema.bpk"), &record(ema)?)?;
+    write_atomic(&tmp.join("optimizer.bin"), &optimizer.into_bytes()?.to_vec())?;
+    write_json_atomic(&tmp.join("state.json"), state)?;
+    // Swap: the previous checkpoint stays readable (as checkpoint.old) until the new one is in place.
+    let current = folder(run);
+    if current.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(&current, &old)?;
+    }
+    std::fs::rename(&tmp, &current)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The newest complete checkpoint of `run`, if any: `checkpoint/`, or `checkpoint.old/` when a
+/// crash fell between the two renames of [`save`].
+pub fn latest(run: &Path) -> Option<PathBuf> {
+    [folder(run), run.join("checkpoint.old")].into_iter().find(|p| p.join("state.json").exists())
+}
+
+/// Loads a checkpoint into freshly initialised modules of the right shape.
+pub fn load(dir: &Path, model: DiffusionNet, ema: DiffusionNet, optimizer: ModuleOptimizer) -> Result<Checkpoint> {
+    let corrupt = |file: &str| format!("{}: corrupt or incompatible checkpoint file", dir.join(file).display());
+    let state: CheckpointState = read_json(&dir.join("state.json"))?;
+    let read = |file: &str| -> Result<Bytes> {
+        let bytes = std::fs::read(dir.join(file)).with_context(|| format!("{}: cannot read", dir.join(file).display()))?;
+        Ok(Bytes::from_bytes_vec(bytes))
+    };
+    let load_module = |m: DiffusionNet, file: &str| -> Result<DiffusionNet> {
+        let record = ModuleRecord::from_bytes(read(file)?).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| corrupt(file))?;
+        m.try_load_record(record).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| corrupt(file))
+    };
+    let model = load_module(model, "model.bpk")?;
+    let ema = load_module(ema, "ema.bpk")?;
+    let optimizer = optimizer
+        .from_bytes(read("optimizer.bin")?)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+        .with_context(|| corrupt("optimizer.bin"))?;
+    Ok(Checkpoint { state, model, ema, optimizer })
+}

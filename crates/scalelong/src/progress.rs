@@ -1,0 +1,49 @@
+//! A progress bar with ETA, it/s and running loss on a terminal; plain log lines otherwise.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    running_loss: Option<f64>,
+}
+
+impl Progress {
+    pub fn new(start: u64, steps: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}")
+                    .expect("a valid template"),
+            );
+            bar.set_position(start);
+            bar
+        });
+        Self { bar, running_loss: None }
+    }
+
+    pub fn step(&mut self, step: u64, loss: f64) {
+        // An exponential average over ~20 steps: the raw loss jumps with the sampled timesteps.
+        let running = self.running_loss.map_or(loss, |r| 0.95 * r + 0.05 * loss);
+        self.running_loss = Some(running);
+        if let Some(bar) = &self.bar {
+            bar.set_position(step);
+            bar.set_message(format!("loss {running:.4}"));
+        }
+    }
+
+    /// A log line: printed above the bar on a terminal, to stderr otherwise.
+    pub fn log(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn finish(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.finish_with_message(message.to_string()),
+            None => eprintln!("{message}"),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! A synthetic sweep folder for the report's tests: strategies `1` and shared LS on `uvit-small`,
+//! two seeds, every file of docs/run-folder.md with values whose outcome the tests know.
+
+use std::f64::consts::PI;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+/// LSCs of the synthetic network; decoder block K consumes LSC `LSC_COUNT - K`.
+const LSC_COUNT: u32 = 4;
+pub const STEPS: u64 = 100;
+const LOG_EVERY: u64 = 5;
+const DIAGNOSTICS_EVERY: u64 = 10;
+const T_BINS: u32 = 3;
+pub const SEEDS: [u64; 2] = [0, 1];
+/// Training loss of strategy `1`: `LOSS_FLOOR + exp(-BASELINE_LOSS_RATE * step / STEPS)`.
+const BASELINE_LOSS_RATE: f64 = 3.0;
+const LOSS_FLOOR: f64 = 0.2;
+/// LS gate on LSC i: `GATE_A * GATE_KAPPA^(i-1)`, an exact exponential decay.
+const GATE_A: f64 = 0.9;
+pub const GATE_KAPPA: f64 = 0.6;
+const M0: f64 = 1.5;
+
+/// What to write. [`SweepFixture::default`] is a complete sweep in which LS trains faster than `1`.
+pub struct SweepFixture {
+    /// LS's loss decays `ls_loss_speed` times as fast as strategy `1`'s.
+    pub ls_loss_speed: f64,
+    pub diagnostics: bool,
+    pub eval: bool,
+    pub samples: bool,
+    /// More than one value makes `optimizer.lr` a sweep axis.
+    pub lrs: Vec<f64>,
+    /// Runs (by id) that diverge half-way.
+    pub diverged: Vec<String>,
+}
+
+impl Default for SweepFixture {
+    fn default() -> Self {
+        Self { ls_loss_speed: 1.5, diagnostics: true, eval: true, samples: true, lrs: vec![2e-4], diverged: Vec::new() }
+    }
+}
+
+/// One synthetic run's identity.
+pub struct FixtureRun {
+    pub id: String,
+    ls: bool,
+    seed: u64,
+    lr: f64,
+}
+
+impl SweepFixture {
+    pub fn runs(&self) -> Vec<FixtureRun> {
+        let mut runs = Vec::new();
+        for ls in [false, true] {
+            for &lr in &self.lrs {
+                for seed in SEEDS {
+                    let lr_part = if self.lrs.len() > 1 { format!("_lr{lr}") } else { String::new() };
+                    let strategy = if ls { "ls" } else { "1" };
+                    runs.push(FixtureRun { id: format!("uvit-small_{strategy}{lr_part}_seed{seed}"), ls, seed, lr });
+                }
+            }
+        }
+        runs
+    }
+
+    /// Writes the sweep into a fresh folder `runs/fixture` under `root` and returns that folder.
+    pub fn write(&self, root: &Path) -> PathBuf {
+        let sweep_dir = root.join("runs").join("fixture");
+        std::fs::create_dir_all(&sweep_dir).unwrap();
+        let runs = self.runs();
+        let mut axes = json!({"strategy": ["1", "ls"], "seed": SEEDS});
+        if self.lrs.len() > 1 {
+            axes["optimizer.lr"] = json!(self.lrs);
+        }
+        let entries: Vec<Value> = runs
+            .iter()
+            .map(|run| {
+                let mut overrides = json!({"strategy": if run.ls { "ls" } else { "1" }, "seed": run.seed});
+                if self.lrs.len() > 1 {
+                    overrides["optimizer.lr"] = json!(run.lr);
+                }
+                json!({"id": run.id, "overrides": overrides})
+            })
+            .collect();
+        write_json(
+            &sweep_dir.join("sweep.json"),
+            &json!({"name": "fixture", "base_config": "quick.toml", "axes": axes, "runs": entries}),
+        );
+        for run in &runs {
+            self.write_run(&sweep_dir.join(&run.id), run);
+        }
+        sweep_dir
+    }
+
+    fn write_run(&self, dir: &Path, run: &FixtureRun) {
+        std::fs::create_dir_all(dir).unwrap();
+        let strategy = if run.ls { json!({"ls": {"shared": true, "reduction": 16}}) } else { json!("1") };
+        write_json(
+            &dir.join("config.json"),
+            &json!({
+                "seed": run.seed,
+                "strategy": strategy,
+                "model": {"preset": "uvit-small"},
+                "optimizer": {"lr": run.lr, "beta1": 0.99, "beta2": 0.999, "weight_decay": 0.03, "eps": 1e-8},
+                "steps": STEPS,
+                "log_every": LOG_EVERY,
+            }),
+        );
+        let diverged_at = self.diverged.contains(&run.id).then_some(STEPS / 2);
+        let last_step = diverged_at.unwrap_or(STEPS);
+        let (state, message) = match diverged_at {
+            Some(_) => ("diverged", json!("non-finite loss")),
+            None => ("completed", Value::Null),
+        };
+        write_json(&dir.join("status.json"), &json!({"state": state, "step": last_step, "message": message}));
+
+        let rate = BASELINE_LOSS_RATE * if run.ls { self.ls_loss_speed } else { 1.0 };
+        let metrics = (1..=last_step / LOG_EVERY).map(|index| {
+            let step = index * LOG_EVERY;
+            // A diverged run's last line carries the non-finite loss, written as null.
+            let loss = if Some(step) == diverged_at {
+                Value::Null
+            } else {
+                // A small seed-dependent wiggle keeps seeds apart without changing the trend.
+                let wiggle = 0.003 * (step as f64 + run.seed as f64 * 1.7).sin();
+                json!(LOSS_FLOOR + (-rate * step as f64 / STEPS as f64).exp() + wiggle)
+            };
+            json!({"step": step, "loss": loss, "lr": run.lr, "grad_norm": 1.0, "step_time_s": 0.1, "examples_per_s": 320.0})
+        });
+        write_jsonl(&dir.join("metrics.jsonl"), metrics);
+
+        if self.diagnostics {
+            write_jsonl(&dir.join("diagnostics.jsonl"), diagnostics(run, last_step));
+        }
+        if self.eval {
+            let eval = json!({
+                "step": last_step,
+                "heldout_loss": if run.ls { 0.25 } else { 0.3 },
+                "heldout_loss_bins": [0.1, 0.3, 0.5],
+                "fd": if run.ls { 12.0 } else { 15.0 },
+                "classifier_accuracy": 0.8,
+                "n_samples": 64,
+            });
+            write_jsonl(&dir.join("eval.jsonl"), [eval]);
+        }
+        if self.samples {
+            let samples_dir = dir.join("samples");
+            std::fs::create_dir_all(&samples_dir).unwrap();
+            for step in [last_step / 2, last_step] {
+                write_sample_png(&samples_dir.join(format!("step_{step:07}.png")), step);
+            }
+        }
+    }
+}
+
+/// The diagnostics of one run, built so that every theorem check supports its bound: measured
+/// values grow with the predicted ones.
+fn diagnostics(run: &FixtureRun, last_step: u64) -> Vec<Value> {
+    let coefficient = |lsc: u32| if run.ls { GATE_A * GATE_KAPPA.powi(lsc as i32 - 1) } else { 1.0 };
+    let tail_square_sum = |lsc: u32| (lsc..=LSC_COUNT).map(|j| coefficient(j).powi(2)).sum::<f64>();
+    let square_sum = tail_square_sum(1);
+    let mut records = Vec::new();
+    let mut record = |step: u64, quantity: &str, layer: Option<String>, lsc: Option<u32>, t_bin: Option<u32>, value: f64| {
+        records.push(json!({"step": step, "quantity": quantity, "layer": layer, "lsc": lsc, "t_bin": t_bin, "value": value}));
+    };
+    for step in (DIAGNOSTICS_EVERY..=last_step).step_by(DIAGNOSTICS_EVERY as usize) {
+        let progress = step as f64 / STEPS as f64;
+        let alternating = if (step / DIAGNOSTICS_EVERY) % 2 == 0 { 1.0 } else { -1.0 };
+        for block in 0..LSC_COUNT {
+            let lsc = LSC_COUNT - block;
+            let layer = Some(format!("dec.{block}"));
+            // Squared norm 10 * S_i * (1 + progress) +- 30% of S_i: the oscillation grows with S_i.
+            let squared_norm = tail_square_sum(lsc) * (10.0 * (1.0 + progress) + 3.0 * alternating);
+            record(step, "feature_l2", layer.clone(), Some(lsc), None, squared_norm.sqrt());
+            record(step, "coef", layer.clone(), Some(lsc), None, coefficient(lsc));
+            record(step, "grad_norm", layer.clone(), None, None, coefficient(lsc) * (1.0 + 0.5 * (2.0 * PI * progress).sin().abs()));
+            if run.ls {
+                record(step, "gate_mean", layer, Some(lsc), None, coefficient(lsc) * (1.0 - 0.05 * (1.0 - progress)));
+            }
+            record(step, "feature_l2", Some(format!("enc.{block}")), Some(block + 1), None, 3.0);
+        }
+        record(step, "xt_sq_norm", None, None, None, 10.0);
+        record(step, "m0", None, None, None, M0);
+        let amplification: f64 = (1..=LSC_COUNT).map(|lsc| coefficient(lsc) * M0.powi(lsc as i32)).sum();
+        record(step, "robustness", None, None, None, 2.0 * amplification * (1.0 + 0.01 * run.seed as f64));
+        for bin in 0..T_BINS {
+            let probe_loss = 0.2 + 0.3 * f64::from(bin);
+            let xt_sq_norm = 4.0 + 3.0 * f64::from(bin);
+            // enc^2 + dec^2 = 2 * probe_loss * ||x_t||^2 * sum c^2.
+            let group_norm = (probe_loss * xt_sq_norm * square_sum).sqrt();
+            record(step, "probe_loss", None, None, Some(bin), probe_loss);
+            record(step, "xt_sq_norm", None, None, Some(bin), xt_sq_norm);
+            record(step, "grad_norm_bin", Some("enc".to_string()), None, Some(bin), group_norm);
+            record(step, "grad_norm_bin", Some("dec".to_string()), None, Some(bin), group_norm);
+        }
+    }
+    records
+}
+
+/// A 16x16 grey gradient, brighter for later steps.
+fn write_sample_png(path: &Path, step: u64) {
+    let (width, height) = (16u32, 16u32);
+    let pixels: Vec<u8> = (0..width * height).map(|index| ((index * 255 / (width * height)) as u64 * step / STEPS) as u8).collect();
+    let file = std::fs::File::create(path).unwrap();
+    let mut encoder = png::Encoder::new(file, width, height);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().unwrap();
+    writer.write_image_data(&pixels).unwrap();
+    writer.finish().unwrap();
+}
+
+fn write_json(path: &Path, value: &Value) {
+    std::fs::write(path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
+}
+
+fn write_jsonl(path: &Path, lines: impl IntoIterator<Item = Value>) {
+    let text: String = lines.into_iter().map(|line| format!("{line}\n")).collect();
+    std::fs::write(path, text).unwrap();
+}

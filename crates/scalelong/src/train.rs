@@ -1,0 +1,232 @@
+//! One training run: the unit every sweep repeats.
+//!
+//! The loop (nanoGPT-style, one screen): draw a batch, noise it at random steps, predict the noise,
+//! backward, check for divergence, clip, AdamW, EMA, then log / record diagnostics / sample /
+//! checkpoint on their intervals. The data order and the per-step timesteps and noise are pure
+//! functions of (seed, step), which is what makes `--resume` exact.
+
+use crate::checkpoint::{self, CheckpointState};
+use crate::config::RunConfig;
+use crate::ema::Ema;
+use crate::progress::Progress;
+use crate::run_folder::{JsonlLog, RunState, Status, truncate_jsonl_after, write_json_atomic};
+use crate::samples;
+use anyhow::{Context, Result, bail};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use scalelong_data::{ImageSet, Loader, Split};
+use scalelong_diagnostics::recorder::Recorder;
+use scalelong_model::diffusion::{NoiseSchedule, noise_prediction_loss, seeded_noise};
+use scalelong_model::{DiffusionNet, ModelConfig};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    Diverged { step: u64 },
+}
+
+#[derive(Serialize)]
+struct MetricsLine {
+    step: u64,
+    loss: f64,
+    lr: f64,
+    grad_norm: f64,
+    step_time_s: f64,
+    examples_per_s: f64,
+}
+
+/// Trains `config` into `run`. A run folder that already holds a run is an error unless `resume`.
+pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> Result<Outcome> {
+    let model_config = config.model.resolve()?;
+    let schedule = config.diffusion.schedule.build();
+    let train_set = Arc::new(load_images(config, &model_config, Split::Train)?);
+
+    // 1. The run folder: fresh, or resumed from its latest checkpoint.
+    std::fs::create_dir_all(run).with_context(|| format!("{}: cannot create run folder", run.display()))?;
+    let previous = checkpoint::latest(run);
+    if !resume && (previous.is_some() || run.join("metrics.jsonl").exists()) {
+        bail!("{}: already holds a run; pass --resume to continue it or choose another --out", run.display());
+    }
+    device.seed(config.seed);
+    let fresh = model_config.init(config.strategy, device);
+    let mut ema = Ema::new(&fresh, config.ema_decay);
+    let mut optimizer = adamw(config);
+    let (mut model, start) = match previous.filter(|_| resume) {
+        Some(dir) => {
+            let ckpt = checkpoint::load(&dir, fresh, ema.model.clone(), optimizer)?;
+            if ckpt.state.config != *config {
+                bail!("{}: the checkpoint was made with a different config; resume with the same one", dir.display());
+            }
+            optimizer = ckpt.optimizer;
+            ema.model = ckpt.ema;
+            (ckpt.model, ckpt.state.step)
+        }
+        None => (fresh, 0),
+    };
+    write_json_atomic(&run.join("config.json"), config)?;
+    for log in ["metrics.jsonl", "diagnostics.jsonl"] {
+        truncate_jsonl_after(&run.join(log), start)?;
+    }
+    Status { state: RunState::Running, step: start, message: None }.write(run)?;
+    let mut metrics = JsonlLog::open(&run.join("metrics.jsonl"))?;
+    let mut diagnostics = JsonlLog::open(&run.join("diagnostics.jsonl"))?;
+    let mut recorder = Recorder::new(&config.diagnostics, &train_set, &schedule, config.seed, device)?;
+    let mut loader = Loader::starting_at(train_set.clone(), config.batch_size, config.seed, config.data.random_flip, start)?;
+    let mut progress = Progress::new(start, config.steps);
+    let save = |step: u64, model: &DiffusionNet, ema: &Ema, optimizer: &ModuleOptimizer| {
+        checkpoint::save(run, &CheckpointState { step, config: config.clone() }, model, &ema.model, optimizer)
+    };
+
+    // 2. The loop.
+    for step in start + 1..=config.steps {
+        let started = Instant::now();
+        let batch = loader.next_batch();
+        let x0 = Tensor::<1>::from_floats(batch.images.as_slice(), device).reshape(batch.shape); // [B, C, H, W]
+        let mut rng = step_rng(config.seed, step);
+        let steps: Vec<usize> = (0..batch.shape[0]).map(|_| rng.random_range(0..schedule.steps())).collect();
+        let noise = seeded_noise(batch.shape, &mut rng, device);
+        let noised = schedule.q_sample(x0, noise, &steps);
+
+        let predicted = model.forward(noised.x_t, noised.model_time, None);
+        let loss = noise_prediction_loss(predicted, noised.noise);
+        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let grad_norm = global_grad_norm(&model, &grads);
+
+        if !loss_value.is_finite() || !grad_norm.is_finite() {
+            let message = format!("non-finite {} at step {step}", if loss_value.is_finite() { "gradient" } else { "loss" });
+            Status { state: RunState::Diverged, step, message: Some(message.clone()) }.write(run)?;
+            progress.finish(&message);
+            return Ok(Outcome::Diverged { step });
+        }
+        if config.grad_clip > 0.0 && grad_norm > config.grad_clip {
+            grads = scale_grads(&model, grads, config.grad_clip / grad_norm);
+        }
+
+        let lr = learning_rate(config, step);
+        // Diagnostics read the gradients before AdamW consumes them, the weights on both sides.
+        let due = recorder.is_due(step);
+        let mut rows = if due { recorder.gradient_rows(step, &model, &grads) } else { Vec::new() };
+        let before = due.then(|| model.clone());
+        model = optimizer.step(lr, model, grads);
+        ema.update(&model, step);
+        if let Some(before) = before {
+            rows.extend(recorder.record(step, &before, &model)?);
+            diagnostics.append(&rows)?;
+        }
+
+        let step_time = started.elapsed().as_secs_f64();
+        progress.step(step, loss_value);
+        if step % config.log_every == 0 || step == config.steps {
+            let line = MetricsLine {
+                step,
+                loss: loss_value,
+                lr,
+                grad_norm,
+                step_time_s: step_time,
+                examples_per_s: batch.shape[0] as f64 / step_time,
+            };
+            metrics.append(&[&line])?;
+            progress.log(&format!("step {step} loss {loss_value:.4} lr {lr:.2e} |g| {grad_norm:.3} {step_time:.3}s"));
+        }
+        let last = step == config.steps;
+        if last || (config.sample_every > 0 && step % config.sample_every == 0) {
+            samples::write_grid(run, step, &ema.model, &model_config, &schedule, config, device)?;
+        }
+        if last || (config.checkpoint_every > 0 && step % config.checkpoint_every == 0) {
+            save(step, &model, &ema, &optimizer)?;
+        }
+    }
+    Status { state: RunState::Completed, step: config.steps, message: None }.write(run)?;
+    progress.finish("done");
+    Ok(Outcome::Completed)
+}
+
+fn adamw(config: &RunConfig) -> ModuleOptimizer {
+    let o = &config.optimizer;
+    AdamWConfig::new()
+        .with_beta_1(o.beta1 as f32)
+        .with_beta_2(o.beta2 as f32)
+        .with_epsilon(o.eps as f32)
+        .with_weight_decay(o.weight_decay as f32)
+        .init()
+}
+
+/// Linear warm-up from 0 to `lr` over `warmup_steps`, then constant.
+pub fn learning_rate(config: &RunConfig, step: u64) -> f64 {
+    let warm = if config.warmup_steps == 0 { 1.0 } else { (step as f64 / config.warmup_steps as f64).min(1.0) };
+    config.optimizer.lr * warm
+}
+
+/// The RNG of one step's timesteps and noise.
+fn step_rng(seed: u64, step: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(step);
+    rng
+}
+
+/// Loads a split of the configured dataset, padded, and checks it fits the network.
+pub fn load_images(config: &RunConfig, model: &ModelConfig, split: Split) -> Result<ImageSet> {
+    let mut set = config.data.dataset.load(split)?;
+    if config.data.pad_to_multiple > 1 {
+        set = set.pad_to_multiple(config.data.pad_to_multiple);
+    }
+    let [c, h, w] = model.image_shape();
+    if [set.channels, set.height, set.width] != [c, h, w] {
+        bail!(
+            "data: images are {}x{}x{} (CxHxW) after padding to a multiple of {}, but the model expects {c}x{h}x{w}; \
+             set data.pad_to_multiple or the model's img_size / channels",
+            set.channels, set.height, set.width, config.data.pad_to_multiple
+        );
+    }
+    if set.len() < config.batch_size {
+        bail!("batch_size: {} is larger than the dataset ({} images)", config.batch_size, set.len());
+    }
+    Ok(set)
+}
+
+/// Squared L2 norm of every gradient, summed on the device and read once.
+pub fn global_grad_norm(model: &DiffusionNet, grads: &GradientsParams) -> f64 {
+    struct SumSquares<'a> {
+        grads: &'a GradientsParams,
+        parts: Vec<Tensor<1>>,
+    }
+    impl ModuleVisitor for SumSquares<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                self.parts.push(g.square().sum());
+            }
+        }
+    }
+    let mut visitor = SumSquares { grads, parts: Vec::new() };
+    model.visit(&mut visitor);
+    if visitor.parts.is_empty() {
+        return 0.0;
+    }
+    (Tensor::cat(visitor.parts, 0).sum().into_scalar::<f32>() as f64).sqrt()
+}
+
+fn scale_grads(model: &DiffusionNet, grads: GradientsParams, factor: f64) -> GradientsParams {
+    struct Scale {
+        grads: GradientsParams,
+        factor: f64,
+    }
+    impl ModuleVisitor for Scale {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut visitor = Scale { grads, factor };
+    model.visit(&mut visitor);
+    visitor.grads
+}

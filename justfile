@@ -1,0 +1,70 @@
+# scalelong: `just sweep` runs the main job, `just test` the tests.
+# One cargo profile serves tests, training and sweeps (dependencies optimised, see Cargo.toml), so
+# the heavy build of burn happens once.
+
+export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", env_var("HOME") / ".cache/scalelong-target")
+bin := CARGO_TARGET_DIR / "debug/scalelong"
+
+# The main job: the default strategy sweep on Fashion-MNIST, then its report.
+sweep: data build
+    {{bin}} sweep experiments/sweep-default.toml
+    {{bin}} report runs/default
+
+# A five-minute version of the sweep.
+sweep-quick: data build
+    {{bin}} sweep experiments/sweep-quick.toml
+    {{bin}} report runs/quick
+
+# The learning-rate stability sweep.
+sweep-lr: data build
+    {{bin}} sweep experiments/sweep-lr.toml
+    {{bin}} report runs/lr
+
+# One training run, e.g. `just train experiments/quick.toml --set strategy=ls`.
+train config *args: data build
+    {{bin}} train --config {{config}} {{args}}
+
+# Every test of the workspace.
+test:
+    cargo test --workspace
+
+build:
+    cargo build --bin scalelong
+
+# Fetch Fashion-MNIST into data/ (skipped when already there)
+data:
+    #!/usr/bin/env bash
+    # Debian's dataset-fashion-mnist package is downloaded and unpacked without being installed,
+    # so no root is needed; scalelong-data looks for the files where it unpacks them.
+    set -euo pipefail
+    dest=data/usr/share/datasets/fashion-mnist
+    files=(train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz)
+    missing=0
+    for f in "${files[@]}"; do [ -s "$dest/$f" ] || missing=1; done
+    if [ "$missing" = 0 ]; then echo "Fashion-MNIST already in $dest"; exit 0; fi
+    if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
+        echo "error: 'just data' needs apt-get and dpkg-deb (Debian/Ubuntu)." >&2
+        echo "  Elsewhere, put ${files[*]} into data/fashion-mnist/ or into a folder named by SCALELONG_DATA." >&2
+        exit 1
+    fi
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    download() { (cd "$tmp" && apt-get download dataset-fashion-mnist); }
+    if ! download; then
+        # Missing or stale package lists are the usual cause; refreshing them needs root.
+        if [ "$(id -u)" != 0 ] || ! apt-get update -qq || ! download; then
+            echo "error: 'apt-get download dataset-fashion-mnist' failed." >&2
+            echo "  If apt cannot locate the package, run 'sudo apt-get update' and then 'just data' again." >&2
+            echo "  Or put ${files[*]} into data/fashion-mnist/ or into a folder named by SCALELONG_DATA." >&2
+            exit 1
+        fi
+    fi
+    mkdir -p data
+    dpkg-deb -x "$tmp"/dataset-fashion-mnist_*.deb data/
+    for f in "${files[@]}"; do
+        if [ ! -s "$dest/$f" ]; then
+            echo "error: $dest/$f missing after unpacking the package: did its layout change?" >&2
+            exit 1
+        fi
+    done
+    echo "Fashion-MNIST unpacked into $dest"
