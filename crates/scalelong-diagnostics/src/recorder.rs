@@ -105,12 +105,12 @@ impl Recorder {
     }
 
     /// Everything else, after the optimizer step: weights, updates and the probe measurements.
-    pub fn record(&mut self, step: u64, before: &DiffusionNet, after: &DiffusionNet) -> Result<Vec<Record>, String> {
-        let Some(probe) = &self.probe else { return Ok(Vec::new()) };
+    pub fn record(&self, step: u64, before: &DiffusionNet, after: &DiffusionNet) -> Vec<Record> {
+        let Some(probe) = &self.probe else { return Vec::new() };
         let mut rows = weight_rows(step, before, after);
         rows.extend(probe_rows(step, probe, self.t_bins, after));
         rows.extend(bin_gradient_rows(step, probe, self.t_bins, after));
-        Ok(rows)
+        rows
     }
 }
 

@@ -1,5 +1,6 @@
 //! Parameter initialisation shared by the networks.
 
+use burn::module::Param;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
@@ -21,7 +22,11 @@ pub fn linear(d_in: usize, d_out: usize, bias: bool, init: LinearInit, device: &
             let mut layer = config
                 .with_initializer(Initializer::Normal { mean: 0.0, std })
                 .init(device);
-            layer.bias = layer.bias.map(|b| b.map(|t| t.zeros_like()));
+            // A fresh trainable parameter: mapping the drawn bias to zeros would drop its
+            // require-grad flag and freeze it.
+            if layer.bias.is_some() {
+                layer.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
+            }
             layer
         }
     }

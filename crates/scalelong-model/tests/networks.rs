@@ -150,6 +150,18 @@ fn learnable_gates_lie_in_the_unit_interval_start_near_half_and_get_gradients() 
     }
 }
 
+fn param_tensors(net: &DiffusionNet) -> usize {
+    struct Count(usize);
+    impl burn::module::ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<D>>) {
+            self.0 += 1;
+        }
+    }
+    let mut count = Count(0);
+    net.visit(&mut count);
+    count.0
+}
+
 #[test]
 fn one_adamw_step_lowers_the_loss_for_every_strategy_on_both_models() {
     let schedule = ScheduleConfig::default().build();
@@ -164,6 +176,7 @@ fn one_adamw_step_lowers_the_loss_for_every_strategy_on_both_models() {
             };
             let before = loss(&net);
             let grads = GradientsParams::from_grads(before.backward(), &net);
+            assert_eq!(grads.len(), param_tensors(&net), "{config:?} {scaling}: every parameter is trainable");
             let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
             net = optim.step(1e-3, net, grads);
             let (before, after) = (to_vec(before)[0], to_vec(loss(&net))[0]);

@@ -83,3 +83,49 @@ pub fn load(dir: &Path, model: DiffusionNet, ema: DiffusionNet, optimizer: Modul
         .with_context(|| corrupt("optimizer.bin"))?;
     Ok(Checkpoint { state, model, ema, optimizer })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::{ModuleVisitor, Param};
+    use burn::optim::GradientsParams;
+    use burn::prelude::*;
+    use scalelong_model::uvit::UViTConfig;
+    use scalelong_model::{ModelConfig, SkipScaling};
+
+    struct Ids(Vec<u64>);
+    impl ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.id.val());
+        }
+    }
+
+    /// A reloaded network must train exactly like the saved one: same parameter ids (the optimizer
+    /// state is keyed by them) and the same gradients (every parameter still trainable).
+    #[test]
+    fn a_reloaded_network_has_the_same_ids_and_gradients() {
+        let device = Device::flex().autodiff();
+        let config = ModelConfig::Uvit(UViTConfig { img_size: 8, patch_size: 2, embed_dim: 16, depth: 4, num_heads: 2, ..UViTConfig::default() });
+        let model = config.init(SkipScaling::Learnable { shared: true, reduction: 16 }, &device);
+        let bytes = model.clone().into_record().into_bytes().unwrap().to_vec();
+        let loaded = config
+            .init(SkipScaling::Learnable { shared: true, reduction: 16 }, &device)
+            .try_load_record(ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).unwrap())
+            .unwrap();
+        let mut a = Ids(vec![]);
+        model.visit(&mut a);
+        let mut b = Ids(vec![]);
+        loaded.visit(&mut b);
+        assert_eq!(a.0, b.0, "parameter ids survive the record");
+        let x = Tensor::<4>::ones([2, 1, 8, 8], &device);
+        let t = Tensor::<1>::from_floats([3.0, 500.0], &device);
+        let norm = |m: &DiffusionNet| {
+            let loss = m.forward(x.clone(), t.clone(), None).square().mean();
+            let g = GradientsParams::from_grads(loss.backward(), m);
+            (g.len(), crate::train::global_grad_norm(m, &g))
+        };
+        let (count, original) = norm(&model);
+        assert_eq!(count, a.0.len(), "every parameter receives a gradient");
+        assert_eq!((count, original), norm(&loaded));
+    }
+}

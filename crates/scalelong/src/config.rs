@@ -34,6 +34,9 @@ pub struct RunConfig {
     /// `0`: only at the end.
     pub checkpoint_every: u64,
     pub diagnostics: scalelong_diagnostics::recorder::DiagnosticsConfig,
+    /// Evaluate the EMA weights (held-out loss, FD) at every checkpoint and at the end.
+    pub evaluate: bool,
+    pub eval: crate::eval::EvalConfig,
 }
 
 impl Default for RunConfig {
@@ -55,6 +58,8 @@ impl Default for RunConfig {
             sample_count: 16,
             checkpoint_every: 0,
             diagnostics: Default::default(),
+            evaluate: true,
+            eval: Default::default(),
         }
     }
 }
@@ -88,10 +93,20 @@ impl ModelSection {
             }
             table.insert(key.clone(), value.clone());
         }
-        let config: ModelConfig = table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("model: {}", e.message()))?;
+        let config: ModelConfig = from_table_named(table).map_err(|e| anyhow::anyhow!("model.{e}"))?;
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
     }
+}
+
+/// Deserialises with errors that start with the dotted path of the offending key.
+fn from_table_named<T: for<'de> Deserialize<'de>>(table: toml::Table) -> Result<T> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().trim().to_string();
+        if path == "." { anyhow::anyhow!("{message}") } else { anyhow::anyhow!("{path}: {message}") }
+    })
 }
 
 fn field_list(table: &toml::Table) -> String {
@@ -150,7 +165,7 @@ impl RunConfig {
     }
 
     pub fn from_table(table: toml::Table) -> Result<Self> {
-        let config: Self = table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))?;
+        let config: Self = from_table_named(table)?;
         config.validate()?;
         Ok(config)
     }
@@ -158,6 +173,7 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.resolve()?;
         self.diffusion.schedule.validate().map_err(anyhow::Error::msg)?;
+        self.eval.validate(self.diffusion.schedule.build().steps())?;
         let checks = [
             (self.steps > 0, "steps: must be at least 1"),
             (self.batch_size > 0, "batch_size: must be at least 1"),

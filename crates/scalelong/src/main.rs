@@ -9,6 +9,7 @@ mod progress;
 mod report;
 mod run_folder;
 mod samples;
+mod sweep;
 mod train;
 
 use anyhow::Result;
@@ -44,6 +45,27 @@ enum Command {
         #[arg(long, default_value = "flex")]
         device: String,
     },
+    /// Run (a share of) a sweep: every combination of its grid, skipping completed runs.
+    Sweep {
+        file: PathBuf,
+        /// Print one `scalelong train` command per run (for a job array) and exit.
+        #[arg(long)]
+        list: bool,
+        /// Run only the runs whose index is i mod n (0-based), e.g. `--shard 1/4`.
+        #[arg(long, default_value = "0/1")]
+        shard: String,
+        /// Where sweep folders live.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        #[arg(long, default_value = "flex")]
+        device: String,
+    },
+    /// Write the HTML/PNG report of a sweep folder (default: reports/<sweep name>).
+    Report {
+        sweep: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print every preset's parameter count per strategy.
     Params,
 }
@@ -74,6 +96,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::from(EXIT_DIVERGED))
                 }
             }
+        }
+        Command::Sweep { file, list, shard, runs, device } => {
+            let plan = sweep::SweepPlan::load(&file)?;
+            if list {
+                for command in plan.commands(&runs) {
+                    println!("{command}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let shard = sweep::parse_shard(&shard)?;
+            let device = device::parse(&device)?.autodiff();
+            let summary = sweep::run(&plan, &runs, shard, &device)?;
+            eprintln!(
+                "sweep {}: {} trained, {} already complete, {} diverged, {} running elsewhere",
+                plan.name,
+                summary.trained.len(),
+                summary.skipped.len(),
+                summary.diverged.len(),
+                summary.locked_elsewhere.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { sweep, out } => {
+            let name = sweep.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "sweep".into());
+            let out = out.unwrap_or_else(|| PathBuf::from("reports").join(name));
+            let summary = report::write_report(&sweep, &out)?;
+            println!("{}", summary.html.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Params => {
             let device = burn::prelude::Device::flex();

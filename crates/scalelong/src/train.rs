@@ -8,6 +8,7 @@
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::RunConfig;
 use crate::ema::Ema;
+use crate::eval;
 use crate::progress::Progress;
 use crate::run_folder::{JsonlLog, RunState, Status, truncate_jsonl_after, write_json_atomic};
 use crate::samples;
@@ -19,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use scalelong_data::{ImageSet, Loader, Split};
 use scalelong_diagnostics::recorder::Recorder;
-use scalelong_model::diffusion::{NoiseSchedule, noise_prediction_loss, seeded_noise};
+use scalelong_model::diffusion::{noise_prediction_loss, seeded_noise};
 use scalelong_model::{DiffusionNet, ModelConfig};
 use serde::Serialize;
 use std::path::Path;
@@ -48,6 +49,7 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
     let model_config = config.model.resolve()?;
     let schedule = config.diffusion.schedule.build();
     let train_set = Arc::new(load_images(config, &model_config, Split::Train)?);
+    let test_set = config.evaluate.then(|| load_images(config, &model_config, Split::Test)).transpose()?;
 
     // 1. The run folder: fresh, or resumed from its latest checkpoint.
     std::fs::create_dir_all(run).with_context(|| format!("{}: cannot create run folder", run.display()))?;
@@ -62,8 +64,10 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
     let (mut model, start) = match previous.filter(|_| resume) {
         Some(dir) => {
             let ckpt = checkpoint::load(&dir, fresh, ema.model.clone(), optimizer)?;
-            if ckpt.state.config != *config {
-                bail!("{}: the checkpoint was made with a different config; resume with the same one", dir.display());
+            // Only the length may change on resume: extending a run is how a run is continued.
+            let same = RunConfig { steps: config.steps, ..ckpt.state.config.clone() } == *config;
+            if !same {
+                bail!("{}: the checkpoint was made with a different config; resume with the same one (only steps may change)", dir.display());
             }
             optimizer = ckpt.optimizer;
             ema.model = ckpt.ema;
@@ -72,13 +76,14 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
         None => (fresh, 0),
     };
     write_json_atomic(&run.join("config.json"), config)?;
-    for log in ["metrics.jsonl", "diagnostics.jsonl"] {
+    for log in ["metrics.jsonl", "diagnostics.jsonl", "eval.jsonl"] {
         truncate_jsonl_after(&run.join(log), start)?;
     }
     Status { state: RunState::Running, step: start, message: None }.write(run)?;
     let mut metrics = JsonlLog::open(&run.join("metrics.jsonl"))?;
     let mut diagnostics = JsonlLog::open(&run.join("diagnostics.jsonl"))?;
-    let mut recorder = Recorder::new(&config.diagnostics, &train_set, &schedule, config.seed, device)?;
+    let mut evaluations = JsonlLog::open(&run.join("eval.jsonl"))?;
+    let recorder = Recorder::new(&config.diagnostics, &train_set, &schedule, config.seed, device).map_err(anyhow::Error::msg)?;
     let mut loader = Loader::starting_at(train_set.clone(), config.batch_size, config.seed, config.data.random_flip, start)?;
     let mut progress = Progress::new(start, config.steps);
     let save = |step: u64, model: &DiffusionNet, ema: &Ema, optimizer: &ModuleOptimizer| {
@@ -86,6 +91,7 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
     };
 
     // 2. The loop.
+    let mut interval_start = (Instant::now(), start);
     for step in start + 1..=config.steps {
         let started = Instant::now();
         let batch = loader.next_batch();
@@ -118,22 +124,19 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
         let before = due.then(|| model.clone());
         model = optimizer.step(lr, model, grads);
         ema.update(&model, step);
+        let step_time = started.elapsed().as_secs_f64();
         if let Some(before) = before {
-            rows.extend(recorder.record(step, &before, &model)?);
+            rows.extend(recorder.record(step, &before, &model));
             diagnostics.append(&rows)?;
         }
 
-        let step_time = started.elapsed().as_secs_f64();
         progress.step(step, loss_value);
         if step % config.log_every == 0 || step == config.steps {
-            let line = MetricsLine {
-                step,
-                loss: loss_value,
-                lr,
-                grad_norm,
-                step_time_s: step_time,
-                examples_per_s: batch.shape[0] as f64 / step_time,
-            };
+            // Throughput over the whole interval, diagnostics, sampling and evaluation included.
+            let (since, from_step) = interval_start;
+            let examples_per_s = ((step - from_step) as usize * batch.shape[0]) as f64 / since.elapsed().as_secs_f64();
+            interval_start = (Instant::now(), step);
+            let line = MetricsLine { step, loss: loss_value, lr, grad_norm, step_time_s: step_time, examples_per_s };
             metrics.append(&[&line])?;
             progress.log(&format!("step {step} loss {loss_value:.4} lr {lr:.2e} |g| {grad_norm:.3} {step_time:.3}s"));
         }
@@ -142,6 +145,12 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
             samples::write_grid(run, step, &ema.model, &model_config, &schedule, config, device)?;
         }
         if last || (config.checkpoint_every > 0 && step % config.checkpoint_every == 0) {
+            if let Some(test_set) = &test_set {
+                let sampler = config.diffusion.sampler;
+                let line = eval::evaluate(step, &ema.model, &model_config, &schedule, sampler, test_set, &train_set, &config.eval, device)?;
+                progress.log(&format!("eval step {step}: held-out loss {:.4} FD {:?}", line.heldout_loss, line.fd));
+                evaluations.append(&[line])?;
+            }
             save(step, &model, &ema, &optimizer)?;
         }
     }

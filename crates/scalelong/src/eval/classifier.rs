@@ -18,11 +18,12 @@
 //! - A JSON that does not describe this data set and recipe (edited by hand, or a fingerprint
 //!   collision): retrain and overwrite, saying so on stderr.
 //! - A JSON or `.bpk` that cannot be read or decoded: an error naming the file and saying to
-//!   delete it. Not retrained, because the cache is what keeps FDs comparable across the runs of a
-//!   sweep: replacing it silently halfway through would mix FDs of two classifiers, and a
-//!   corrupt file means something outside this code went wrong (the writes are atomic).
-//! - `classifier-<key>.lock` is held (an exclusive OS file lock) from the check to the end of the
-//!   write, so two processes of one sweep never train the same classifier at once: the second
+//!   delete the JSON (which retrains). Not retrained silently, because the cache is what keeps
+//!   FDs comparable across the runs of a sweep: replacing it halfway through would mix FDs of two
+//!   classifiers, and a corrupt file means something outside this code went wrong (the writes are
+//!   atomic and locked).
+//! - `classifier-<key>.lock` is held (an exclusive OS file lock, `std::fs::File::lock`) from the
+//!   check to the end of the load, so two processes of one sweep never train the same classifier at once: the second
 //!   waits, then loads what the first wrote.
 
 use super::image_batch;
@@ -44,7 +45,7 @@ use rand_chacha::ChaCha8Rng;
 use scalelong_data::ImageSet;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// Width of the feature layer, the vectors the Fréchet distance compares.
@@ -150,8 +151,10 @@ pub struct LoadedClassifier {
 }
 
 /// The classifier of this data set and epoch count: from the cache in `cache_dir` if there is one,
-/// else trained (for minutes on a CPU: see the module note) and cached. `device` may carry
-/// autodiff; training adds it, the returned model lives on `device.inner()`.
+/// else trained (for minutes on a CPU: see the module note) and cached. Either way the model and
+/// its info are read back from the cache files, so the run that trained the classifier and the
+/// runs that load it see the same bits (a float does not always survive a JSON round trip).
+/// `device` may carry autodiff; training adds it, the returned model lives on `device.inner()`.
 ///
 /// # Errors
 /// Fewer than 2 classes in the training labels, images smaller than 4x4, `epochs == 0`, a cache
@@ -160,41 +163,63 @@ pub fn load_or_train(train_set: &ImageSet, test_set: &ImageSet, epochs: usize, c
     let identity = cache_identity(train_set, test_set, epochs)?;
     std::fs::create_dir_all(cache_dir).with_context(|| format!("{}: cannot create the cache folder", cache_dir.display()))?;
     let path = |extension: &str| cache_dir.join(format!("classifier-{}.{extension}", identity.key));
-    let (record_path, info_path) = (path("bpk"), path("json"));
-    let lock = File::options().create(true).truncate(false).write(true).open(path("lock")).with_context(|| format!("{}: cannot open", path("lock").display()))?;
-    lock.lock().with_context(|| format!("{}: cannot lock", path("lock").display()))?;
+    let (record_path, info_path, lock_path) = (path("bpk"), path("json"), path("lock"));
+    // Held until this function returns (dropping the file releases the lock).
+    let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("{}: cannot open", lock_path.display()))?;
+    lock.lock().with_context(|| format!("{}: cannot lock", lock_path.display()))?;
     let device = device.clone().inner();
 
-    if info_path.exists() {
-        let delete_hint = |file: &PathBuf| format!("{}: corrupt classifier cache; delete it to retrain", file.display());
-        let text = std::fs::read(&info_path).with_context(|| delete_hint(&info_path))?;
-        let info: ClassifierInfo = serde_json::from_slice(&text).with_context(|| delete_hint(&info_path))?;
-        if info.identity == identity {
-            let bytes = std::fs::read(&record_path).with_context(|| delete_hint(&record_path))?;
-            let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| delete_hint(&record_path))?;
-            let model = Classifier::new(identity.image_shape, identity.n_classes, &device)
-                .try_load_record(record)
-                .map_err(|e| anyhow::anyhow!("{e:?}"))
-                .with_context(|| delete_hint(&record_path))?;
-            return Ok(LoadedClassifier { model, info, trained_now: false });
+    let trained_now = match read_info(&info_path)? {
+        Some(info) if info.identity == identity => false,
+        found => {
+            if let Some(info) = found {
+                eprintln!("{}: describes another data set or recipe ({:?}); retraining for {:?}", info_path.display(), info.identity, identity);
+            }
+            train_and_cache(train_set, test_set, &identity, &record_path, &info_path, &device)?;
+            true
         }
-        eprintln!("{}: describes another data set or recipe ({:?}); retraining for {:?}", info_path.display(), info.identity, identity);
-    }
+    };
+    let info = read_info(&info_path)?.with_context(|| format!("{}: vanished while locked", info_path.display()))?;
+    let bytes = std::fs::read(&record_path).with_context(|| corrupt_cache(&record_path, &info_path))?;
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| corrupt_cache(&record_path, &info_path))?;
+    let model = Classifier::new(identity.image_shape, identity.n_classes, &device)
+        .try_load_record(record)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+        .with_context(|| corrupt_cache(&record_path, &info_path))?;
+    Ok(LoadedClassifier { model, info, trained_now })
+}
 
+/// The error context of an unreadable cache file; without its JSON the cache is retrained.
+fn corrupt_cache(file: &Path, info_path: &Path) -> String {
+    format!("{}: corrupt classifier cache; delete {} to retrain", file.display(), info_path.display())
+}
+
+/// The cache's JSON, `None` if there is none.
+fn read_info(path: &Path) -> Result<Option<ClassifierInfo>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read(path).with_context(|| corrupt_cache(path, path))?;
+    Ok(Some(serde_json::from_slice(&text).with_context(|| corrupt_cache(path, path))?))
+}
+
+/// Trains the classifier, measures its test accuracy and writes the cache: the record first, the
+/// JSON (which marks a complete cache) last.
+fn train_and_cache(train_set: &ImageSet, test_set: &ImageSet, identity: &CacheIdentity, record_path: &Path, info_path: &Path, device: &Device) -> Result<()> {
     eprintln!(
-        "training the FD classifier on {} images for {epochs} epoch(s), cached as {}",
+        "training the FD classifier on {} images for {} epoch(s), cached as {}",
         train_set.len(),
+        identity.epochs,
         record_path.display()
     );
     let started = Instant::now();
-    let model = train(train_set, &identity, &device);
+    let model = train(train_set, identity, device);
     let train_seconds = started.elapsed().as_secs_f64();
-    let info = ClassifierInfo { test_accuracy: model.accuracy(test_set, &device)?, train_seconds, identity };
+    let info = ClassifierInfo { test_accuracy: model.accuracy(test_set, device)?, train_seconds, identity: identity.clone() };
     eprintln!("FD classifier: test accuracy {:.4} after {train_seconds:.0} s", info.test_accuracy);
-    let bytes = model.clone().into_record().into_bytes().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    write_atomic(&record_path, &bytes.to_vec())?;
-    write_json_atomic(&info_path, &info)?;
-    Ok(LoadedClassifier { model, info, trained_now: true })
+    let bytes = model.into_record().into_bytes().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    write_atomic(record_path, &bytes.to_vec())?;
+    write_json_atomic(info_path, &info)
 }
 
 /// Trains a fresh classifier; returns it on the inference device.
@@ -312,40 +337,44 @@ mod tests {
         dir
     }
 
+    use std::path::PathBuf;
+
     #[test]
     fn trains_once_then_loads_retrains_on_a_foreign_json_and_rejects_a_corrupt_record() {
+        // 512 images in batches of 128: 4 steps an epoch.
+        const EPOCHS: usize = 10;
         let (train_set, test_set) = (bars(512, 1), bars(128, 2));
         let dir = scratch_dir("classifier");
         let device = Device::flex().autodiff();
 
-        let trained = load_or_train(&train_set, &test_set, 3, &dir, &device).unwrap();
+        let trained = load_or_train(&train_set, &test_set, EPOCHS, &dir, &device).unwrap();
         assert!(trained.trained_now);
         assert!(trained.info.test_accuracy > 0.9, "test accuracy {}", trained.info.test_accuracy);
         let [record_path, info_path] = ["bpk", "json"].map(|ext| dir.join(format!("classifier-{}.{ext}", trained.info.identity.key)));
         assert!(record_path.is_file() && info_path.is_file());
 
-        let loaded = load_or_train(&train_set, &test_set, 3, &dir, &device).unwrap();
+        let loaded = load_or_train(&train_set, &test_set, EPOCHS, &dir, &device).unwrap();
         assert!(!loaded.trained_now, "the second call loads the cache");
-        assert_eq!(loaded.info, trained.info);
+        assert_eq!(loaded.info, trained.info, "both read from the cache files");
         let images = image_batch(&test_set, &[0, 1, 2], &device.clone().inner());
         let features = |c: &LoadedClassifier| c.model.features(images.clone()).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(features(&loaded), features(&trained));
         assert_eq!(features(&loaded).len(), 3 * FEATURE_DIM);
 
         // Another epoch count is another classifier, in another file.
-        assert_ne!(cache_identity(&train_set, &test_set, 4).unwrap().key, trained.info.identity.key);
+        assert_ne!(cache_identity(&train_set, &test_set, EPOCHS + 1).unwrap().key, trained.info.identity.key);
 
         let mut foreign = trained.info.clone();
         foreign.identity.n_classes = 7;
         write_json_atomic(&info_path, &foreign).unwrap();
-        assert!(load_or_train(&train_set, &test_set, 3, &dir, &device).unwrap().trained_now, "a foreign JSON is retrained");
+        assert!(load_or_train(&train_set, &test_set, EPOCHS, &dir, &device).unwrap().trained_now, "a foreign JSON is retrained");
 
         std::fs::write(&record_path, b"not a burn record").unwrap();
-        let error = format!("{:#}", load_or_train(&train_set, &test_set, 3, &dir, &device).err().expect("a corrupt record is an error"));
-        assert!(error.contains(&record_path.display().to_string()) && error.contains("delete it"), "{error}");
+        let error = format!("{:#}", load_or_train(&train_set, &test_set, EPOCHS, &dir, &device).err().expect("a corrupt record is an error"));
+        assert!(error.contains(&record_path.display().to_string()) && error.contains(&format!("delete {}", info_path.display())), "{error}");
 
         std::fs::write(&info_path, b"{").unwrap();
-        let error = format!("{:#}", load_or_train(&train_set, &test_set, 3, &dir, &device).err().expect("a corrupt JSON is an error"));
+        let error = format!("{:#}", load_or_train(&train_set, &test_set, EPOCHS, &dir, &device).err().expect("a corrupt JSON is an error"));
         assert!(error.contains(&info_path.display().to_string()), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -374,8 +403,9 @@ mod tests {
 
 /// A measurement, not a check: trains the classifier on the real Fashion-MNIST (padded to 32x32,
 /// as the runs use it) and prints its training time and test accuracy. Ignored by default (it
-/// takes minutes and needs the data); run it with
-/// `SCALELONG_CLASSIFIER_EPOCHS=2 cargo test -p scalelong --bin scalelong measure_fashion_mnist_classifier -- --ignored --nocapture`.
+/// takes minutes and needs the data); run it from the workspace root with
+/// `SCALELONG_DATA=$PWD/data/usr/share/datasets/fashion-mnist SCALELONG_CLASSIFIER_EPOCHS=2 cargo test -p scalelong --bin scalelong measure_fashion_mnist_classifier -- --ignored --nocapture`
+/// (`cargo test` runs in the crate's folder, where the default relative data paths do not lead).
 #[cfg(test)]
 mod measurement {
     use super::*;

@@ -30,7 +30,8 @@ pub struct HeldoutLoss {
     pub bins: Vec<f64>,
 }
 
-/// The schedule step of every held-out sample: `t_bins * per_bin` steps, bin after bin.
+/// The schedule step of every held-out sample: `t_bins * per_bin` steps, bin after bin (the
+/// formula of the diagnostics probe in `scalelong-diagnostics`).
 pub fn grid_steps(schedule_steps: usize, t_bins: usize, per_bin: usize) -> Vec<usize> {
     let t = schedule_steps as f64;
     (0..t_bins * per_bin)
@@ -38,6 +39,7 @@ pub fn grid_steps(schedule_steps: usize, t_bins: usize, per_bin: usize) -> Vec<u
         .collect()
 }
 
+/// `t_bins` must split the schedule into non-empty bins.
 pub fn check_bins(t_bins: usize, schedule_steps: usize) -> Result<()> {
     if t_bins == 0 || t_bins > schedule_steps {
         bail!("eval.t_bins: {t_bins} must lie in 1..={schedule_steps} (the schedule's steps)");

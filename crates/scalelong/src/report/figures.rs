@@ -5,13 +5,13 @@ use anyhow::Result;
 use scalelong_diagnostics::theorems::TheoremCheck;
 
 use super::analysis::{
-    BandPoint, GateFit, Group, LOSS_SMOOTHING_WINDOW, LscQuantity, OSCILLATION_WINDOW, gate_curves,
-    groups_of_model, loss_band, lsc_grid, models, outer_feature_norm_band,
+    BandPoint, GateFit, Group, LOSS_SMOOTHING_WINDOW, LscQuantity, OSCILLATION_WINDOW, gate_curves, groups_of_model,
+    loss_band, lsc_grid, models, outer_feature_norm_band,
 };
 use super::format_number;
 use super::plot::{
-    BandPanel, Curve, Palette, Scale, ScatterPanel, XySeries, draw_band_panel, draw_heatmaps, draw_scatter_panel,
-    figure_size, heatmap_figure_size, panel_areas, render_png, sequential_colour, PANEL_SIZE,
+    BandPanel, Curve, PANEL_SIZE, Palette, Scale, ScatterPanel, XySeries, draw_band_panel, draw_heatmaps,
+    draw_scatter_panel, figure_size, heatmap_figure_size, panel_areas, render_png, sequential_colour,
 };
 use super::sweep_data::SweepData;
 
@@ -115,9 +115,14 @@ pub fn heatmap_figures(sweep: &SweepData) -> Result<Vec<Figure>> {
             if grids.iter().all(|grid| grid.is_empty()) {
                 continue;
             }
-            let panels: Vec<(String, _)> =
-                groups.iter().zip(&grids).map(|(group, grid)| (group.strategy_label.to_string(), grid)).collect();
-            let png = render_png(heatmap_figure_size(panels.len()), |root| draw_heatmaps(root, &panels, name))?;
+            let panels: Vec<(String, _)> = groups
+                .iter()
+                .zip(&grids)
+                .map(|(group, grid)| (group.strategy_label.to_string(), grid))
+                .collect();
+            let png = render_png(heatmap_figure_size(panels.len()), |root| {
+                draw_heatmaps(root, &panels, name)
+            })?;
             figures.push(Figure {
                 file_name: format!("{file_stem}_{model_index}.png"),
                 title: format!("Per-LSC {name}, {model}"),
@@ -156,7 +161,12 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
                         colour: sequential_colour(index as f64 / (lsc_count - 1) as f64),
                         points: points
                             .iter()
-                            .map(|&(step, mean)| BandPoint { step, mean, low: mean, high: mean })
+                            .map(|&(step, mean)| BandPoint {
+                                step,
+                                mean,
+                                low: mean,
+                                high: mean,
+                            })
                             .collect(),
                     })
                     .collect(),
@@ -171,7 +181,9 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
                         format_number(fit.r2)
                     ),
                     colour: sequential_colour(0.6),
-                    points: lscs.map(|lsc| (lsc as f64, fit.a * fit.kappa_hat.powi(lsc as i32 - 1))).collect(),
+                    points: lscs
+                        .map(|lsc| (lsc as f64, fit.a * fit.kappa_hat.powi(lsc as i32 - 1)))
+                        .collect(),
                 });
             }
             let against_lsc = ScatterPanel {
@@ -183,7 +195,12 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
                 dots: vec![XySeries {
                     label: "mean gate, last record".to_string(),
                     colour: sequential_colour(0.0),
-                    points: gates.final_means.iter().enumerate().map(|(index, mean)| ((index + 1) as f64, *mean)).collect(),
+                    points: gates
+                        .final_means
+                        .iter()
+                        .enumerate()
+                        .map(|(index, mean)| ((index + 1) as f64, *mean))
+                        .collect(),
                 }],
                 lines,
             };
@@ -213,7 +230,12 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
 
 /// Figure 5: measured against predicted values of one theorem check, log-log, coloured by strategy;
 /// `None` when the check has no row a log axis can show.
-pub fn theorem_figure(model_index: usize, model: &str, check: &TheoremCheck, palette: &Palette) -> Result<Option<Figure>> {
+pub fn theorem_figure(
+    model_index: usize,
+    model: &str,
+    check: &TheoremCheck,
+    palette: &Palette,
+) -> Result<Option<Figure>> {
     if !check.rows.iter().any(|row| row.predicted > 0.0 && row.measured > 0.0) {
         return Ok(None);
     }
@@ -256,5 +278,7 @@ pub fn theorem_figure(model_index: usize, model: &str, check: &TheoremCheck, pal
 /// `text` with every character other than ASCII letters, digits and `-` replaced by `_`, for file
 /// names.
 fn slug(text: &str) -> String {
-    text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+    text.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect()
 }

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result, ensure};
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use scalelong_model::SkipScaling;
@@ -47,6 +48,16 @@ const VIRIDIS: [RGBColor; 5] = [
     RGBColor(253, 231, 37),
 ];
 const MISSING_CELL: RGBColor = RGBColor(220, 220, 220);
+const GRID_LINE: RGBColor = RGBColor(225, 225, 225);
+const NOTE_GREY: RGBColor = RGBColor(110, 110, 110);
+/// Header of a panel: the title line, then legend rows.
+const TITLE_HEIGHT: u32 = 28;
+const LEGEND_ROW_HEIGHT: u32 = 20;
+/// Room for the line or dot in front of a legend label, and the gap after an entry.
+const LEGEND_MARK_WIDTH: i32 = 26;
+const LEGEND_GAP: i32 = 18;
+/// Tick labels aimed for along an axis.
+const TARGET_TICKS: f64 = 6.0;
 
 /// One colour per strategy label: 1 red, 1/sqrt2 orange, the first CS blue, shared LS green, any
 /// other strategy the next unused colour.
@@ -73,7 +84,10 @@ impl Palette {
     }
 
     pub fn colour(&self, label: &str) -> RGBColor {
-        self.0.iter().find(|(name, _)| name == label).map_or(BLACK, |(_, colour)| *colour)
+        self.0
+            .iter()
+            .find(|(name, _)| name == label)
+            .map_or(BLACK, |(_, colour)| *colour)
     }
 
     /// The colour as CSS `#rrggbb`.
@@ -149,11 +163,153 @@ fn register_font() -> Result<()> {
 /// A panel whose data were not recorded: its title and a note instead of axes.
 pub fn draw_empty_panel(area: &Area, title: &str) -> Result<()> {
     let (width, height) = area.dim_in_pixel();
-    let title_style = TextStyle::from((FONT, 18)).pos(Pos::new(HPos::Center, VPos::Top));
-    area.draw_text(title, &title_style, (width as i32 / 2, 10))?;
-    let note_style = TextStyle::from((FONT, 15)).color(&RGBColor(110, 110, 110)).pos(Pos::new(HPos::Center, VPos::Center));
-    area.draw_text("not recorded in this sweep", &note_style, (width as i32 / 2, height as i32 / 2))?;
+    let body = panel_body(area, title, &[])?;
+    let note_style = TextStyle::from((FONT, 15))
+        .color(&NOTE_GREY)
+        .pos(Pos::new(HPos::Center, VPos::Center));
+    body.draw_text(
+        "not recorded in this sweep",
+        &note_style,
+        (width as i32 / 2, height as i32 / 2 - TITLE_HEIGHT as i32),
+    )?;
     Ok(())
+}
+
+/// How a legend entry marks its series.
+#[derive(Clone, Copy)]
+enum Mark {
+    Line,
+    Dot,
+}
+
+struct LegendEntry<'a> {
+    label: &'a str,
+    colour: RGBColor,
+    mark: Mark,
+}
+
+/// Draws the panel's title and legend above the plot, where they can never hide data, and returns
+/// the area left for the plot.
+fn panel_body<'a>(area: &Area<'a>, title: &str, legend: &[LegendEntry]) -> Result<Area<'a>> {
+    let (width, _) = area.dim_in_pixel();
+    let label_style = TextStyle::from((FONT, 13)).pos(Pos::new(HPos::Left, VPos::Center));
+    // Lay the entries out left to right, wrapping to a new row when one would overflow.
+    let mut positions = Vec::with_capacity(legend.len());
+    let (mut x, mut row) = (LEGEND_GAP, 0);
+    for entry in legend {
+        let (text_width, _) = area.estimate_text_size(entry.label, &label_style)?;
+        let entry_width = LEGEND_MARK_WIDTH + text_width as i32;
+        if x > LEGEND_GAP && x + entry_width > width as i32 {
+            (x, row) = (LEGEND_GAP, row + 1);
+        }
+        positions.push((x, row));
+        x += entry_width + LEGEND_GAP;
+    }
+    let rows = positions.last().map_or(0, |(_, row)| row + 1);
+    let (header, body) = area.split_vertically(TITLE_HEIGHT + rows * LEGEND_ROW_HEIGHT);
+    let title_style = TextStyle::from((FONT, 18)).pos(Pos::new(HPos::Center, VPos::Top));
+    header.draw_text(title, &title_style, (width as i32 / 2, 6))?;
+    for (entry, (x, row)) in legend.iter().zip(positions) {
+        let y = (TITLE_HEIGHT + row * LEGEND_ROW_HEIGHT + LEGEND_ROW_HEIGHT / 2) as i32;
+        match entry.mark {
+            Mark::Line => header.draw(&PathElement::new(
+                vec![(x, y), (x + 20, y)],
+                entry.colour.stroke_width(2),
+            ))?,
+            Mark::Dot => header.draw(&Circle::new((x + 10, y), 4, entry.colour.filled()))?,
+        }
+        header.draw_text(entry.label, &label_style, (x + LEGEND_MARK_WIDTH, y))?;
+    }
+    Ok(body)
+}
+
+/// One axis of a chart: its span and tick positions in plotted coordinates, its tick labels and
+/// description.
+struct Axis<'f> {
+    range: Range<f64>,
+    ticks: Vec<f64>,
+    label: Box<dyn Fn(f64) -> String + 'f>,
+    desc: String,
+}
+
+impl Axis<'static> {
+    /// An axis of `scale` spanning `plotted` (values already mapped by [`Scale::plotted`]).
+    fn fitted(scale: Scale, desc: &str, plotted: impl Iterator<Item = f64>) -> Self {
+        let range = padded_range(plotted);
+        Axis {
+            ticks: scale.ticks(&range),
+            range,
+            label: Box::new(move |coordinate| scale.tick_label(coordinate)),
+            desc: scale.describe(desc),
+        }
+    }
+}
+
+/// A linear f64 coordinate whose ticks are exactly the given positions. plotters' own f64 axis
+/// picks its ticks itself, and its key-point combinator loses the f64 label formatting.
+struct TickedRange {
+    range: Range<f64>,
+    ticks: Vec<f64>,
+}
+
+impl Ranged for TickedRange {
+    type ValueType = f64;
+    type FormatOption = DefaultFormatting;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let fraction = (value - self.range.start) / (self.range.end - self.range.start);
+        limit.0 + (f64::from(limit.1 - limit.0) * fraction).round() as i32
+    }
+
+    /// The ticks for bold lines and labels; no light lines.
+    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        if hint.weight().allow_light_points() {
+            Vec::new()
+        } else {
+            self.ticks.clone()
+        }
+    }
+
+    fn range(&self) -> Range<f64> {
+        self.range.clone()
+    }
+}
+
+type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<TickedRange, TickedRange>>;
+
+/// A chart on `area` with ticks and labels at the axes' round values; `grid_lines` draws a light
+/// line at each tick.
+fn chart<'a, 'b>(area: &'a Area<'b>, x: &Axis, y: &Axis, grid_lines: bool) -> Result<Chart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .margin_top(4)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            TickedRange {
+                range: x.range.clone(),
+                ticks: x.ticks.clone(),
+            },
+            TickedRange {
+                range: y.range.clone(),
+                ticks: y.ticks.clone(),
+            },
+        )?;
+    let x_label = |coordinate: &f64| (x.label)(*coordinate);
+    let y_label = |coordinate: &f64| (y.label)(*coordinate);
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(&x.desc)
+        .y_desc(&y.desc)
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 14))
+        .bold_line_style(GRID_LINE);
+    if !grid_lines {
+        mesh.disable_mesh();
+    }
+    mesh.draw()?;
+    Ok(chart)
 }
 
 /// A curve with an optional band: a band is drawn where `low < high`.
@@ -174,41 +330,44 @@ pub fn draw_band_panel(area: &Area, panel: &BandPanel, y_desc: &str) -> Result<(
     if points().next().is_none() {
         return draw_empty_panel(area, &panel.title);
     }
-    let x_range = padded_range(points().map(|point| point.step as f64));
-    let y_range = padded_range(points().flat_map(|point| [point.low, point.high, point.mean]));
-    let mut chart = ChartBuilder::on(area)
-        .caption(&panel.title, (FONT, 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x_range, y_range)?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .y_desc(y_desc)
-        .x_label_formatter(&|x| format_number(*x))
-        .y_label_formatter(&|y| format_number(*y))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .draw()?;
-    for curve in panel.curves.iter().filter(|curve| curve.points.iter().any(|point| point.high > point.low)) {
+    let legend: Vec<LegendEntry> = panel
+        .curves
+        .iter()
+        .map(|curve| LegendEntry {
+            label: &curve.label,
+            colour: curve.colour,
+            mark: Mark::Line,
+        })
+        .collect();
+    let body = panel_body(area, &panel.title, &legend)?;
+    let x = Axis::fitted(Scale::Linear, "step", points().map(|point| point.step as f64));
+    let y = Axis::fitted(
+        Scale::Linear,
+        y_desc,
+        points().flat_map(|point| [point.low, point.high, point.mean]),
+    );
+    let mut chart = chart(&body, &x, &y, true)?;
+    for curve in panel
+        .curves
+        .iter()
+        .filter(|curve| curve.points.iter().any(|point| point.high > point.low))
+    {
         let upper = curve.points.iter().map(|point| (point.step as f64, point.high));
         let lower = curve.points.iter().rev().map(|point| (point.step as f64, point.low));
-        chart.draw_series(std::iter::once(Polygon::new(upper.chain(lower).collect::<Vec<_>>(), curve.colour.mix(0.2).filled())))?;
+        chart.draw_series(std::iter::once(Polygon::new(
+            upper.chain(lower).collect::<Vec<_>>(),
+            curve.colour.mix(0.2).filled(),
+        )))?;
     }
     for curve in &panel.curves {
-        let colour = curve.colour;
         let line = curve.points.iter().map(|point| (point.step as f64, point.mean));
-        chart
-            .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))?
-            .label(&curve.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+        chart.draw_series(LineSeries::new(line.clone(), curve.colour.stroke_width(2)))?;
         // A single point draws no line; mark it so it stays visible.
         if curve.points.len() == 1 {
-            chart.draw_series(line.map(|point| Circle::new(point, 3, colour.filled())))?;
+            chart.draw_series(line.map(|point| Circle::new(point, 3, curve.colour.filled())))?;
         }
     }
-    draw_legend(&mut chart)
+    Ok(())
 }
 
 /// Per-LSC heatmaps (LSC index up, step across) sharing one logarithmic colour scale, and its bar.
@@ -216,8 +375,7 @@ pub fn draw_heatmaps(area: &Area, panels: &[(String, &LscGrid)], value_desc: &st
     let log_values: Vec<f64> = panels
         .iter()
         .flat_map(|(_, grid)| grid.cells.values())
-        .filter(|value| **value > 0.0)
-        .map(|value| value.log10())
+        .filter_map(|value| Scale::Log.plotted(*value))
         .collect();
     if log_values.is_empty() {
         return draw_empty_panel(area, value_desc);
@@ -225,73 +383,84 @@ pub fn draw_heatmaps(area: &Area, panels: &[(String, &LscGrid)], value_desc: &st
     let low = log_values.iter().copied().fold(f64::INFINITY, f64::min);
     let high = log_values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     // A constant field still needs a non-empty scale.
-    let scale = low..high.max(low + 1e-6);
+    let log_scale = low..high.max(low + 1e-6);
     let (panels_area, bar_area) = area.split_horizontally(area.dim_in_pixel().0.saturating_sub(COLOUR_BAR_WIDTH));
     for (panel_area, (title, grid)) in panel_areas(&panels_area, panels.len()).iter().zip(panels) {
-        draw_heatmap_panel(panel_area, title, grid, &scale)?;
+        draw_heatmap_panel(panel_area, title, grid, &log_scale)?;
     }
-    draw_colour_bar(&bar_area, &scale, value_desc)
+    draw_colour_bar(&bar_area, &log_scale, value_desc)
 }
 
 fn draw_heatmap_panel(area: &Area, title: &str, grid: &LscGrid, log_scale: &Range<f64>) -> Result<()> {
     let (Some(&first_lsc), Some(&last_lsc)) = (grid.lscs.first(), grid.lscs.last()) else {
         return draw_empty_panel(area, title);
     };
+    let body = panel_body(area, title, &[])?;
     let columns = grid.steps.len();
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT, 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..columns as f64, f64::from(first_lsc) - 0.5..f64::from(last_lsc) + 0.5)?;
-    let step_at = |x: f64| grid.steps.get(x.floor().max(0.0) as usize).map_or(String::new(), u64::to_string);
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_desc("step")
-        .y_desc("LSC i (1 = outermost)")
-        .x_labels(6)
-        .y_labels(grid.lscs.len())
-        .x_label_formatter(&|x| step_at(*x))
-        .y_label_formatter(&|y| if (y - y.round()).abs() < 1e-6 { format!("{}", y.round()) } else { String::new() })
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .draw()?;
+    // Ticks in the middle of every stride-th column, labelled with that column's step.
+    let stride = (columns as f64 / TARGET_TICKS).ceil().max(1.0) as usize;
+    let x = Axis {
+        range: 0.0..columns as f64,
+        ticks: (0..columns).step_by(stride).map(|column| column as f64 + 0.5).collect(),
+        label: Box::new(|coordinate| {
+            grid.steps
+                .get(coordinate.max(0.0) as usize)
+                .map_or(String::new(), u64::to_string)
+        }),
+        desc: "step".to_string(),
+    };
+    let y = Axis {
+        range: f64::from(first_lsc) - 0.5..f64::from(last_lsc) + 0.5,
+        ticks: grid.lscs.iter().map(|&lsc| f64::from(lsc)).collect(),
+        label: Box::new(|coordinate| format!("{}", coordinate.round())),
+        desc: "LSC i (1 = outermost)".to_string(),
+    };
+    let mut chart = chart(&body, &x, &y, false)?;
     let span = log_scale.end - log_scale.start;
     chart.draw_series(grid.steps.iter().enumerate().flat_map(|(column, step)| {
         grid.lscs.iter().map(move |&lsc| {
-            let colour = match grid.cells.get(&(lsc, *step)) {
-                Some(&value) if value > 0.0 => sequential_colour((value.log10() - log_scale.start) / span),
-                _ => MISSING_CELL,
+            let colour = match grid
+                .cells
+                .get(&(lsc, *step))
+                .and_then(|value| Scale::Log.plotted(*value))
+            {
+                Some(log_value) => sequential_colour((log_value - log_scale.start) / span),
+                None => MISSING_CELL,
             };
             let row = f64::from(lsc);
-            Rectangle::new([(column as f64, row - 0.5), (column as f64 + 1.0, row + 0.5)], colour.filled())
+            Rectangle::new(
+                [(column as f64, row - 0.5), (column as f64 + 1.0, row + 0.5)],
+                colour.filled(),
+            )
         })
     }))?;
     Ok(())
 }
 
 fn draw_colour_bar(area: &Area, log_scale: &Range<f64>, value_desc: &str) -> Result<()> {
-    let mut chart = ChartBuilder::on(area)
-        .margin_top(40)
-        .margin_bottom(52)
-        .margin_right(8)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..1.0, log_scale.clone())?;
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .disable_x_axis()
-        .y_desc(format!("{value_desc} (log scale)"))
-        .y_label_formatter(&|y| format_number(10f64.powf(*y)))
-        .label_style((FONT, 12))
-        .axis_desc_style((FONT, 13))
-        .draw()?;
+    // An empty header keeps the bar level with the heatmaps beside it.
+    let body = panel_body(area, "", &[])?;
+    let x = Axis {
+        range: 0.0..1.0,
+        ticks: Vec::new(),
+        label: Box::new(|_| String::new()),
+        desc: String::new(),
+    };
+    let y = Axis {
+        range: log_scale.clone(),
+        ticks: Scale::Log.ticks(log_scale),
+        label: Box::new(|coordinate| Scale::Log.tick_label(coordinate)),
+        desc: Scale::Log.describe(value_desc),
+    };
+    let mut chart = chart(&body, &x, &y, false)?;
     const STRIPS: usize = 100;
     let span = log_scale.end - log_scale.start;
     chart.draw_series((0..STRIPS).map(|strip| {
         let fraction = |index: usize| index as f64 / STRIPS as f64;
-        let (bottom, top) = (log_scale.start + fraction(strip) * span, log_scale.start + fraction(strip + 1) * span);
+        let (bottom, top) = (
+            log_scale.start + fraction(strip) * span,
+            log_scale.start + fraction(strip + 1) * span,
+        );
         Rectangle::new([(0.0, bottom), (1.0, top)], sequential_colour(fraction(strip)).filled())
     }))?;
     Ok(())
@@ -305,11 +474,49 @@ pub enum Scale {
 }
 
 impl Scale {
-    /// The plotted coordinate; `None` for a value a log axis cannot show.
+    /// The plotted coordinate; `None` for a value the axis cannot show.
     fn plotted(self, value: f64) -> Option<f64> {
         match self {
             Scale::Linear => value.is_finite().then_some(value),
             Scale::Log => (value > 0.0 && value.is_finite()).then(|| value.log10()),
+        }
+    }
+
+    /// Tick positions (plotted coordinates) at round values inside `range`: multiples of 1, 2 or 5
+    /// times a power of ten on a linear axis; on a log axis powers of ten, with 2 and 5 (or every
+    /// integer mantissa) between them when the axis spans few decades.
+    fn ticks(self, range: &Range<f64>) -> Vec<f64> {
+        let linear_ticks = || {
+            let rough_step = (range.end - range.start) / TARGET_TICKS;
+            let power = 10f64.powf(rough_step.log10().floor());
+            let step = [1.0, 2.0, 5.0, 10.0]
+                .map(|mantissa| mantissa * power)
+                .into_iter()
+                .find(|step| *step >= rough_step)
+                .unwrap_or(power * 10.0);
+            let (first, last) = ((range.start / step).ceil() as i64, (range.end / step).floor() as i64);
+            (first..=last).map(|index| index as f64 * step).collect::<Vec<f64>>()
+        };
+        match self {
+            Scale::Linear => linear_ticks(),
+            Scale::Log => {
+                let decades = range.end - range.start;
+                let mantissas: &[f64] = match decades {
+                    d if d > 4.0 => &[1.0],
+                    d if d > 1.2 => &[1.0, 2.0, 5.0],
+                    _ => &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+                };
+                let ticks: Vec<f64> = (range.start.floor() as i32..=range.end.ceil() as i32)
+                    .flat_map(|power| {
+                        mantissas
+                            .iter()
+                            .map(move |mantissa| (mantissa * 10f64.powi(power)).log10())
+                    })
+                    .filter(|tick| range.contains(tick))
+                    .collect();
+                // Less than a factor of 2 wide: round values are too sparse, use even steps.
+                if ticks.len() >= 2 { ticks } else { linear_ticks() }
+            }
         }
     }
 
@@ -359,48 +566,34 @@ pub fn draw_scatter_panel(area: &Area, panel: &ScatterPanel) -> Result<()> {
     if all_points().next().is_none() {
         return draw_empty_panel(area, &panel.title);
     }
-    let mut chart = ChartBuilder::on(area)
-        .caption(&panel.title, (FONT, 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(padded_range(all_points().map(|p| p.0)), padded_range(all_points().map(|p| p.1)))?;
-    chart
-        .configure_mesh()
-        .x_desc(panel.x_scale.describe(&panel.x_desc))
-        .y_desc(panel.y_scale.describe(&panel.y_desc))
-        .x_label_formatter(&|x| panel.x_scale.tick_label(*x))
-        .y_label_formatter(&|y| panel.y_scale.tick_label(*y))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
-        .draw()?;
+    let legend: Vec<LegendEntry> = panel
+        .lines
+        .iter()
+        .map(|series| LegendEntry {
+            label: &series.label,
+            colour: series.colour,
+            mark: Mark::Line,
+        })
+        .chain(panel.dots.iter().map(|series| LegendEntry {
+            label: &series.label,
+            colour: series.colour,
+            mark: Mark::Dot,
+        }))
+        .collect();
+    let body = panel_body(area, &panel.title, &legend)?;
+    let x = Axis::fitted(panel.x_scale, &panel.x_desc, all_points().map(|point| point.0));
+    let y = Axis::fitted(panel.y_scale, &panel.y_desc, all_points().map(|point| point.1));
+    let mut chart = chart(&body, &x, &y, true)?;
     for (series, points) in panel.lines.iter().zip(lines) {
-        let colour = series.colour;
-        chart
-            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
-            .label(&series.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+        chart.draw_series(LineSeries::new(points, series.colour.stroke_width(2)))?;
     }
     for (series, points) in panel.dots.iter().zip(dots) {
-        let colour = series.colour;
-        chart
-            .draw_series(points.into_iter().map(|point| Circle::new(point, 4, colour.filled())))?
-            .label(&series.label)
-            .legend(move |(x, y)| Circle::new((x + 10, y), 4, colour.filled()));
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|point| Circle::new(point, 4, series.colour.filled())),
+        )?;
     }
-    draw_legend(&mut chart)
-}
-
-fn draw_legend<'a, 'b: 'a>(
-    chart: &mut ChartContext<'a, BitMapBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
-) -> Result<()> {
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
     Ok(())
 }
 
@@ -408,10 +601,16 @@ fn draw_legend<'a, 'b: 'a>(
 fn padded_range(values: impl Iterator<Item = f64>) -> Range<f64> {
     let (low, high) = values
         .filter(|value| value.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), value| (low.min(value), high.max(value)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), value| {
+            (low.min(value), high.max(value))
+        });
     if low > high {
         return 0.0..1.0;
     }
-    let padding = if high > low { 0.05 * (high - low) } else { 0.05 * low.abs().max(1e-3) };
+    let padding = if high > low {
+        0.05 * (high - low)
+    } else {
+        0.05 * low.abs().max(1e-3)
+    };
     low - padding..high + padding
 }

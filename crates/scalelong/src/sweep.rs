@@ -1,0 +1,192 @@
+//! `scalelong sweep`: a grid over config keys, expanded into one run folder per combination.
+//!
+//! Completed runs are skipped, interrupted ones resumed from their checkpoint, diverged ones
+//! recorded and left; a per-run lock file lets several processes (`--shard i/n`, or a scheduler
+//! running the `--list` commands) share one sweep folder without running a run twice.
+
+use crate::config::{RunConfig, apply_override};
+use crate::run_folder::{RunState, Status, write_json_atomic};
+use crate::train::{self, Outcome};
+use anyhow::{Context, Result, bail};
+use burn::prelude::Device;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepFile {
+    pub name: String,
+    /// The run config every run starts from, relative to the sweep file.
+    pub base: PathBuf,
+    /// Axis key (dotted, as for `--set`) -> the values it takes; every combination is one run.
+    pub grid: toml::Table,
+    /// Overrides shared by every run.
+    #[serde(default)]
+    pub set: toml::Table,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepPlan {
+    pub name: String,
+    pub base_config: PathBuf,
+    pub axes: toml::Table,
+    pub runs: Vec<PlannedRun>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedRun {
+    pub id: String,
+    /// `key=value` overrides in `--set` form: the shared ones, then this run's axis values.
+    pub overrides: Vec<String>,
+    #[serde(skip)]
+    pub config: RunConfig,
+}
+
+impl SweepPlan {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read sweep file", path.display()))?;
+        let file: SweepFile = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+        let base_config = path.parent().unwrap_or(Path::new(".")).join(&file.base);
+        let base_text = std::fs::read_to_string(&base_config)
+            .with_context(|| format!("{}: base = {:?}: cannot read", path.display(), file.base))?;
+        let base: toml::Table = toml::from_str(&base_text).map_err(|e| anyhow::anyhow!("{}: {e}", base_config.display()))?;
+
+        let shared: Vec<String> = file.set.iter().map(|(k, v)| format!("{k}={}", inline(v))).collect();
+        let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();
+        for (key, values) in &file.grid {
+            match values {
+                toml::Value::Array(values) if !values.is_empty() => axes.push((key.clone(), values.clone())),
+                _ => bail!("{}: grid.{key}: expected a non-empty list of values", path.display()),
+            }
+        }
+        let mut runs = Vec::new();
+        for combination in cartesian(&axes) {
+            let id = combination.iter().map(|(_, v)| slug(v)).collect::<Vec<_>>().join("_");
+            let mut overrides = shared.clone();
+            overrides.extend(combination.iter().map(|(k, v)| format!("{k}={}", inline(v))));
+            let mut table = base.clone();
+            for item in &overrides {
+                apply_override(&mut table, item)?;
+            }
+            let config = RunConfig::from_table(table).with_context(|| format!("{}: run {id}", path.display()))?;
+            runs.push(PlannedRun { id, overrides, config });
+        }
+        let mut ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+        ids.sort();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            bail!("{}: two runs would share the folder {:?}; make the grid values distinct", path.display(), w[0]);
+        }
+        Ok(Self { name: file.name, base_config, axes: file.grid, runs })
+    }
+
+    pub fn folder(&self, runs_root: &Path) -> PathBuf {
+        runs_root.join(&self.name)
+    }
+
+    /// One shell command per run, for a scheduler (each resumes if started again).
+    pub fn commands(&self, runs_root: &Path) -> Vec<String> {
+        self.runs
+            .iter()
+            .map(|run| {
+                let sets: String = run.overrides.iter().map(|o| format!(" --set {}", shell_quote(o))).collect();
+                format!(
+                    "scalelong train --config {}{sets} --out {} --resume",
+                    shell_quote(&self.base_config.display().to_string()),
+                    shell_quote(&self.folder(runs_root).join(&run.id).display().to_string())
+                )
+            })
+            .collect()
+    }
+}
+
+/// What happened to each run of this process's share.
+#[derive(Debug, Default)]
+pub struct SweepSummary {
+    pub trained: Vec<String>,
+    pub skipped: Vec<String>,
+    pub diverged: Vec<String>,
+    pub locked_elsewhere: Vec<String>,
+}
+
+/// Runs share `shard` (`(i, n)`: runs whose index is `i` mod `n`) of the sweep.
+pub fn run(plan: &SweepPlan, runs_root: &Path, shard: (usize, usize), device: &Device) -> Result<SweepSummary> {
+    let folder = plan.folder(runs_root);
+    std::fs::create_dir_all(&folder).with_context(|| format!("{}: cannot create", folder.display()))?;
+    write_json_atomic(&folder.join("sweep.json"), plan)?;
+    let mut summary = SweepSummary::default();
+    for (index, run) in plan.runs.iter().enumerate().filter(|(i, _)| i % shard.1 == shard.0) {
+        let dir = folder.join(&run.id);
+        std::fs::create_dir_all(&dir)?;
+        let lock = File::create(dir.join(".lock"))?;
+        if lock.try_lock().is_err() {
+            summary.locked_elsewhere.push(run.id.clone());
+            continue;
+        }
+        match Status::read(&dir).map(|s| s.state) {
+            Some(RunState::Completed) => summary.skipped.push(run.id.clone()),
+            Some(RunState::Diverged) => summary.diverged.push(run.id.clone()),
+            _ => {
+                eprintln!("[{}/{}] {}", index + 1, plan.runs.len(), run.id);
+                match train::train(&run.config, &dir, device, true).with_context(|| format!("run {}", run.id))? {
+                    Outcome::Completed => summary.trained.push(run.id.clone()),
+                    Outcome::Diverged { step } => {
+                        eprintln!("{} diverged at step {step}; the sweep goes on", run.id);
+                        summary.diverged.push(run.id.clone());
+                    }
+                }
+            }
+        }
+        drop(lock);
+    }
+    Ok(summary)
+}
+
+/// `"i/n"` with 0 <= i < n.
+pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
+    let parsed = text.split_once('/').and_then(|(i, n)| Some((i.parse().ok()?, n.parse().ok()?)));
+    match parsed {
+        Some((i, n)) if n > 0 && i < n => Ok((i, n)),
+        _ => bail!("--shard {text}: expected i/n with 0 <= i < n, e.g. 0/2 and 1/2"),
+    }
+}
+
+fn cartesian(axes: &[(String, Vec<toml::Value>)]) -> Vec<Vec<(String, toml::Value)>> {
+    axes.iter().fold(vec![Vec::new()], |acc, (key, values)| {
+        acc.iter()
+            .flat_map(|prefix| {
+                values.iter().map(move |v| {
+                    let mut next = prefix.clone();
+                    next.push((key.clone(), v.clone()));
+                    next
+                })
+            })
+            .collect()
+    })
+}
+
+/// A TOML value as it would be written after `key = ` on one line.
+fn inline(value: &toml::Value) -> String {
+    let mut table = toml::Table::new();
+    table.insert("v".into(), value.clone());
+    let text = toml::to_string(&table).expect("a TOML value serialises");
+    text.trim().strip_prefix("v = ").unwrap_or(text.trim()).to_string()
+}
+
+/// A folder-name-safe rendering of a grid value: `"1/sqrt2"` -> `1-sqrt2`, `{ cs = 0.7 }` -> `cs0.7`.
+fn slug(value: &toml::Value) -> String {
+    let raw = match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Table(t) => t.iter().map(|(k, v)| format!("{k}{}", slug(v))).collect(),
+        other => other.to_string(),
+    };
+    raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
+}
+
+fn shell_quote(text: &str) -> String {
+    if text.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:".contains(c)) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
