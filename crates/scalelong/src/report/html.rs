@@ -453,7 +453,7 @@ fn swatch(content: &ReportContent, label: &str) -> String {
 }
 
 fn data_uri(png: &[u8]) -> String {
-    format!("data:image/png;base64,{}", BASE64.encode(&png[..png.len() / 2]))
+    format!("data:image/png;base64,{}", BASE64.encode(png))
 }
 
 fn escape(text: &str) -> String {
