@@ -26,9 +26,10 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_slice(&text).with_context(|| format!("{}: corrupt JSON", path.display()))
 }
 
+/// `<name>.<pid>.tmp`: processes sharing a sweep folder never write the same temporary file.
 fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().expect("a file path").to_os_string();
-    name.push(".tmp");
+    name.push(format!(".{}.tmp", std::process::id()));
     path.with_file_name(name)
 }
 

@@ -37,8 +37,12 @@ pub struct SweepPlan {
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedRun {
     pub id: String,
+    /// This run's value on each grid axis.
+    #[serde(rename = "overrides")]
+    pub axis_values: toml::Table,
     /// `key=value` overrides in `--set` form: the shared ones, then this run's axis values.
-    pub overrides: Vec<String>,
+    #[serde(skip)]
+    pub settings: Vec<String>,
     #[serde(skip)]
     pub config: RunConfig,
 }
@@ -62,15 +66,16 @@ impl SweepPlan {
         }
         let mut runs = Vec::new();
         for combination in cartesian(&axes) {
-            let id = combination.iter().map(|(_, v)| slug(v)).collect::<Vec<_>>().join("_");
-            let mut overrides = shared.clone();
-            overrides.extend(combination.iter().map(|(k, v)| format!("{k}={}", inline(v))));
+            let id = combination.iter().map(|(k, v)| run_id_part(k, v)).collect::<Vec<_>>().join("_");
+            let mut settings = shared.clone();
+            settings.extend(combination.iter().map(|(k, v)| format!("{k}={}", inline(v))));
             let mut table = base.clone();
-            for item in &overrides {
+            for item in &settings {
                 apply_override(&mut table, item)?;
             }
             let config = RunConfig::from_table(table).with_context(|| format!("{}: run {id}", path.display()))?;
-            runs.push(PlannedRun { id, overrides, config });
+            let axis_values = combination.into_iter().collect();
+            runs.push(PlannedRun { id, axis_values, settings, config });
         }
         let mut ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
         ids.sort();
@@ -89,7 +94,7 @@ impl SweepPlan {
         self.runs
             .iter()
             .map(|run| {
-                let sets: String = run.overrides.iter().map(|o| format!(" --set {}", shell_quote(o))).collect();
+                let sets: String = run.settings.iter().map(|o| format!(" --set {}", shell_quote(o))).collect();
                 format!(
                     "scalelong train --config {}{sets} --out {} --resume",
                     shell_quote(&self.base_config.display().to_string()),
@@ -165,12 +170,18 @@ fn cartesian(axes: &[(String, Vec<toml::Value>)]) -> Vec<Vec<(String, toml::Valu
     })
 }
 
-/// A TOML value as it would be written after `key = ` on one line.
+/// A TOML value as it would be written after `key = ` on one line (tables inline).
 fn inline(value: &toml::Value) -> String {
-    let mut table = toml::Table::new();
-    table.insert("v".into(), value.clone());
-    let text = toml::to_string(&table).expect("a TOML value serialises");
-    text.trim().strip_prefix("v = ").unwrap_or(text.trim()).to_string()
+    value.to_string()
+}
+
+/// A string names itself (`cs`, `uvit-deep`); a number or table gets its key's last segment
+/// (`seed0`, `lr0.003`), so that run folders read without the sweep file.
+fn run_id_part(key: &str, value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(_) => slug(value),
+        _ => format!("{}{}", key.rsplit('.').next().unwrap_or(key), slug(value)),
+    }
 }
 
 /// A folder-name-safe rendering of a grid value: `"1/sqrt2"` -> `1-sqrt2`, `{ cs = 0.7 }` -> `cs0.7`.
