@@ -92,6 +92,11 @@ impl Recorder {
         })
     }
 
+    /// The fixed probe inputs `(x_t, model_time)` and each sample's bin, when recording is on.
+    pub fn probe(&self) -> Option<(Tensor<4>, Tensor<1>, &[u32])> {
+        self.probe.as_ref().map(|p| (p.x_t.clone(), p.model_time.clone(), p.bins.as_slice()))
+    }
+
     pub fn is_due(&self, step: u64) -> bool {
         self.every > 0 && step % self.every == 0
     }

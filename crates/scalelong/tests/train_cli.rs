@@ -144,3 +144,16 @@ fn a_huge_learning_rate_marks_the_run_diverged_and_keeps_the_last_good_checkpoin
         assert!(dir.join("run/checkpoint/state.json").exists(), "the last good checkpoint is kept");
     }
 }
+
+#[test]
+fn recording_diagnostics_every_step_changes_no_loss() {
+    let dir = TempDir::new("observe");
+    let config = write_config(&dir, "tiny.toml", TINY_CONFIG);
+    let with = train(&dir, &config, "with", &["--set", "diagnostics.every=1"]);
+    let without = train(&dir, &config, "without", &["--set", "diagnostics.every=0"]);
+    assert!(with.status.success() && without.status.success());
+    let losses = |run: &str| jsonl(&dir.join(run).join("metrics.jsonl")).iter().map(|m| m["loss"].as_f64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(losses("with"), losses("without"), "bit-identical on the flex backend");
+    assert!(jsonl(&dir.join("with/diagnostics.jsonl")).len() > 8);
+    assert!(std::fs::read_to_string(dir.join("without/diagnostics.jsonl")).unwrap().is_empty());
+}

@@ -1,0 +1,121 @@
+//! The recorder's numbers against direct computations on a tiny network.
+
+use burn::prelude::*;
+use scalelong_data::synthetic;
+use scalelong_diagnostics::records::Record;
+use scalelong_diagnostics::recorder::{DiagnosticsConfig, Recorder};
+use scalelong_model::diffusion::ScheduleConfig;
+use scalelong_model::uvit::UViTConfig;
+use scalelong_model::{ForwardTrace, ModelConfig, SkipScaling};
+
+fn values(t: Tensor<2>) -> (usize, Vec<f64>) {
+    let [_, f] = t.dims();
+    (f, t.into_data().try_to_vec::<f32>().unwrap().into_iter().map(f64::from).collect())
+}
+
+/// Per-sample L2 norms of a `[B, F]` tensor, summed in f64 by plain loops.
+fn row_norms(t: &Tensor<2>) -> Vec<f64> {
+    let (f, v) = values(t.clone());
+    v.chunks(f).map(|row| row.iter().map(|x| x * x).sum::<f64>().sqrt()).collect()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+fn find<'a>(rows: &'a [Record], quantity: &str, layer: Option<&str>, t_bin: Option<u32>) -> &'a Record {
+    rows.iter()
+        .find(|r| r.quantity == quantity && r.layer.as_deref() == layer && r.t_bin == t_bin)
+        .unwrap_or_else(|| panic!("no {quantity} {layer:?} {t_bin:?}"))
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-4 * b.abs().max(1e-6)
+}
+
+#[test]
+fn recorded_norms_coefficients_and_bins_match_a_direct_computation() {
+    let device = Device::flex().autodiff();
+    device.seed(9);
+    let config = ModelConfig::Uvit(UViTConfig { img_size: 8, patch_size: 2, embed_dim: 16, depth: 6, num_heads: 2, ..UViTConfig::default() });
+    let kappa = 0.5;
+    let net = config.init(SkipScaling::Constant { kappa }, &device);
+    let images = synthetic(32, 1, 8, 4);
+    let schedule = ScheduleConfig::default().build();
+    let diagnostics = DiagnosticsConfig { every: 1, t_bins: 4, probe_per_bin: 3, robustness_delta: 1e-2 };
+    let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
+    let rows = recorder.record(1, &net, &net);
+
+    let (x_t, time, bins) = recorder.probe().unwrap();
+    assert_eq!(bins, &[0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]);
+    let times = time.clone().into_data().try_to_vec::<f32>().unwrap();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "a fixed grid from least to most noise");
+
+    let mut trace = ForwardTrace::default();
+    net.valid().forward(x_t.clone().inner(), time.inner(), Some(&mut trace));
+    let n = trace.fusions.len();
+
+    // Feature norms of every block, overall and in one bin.
+    let blocks = trace.encoder.iter().enumerate().map(|(k, h)| (format!("enc.{k}"), h.clone()))
+        .chain(trace.decoder.iter().enumerate().map(|(k, h)| (format!("dec.{k}"), h.clone())));
+    for (layer, h) in blocks {
+        let norms = row_norms(&h);
+        let recorded = find(&rows, "feature_l2", Some(&layer), None).value.unwrap();
+        assert!(close(recorded, mean(&norms)), "{layer}: {recorded} vs {}", mean(&norms));
+        let bin2 = find(&rows, "feature_l2", Some(&layer), Some(2)).value.unwrap();
+        assert!(close(bin2, mean(&norms[6..9])), "{layer} bin 2");
+        let rms = find(&rows, "feature_rms", Some(&layer), None).value.unwrap();
+        assert!(close(rms, mean(&norms) / (h.dims()[1] as f64).sqrt()));
+    }
+
+    // The coefficient and the scaled-skip ratio at each fusion.
+    for (k, fusion) in trace.fusions.iter().enumerate() {
+        let layer = format!("dec.{k}");
+        let c = kappa.powi(fusion.lsc as i32 - 1);
+        assert_eq!(find(&rows, "coef", Some(&layer), None).value.unwrap(), c);
+        assert_eq!(find(&rows, "coef", Some(&layer), None).lsc, Some((n - k) as u32));
+        let ratios: Vec<f64> = row_norms(&fusion.skip).iter().zip(row_norms(&fusion.main)).map(|(s, m)| c * s / m).collect();
+        assert!(close(find(&rows, "skip_ratio", Some(&layer), None).value.unwrap(), mean(&ratios)), "{layer}");
+    }
+
+    // ||x_t||^2 per bin.
+    let flat = x_t.inner().reshape([12, 64]);
+    let sq: Vec<f64> = row_norms(&flat).iter().map(|v| v * v).collect();
+    assert!(close(find(&rows, "xt_sq_norm", None, Some(0)).value.unwrap(), mean(&sq[0..3])));
+    assert!(find(&rows, "robustness", None, None).value.unwrap() > 0.0);
+    assert!(find(&rows, "m0", None, None).value.unwrap() > 0.0);
+    // CS records no gates.
+    assert!(!rows.iter().any(|r| r.quantity.starts_with("gate")));
+}
+
+#[test]
+fn learnable_scaling_records_gate_statistics_and_their_decay_fit() {
+    let device = Device::flex().autodiff();
+    let config = ModelConfig::Uvit(UViTConfig { img_size: 8, patch_size: 2, embed_dim: 16, depth: 6, num_heads: 2, ..UViTConfig::default() });
+    let net = config.init(SkipScaling::Learnable { shared: false, reduction: 4 }, &device);
+    let images = synthetic(16, 1, 8, 4);
+    let schedule = ScheduleConfig::default().build();
+    let diagnostics = DiagnosticsConfig { every: 1, t_bins: 2, probe_per_bin: 2, robustness_delta: 1e-2 };
+    let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
+    let rows = recorder.record(1, &net, &net);
+    for k in 0..3 {
+        let layer = format!("dec.{k}");
+        let stat = |q| find(&rows, q, Some(&layer), None).value.unwrap();
+        let (mean, min, max) = (stat("gate_mean"), stat("gate_min"), stat("gate_max"));
+        assert!(0.0 < min && min <= mean && mean <= max && max < 1.0);
+        assert_eq!(stat("coef"), mean);
+    }
+    for q in ["gate_fit_a", "gate_fit_kappa", "gate_fit_r2"] {
+        assert!(find(&rows, q, None, None).value.is_some(), "{q}");
+    }
+}
+
+#[test]
+fn recording_is_off_when_every_is_zero() {
+    let device = Device::flex().autodiff();
+    let images = synthetic(4, 1, 8, 4);
+    let schedule = ScheduleConfig::default().build();
+    let recorder = Recorder::new(&DiagnosticsConfig::default(), &images, &schedule, 0, &device).unwrap();
+    assert!(recorder.probe().is_none());
+    assert!(!(1..100).any(|s| recorder.is_due(s)));
+}
