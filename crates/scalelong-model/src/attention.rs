@@ -4,7 +4,7 @@
 use crate::init::linear;
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
+use crate::ops::qkv_attention;
 
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -28,19 +28,12 @@ impl Attention {
     /// # Shapes
     /// - x: `[B, L, D]`
     /// - output: `[B, L, D]`
+    ///
+    /// The head split, `softmax(q k^T / sqrt(Dh)) v` and the head merge run as one fused op
+    /// ([`crate::ops::qkv_attention`], equal to the composition in
+    /// [`crate::ops::qkv_attention_reference`]).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [batch, tokens, dim] = x.dims();
-        let head_dim = dim / self.heads;
-        let qkv = self.qkv.forward(x).reshape([batch, tokens, 3, self.heads, head_dim]); // [B, L, 3, H, Dh]
-        let qkv = qkv.permute([2, 0, 3, 1, 4]); // [3, B, H, L, Dh]
-        let part = |k: usize| -> Tensor<4> {
-            qkv.clone().narrow(0, k, 1).reshape([batch, self.heads, tokens, head_dim]) // [B, H, L, Dh]
-        };
-        let (q, k, v) = (part(0), part(1), part(2));
-        let scale = (head_dim as f64).powf(-0.5);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale); // [B, H, L, L]
-        let out = softmax(scores, 3).matmul(v); // [B, H, L, Dh]
-        let out = out.swap_dims(1, 2).reshape([batch, tokens, dim]); // [B, L, D]
-        self.proj.forward(out)
+        let qkv = self.qkv.forward(x); // [B, L, 3D], laid out (3, H, Dh)
+        self.proj.forward(qkv_attention(qkv, self.heads)) // [B, L, D]
     }
 }

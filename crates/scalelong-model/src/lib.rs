@@ -11,6 +11,7 @@ pub mod embeddings;
 pub mod gate;
 pub mod init;
 pub mod network;
+pub mod ops;
 pub mod presets;
 pub mod skip_scaling;
 pub mod trace;

@@ -49,7 +49,9 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { heldout_images: 512, t_bins: 10, fd_samples: 256, classifier_epochs: 2, cache_dir: PathBuf::from("runs/.cache") }
+        // One classifier epoch on Fashion-MNIST (60k at 32x32) took 177 s on the 2-core machine
+        // under a load of ~4 for a test accuracy of 0.875; two took 415 s for 0.893.
+        Self { heldout_images: 512, t_bins: 10, fd_samples: 256, classifier_epochs: 1, cache_dir: PathBuf::from("runs/.cache") }
     }
 }
 
@@ -193,5 +195,25 @@ mod tests {
         assert!(EvalConfig { t_bins: 0, ..EvalConfig::default() }.validate(1000).is_err());
         assert!(EvalConfig { classifier_epochs: 0, ..EvalConfig::default() }.validate(1000).is_err());
         EvalConfig::default().validate(1000).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod scratch_timing {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn scratch_time_eval_parts() {
+        let device = Device::flex();
+        let model_config = scalelong_model::presets::preset("uvit-small").unwrap();
+        let ema = model_config.init(scalelong_model::SkipScaling::Original, &device);
+        let schedule = scalelong_model::diffusion::ScheduleConfig::default().build();
+        let test_set = scalelong_data::synthetic(512, 1, 32, 1);
+        let t = std::time::Instant::now();
+        let h = heldout_loss(&ema, &schedule, &test_set, 512, 10, &device).unwrap();
+        println!("heldout 510 images: {:.1} s ({})", t.elapsed().as_secs_f64(), h.mean);
+        let t = std::time::Instant::now();
+        let s = generate_samples(&ema, &model_config, &schedule, SamplerConfig::default(), 64, &device);
+        println!("64 DDIM-50 samples: {:.1} s {:?}", t.elapsed().as_secs_f64(), s.dims());
     }
 }

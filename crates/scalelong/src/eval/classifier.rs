@@ -404,7 +404,7 @@ mod tests {
 /// A measurement, not a check: trains the classifier on the real Fashion-MNIST (padded to 32x32,
 /// as the runs use it) and prints its training time and test accuracy. Ignored by default (it
 /// takes minutes and needs the data); run it from the workspace root with
-/// `SCALELONG_DATA=$PWD/data/usr/share/datasets/fashion-mnist SCALELONG_CLASSIFIER_EPOCHS=2 cargo test -p scalelong --bin scalelong measure_fashion_mnist_classifier -- --ignored --nocapture`
+/// `SCALELONG_DATA=$PWD/data/usr/share/datasets/fashion-mnist SCALELONG_CLASSIFIER_EPOCHS=1 cargo test -p scalelong --bin scalelong measure_fashion_mnist_classifier -- --ignored --nocapture`
 /// (`cargo test` runs in the crate's folder, where the default relative data paths do not lead).
 #[cfg(test)]
 mod measurement {
@@ -414,7 +414,8 @@ mod measurement {
     #[test]
     #[ignore = "a measurement on the real data: minutes of CPU"]
     fn measure_fashion_mnist_classifier() {
-        let epochs = std::env::var("SCALELONG_CLASSIFIER_EPOCHS").map_or(2, |v| v.parse().expect("SCALELONG_CLASSIFIER_EPOCHS: a number"));
+        let epochs = std::env::var("SCALELONG_CLASSIFIER_EPOCHS")
+            .map_or(crate::eval::EvalConfig::default().classifier_epochs, |v| v.parse().expect("SCALELONG_CLASSIFIER_EPOCHS: a number"));
         let load = |split| fashion_mnist(split).expect("Fashion-MNIST (run `just data`)").pad_to_multiple(32);
         let (train_set, test_set) = (load(Split::Train), load(Split::Test));
         let dir = std::env::temp_dir().join(format!("scalelong-eval-measure-{}", std::process::id()));

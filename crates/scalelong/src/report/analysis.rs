@@ -228,9 +228,15 @@ impl GateFit {
     /// method.md's observation: the gates decay with i (kappa_hat < 1) and the exponential describes
     /// them well (R^2 >= 0.8).
     pub fn shows_exponential_decay(&self) -> Option<bool> {
-        self.fit.map(|fit| fit.kappa_hat < 1.0 && fit.r2 >= 0.8)
+        self.fit.map(|fit| fit.kappa_hat <= DECAY_KAPPA_MAX && fit.r2 >= DECAY_R2_MIN)
     }
 }
+
+/// The largest fitted per-LSC factor that counts as a decay: above 0.9 the gates of 6-8 LSCs differ
+/// by less than half from outermost to innermost, which is a flat profile, not the paper's decay.
+pub const DECAY_KAPPA_MAX: f64 = 0.9;
+/// The smallest R^2 of the log-linear fit that counts as exponential.
+pub const DECAY_R2_MIN: f64 = 0.8;
 
 /// `None` for a group without gate records (not LS, or diagnostics not recorded).
 pub fn gate_fit(group: &Group) -> Option<GateFit> {
