@@ -24,12 +24,16 @@ sweep-lr: data build
 train config *args: data build
     {{bin}} train --config {{config}} {{args}}
 
-# Every test of the workspace.
+# The cargo features of every build: burn's wgpu backend besides flex (`--device wgpu`; its test
+# runs on lavapipe without a GPU). `test` and `build` share them, so burn is compiled once for both.
+features := ""
+
+# Every test of the workspace, the wgpu agreement test included.
 test:
-    cargo test --workspace
+    cargo test --workspace {{ if features == "" { "" } else { "--features " + features } }}
 
 build:
-    cargo build --bin scalelong
+    cargo build --bin scalelong {{ if features == "" { "" } else { "--features " + features } }}
 
 # Fetch Fashion-MNIST into data/ (skipped when already there)
 data:
@@ -68,3 +72,9 @@ data:
         fi
     done
     echo "Fashion-MNIST unpacked into $dest"
+
+# Speed and peak memory of our presets against their PyTorch twins (bench/reference): training
+# step, sampler step and diagnostics overhead, one table. Needs `pip install torch` for the PyTorch
+# column. E.g. `just bench-compare --presets uvit-small --strategies 1 --ops train`.
+bench-compare *args:
+    python3 bench/reference/compare.py {{args}}

@@ -13,6 +13,7 @@ pub use block::{Block, BlockConfig, Mlp};
 use crate::embeddings::timestep_embedding;
 use crate::gate::SeGate;
 use crate::init::{LinearInit, linear};
+use crate::ops;
 use crate::skip_scaling::{SkipScaling, lsc_of_decoder_block};
 use crate::trace::{Coefficient, ForwardTrace, FusionTrace, record};
 use burn::module::Param;
@@ -21,6 +22,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::silu;
+use burn::tensor::module::linear as linear_op;
 use serde::{Deserialize, Serialize};
 
 /// Every field of the reference `UViT.__init__` this project uses; defaults are a CPU-sized
@@ -202,13 +204,13 @@ impl UViT {
         // 3. Encoder: every in-block pushes its output as a skip.
         let mut skips = Vec::with_capacity(self.in_blocks.len());
         for blk in &self.in_blocks {
-            h = blk.forward(h, None); // [B, L, D]
+            h = block_forward(blk, h, None); // [B, L, D]
             record(&mut trace, |t| t.encoder.push(ForwardTrace::flat(&h)));
             skips.push(h.clone());
         }
 
         // 4. Middle.
-        h = self.mid_block.forward(h, None);
+        h = block_forward(&self.mid_block, h, None);
         record(&mut trace, |t| t.middle = Some(ForwardTrace::flat(&h)));
 
         // 5. Decoder: block k pops LSC N - k and fuses coef * skip.
@@ -225,12 +227,12 @@ impl UViT {
                     coefficient,
                 })
             });
-            h = blk.forward(h, Some(scaled)); // [B, L, D]
+            h = block_forward(blk, h, Some(scaled)); // [B, L, D]
             record(&mut trace, |t| t.decoder.push(ForwardTrace::flat(&h)));
         }
 
         // 6. Head: norm, per-token pixels, drop the time token, unpatchify, 3x3 conv.
-        let h = self.decoder_pred.forward(self.norm.forward(h)); // [B, L, p*p*C]
+        let h = self.decoder_pred.forward(ops::layer_norm(&self.norm, h)); // [B, L, p*p*C]
         let tokens = h.dims()[1];
         let h = h.narrow(1, 1, tokens - 1); // [B, hw, p*p*C]
         let img = unpatchify(h, self.patch_size, self.in_chans, height, width); // [B, C, H, W]
@@ -256,6 +258,25 @@ impl UViT {
             }
         }
     }
+}
+
+/// [`Block::forward`] with the fused ops of [`crate::ops`] (layer norms, attention) and the skip
+/// fusion `skip_linear(cat([x, skip]))` computed as `x W_x + skip W_skip + b` on the two halves of
+/// `skip_linear`'s weight, which saves the concatenation; equal to `Block::forward` within f32
+/// rounding (tests/fast_ops.rs).
+fn block_forward(blk: &Block, x: Tensor<3>, scaled_skip: Option<Tensor<3>>) -> Tensor<3> {
+    let x = match (&blk.skip_linear, scaled_skip) {
+        (Some(fuse), Some(skip)) => {
+            let weight = fuse.weight.val(); // burn layout [2D, D]: rows 0..D read x, D..2D the skip
+            let d = weight.dims()[1];
+            let bias = fuse.bias.as_ref().map(|b| b.val());
+            linear_op(x, weight.clone().narrow(0, 0, d), None) + linear_op(skip, weight.narrow(0, d, d), bias)
+        }
+        (None, None) => x,
+        _ => panic!("a block fuses a skip exactly when it was built with skip_linear"),
+    };
+    let x = x.clone() + blk.attn.forward(ops::layer_norm(&blk.norm1, x)); // [B, L, D]
+    x.clone() + blk.mlp.forward(ops::layer_norm(&blk.norm2, x)) // [B, L, D]
 }
 
 /// `'B (h w) (p1 p2 C) -> B C (h p1) (w p2)'`.

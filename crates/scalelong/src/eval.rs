@@ -197,23 +197,3 @@ mod tests {
         EvalConfig::default().validate(1000).unwrap();
     }
 }
-
-#[cfg(test)]
-mod scratch_timing {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn scratch_time_eval_parts() {
-        let device = Device::flex();
-        let model_config = scalelong_model::presets::preset("uvit-small").unwrap();
-        let ema = model_config.init(scalelong_model::SkipScaling::Original, &device);
-        let schedule = scalelong_model::diffusion::ScheduleConfig::default().build();
-        let test_set = scalelong_data::synthetic(512, 1, 32, 1);
-        let t = std::time::Instant::now();
-        let h = heldout_loss(&ema, &schedule, &test_set, 512, 10, &device).unwrap();
-        println!("heldout 510 images: {:.1} s ({})", t.elapsed().as_secs_f64(), h.mean);
-        let t = std::time::Instant::now();
-        let s = generate_samples(&ema, &model_config, &schedule, SamplerConfig::default(), 64, &device);
-        println!("64 DDIM-50 samples: {:.1} s {:?}", t.elapsed().as_secs_f64(), s.dims());
-    }
-}

@@ -42,11 +42,9 @@ pub struct JsonlLog {
 impl JsonlLog {
     pub fn open(path: &Path) -> Result<Self> {
         if let Ok(text) = std::fs::read(path) {
-            if let Some(end) = text.iter().rposition(|&b| b == b'\n').map(|i| i + 1).or(Some(0)) {
-                if end < text.len() {
-                    let file = OpenOptions::new().write(true).open(path)?;
-                    file.set_len(end as u64)?;
-                }
+            let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            if complete < text.len() {
+                OpenOptions::new().write(true).open(path)?.set_len(complete as u64)?;
             }
         }
         let file = OpenOptions::new()

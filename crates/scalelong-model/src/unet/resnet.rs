@@ -2,10 +2,10 @@
 //! between, and a 1x1 conv on the residual path when the width changes.
 
 use crate::init::{LinearInit, linear};
+use crate::ops;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 pub(crate) fn conv3x3(c_in: usize, c_out: usize, stride: usize, device: &Device) -> Conv2d {
     Conv2dConfig::new([c_in, c_out], [3, 3])
@@ -46,13 +46,16 @@ impl ResBlock {
     /// # Shapes
     /// - x: `[B, C_in, H, W]`, time: `[B, T]` (already passed through SiLU)
     /// - output: `[B, C_out, H, W]`
+    ///
+    /// GroupNorm + SiLU and the convolutions run as the fused ops of [`crate::ops`] (equal to
+    /// `conv(silu(norm(x)))` with burn's modules, see tests/fast_ops.rs).
     pub fn forward(&self, x: Tensor<4>, time: Tensor<2>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone()))); // [B, C_out, H, W]
+        let h = ops::conv2d_module(&self.conv1, ops::group_norm(&self.norm1, x.clone(), true)); // [B, C_out, H, W]
         let [batch, c_out, _, _] = h.dims();
         let h = h + self.time_proj.forward(time).reshape([batch, c_out, 1, 1]); // [B, C_out, H, W]
-        let h = self.conv2.forward(silu(self.norm2.forward(h))); // [B, C_out, H, W]
+        let h = ops::conv2d_module(&self.conv2, ops::group_norm(&self.norm2, h, true)); // [B, C_out, H, W]
         let residual = match &self.shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => ops::conv2d_module(conv, x),
             None => x,
         };
         residual + h

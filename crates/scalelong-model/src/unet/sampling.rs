@@ -3,6 +3,7 @@
 use super::resnet::{conv3x3, group_norm};
 use crate::attention::Attention;
 use crate::init::LinearInit;
+use crate::ops;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
@@ -40,7 +41,7 @@ impl Upsample {
             .reshape([b, c, h, 1, w, 1])
             .expand([b, c, h, 2, w, 2]) // each pixel copied into a 2x2 square
             .reshape([b, c, 2 * h, 2 * w]);
-        self.conv.forward(x)
+        ops::conv2d_module(&self.conv, x)
     }
 }
 
@@ -61,7 +62,7 @@ impl SpatialAttention {
     /// `[B, C, H, W] -> [B, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let tokens = self.norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2); // [B, HW, C]
+        let tokens = ops::group_norm(&self.norm, x.clone(), false).reshape([b, c, h * w]).swap_dims(1, 2); // [B, HW, C]
         let out = self.attn.forward(tokens).swap_dims(1, 2).reshape([b, c, h, w]); // [B, C, H, W]
         x + out
     }

@@ -1,0 +1,227 @@
+//! Every fused op of `scalelong_model::ops` against the composition of burn ops it replaces:
+//! forward values on the inference backend and on autodiff, and the gradients of a random linear
+//! functional of the output with respect to every input. Tolerances are stated per test; they
+//! allow f32 summation-order differences only.
+
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use scalelong_model::ops;
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// Largest |a - b| / (max |b| + tiny) over the elements.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())) + 1e-12;
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn assert_close(what: &str, a: Vec<f32>, b: Vec<f32>, tol: f32) {
+    let e = rel_err(&a, &b);
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
+
+/// Compares `fast` with `reference` (forward on both backends, input gradients on autodiff).
+fn check<const D: usize, const O: usize>(
+    name: &str,
+    shape: [usize; D],
+    fast: impl Fn(Tensor<D>) -> Tensor<O>,
+    reference: impl Fn(Tensor<D>) -> Tensor<O>,
+    tol: f32,
+) {
+    let device = Device::flex();
+    device.seed(7);
+    let x = Tensor::<D>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    assert_close(&format!("{name} forward"), to_vec(fast(x.clone())), to_vec(reference(x.clone())), tol);
+
+    let ad = Device::flex().autodiff();
+    let x = Tensor::<D>::from_data(x.into_data(), &ad).require_grad();
+    let y_fast = fast(x.clone());
+    let w = Tensor::<O>::random(y_fast.dims(), Distribution::Normal(0.0, 1.0), &ad);
+    let y_ref = reference(x.clone());
+    assert_close(&format!("{name} autodiff forward"), to_vec(y_fast.clone()), to_vec(y_ref.clone()), tol);
+    let g_fast = x.grad(&(y_fast * w.clone()).sum().backward()).unwrap();
+    let g_ref = x.grad(&(y_ref * w).sum().backward()).unwrap();
+    assert_close(&format!("{name} input gradient"), to_vec(g_fast), to_vec(g_ref), tol);
+}
+
+#[test]
+fn qkv_attention_equals_the_composition() {
+    // Tolerance 1e-5 relative to the largest value: f32 rounding of different summation orders.
+    for (batch, tokens, heads, head_dim) in [(2, 5, 2, 4), (3, 65, 4, 16), (1, 17, 1, 8)] {
+        check(
+            &format!("qkv_attention b{batch} l{tokens} h{heads} dh{head_dim}"),
+            [batch, tokens, 3 * heads * head_dim],
+            |x| ops::qkv_attention(x, heads),
+            |x| ops::qkv_attention_reference(x, heads),
+            1e-5,
+        );
+    }
+}
+
+/// Forward and the gradients of `<y, w>` w.r.t. every input, fast vs reference, on autodiff.
+fn check_with_params<const O: usize>(name: &str, inputs: Vec<Tensor<4>>, params: Vec<Tensor<1>>, f: impl Fn(&[Tensor<4>], &[Tensor<1>]) -> Tensor<O>, tol: f32) {
+    let ad = Device::flex().autodiff();
+    ad.seed(11);
+    let inputs: Vec<Tensor<4>> = inputs.into_iter().map(|t| Tensor::from_data(t.into_data(), &ad).require_grad()).collect();
+    let params: Vec<Tensor<1>> = params.into_iter().map(|t| Tensor::from_data(t.into_data(), &ad).require_grad()).collect();
+    assert!(ops::fused_path_available(&inputs[0]), "{name}: the fused path must be taken on autodiff flex");
+    let fast = f(&inputs, &params);
+    let reference = ops::with_reference_ops(|| f(&inputs, &params));
+    assert_close(&format!("{name} forward"), to_vec(fast.clone()), to_vec(reference.clone()), tol);
+    let w = Tensor::<O>::random(fast.dims(), Distribution::Normal(0.0, 1.0), &ad);
+    let g_fast = (fast * w.clone()).sum().backward();
+    let g_ref = (reference * w).sum().backward();
+    for (i, t) in inputs.iter().enumerate() {
+        assert_close(&format!("{name} grad input {i}"), to_vec(t.grad(&g_fast).unwrap()), to_vec(t.grad(&g_ref).unwrap()), tol);
+    }
+    for (i, t) in params.iter().enumerate() {
+        assert_close(&format!("{name} grad param {i}"), to_vec(t.grad(&g_fast).unwrap()), to_vec(t.grad(&g_ref).unwrap()), tol);
+    }
+    // The inference backend takes the fused forward too.
+    let flex = Device::flex();
+    let inputs: Vec<Tensor<4>> = inputs.iter().map(|t| Tensor::from_data(t.clone().into_data(), &flex)).collect();
+    let params: Vec<Tensor<1>> = params.iter().map(|t| Tensor::from_data(t.clone().into_data(), &flex)).collect();
+    let fast = f(&inputs, &params);
+    let reference = ops::with_reference_ops(|| f(&inputs, &params));
+    assert_close(&format!("{name} inference forward"), to_vec(fast), to_vec(reference), tol);
+}
+
+fn normal<const D: usize>(shape: [usize; D], std: f64) -> Tensor<D> {
+    Tensor::random(shape, Distribution::Normal(0.0, std), &Device::flex())
+}
+
+#[test]
+fn conv2d_equals_burns_conv2d() {
+    // (batch, c_in, c_out, size, kernel, padding); tolerance 1e-5 relative (f32 summation order).
+    for (b, ci, co, hw, k, p) in [(2, 3, 5, 7, 3, 1), (3, 16, 8, 8, 3, 1), (2, 6, 4, 5, 1, 0), (1, 4, 3, 6, 3, 0), (2, 2, 2, 9, 5, 2)] {
+        check_with_params(
+            &format!("conv2d b{b} {ci}->{co} {hw}x{hw} k{k} p{p}"),
+            vec![normal([b, ci, hw, hw], 1.0), normal([co, ci, k, k], 0.3)],
+            vec![normal([co], 0.3)],
+            |x, p_| ops::conv2d(x[0].clone(), x[1].clone(), p_[0].clone(), p),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn group_norm_with_and_without_silu_equals_burns() {
+    use burn::nn::GroupNormConfig;
+    // Tolerance 1e-4 relative: burn normalises with several passes in f32, the fused op
+    // accumulates its statistics in f64.
+    for (b, c, hw, groups) in [(2, 8, 5, 4), (3, 16, 8, 8), (2, 6, 4, 3), (1, 4, 3, 1)] {
+        for silu in [false, true] {
+            let norm = GroupNormConfig::new(groups, c).init(&Device::flex());
+            check_with_params(
+                &format!("group_norm b{b} c{c} {hw}x{hw} g{groups} silu {silu}"),
+                vec![normal([b, c, hw, hw], 2.0).add_scalar(0.5)],
+                vec![normal([c], 0.5).add_scalar(1.0), normal([c], 0.5)],
+                |x, p| {
+                    let mut n = norm.clone();
+                    n.gamma = Some(burn::module::Param::from_tensor(p[0].clone()));
+                    n.beta = Some(burn::module::Param::from_tensor(p[1].clone()));
+                    ops::group_norm(&n, x[0].clone(), silu)
+                },
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn layer_norm_equals_burns() {
+    use burn::nn::LayerNormConfig;
+    for (b, l, d) in [(2, 5, 8), (3, 65, 64), (1, 1, 3)] {
+        let norm = LayerNormConfig::new(d).init(&Device::flex());
+        check_with_params(
+            &format!("layer_norm b{b} l{l} d{d}"),
+            vec![normal([b, l, d, 1], 2.0).add_scalar(0.5)],
+            vec![normal([d], 0.5).add_scalar(1.0), normal([d], 0.5)],
+            |x, p| {
+                let mut n = norm.clone();
+                n.gamma = burn::module::Param::from_tensor(p[0].clone());
+                n.beta = Some(burn::module::Param::from_tensor(p[1].clone()));
+                let [b, l, d, _] = x[0].dims();
+                ops::layer_norm(&n, x[0].clone().reshape([b, l, d]))
+            },
+            1e-4,
+        );
+    }
+}
+
+/// Every parameter gradient of `model`, in visiting order, flattened.
+fn parameter_grads(model: &scalelong_model::DiffusionNet, grads: &burn::optim::GradientsParams) -> Vec<(String, Vec<f32>)> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    struct Collect<'a> {
+        grads: &'a burn::optim::GradientsParams,
+        path: Vec<String>,
+        out: Vec<(String, Vec<f32>)>,
+    }
+    impl ModuleVisitor for Collect<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let g = self.grads.get::<D>(param.id).map(|g| to_vec(g)).unwrap_or_default();
+            self.out.push((self.path.join("."), g));
+        }
+    }
+    let mut c = Collect { grads, path: Vec::new(), out: Vec::new() };
+    model.visit(&mut c);
+    c.out
+}
+
+#[test]
+fn networks_with_fused_ops_equal_the_burn_compositions() {
+    use burn::optim::GradientsParams;
+    use scalelong_model::SkipScaling;
+    use scalelong_model::diffusion::noise_prediction_loss;
+    use scalelong_model::presets::preset;
+    // Output tolerance 1e-4 and gradient tolerance 1e-3, relative to each tensor's largest value:
+    // thirteen blocks of f32 arithmetic in a different order (and f64 norm statistics).
+    let strategies = [
+        SkipScaling::Original,
+        SkipScaling::InvSqrt2,
+        SkipScaling::Constant { kappa: 0.5 },
+        SkipScaling::Learnable { shared: true, reduction: 16 },
+        SkipScaling::Learnable { shared: false, reduction: 16 },
+    ];
+    for name in ["unet-small", "uvit-small", "uvit-deep"] {
+        let config = preset(name).unwrap();
+        for scaling in strategies {
+            let device = Device::flex().autodiff();
+            device.seed(3);
+            let net = config.init(scaling, &device);
+            let x = Tensor::<4>::random([2, 1, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+            let t = Tensor::<1>::from_floats([17.0, 640.0], &device);
+            let noise = Tensor::<4>::random([2, 1, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+            let run = || {
+                let y = net.forward(x.clone(), t.clone(), None);
+                let loss = noise_prediction_loss(y.clone(), noise.clone());
+                let grads = GradientsParams::from_grads(loss.backward(), &net);
+                (to_vec(y), parameter_grads(&net, &grads))
+            };
+            let (y_fast, g_fast) = run();
+            let (y_ref, g_ref) = ops::with_reference_ops(run);
+            assert_close(&format!("{name} {scaling} output"), y_fast, y_ref, 1e-4);
+            assert_eq!(g_fast.len(), g_ref.len());
+            for ((path, a), (_, b)) in g_fast.into_iter().zip(g_ref) {
+                assert_eq!(a.len(), b.len(), "{name} {scaling} {path}: one side has no gradient");
+                assert_close(&format!("{name} {scaling} grad {path}"), a, b, 1e-3);
+            }
+            // Inference backend.
+            let inner = net.valid();
+            let xi = x.clone().inner();
+            let ti = t.clone().inner();
+            let fast = to_vec(inner.forward(xi.clone(), ti.clone(), None));
+            let reference = to_vec(ops::with_reference_ops(|| inner.forward(xi, ti, None)));
+            assert_close(&format!("{name} {scaling} inference output"), fast, reference, 1e-4);
+        }
+    }
+}
