@@ -24,11 +24,12 @@ sweep-lr: data build
 train config *args: data build
     {{bin}} train --config {{config}} {{args}}
 
-# The cargo features of every build: burn's wgpu backend besides flex (`--device wgpu`; its test
-# runs on lavapipe without a GPU). `test` and `build` share them, so burn is compiled once for both.
+# The cargo features of every build; `"scalelong/wgpu"` adds burn's wgpu backend besides flex
+# (`--device wgpu`, and its agreement test, which runs on lavapipe without a GPU). `test` and `build`
+# share them, so burn is compiled once for both.
 features := ""
 
-# Every test of the workspace, the wgpu agreement test included.
+# Every test of the workspace (with `features` set, the wgpu agreement test too).
 test:
     cargo test --workspace {{ if features == "" { "" } else { "--features " + features } }}
 

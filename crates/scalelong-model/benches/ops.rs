@@ -1,90 +1,69 @@
-//! Exploration: burn ops vs candidates at the presets' shapes.
+//! Exploration: burn ops at the presets' shapes.
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::{ConvOptions, PadMode};
 
 fn main() {
     divan::main();
 }
 
-const CONVS: &[(usize, usize, usize, usize)] = &[(64, 16, 16, 32), (64, 48, 16, 32), (64, 32, 32, 16), (64, 64, 32, 16), (64, 32, 32, 8)];
+// (rows, k, n) of the U-ViT's Linear layers at batch 64 (65 tokens): qkv, proj, fc1, fc2, dX of qkv, dW of qkv.
+const MATMULS: &[(usize, usize, usize)] = &[(4160, 64, 192), (4160, 64, 64), (4160, 64, 256), (4160, 256, 64), (4160, 192, 64), (64, 4160, 192)];
 
-fn conv_inputs(case: (usize, usize, usize, usize), device: &Device) -> (Tensor<4>, Tensor<4>, Tensor<1>) {
-    let (b, ci, co, h) = case;
-    let x = Tensor::random([b, ci, h, h], Distribution::Normal(0.0, 1.0), device);
-    let w = Tensor::random([co, ci, 3, 3], Distribution::Normal(0.0, 0.1), device);
-    let bias = Tensor::random([co], Distribution::Normal(0.0, 0.1), device);
-    (x, w, bias)
+#[divan::bench(args = MATMULS, sample_count = 20)]
+fn matmul(bencher: divan::Bencher, (m, k, n): (usize, usize, usize)) {
+    let device = Device::flex();
+    let a = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+    let b = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
+    let flops = 2.0 * (m * k * n) as f64;
+    let mut times = Vec::new();
+    bencher.bench_local(|| {
+        let t = std::time::Instant::now();
+        let c = a.clone().matmul(b.clone());
+        times.push(t.elapsed().as_secs_f64());
+        c
+    });
+    times.sort_by(f64::total_cmp);
+    if let Some(t) = times.get(times.len() / 2) {
+        eprintln!("matmul {m}x{k}x{n}: {:.1} GFLOP/s", flops / t / 1e9);
+    }
 }
 
-fn burn_conv(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>) -> Tensor<4> {
-    conv2d(x, w, Some(b), ConvOptions::new([1, 1], [1, 1], [1, 1], 1))
+#[divan::bench(sample_count = 20)]
+fn attention_scores(bencher: divan::Bencher) {
+    let device = Device::flex();
+    let q = Tensor::<4>::random([64, 4, 65, 16], Distribution::Normal(0.0, 1.0), &device);
+    let k = Tensor::<4>::random([64, 4, 16, 65], Distribution::Normal(0.0, 1.0), &device);
+    bencher.bench_local(|| q.clone().matmul(k.clone()));
 }
 
-fn im2col_conv(x: Tensor<4>, w: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
-    let [b, c, h, wd] = x.dims();
-    let co = w.dims()[0];
-    let xp = x.pad((1, 1, 1, 1), PadMode::Constant(0.0));
-    let mut cols = Vec::with_capacity(9);
-    for i in 0..3 {
-        for j in 0..3 {
-            cols.push(xp.clone().slice([0..b, 0..c, i..i + h, j..j + wd]));
+#[divan::bench(args = ["uvit-small", "unet-small"], sample_count = 1)]
+fn phases(name: &str) {
+    use burn::optim::{AdamWConfig, GradientsParams};
+    use scalelong_model::SkipScaling;
+    let device = Device::flex().autodiff();
+    let config = scalelong_model::presets::preset(name).unwrap();
+    let mut model = config.init(SkipScaling::Original, &device);
+    let mut optim = AdamWConfig::new().init();
+    let x = Tensor::<4>::random([64, 1, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let t = Tensor::<1>::random([64], Distribution::Uniform(0.0, 999.0), &device);
+    let mut rows = Vec::new();
+    for it in 0..6 {
+        let t0 = std::time::Instant::now();
+        let y = model.forward(x.clone(), t.clone(), None);
+        let loss = (y - x.clone()).square().mean();
+        let _ = loss.clone().into_scalar::<f32>();
+        let t1 = std::time::Instant::now();
+        let g = loss.backward();
+        let t2 = std::time::Instant::now();
+        let grads = GradientsParams::from_grads(g, &model);
+        model = optim.step(1e-4, model, grads);
+        let t3 = std::time::Instant::now();
+        if it > 0 {
+            rows.push([(t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()]);
         }
     }
-    let cols = Tensor::cat(cols, 1).reshape([b, 9 * c, h * wd]);
-    let wm = w.permute([0, 2, 3, 1]).reshape([1, co, 9 * c]);
-    (wm.matmul(cols) + bias.reshape([1, co, 1])).reshape([b, co, h, wd])
-}
-
-fn check() {
-    let device = Device::flex();
-    let (x, w, b) = conv_inputs((2, 5, 7, 6), &device);
-    let a = burn_conv(x.clone(), w.clone(), b.clone());
-    let c = im2col_conv(x, w, b);
-    let err = (a - c).abs().max().into_scalar::<f32>();
-    assert!(err < 1e-4, "{err}");
-}
-
-fn case_name(c: &(usize, usize, usize, usize)) -> String {
-    format!("b{}c{}o{}h{}", c.0, c.1, c.2, c.3)
-}
-
-#[divan::bench(args = CONVS, sample_count = 10)]
-fn conv_fwd_burn(bencher: divan::Bencher, case: (usize, usize, usize, usize)) {
-    let device = Device::flex();
-    let (x, w, b) = conv_inputs(case, &device);
-    let _ = case_name(&case);
-    bencher.bench_local(|| burn_conv(x.clone(), w.clone(), b.clone()));
-}
-
-#[divan::bench(args = CONVS, sample_count = 10)]
-fn conv_fwd_im2col(bencher: divan::Bencher, case: (usize, usize, usize, usize)) {
-    check();
-    let device = Device::flex();
-    let (x, w, b) = conv_inputs(case, &device);
-    bencher.bench_local(|| im2col_conv(x.clone(), w.clone(), b.clone()));
-}
-
-fn train(bencher: divan::Bencher, case: (usize, usize, usize, usize), f: fn(Tensor<4>, Tensor<4>, Tensor<1>) -> Tensor<4>) {
-    let device = Device::flex().autodiff();
-    let (x, w, b) = conv_inputs(case, &device);
-    let (x, w, b) = (x.require_grad(), w.require_grad(), b.require_grad());
-    let g = Tensor::<4>::random([case.0, case.2, case.3, case.3], Distribution::Normal(0.0, 1.0), &device);
-    bencher.bench_local(|| {
-        let y = f(x.clone(), w.clone(), b.clone());
-        let grads = (y * g.clone()).sum().backward();
-        (x.grad(&grads), w.grad(&grads))
-    });
-}
-
-#[divan::bench(args = CONVS, sample_count = 10)]
-fn conv_train_burn(bencher: divan::Bencher, case: (usize, usize, usize, usize)) {
-    train(bencher, case, burn_conv);
-}
-
-#[divan::bench(args = CONVS, sample_count = 10)]
-fn conv_train_im2col(bencher: divan::Bencher, case: (usize, usize, usize, usize)) {
-    train(bencher, case, im2col_conv);
+    for r in rows {
+        eprintln!("{name}: forward {:.3} s, backward {:.3} s, optimizer {:.3} s", r[0], r[1], r[2]);
+    }
 }
