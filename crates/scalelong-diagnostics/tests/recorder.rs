@@ -42,7 +42,7 @@ fn recorded_norms_coefficients_and_bins_match_a_direct_computation() {
     let net = config.init(SkipScaling::Constant { kappa }, &device);
     let images = synthetic(32, 1, 8, 4);
     let schedule = ScheduleConfig::default().build();
-    let diagnostics = DiagnosticsConfig { every: 1, t_bins: 4, probe_per_bin: 3, robustness_delta: 1e-2 };
+    let diagnostics = DiagnosticsConfig { every: 1, t_bins: 4, probe_per_bin: 3, robustness_delta: 1e-2, gradient_bins_every: 1 };
     let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
     let rows = recorder.record(1, &net, &net);
 
@@ -95,7 +95,7 @@ fn learnable_scaling_records_gate_statistics_and_their_decay_fit() {
     let net = config.init(SkipScaling::Learnable { shared: false, reduction: 4 }, &device);
     let images = synthetic(16, 1, 8, 4);
     let schedule = ScheduleConfig::default().build();
-    let diagnostics = DiagnosticsConfig { every: 1, t_bins: 2, probe_per_bin: 2, robustness_delta: 1e-2 };
+    let diagnostics = DiagnosticsConfig { every: 1, t_bins: 2, probe_per_bin: 2, robustness_delta: 1e-2, gradient_bins_every: 1 };
     let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
     let rows = recorder.record(1, &net, &net);
     for k in 0..3 {
@@ -118,4 +118,18 @@ fn recording_is_off_when_every_is_zero() {
     let recorder = Recorder::new(&DiagnosticsConfig::default(), &images, &schedule, 0, &device).unwrap();
     assert!(recorder.probe().is_none());
     assert!(!(1..100).any(|s| recorder.is_due(s)));
+}
+
+#[test]
+fn per_bin_gradient_norms_come_on_every_configured_record() {
+    let device = Device::flex().autodiff();
+    let config = ModelConfig::Uvit(UViTConfig { img_size: 8, patch_size: 2, embed_dim: 16, depth: 2, num_heads: 2, ..UViTConfig::default() });
+    let net = config.init(SkipScaling::Original, &device);
+    let images = synthetic(8, 1, 8, 4);
+    let schedule = ScheduleConfig::default().build();
+    let diagnostics = DiagnosticsConfig { every: 3, t_bins: 2, probe_per_bin: 1, robustness_delta: 1e-2, gradient_bins_every: 2 };
+    let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
+    let bins = |step| recorder.record(step, &net, &net).iter().filter(|r| r.quantity == "grad_norm_bin").count();
+    assert_eq!(bins(3), 0, "the first record skips them");
+    assert_eq!(bins(6), 2 * 3, "enc, dec and total for each of 2 bins");
 }
