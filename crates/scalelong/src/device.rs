@@ -26,8 +26,8 @@ pub fn parse(spec: &str) -> Result<Device> {
 #[cfg(feature = "wgpu")]
 fn wgpu(index: Option<usize>) -> Result<Device> {
     use burn::tensor::{DeviceKind, DeviceType};
-    let listed = Device::enumerate(DeviceType::Wgpu).into_vec();
-    let none = "no wgpu adapter found: no Vulkan driver is installed, or none sees a GPU. Install the GPU's \
+    let listed = list(DeviceType::Wgpu);
+    let none = "no wgpu adapter found: no Vulkan driver (nor an OpenGL/EGL one) sees a device. Install the GPU's \
                 Vulkan driver (on Debian `apt-get install mesa-vulkan-drivers libvulkan1`, which also brings \
                 lavapipe, a slow software driver), or use --device flex";
     pick("wgpu", listed, index, none).map(|listed| listed.unwrap_or_else(|| Device::wgpu(DeviceKind::DefaultDevice)))
@@ -42,7 +42,7 @@ fn wgpu(_: Option<usize>) -> Result<Device> {
 #[cfg(feature = "cuda")]
 fn cuda(index: Option<usize>) -> Result<Device> {
     use burn::tensor::DeviceType;
-    let listed = Device::enumerate(DeviceType::Cuda).into_vec();
+    let listed = list(DeviceType::Cuda);
     let none = "no CUDA device found: no NVIDIA driver is installed, or CUDA_VISIBLE_DEVICES hides every GPU";
     pick("cuda", listed, Some(index.unwrap_or(0)), none).map(|listed| listed.expect("an index was given"))
 }
@@ -53,6 +53,13 @@ fn cuda(_: Option<usize>) -> Result<Device> {
         "--device cuda: this binary was built without cuda; rebuild it with `cargo build --release -p scalelong --features cuda` \
          (the build downloads an LLVM bundle, so it needs network access; see the README)"
     )
+}
+
+/// The devices of one backend on this machine; none when looking panics (a driver library that
+/// cannot be loaded), so that the caller's error says what is missing.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn list(device_type: burn::tensor::DeviceType) -> Vec<Device> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Device::enumerate(device_type).into_vec())).unwrap_or_default()
 }
 
 /// The device `index` of `listed`, or `None` for the backend's own default when no index is given;
@@ -67,7 +74,8 @@ fn pick(backend: &str, listed: Vec<Device>, index: Option<usize>, none: &str) ->
         Some(i) if i < listed.len() => Ok(listed.into_iter().nth(i)),
         Some(i) => {
             let names: Vec<String> = listed.iter().enumerate().map(|(j, d)| format!("{backend}:{j} = {d:?}")).collect();
-            bail!("--device {backend}:{i}: there are only {} {backend} devices: {}", listed.len(), names.join(", "))
+            let count = if listed.len() == 1 { "1 device".to_string() } else { format!("{} devices", listed.len()) };
+            bail!("--device {backend}:{i}: this machine has {count} for {backend}: {}", names.join(", "))
         }
     }
 }
@@ -117,6 +125,6 @@ mod tests {
         assert!(parse("wgpu").is_ok());
         assert!(parse(&format!("wgpu:{}", count - 1)).is_ok());
         let past = error(&format!("wgpu:{count}"));
-        assert!(past.contains(&format!("there are only {count} wgpu devices")) && past.contains("wgpu:0 = "), "{past}");
+        assert!(past.contains("this machine has") && past.contains("wgpu:0 = "), "{past}");
     }
 }

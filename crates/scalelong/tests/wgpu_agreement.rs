@@ -32,16 +32,24 @@ const SIZE: usize = 16;
 /// Larger than the configs' 2e-4 so that three steps move the weights well clear of rounding.
 const LR: f64 = 1e-3;
 
-/// Largest relative difference allowed between the two backends' losses at each step.
+/// Largest relative difference allowed between the two backends' losses at each step. Measured:
+/// at most 3.3e-7.
 const LOSS_RTOL: f64 = 1e-4;
 /// Largest allowed `‖W_wgpu - W_flex‖ / ‖W_flex - W_0‖` over all parameters: the two backends'
 /// weights after the steps differ by at most this fraction of the distance the steps moved them.
-const UPDATE_RTOL: f64 = 1e-3;
+/// Measured: 6e-5 (U-ViT), 7e-4 (UNet).
+const UPDATE_RTOL: f64 = 5e-3;
+/// The same ratio for each parameter tensor, so that one small tensor (a gate, a bias) trained
+/// wrong cannot hide in the total. Gradients that are zero in exact arithmetic (an attention key's
+/// bias: softmax ignores a constant added to a row of scores) are rounding noise that AdamW scales
+/// up to full-size steps, differently on each backend: measured at most 1.2e-2 (the UNet
+/// attention's qkv bias), 1.7e-4 for the U-ViT.
+const TENSOR_RTOL: f64 = 0.05;
 
 /// The wgpu device, or `None` (after a notice) where this machine has none and `CI` is unset.
 fn wgpu_device() -> Option<Device> {
     if Device::enumerate(DeviceType::Wgpu).is_empty() {
-        let why = "no wgpu adapter (no Vulkan driver: install a GPU driver or Debian's mesa-vulkan-drivers and libvulkan1)";
+        let why = "no wgpu adapter (no Vulkan driver: install the GPU's, or Debian's mesa-vulkan-drivers and libvulkan1)";
         assert!(std::env::var_os("CI").is_none(), "CI must run the wgpu agreement test, but there is {why}");
         eprintln!("skipped: {why}");
         return None;
@@ -54,7 +62,7 @@ fn weights(model: &DiffusionNet) -> Vec<Vec<f32>> {
     struct Collect(Vec<Vec<f32>>);
     impl ModuleVisitor for Collect {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.push(param.val().into_data().convert::<f32>().to_vec::<f32>().unwrap());
+            self.0.push(param.val().into_data().try_to_vec::<f32>().expect("f32 parameters"));
         }
     }
     let mut collect = Collect(Vec::new());
@@ -105,26 +113,42 @@ fn agree(name: &str, config: ModelConfig, scaling: SkipScaling, wgpu: &Device) {
     let wgpu_time = started.elapsed();
 
     let loss_rel: Vec<f64> = flex_losses.iter().zip(&wgpu_losses).map(|(a, b)| (a - b).abs() / a.abs()).collect();
+    // Per parameter tensor: ‖W_wgpu - W_flex‖ and the update ‖W_flex - W_0‖.
     let (flex_w, wgpu_w) = (weights(&flex_model), weights(&wgpu_model));
-    let (mut diff_sq, mut update_sq, mut max_abs) = (0.0f64, 0.0f64, 0.0f64);
-    for ((f, w), w0) in flex_w.iter().zip(&wgpu_w).zip(&initial_weights) {
-        for ((&f, &w), &w0) in f.iter().zip(w).zip(w0) {
-            diff_sq += (f as f64 - w as f64).powi(2);
-            update_sq += (f as f64 - w0 as f64).powi(2);
-            max_abs = max_abs.max((f - w).abs() as f64);
-        }
-    }
-    let update_rel = diff_sq.sqrt() / update_sq.sqrt();
+    let norms: Vec<(f64, f64)> = flex_w
+        .iter()
+        .zip(&wgpu_w)
+        .zip(&initial_weights)
+        .map(|((f, w), w0)| {
+            let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>().sqrt();
+            (dist(f, w), dist(f, w0))
+        })
+        .collect();
+    let total = |pick: fn(&(f64, f64)) -> f64| norms.iter().map(|n| pick(n).powi(2)).sum::<f64>().sqrt();
+    let update_rel = total(|n| n.0) / total(|n| n.1);
+    let worst = norms.iter().enumerate().max_by(|a, b| (a.1.0 / a.1.1.max(1e-30)).total_cmp(&(b.1.0 / b.1.1.max(1e-30)))).unwrap();
+    let max_abs = flex_w.iter().flatten().zip(wgpu_w.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let loss_rel_text: Vec<String> = loss_rel.iter().map(|r| format!("{r:.1e}")).collect();
     eprintln!(
-        "{name}: losses flex {flex_losses:.6?} wgpu {wgpu_losses:.6?}, relative differences {loss_rel:.2e?}; \
-         weights after {STEPS} steps: ‖W_wgpu - W_flex‖ / ‖W_flex - W_0‖ = {update_rel:.2e}, max |W_wgpu - W_flex| = {max_abs:.2e} \
-         (lr {LR:e}); flex {flex_time:.2?}, wgpu {wgpu_time:.2?}"
+        "{name}: losses flex {flex_losses:.6?} wgpu {wgpu_losses:.6?}, relative differences [{}]; after {STEPS} steps \
+         ‖W_wgpu - W_flex‖ / ‖W_flex - W_0‖ = {update_rel:.1e} over all weights, at most {:.1e} for one tensor \
+         (#{} of {}), max |W_wgpu - W_flex| = {max_abs:.1e} (lr {LR:e}); flex {flex_time:.2?}, wgpu {wgpu_time:.2?}",
+        loss_rel_text.join(", "),
+        worst.1.0 / worst.1.1,
+        worst.0,
+        norms.len(),
     );
-    assert!(update_sq > 0.0, "{name}: the steps moved the weights");
+    assert!(total(|n| n.1) > 0.0, "{name}: the steps moved the weights");
     for (step, rel) in loss_rel.iter().enumerate() {
-        assert!(*rel <= LOSS_RTOL, "{name}: step {} loss differs by {rel:.2e} (relative) between flex and wgpu", step + 1);
+        assert!(*rel <= LOSS_RTOL, "{name}: step {} loss differs by {rel:.1e} (relative) between flex and wgpu", step + 1);
     }
-    assert!(update_rel <= UPDATE_RTOL, "{name}: weights after {STEPS} steps differ by {update_rel:.2e} of the update between flex and wgpu");
+    assert!(update_rel <= UPDATE_RTOL, "{name}: weights after {STEPS} steps differ by {update_rel:.1e} of the update between flex and wgpu");
+    for (k, (diff, update)) in norms.iter().enumerate() {
+        assert!(
+            *diff <= TENSOR_RTOL * update + 1e-7,
+            "{name}: parameter tensor #{k} differs by {diff:.1e} between flex and wgpu after {STEPS} steps, its update is {update:.1e}"
+        );
+    }
 }
 
 #[test]
