@@ -1,69 +1,172 @@
-//! Exploration: burn ops at the presets' shapes.
+//! Each fused op of `scalelong_model::ops` against the burn composition it replaces, at the
+//! presets' shapes (batch 64): forward on the inference backend (`fwd`) and forward + backward on
+//! autodiff (`train`). Divan times the fused op; run with `SCALELONG_BENCH_AB=1` to alternate
+//! fused and reference calls in one process instead and print the ratio of each pair.
 
+use burn::nn::{GroupNormConfig, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use scalelong_model::ops;
 
 fn main() {
+    if std::env::var("SCALELONG_BENCH_AB").is_ok() {
+        ab_all();
+        return;
+    }
     divan::main();
 }
 
-// (rows, k, n) of the U-ViT's Linear layers at batch 64 (65 tokens): qkv, proj, fc1, fc2, dX of qkv, dW of qkv.
-const MATMULS: &[(usize, usize, usize)] = &[(4160, 64, 192), (4160, 64, 64), (4160, 64, 256), (4160, 256, 64), (4160, 192, 64), (64, 4160, 192)];
+/// (name, fused or reference, on autodiff) -> one timed call.
+type Case = (&'static str, Box<dyn Fn(bool) -> Box<dyn FnMut()>>);
 
-#[divan::bench(args = MATMULS, sample_count = 20)]
-fn matmul(bencher: divan::Bencher, (m, k, n): (usize, usize, usize)) {
-    let device = Device::flex();
-    let a = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
-    let b = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
-    let flops = 2.0 * (m * k * n) as f64;
-    let mut times = Vec::new();
-    bencher.bench_local(|| {
-        let t = std::time::Instant::now();
-        let c = a.clone().matmul(b.clone());
-        times.push(t.elapsed().as_secs_f64());
-        c
-    });
-    times.sort_by(f64::total_cmp);
-    if let Some(t) = times.get(times.len() / 2) {
-        eprintln!("matmul {m}x{k}x{n}: {:.1} GFLOP/s", flops / t / 1e9);
-    }
+fn normal<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
 }
 
-#[divan::bench(sample_count = 20)]
-fn attention_scores(bencher: divan::Bencher) {
-    let device = Device::flex();
-    let q = Tensor::<4>::random([64, 4, 65, 16], Distribution::Normal(0.0, 1.0), &device);
-    let k = Tensor::<4>::random([64, 4, 16, 65], Distribution::Normal(0.0, 1.0), &device);
-    bencher.bench_local(|| q.clone().matmul(k.clone()));
-}
-
-#[divan::bench(args = ["uvit-small", "unet-small"], sample_count = 1)]
-fn phases(name: &str) {
-    use burn::optim::{AdamWConfig, GradientsParams};
-    use scalelong_model::SkipScaling;
-    let device = Device::flex().autodiff();
-    let config = scalelong_model::presets::preset(name).unwrap();
-    let mut model = config.init(SkipScaling::Original, &device);
-    let mut optim = AdamWConfig::new().init();
-    let x = Tensor::<4>::random([64, 1, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-    let t = Tensor::<1>::random([64], Distribution::Uniform(0.0, 999.0), &device);
-    let mut rows = Vec::new();
-    for it in 0..6 {
-        let t0 = std::time::Instant::now();
-        let y = model.forward(x.clone(), t.clone(), None);
-        let loss = (y - x.clone()).square().mean();
-        let _ = loss.clone().into_scalar::<f32>();
-        let t1 = std::time::Instant::now();
-        let g = loss.backward();
-        let t2 = std::time::Instant::now();
-        let grads = GradientsParams::from_grads(g, &model);
-        model = optim.step(1e-4, model, grads);
-        let t3 = std::time::Instant::now();
-        if it > 0 {
-            rows.push([(t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()]);
+/// Forward (and, on autodiff, backward of a weighted sum) of `f`, fused or under the reference ops.
+fn call<const O: usize>(f: &dyn Fn() -> Tensor<O>, reference: bool, train: bool) {
+    let go = || {
+        let y = f();
+        if train {
+            let _ = (y.clone() * y).sum().backward();
+        } else {
+            let _ = y.into_data();
         }
+    };
+    if reference { ops::with_reference_ops(go) } else { go() }
+}
+
+// (batch, c_in, c_out, size): the UNet's 3x3 convolutions.
+const CONVS: &[(usize, usize, usize, usize)] = &[(64, 16, 16, 32), (64, 32, 16, 32), (64, 48, 16, 32), (64, 32, 32, 16), (64, 64, 32, 16), (64, 32, 32, 8)];
+// (batch, channels, size, groups): the UNet's group norms.
+const NORMS: &[(usize, usize, usize, usize)] = &[(64, 16, 32, 8), (64, 48, 32, 8), (64, 32, 16, 8), (64, 64, 8, 8)];
+
+fn conv_case(shape: (usize, usize, usize, usize), train: bool) -> impl Fn() -> Tensor<4> {
+    let (b, ci, co, h) = shape;
+    let device = if train { Device::flex().autodiff() } else { Device::flex() };
+    let x = normal([b, ci, h, h], &device);
+    let w = normal([co, ci, 3, 3], &device).mul_scalar(0.1);
+    let bias = normal([co], &device);
+    let (x, w, bias) = if train { (x.require_grad(), w.require_grad(), bias.require_grad()) } else { (x, w, bias) };
+    move || ops::conv2d(x.clone(), w.clone(), bias.clone(), 1)
+}
+
+fn norm_case(shape: (usize, usize, usize, usize), train: bool) -> impl Fn() -> Tensor<4> {
+    let (b, c, h, groups) = shape;
+    let device = if train { Device::flex().autodiff() } else { Device::flex() };
+    let x = normal([b, c, h, h], &device);
+    let x = if train { x.require_grad() } else { x };
+    let norm = GroupNormConfig::new(groups, c).init(&device);
+    move || ops::group_norm(&norm, x.clone(), true)
+}
+
+fn attention_case(train: bool) -> impl Fn() -> Tensor<3> {
+    let device = if train { Device::flex().autodiff() } else { Device::flex() };
+    let x = normal([64, 65, 192], &device);
+    let x = if train { x.require_grad() } else { x };
+    move || ops::qkv_attention(x.clone(), 4)
+}
+
+fn layer_norm_case(train: bool) -> impl Fn() -> Tensor<3> {
+    let device = if train { Device::flex().autodiff() } else { Device::flex() };
+    let x = normal([64, 65, 64], &device);
+    let x = if train { x.require_grad() } else { x };
+    let norm = LayerNormConfig::new(64).init(&device);
+    move || ops::layer_norm(&norm, x.clone())
+}
+
+fn ab<const O: usize>(name: &str, f: impl Fn() -> Tensor<O>, train: bool) {
+    let rounds: usize = std::env::var("SCALELONG_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(15);
+    call(&f, false, train);
+    call(&f, true, train);
+    let (mut fused, mut reference, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = std::time::Instant::now();
+        call(&f, true, train);
+        let r = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        call(&f, false, train);
+        let q = t.elapsed().as_secs_f64();
+        reference.push(r);
+        fused.push(q);
+        ratios.push(r / q);
     }
-    for r in rows {
-        eprintln!("{name}: forward {:.3} s, backward {:.3} s, optimizer {:.3} s", r[0], r[1], r[2]);
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "AB {name:<34} {}: burn {:>8.2} ms, fused {:>8.2} ms, speedup {:.2}x",
+        if train { "train" } else { "fwd  " },
+        1e3 * med(&mut reference),
+        1e3 * med(&mut fused),
+        med(&mut ratios)
+    );
+}
+
+fn ab_all() {
+    for train in [false, true] {
+        for &c in CONVS {
+            ab(&format!("conv3x3 b{} {}->{} {}x{}", c.0, c.1, c.2, c.3, c.3), conv_case(c, train), train);
+        }
+        for &n in NORMS {
+            ab(&format!("group_norm+silu b{} c{} {}x{} g{}", n.0, n.1, n.2, n.2, n.3), norm_case(n, train), train);
+        }
+        ab("qkv_attention b64 l65 h4 dh16", attention_case(train), train);
+        ab("layer_norm b64 l65 d64", layer_norm_case(train), train);
+    }
+}
+
+#[divan::bench(args = CONVS, sample_count = 10)]
+fn conv_train(bencher: divan::Bencher, c: (usize, usize, usize, usize)) {
+    let f = conv_case(c, true);
+    bencher.bench_local(|| call(&f, false, true));
+}
+
+#[divan::bench(args = NORMS, sample_count = 10)]
+fn group_norm_train(bencher: divan::Bencher, n: (usize, usize, usize, usize)) {
+    let f = norm_case(n, true);
+    bencher.bench_local(|| call(&f, false, true));
+}
+
+#[divan::bench(sample_count = 10)]
+fn attention_train(bencher: divan::Bencher) {
+    let f = attention_case(true);
+    bencher.bench_local(|| call(&f, false, true));
+}
+
+#[divan::bench(sample_count = 10)]
+fn layer_norm_train(bencher: divan::Bencher) {
+    let f = layer_norm_case(true);
+    bencher.bench_local(|| call(&f, false, true));
+}
+
+#[divan::bench(sample_count = 1)]
+fn layer_norm_probe() {
+    let device = Device::flex();
+    let x = normal([64, 65, 64], &device);
+    let norm = LayerNormConfig::new(64).init(&device);
+    for round in 0..3 {
+        let t = std::time::Instant::now();
+        for _ in 0..200 {
+            let _ = ops::layer_norm(&norm, x.clone());
+        }
+        let a = t.elapsed().as_secs_f64() / 200.0;
+        let t = std::time::Instant::now();
+        for _ in 0..200 {
+            let _ = norm.forward(x.clone());
+        }
+        let b = t.elapsed().as_secs_f64() / 200.0;
+        let t = std::time::Instant::now();
+        for _ in 0..200 {
+            let _ = norm.forward(x.clone()).into_data();
+        }
+        let c = t.elapsed().as_secs_f64() / 200.0;
+        let t = std::time::Instant::now();
+        for _ in 0..200 {
+            let _ = ops::layer_norm(&norm, x.clone()).into_data();
+        }
+        let d = t.elapsed().as_secs_f64() / 200.0;
+        eprintln!("round {round}: fused {:.3} ms, burn {:.3} ms; with into_data: burn {:.3} ms fused {:.3} ms", a * 1e3, b * 1e3, c * 1e3, d * 1e3);
     }
 }

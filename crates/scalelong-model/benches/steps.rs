@@ -46,8 +46,69 @@ const CASES: &[&str] = &[
 ];
 
 fn main() {
+    // `SCALELONG_BENCH_AB=cases` (comma-separated `op::preset:strategy`, op train or sample):
+    // instead of divan, alternate the fused ops of scalelong_model::ops with the plain burn
+    // compositions they replace, step by step in this one process, and print the ratios.
+    if let Ok(cases) = std::env::var("SCALELONG_BENCH_AB") {
+        let rounds = std::env::var("SCALELONG_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(6);
+        for case in cases.split(',') {
+            ab(case, rounds);
+        }
+        return;
+    }
     divan::main();
     print_summary();
+}
+
+/// Alternates fused and reference steps on twin models (same initial weights), `rounds` times;
+/// for op `diag`, ten steps recording on the tenth against ten steps without.
+fn ab(case: &str, rounds: usize) {
+    let (op, case) = case.split_once("::").expect("op::preset:strategy");
+    if op == "diag" {
+        return ab_diag(case, rounds);
+    }
+    let (_, config, scaling) = parse_case(case);
+    let train = op == "train";
+    let device = if train { Device::flex().autodiff() } else { Device::flex() };
+    let Setup { model, optim, batch, .. } = setup(&config, scaling, &device);
+    let Setup { optim: optim_ref, .. } = setup(&config, scaling, &device);
+    let mut fused = (Some(model.clone()), optim);
+    let mut reference = (Some(model), optim_ref);
+    let run = |state: &mut (Option<DiffusionNet>, ModuleOptimizer), reference: bool| -> f64 {
+        let start = Instant::now();
+        let go = |state: &mut (Option<DiffusionNet>, ModuleOptimizer)| {
+            let m = state.0.take().unwrap();
+            state.0 = Some(if train {
+                step(m, &mut state.1, &batch)
+            } else {
+                let _ = m.forward(batch.x_t.clone(), batch.model_time.clone(), None).into_data();
+                m
+            });
+        };
+        if reference { scalelong_model::ops::with_reference_ops(|| go(state)) } else { go(state) }
+        start.elapsed().as_secs_f64()
+    };
+    run(&mut fused, false);
+    run(&mut reference, true);
+    let mut ratios = Vec::new();
+    let (mut tf, mut tr) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let r = run(&mut reference, true);
+        let f = run(&mut fused, false);
+        ratios.push(r / f);
+        tf.push(f);
+        tr.push(r);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "AB {op}::{case}: reference {:.4} s, fused {:.4} s (medians of {rounds}); speedup: median of per-round ratios {:.2}x",
+        med(&mut tr),
+        med(&mut tf),
+        med(&mut ratios)
+    );
 }
 
 fn parse_case(case: &str) -> (String, ModelConfig, SkipScaling) {
@@ -231,16 +292,25 @@ fn step(model: DiffusionNet, optim: &mut ModuleOptimizer, batch: &NoisedBatch) -
 
 /// One step with the recorder as train.rs uses it when `recorder.is_due(step)`.
 fn step_recorded(model: DiffusionNet, optim: &mut ModuleOptimizer, batch: &NoisedBatch, recorder: &Recorder, n: u64) -> DiffusionNet {
+    step_recorded_timed(model, optim, batch, recorder, n).0
+}
+
+/// [`step_recorded`], also returning the seconds spent on the recording alone.
+fn step_recorded_timed(model: DiffusionNet, optim: &mut ModuleOptimizer, batch: &NoisedBatch, recorder: &Recorder, n: u64) -> (DiffusionNet, f64) {
     let (model, grads, _) = forward_backward(model, batch);
     let due = recorder.is_due(n);
+    let started = Instant::now();
     let mut rows = if due { recorder.gradient_rows(n, &model, &grads) } else { Vec::new() };
     let before = due.then(|| model.clone());
+    let mut recording = started.elapsed().as_secs_f64();
     let model = optim.step(2e-4, model, grads);
     if let Some(before) = before {
+        let started = Instant::now();
         rows.extend(recorder.record(n, &before, &model));
+        recording += started.elapsed().as_secs_f64();
     }
     std::hint::black_box(rows);
-    model
+    (model, recording)
 }
 
 #[divan::bench(args = CASES, sample_count = 5, sample_size = 1, max_time = 600)]
@@ -297,4 +367,80 @@ fn diag_on(bencher: divan::Bencher, case: &str) {
 #[divan::bench(args = CASES, sample_count = 2, sample_size = 1, max_time = 600)]
 fn diag_off(bencher: divan::Bencher, case: &str) {
     diag(bencher, case, false);
+}
+
+/// Ten steps with the recorder due on the tenth, against ten steps without, alternating on twin
+/// models; prints the median per-round overhead.
+fn ab_diag(case: &str, rounds: usize) {
+    let (preset, config, scaling) = parse_case(case);
+    let device = Device::flex().autodiff();
+    let Setup { model, optim, batch, schedule } = setup(&config, scaling, &device);
+    let Setup { optim: optim_off, .. } = setup(&config, scaling, &device);
+    let [c, h, _] = config.image_shape();
+    let images = scalelong_data::synthetic(64, c, h, 0);
+    let on = Recorder::new(&DiagnosticsConfig { every: DIAG_EVERY, ..DiagnosticsConfig::default() }, &images, &schedule, 0, &device).unwrap();
+    let off = Recorder::new(&DiagnosticsConfig { every: 0, ..DiagnosticsConfig::default() }, &images, &schedule, 0, &device).unwrap();
+    let mut with = (Some(model.clone()), optim, &on);
+    let mut without = (Some(model), optim_off, &off);
+    // Per step over ten steps, and the recording's own seconds.
+    let ten = |state: &mut (Option<DiffusionNet>, ModuleOptimizer, &Recorder)| -> (f64, f64) {
+        let start = Instant::now();
+        let mut m = state.0.take().unwrap();
+        let mut recording = 0.0;
+        for n in 1..=DIAG_EVERY {
+            let (next, r) = step_recorded_timed(m, &mut state.1, &batch, state.2, n);
+            m = next;
+            recording += r;
+        }
+        state.0 = Some(m);
+        (start.elapsed().as_secs_f64() / DIAG_EVERY as f64, recording)
+    };
+    // Warm-up: one recorded step (the recorder's first forward allocates its probe buffers).
+    let m = with.0.take().unwrap();
+    with.0 = Some(step_recorded(m, &mut with.1, &batch, &on, DIAG_EVERY));
+    let (mut t_on, mut t_off, mut overheads, mut recordings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (a, _) = ten(&mut without);
+        let (b, rec) = ten(&mut with);
+        t_off.push(a);
+        t_on.push(b);
+        overheads.push(b / a - 1.0);
+        // The recording's cost over the ten steps without it: less noisy than b / a - 1.
+        recordings.push(rec / (DIAG_EVERY as f64 * a));
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    // The records above (step 10) skip the per-bin gradient norms, which the recorder adds on every
+    // `gradient_bins_every`-th record (step multiple of every * gradient_bins_every): time one such
+    // full record too and amortise over the cycle.
+    let cycle = DiagnosticsConfig::default().gradient_bins_every;
+    let full_step = DIAG_EVERY * cycle;
+    let m = with.0.take().unwrap();
+    let (m, grads, _) = forward_backward(m, &batch);
+    let started = Instant::now();
+    let mut rows = on.gradient_rows(full_step, &m, &grads);
+    let before = m.clone();
+    let mut full = started.elapsed().as_secs_f64();
+    let m = with.1.step(2e-4, m, grads);
+    let started = Instant::now();
+    rows.extend(on.record(full_step, &before, &m));
+    full += started.elapsed().as_secs_f64();
+    std::hint::black_box(rows);
+    let (on_s, off_s, over) = (med(&mut t_on), med(&mut t_off), med(&mut overheads));
+    let light = med(&mut recordings) * DIAG_EVERY as f64 * off_s; // seconds of one light record
+    let rec = ((cycle - 1) as f64 * light + full) / cycle as f64 / (DIAG_EVERY as f64 * off_s);
+    let (_, strategy) = case.split_once(':').unwrap();
+    println!(
+        "AB diag::{case}: per step {off_s:.4} s without, {on_s:.4} s recording every {DIAG_EVERY}th (medians of {rounds}); overhead: median of per-round ratios {:+.1}%; a record costs {light:.3} s, {full:.3} s with the per-bin gradients (every {cycle}th record): {:.1}% of the training time on average",
+        100.0 * over,
+        100.0 * rec
+    );
+    println!(
+        "BENCH_JSON {{\"impl\":\"burn\",\"preset\":\"{preset}\",\"strategy\":\"{strategy}\",\"op\":\"diag\",\"batch\":{BATCH},\"samples\":{rounds},\"median_s\":{on_s:.6},\"examples_per_s\":{:.3},\"off_median_s\":{off_s:.6},\"off_examples_per_s\":{:.3},\"overhead\":{over:.5},\"recording_share\":{rec:.5},\"record_s\":{light:.4},\"full_record_s\":{full:.4},\"peak_rss_kb\":{}}}",
+        BATCH as f64 / on_s,
+        BATCH as f64 / off_s,
+        peak_rss_kb().unwrap_or(0)
+    );
 }
