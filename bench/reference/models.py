@@ -10,7 +10,10 @@
   (GroupNorm, SiLU, 3x3 conv, time projection, GroupNorm, SiLU, 3x3 conv, 1x1 shortcut when the
   width changes), stride-2 conv downsampling, nearest x2 + conv upsampling, spatial self-attention
   at the lowest resolution, decoder ResBlocks fusing `cat([h, coef * skip], 1)`, one channel SE
-  gate per LSC for LS, GroupNorm + SiLU + 3x3 conv out. Same widths, same parameter counts.
+  gate per LSC for LS, GroupNorm + SiLU + 3x3 conv out. Same widths, same parameter counts, and
+  the Rust module names (`middle.res1`, `middle.attn`, `decoder.K.gate.layer1`, ...), so a state
+  dict maps onto the Rust model by name; only the encoder differs, its Rust entries being enum
+  variants (`encoder.1.Res.res.conv1.weight` for torch's `encoder.1.res.conv1.weight`).
 
 Strategies: "1", "1/sqrt2", "cs" (kappa 0.5), "ls" (shared gate, r = 16), "ls-nonshared".
 """
@@ -47,9 +50,12 @@ def coefficient(strategy, lsc):
 
 
 def timestep_embedding(timesteps, dim, max_period=10000):
+    """The reference's embedding, cos first, in float32; in float64 when the timesteps are float64,
+    so that a `.double()` copy of a model runs wholly in float64 (make_fixtures.py's reference)."""
+    dtype = torch.float64 if timesteps.dtype == torch.float64 else torch.float32
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half).to(timesteps.device)
-    args = timesteps[:, None].float() * freqs[None]
+    freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=dtype) / half).to(timesteps.device)
+    args = timesteps[:, None].to(dtype) * freqs[None]
     embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
@@ -270,6 +276,23 @@ class ResAttnBlock(nn.Module):
         self.attn = attn
 
 
+class MiddleBlock(nn.Module):
+    """ResBlock, optional attention, ResBlock: one module named as the Rust `MiddleBlock` (`res1`,
+    `attn`, `res2`), so the two sides' parameter names agree (`middle.attn.norm.weight`, ...)."""
+
+    def __init__(self, res1, attn, res2):
+        super().__init__()
+        self.res1 = res1
+        self.attn = attn
+        self.res2 = res2
+
+    def forward(self, h, time):
+        h = self.res1(h, time)
+        if self.attn is not None:
+            h = self.attn(h)
+        return self.res2(h, time)
+
+
 class DecoderBlock(nn.Module):
     def __init__(self, res, attn, upsample, gate):
         super().__init__()
@@ -309,9 +332,8 @@ class UNet(nn.Module):
                 self.encoder_kinds.append("down")
                 skip_widths.append(width)
         self.encoder = nn.ModuleList(encoder)
-        self.middle = nn.ModuleDict(dict(res1=ResBlock(width, width, time_dim, norm_groups),
-                                         res2=ResBlock(width, width, time_dim, norm_groups)))
-        self.middle_attn = attention(last, width)
+        self.middle = MiddleBlock(ResBlock(width, width, time_dim, norm_groups), attention(last, width),
+                                  ResBlock(width, width, time_dim, norm_groups))
         learnable = strategy in ("ls", "ls-nonshared")
         decoder = []
         for level in reversed(range(levels)):
@@ -341,10 +363,7 @@ class UNet(nn.Module):
             else:
                 h = block(h)
             skips.append(h)
-        h = self.middle["res1"](h, time)
-        if self.middle_attn is not None:
-            h = self.middle_attn(h)
-        h = self.middle["res2"](h, time)
+        h = self.middle(h, time)
         n = len(self.encoder)
         for k, block in enumerate(self.decoder):
             skip = skips.pop()

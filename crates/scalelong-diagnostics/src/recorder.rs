@@ -129,6 +129,19 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// One record of a network that is not training (`scalelong diagnose`): weight norms, every
+    /// probe measurement and the per-bin gradient norms; nothing that needs a training step
+    /// (training-batch gradients, relative updates).
+    pub fn snapshot(&self, step: u64, model: &DiffusionNet) -> Vec<Record> {
+        let Some(probe) = &self.probe else { return Vec::new() };
+        let mut rows: Vec<Record> = weight_rows(step, model, model).into_iter().filter(|r| r.quantity == "weight_norm").collect();
+        rows.extend(probe_rows(step, probe, self.t_bins, model));
+        rows.extend(bin_gradient_rows(step, probe, self.t_bins, model));
+        rows
+    }
+}
+
 fn row(step: u64, quantity: &str, layer: Option<String>, lsc: Option<u32>, t_bin: Option<u32>, value: f64) -> Record {
     Record { step, quantity: quantity.into(), layer, lsc, t_bin, value: value.is_finite().then_some(value) }
 }

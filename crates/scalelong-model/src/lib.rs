@@ -3,7 +3,8 @@
 //!
 //! A newcomer's map: [`skip_scaling`] is the method itself; [`unet`] and [`uvit`] apply it in their
 //! `forward`, step 5/4 "decoder"; [`trace`] is what a forward pass exposes to the diagnostics;
-//! [`diffusion`] holds schedules, `q_sample`, the loss and the samplers; [`presets`] names sizes.
+//! [`diffusion`] holds schedules, `q_sample`, the loss and the samplers; [`presets`] names sizes;
+//! [`pytorch`] exchanges weights with the PyTorch reference.
 
 pub mod attention;
 pub mod diffusion;
@@ -13,6 +14,7 @@ pub mod init;
 pub mod network;
 pub mod ops;
 pub mod presets;
+pub mod pytorch;
 pub mod skip_scaling;
 pub mod trace;
 pub mod unet;

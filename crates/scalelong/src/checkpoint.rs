@@ -84,6 +84,15 @@ pub fn load(dir: &Path, model: DiffusionNet, ema: DiffusionNet, optimizer: Modul
     Ok(Checkpoint { state, model, ema, optimizer })
 }
 
+/// The latest checkpoint of a run folder, into networks built from the config it was saved with.
+pub fn load_latest(run: &Path, device: &burn::prelude::Device) -> Result<Checkpoint> {
+    let dir = latest(run).with_context(|| format!("{}: no checkpoint (is this a run folder?)", run.display()))?;
+    let state: CheckpointState = read_json(&dir.join("state.json"))?;
+    let model_config = state.config.model.resolve().with_context(|| format!("{}", dir.join("state.json").display()))?;
+    let fresh = model_config.init(state.config.strategy, device);
+    load(&dir, fresh.clone(), fresh, crate::train::adamw(&state.config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,32 @@ impl Default for ModelSection {
 }
 
 impl ModelSection {
+    /// `uvit-small depth=16`: the preset and its overridden fields.
+    pub fn describe(&self) -> String {
+        let mut text = self.preset.clone();
+        for (key, value) in &self.overrides {
+            text.push_str(&format!(" {key}={value}"));
+        }
+        text
+    }
+
+    /// The section that resolves to `model`: the preset of its architecture that differs from
+    /// it in the fewest fields, those fields as overrides.
+    pub fn for_config(model: &ModelConfig) -> Result<Self> {
+        let table = toml::Table::try_from(model)?;
+        let differing = |name: &str| -> Option<toml::Table> {
+            let base = toml::Table::try_from(preset(name)?).ok()?;
+            (base.get("arch") == table.get("arch"))
+                .then(|| table.iter().filter(|(k, v)| base.get(*k) != Some(v)).map(|(k, v)| (k.clone(), v.clone())).collect())
+        };
+        let (name, overrides) = PRESETS
+            .iter()
+            .filter_map(|(name, _)| differing(name).map(|o| (*name, o)))
+            .min_by_key(|(_, o)| o.len())
+            .context("model: no preset has this architecture")?;
+        Ok(Self { preset: name.into(), overrides })
+    }
+
     /// The preset with the overrides applied; unknown fields and wrong types are errors naming
     /// the key.
     pub fn resolve(&self) -> Result<ModelConfig> {

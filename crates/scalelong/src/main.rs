@@ -3,8 +3,10 @@
 mod checkpoint;
 mod config;
 mod device;
+mod diagnose;
 mod ema;
 mod eval;
+mod exchange;
 mod progress;
 mod report;
 mod run_folder;
@@ -66,6 +68,40 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Import a PyTorch reference checkpoint (.safetensors, .pth, .pt) as a run folder.
+    Import {
+        checkpoint: PathBuf,
+        #[command(flatten)]
+        args: exchange::ImportArgs,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a run's weights under the PyTorch reference's names (default: <run>/ema.safetensors).
+    Export {
+        run: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        format: exchange::ExportFormat,
+        #[arg(long, value_enum, default_value_t)]
+        weights: exchange::Weights,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Record one pass of every diagnostic on runs or checkpoints (no training), as a folder
+    /// `report` reads.
+    Diagnose {
+        /// Run folders, or checkpoint files (imported with the flags below).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[command(flatten)]
+        import: exchange::ImportArgs,
+        /// Which weights of a run folder (an imported checkpoint has one set).
+        #[arg(long, value_enum, default_value_t = exchange::Weights::Model)]
+        weights: exchange::Weights,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "flex")]
+        device: String,
+    },
     /// Print every preset's parameter count per strategy.
     Params,
 }
@@ -123,6 +159,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let out = out.unwrap_or_else(|| PathBuf::from("reports").join(name));
             let summary = report::write_report(&sweep, &out)?;
             println!("{}", summary.html.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import { checkpoint, args, out } => {
+            let config = exchange::import(&checkpoint, &args, &out, &burn::prelude::Device::flex())?;
+            println!("{}: {} ({}) imported from {}", out.display(), config.model.describe(), config.strategy, checkpoint.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { run, format, weights, out } => {
+            let written = exchange::export(&run, format, weights, out, &burn::prelude::Device::flex())?;
+            println!("{}", written.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diagnose { inputs, import, weights, out, device } => {
+            let device = device::parse(&device)?.autodiff();
+            for run in diagnose::diagnose(&inputs, &import, weights, &out, &device)? {
+                eprintln!("{}: {} records", out.join(&run.id).display(), run.records);
+            }
+            println!("{}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Params => {

@@ -159,7 +159,7 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
     Ok(Outcome::Completed)
 }
 
-fn adamw(config: &RunConfig) -> ModuleOptimizer {
+pub(crate) fn adamw(config: &RunConfig) -> ModuleOptimizer {
     let o = &config.optimizer;
     AdamWConfig::new()
         .with_beta_1(o.beta1 as f32)

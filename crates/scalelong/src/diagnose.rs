@@ -1,0 +1,90 @@
+//! `scalelong diagnose`: one record of every diagnostic on networks that are not training (runs
+//! of ours, or PyTorch checkpoints imported on the way), measured on the test split.
+//!
+//! The output folder is laid out like a sweep (docs/run-folder.md), one run folder per input with
+//! `config.json`, `status.json` and a one-record `diagnostics.jsonl`, so `scalelong report` reads
+//! it and compares the inputs side by side: feature norms per LSC, skip ratios, LS gates and
+//! their decay fit, robustness per timestep bin, per-bin gradient norms. Gradient norms on a
+//! training batch and relative updates need a training step and are not recorded.
+
+use crate::exchange::{ImportArgs, Weights, import, run_weights};
+use crate::run_folder::{RunState, Status, write_atomic, write_json_atomic};
+use crate::train::load_images;
+use anyhow::{Context, Result, bail};
+use burn::prelude::Device;
+use scalelong_data::Split;
+use scalelong_diagnostics::recorder::Recorder;
+use std::path::{Path, PathBuf};
+
+/// What one diagnosed input became.
+pub struct Diagnosed {
+    pub id: String,
+    pub records: usize,
+}
+
+/// Diagnoses each input (a run folder, or a checkpoint file imported with `import_args`) into
+/// `<out>/<id>/`; writes `<out>/sweep.json` last, once every run folder is complete.
+pub fn diagnose(inputs: &[PathBuf], import_args: &ImportArgs, weights: Weights, out: &Path, device: &Device) -> Result<Vec<Diagnosed>> {
+    if inputs.is_empty() {
+        bail!("diagnose: give at least one run folder or checkpoint file");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let mut done = Vec::new();
+    let mut entries = Vec::new();
+    for input in inputs {
+        let id = input
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .with_context(|| format!("{}: cannot name a run after this path", input.display()))?
+            .to_string();
+        if entries.iter().any(|(other, _): &(String, String)| *other == id) {
+            bail!("{}: two inputs would both be diagnosed into {id}/; rename one", input.display());
+        }
+        let dir = out.join(&id);
+        if input.is_dir() && dir.canonicalize().ok() == input.canonicalize().ok() {
+            bail!("{}: --out would write over the run itself; choose another folder", input.display());
+        }
+        let source = if input.is_dir() {
+            input.clone()
+        } else {
+            import(input, import_args, &dir, device).with_context(|| format!("importing {}", input.display()))?;
+            dir.clone()
+        };
+        let (state, net) = run_weights(&source, weights, device)?;
+        let config = state.config;
+        let model = config.model.resolve()?;
+        let test_set = load_images(&config, &model, Split::Test).with_context(|| format!("the test split for {}", input.display()))?;
+        let mut settings = config.diagnostics.clone();
+        settings.every = settings.every.max(1);
+        let schedule = config.diffusion.schedule.build();
+        let recorder = Recorder::new(&settings, &test_set, &schedule, config.seed, device).map_err(anyhow::Error::msg)?;
+        let rows = recorder.snapshot(state.step, &net);
+
+        std::fs::create_dir_all(&dir)?;
+        write_json_atomic(&dir.join("config.json"), &config)?;
+        let mut jsonl = String::new();
+        for row in &rows {
+            jsonl.push_str(&serde_json::to_string(row)?);
+            jsonl.push('\n');
+        }
+        write_atomic(&dir.join("diagnostics.jsonl"), jsonl.as_bytes())?;
+        let message = format!("diagnosed {} ({} weights) at step {}", input.display(), weights_name(weights), state.step);
+        Status { state: RunState::Completed, step: state.step, message: Some(message) }.write(&dir)?;
+        entries.push((id.clone(), config.strategy.label()));
+        done.push(Diagnosed { id, records: rows.len() });
+    }
+    let strategies: Vec<&String> = entries.iter().map(|(_, s)| s).collect();
+    let runs: Vec<serde_json::Value> =
+        entries.iter().map(|(id, s)| serde_json::json!({ "id": id, "overrides": { "strategy": s } })).collect();
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("diagnose");
+    let sweep = serde_json::json!({ "name": name, "base_config": null, "axes": { "strategy": strategies }, "runs": runs });
+    write_json_atomic(&out.join("sweep.json"), &sweep)?;
+    Ok(done)
+}
+
+fn weights_name(weights: Weights) -> &'static str {
+    match weights {
+        Weights::Ema => "EMA",
+        Weights::Model => "raw",
+    }
+}

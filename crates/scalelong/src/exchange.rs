@@ -1,0 +1,129 @@
+//! `scalelong import` and `scalelong export`: run folders to and from PyTorch reference
+//! checkpoints (the name mapping is `scalelong_model::pytorch`).
+//!
+//! An import is a run folder like a trained one (`config.json`, `status.json`, `checkpoint/` at
+//! step 0 with the imported weights as both model and EMA and a fresh optimizer), so everything
+//! that reads runs (`diagnose`, `export`, a resumed `train`) reads imports too.
+
+use crate::checkpoint::{self, CheckpointState};
+use crate::config::{ModelSection, RunConfig};
+use crate::run_folder::{RunState, Status, write_json_atomic};
+use anyhow::{Context, Result, bail};
+use burn::prelude::Device;
+use scalelong_model::pytorch::{load_weights, resolve_config, save_safetensors};
+use scalelong_model::{DiffusionNet, SkipScaling};
+use std::path::{Path, PathBuf};
+
+/// How to build the network a checkpoint file is loaded into (the `import` flags).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ImportArgs {
+    /// A preset name (`scalelong params` lists them) or a run config TOML, whose model, strategy
+    /// and data are used. Without it, a U-ViT's config is read from the tensor shapes.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The checkpoint's skip strategy (`1`, `1/sqrt2`, `cs`, `ls`, `ls-nonshared`, or a TOML
+    /// value like `{ cs = 0.7 }`); LS is recognised from the file.
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Attention heads, when the config is read from shapes (default: one per 64 channels, as in
+    /// every reference config).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Override a key of the run config written with the import, e.g. `--set data.dataset.kind=synthetic`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// Which weights of a run to take.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Weights {
+    /// The exponential moving average, which samples are drawn from.
+    #[default]
+    Ema,
+    /// The raw trained weights.
+    Model,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExportFormat {
+    /// `safetensors.torch.load_file` reads it; burn-store cannot write `.pth`.
+    #[default]
+    Safetensors,
+}
+
+fn parse_strategy(text: &str) -> Result<SkipScaling> {
+    // A name (`1`, `cs`, ...) is a string even where TOML would read a number; a table
+    // (`{ cs = 0.7 }`) goes through the config's own parser.
+    let value = if text.trim_start().starts_with('{') {
+        let mut table = toml::Table::new();
+        crate::config::apply_override(&mut table, &format!("strategy={text}"))?;
+        table["strategy"].clone()
+    } else {
+        toml::Value::String(text.trim().into())
+    };
+    value.try_into().map_err(|e| anyhow::anyhow!("--strategy {text:?}: {e}"))
+}
+
+/// Reads `checkpoint` into a new run folder `out`; returns the run's config.
+pub fn import(checkpoint: &Path, args: &ImportArgs, out: &Path, device: &Device) -> Result<RunConfig> {
+    if checkpoint::latest(out).is_some() || out.join("metrics.jsonl").exists() {
+        bail!("{}: already holds a run; choose another --out", out.display());
+    }
+    let is_file = |m: &str| m.ends_with(".toml") || Path::new(m).is_file();
+    let mut config = match args.model.as_deref() {
+        Some(m) if is_file(m) => RunConfig::load(Path::new(m), &args.overrides)?,
+        _ => {
+            let mut table = toml::Table::new();
+            for item in &args.overrides {
+                crate::config::apply_override(&mut table, item)?;
+            }
+            RunConfig::from_table(table)?
+        }
+    };
+    let given_model = match args.model.as_deref() {
+        Some(m) if is_file(m) => Some(config.model.resolve()?),
+        Some(preset) => Some(ModelSection { preset: preset.into(), overrides: Default::default() }.resolve()?),
+        None => None,
+    };
+    let given_strategy = match (&args.strategy, args.model.as_deref()) {
+        (Some(s), _) => Some(parse_strategy(s)?),
+        (None, Some(m)) if is_file(m) => Some(config.strategy),
+        _ => None,
+    };
+    let (model, strategy) = resolve_config(checkpoint, given_model, given_strategy, args.heads)?;
+    config.model = ModelSection::for_config(&model)?;
+    config.strategy = strategy;
+    config.validate().context("the imported run's config")?;
+
+    let net = load_weights(model.init(strategy, device), checkpoint)?;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create run folder", out.display()))?;
+    write_json_atomic(&out.join("config.json"), &config)?;
+    let state = CheckpointState { step: 0, config: config.clone() };
+    checkpoint::save(out, &state, &net, &net, &crate::train::adamw(&config))?;
+    let message = format!("imported from {}", checkpoint.display());
+    Status { state: RunState::Completed, step: 0, message: Some(message) }.write(out)?;
+    Ok(config)
+}
+
+/// The weights of a run folder's latest checkpoint.
+pub fn run_weights(run: &Path, weights: Weights, device: &Device) -> Result<(CheckpointState, DiffusionNet)> {
+    let ckpt = checkpoint::load_latest(run, device)?;
+    let net = match weights {
+        Weights::Ema => ckpt.ema,
+        Weights::Model => ckpt.model,
+    };
+    Ok((ckpt.state, net))
+}
+
+/// Writes a run's weights under the reference's names; returns the file written.
+pub fn export(run: &Path, format: ExportFormat, weights: Weights, out: Option<PathBuf>, device: &Device) -> Result<PathBuf> {
+    let (_, net) = run_weights(run, weights, device)?;
+    let ExportFormat::Safetensors = format;
+    let name = match weights {
+        Weights::Ema => "ema.safetensors",
+        Weights::Model => "model.safetensors",
+    };
+    let out = out.unwrap_or_else(|| run.join(name));
+    save_safetensors(&net, &out)?;
+    Ok(out)
+}
