@@ -66,7 +66,11 @@ CONFIGS = {
                  mlp_ratio=4.0, qkv_bias=False, mlp_time_embed=False, conv=True),
     "unet": dict(arch="unet", img_size=8, in_channels=1, base_channels=4, channel_mult=[1, 2], res_blocks=1,
                  attention_heads=2, norm_groups=2),
+    # The reference's other switches (time MLP, qkv bias, no final conv, MLP ratio 2), LS only.
+    "uvit-variant": dict(arch="uvit", img_size=8, patch_size=2, in_chans=1, embed_dim=8, depth=4, num_heads=2,
+                         mlp_ratio=2.0, qkv_bias=True, mlp_time_embed=True, conv=False),
 }
+ONLY = {"uvit-variant": ["ls"]}  # configs fixtured with a subset of the strategies
 # Rust strategy string -> file-name-safe name. The Rust names parse as models.py's strategies
 # ("cs": kappa 0.5, "ls": shared gate, "ls-nonshared"; reduction 16 for both LS).
 STRATEGIES = {"1": "1", "1/sqrt2": "inv-sqrt2", "cs": "cs", "ls": "ls", "ls-nonshared": "ls-nonshared"}
@@ -81,8 +85,7 @@ assert list(STRATEGIES) == models.STRATEGIES
 
 def build(arch, strategy):
     config = dict(CONFIGS[arch])
-    config.pop("arch")
-    return (models.UViT if arch == "uvit" else models.UNet)(strategy, **config)
+    return (models.UViT if config.pop("arch") == "uvit" else models.UNet)(strategy, **config)
 
 
 def randomize(model, generator):
@@ -174,6 +177,8 @@ def main():
     index = 0
     for arch in CONFIGS:
         for strategy, safe in STRATEGIES.items():
+            if strategy not in ONLY.get(arch, STRATEGIES):
+                continue
             index += 1
             stem = os.path.join(OUT_DIR, f"{arch}_{safe}")
             model, io, gap = make(arch, strategy, index)

@@ -11,6 +11,7 @@
 //! | `LayerNorm`/`GroupNorm` `weight`, `bias` | `gamma`, `beta` | renamed by the same adapters |
 //! | `encoder.2.conv.weight` | `encoder.2.Down.conv.weight` | enum variants skipped (`skip_enum_variants`) |
 //! | shared LS gate `se.layer1.weight` | `se.0.layer1.weight` | key remapping (the non-shared `se.K` needs none) |
+//! | U-ViT `time_embed.0`, `time_embed.2` (an `nn.Sequential`) | `time_embed.fc1`, `time_embed.fc2` | key remapping |
 //!
 //! Nothing is ever loaded partially: every tensor the network needs must be present with its
 //! shape, and every tensor of the file must be used, or [`load_weights`] returns
@@ -25,7 +26,7 @@ use crate::network::{DiffusionNet, ModelConfig};
 use crate::skip_scaling::SkipScaling;
 use crate::uvit::UViTConfig;
 use burn::store::{
-    ApplyError, ApplyResult, BurnToPyTorchAdapter, ChainAdapter, FloatCastAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
+    ApplyError, ApplyResult, BurnToPyTorchAdapter, ChainAdapter, FloatCastAdapter, KeyRemapper, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
     PytorchStore, SafetensorsStore,
 };
 use burn::tensor::DType;
@@ -106,36 +107,31 @@ enum Reader {
 }
 
 impl Reader {
-    /// `shared_gate`: map the reference's single `se` module onto our `se.0`.
-    fn open(path: &Path, shared_gate: bool) -> Result<Self, ExchangeError> {
+    /// `remapper` renames the file's tensors to our paths (none: the file's own names).
+    fn open(path: &Path, remapper: KeyRemapper) -> Result<Self, ExchangeError> {
         if !path.is_file() {
             return Err(ExchangeError::Read { path: path.into(), message: "no such file".into() });
         }
         // Reference checkpoints are f32; a half or double one is converted rather than refused.
         let adapter = || ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::to(DType::F32));
-        let gate_map = (r"^se\.(layer[12])\.", "se.0.$1.");
         Ok(match WeightsFormat::of(path)? {
             WeightsFormat::Safetensors => {
-                let mut store = SafetensorsStore::from_file(path)
+                let store = SafetensorsStore::from_file(path)
                     .with_from_adapter(adapter())
                     .skip_enum_variants(true)
+                    .remap(remapper)
                     .allow_partial(true)
                     .validate(false);
-                if shared_gate {
-                    store = store.with_key_remapping(gate_map.0, gate_map.1);
-                }
                 Self::Safetensors(store)
             }
             WeightsFormat::Pytorch => {
-                let mut store = PytorchStore::from_file(path)
+                let store = PytorchStore::from_file(path)
                     .skip_enum_variants(true)
                     // Our indices are contiguous; renumbering would hide a missing block.
                     .map_indices_contiguous(false)
+                    .remap(remapper)
                     .allow_partial(true)
                     .validate(false);
-                if shared_gate {
-                    store = store.with_key_remapping(gate_map.0, gate_map.1);
-                }
                 Self::Pytorch(store)
             }
         })
@@ -162,7 +158,7 @@ impl Reader {
 
 /// Every tensor of a checkpoint file with its shape, under the file's own (reference) names.
 pub fn tensor_shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize>>, ExchangeError> {
-    Reader::open(path, false)?.shapes().map_err(|message| ExchangeError::Read { path: path.into(), message })
+    Reader::open(path, KeyRemapper::new())?.shapes().map_err(|message| ExchangeError::Read { path: path.into(), message })
 }
 
 fn is_shared_gate(net: &DiffusionNet) -> bool {
@@ -170,8 +166,8 @@ fn is_shared_gate(net: &DiffusionNet) -> bool {
 }
 
 /// Our parameter path in the reference's naming, for messages: `gamma`/`beta` are `weight`/`bias`,
-/// enum variants vanish, a shared gate is `se`.
-fn reference_name(path: &str, shared_gate: bool) -> String {
+/// enum variants vanish, a U-ViT's time MLP is `time_embed.0`/`.2`, a shared gate is `se`.
+fn reference_name(path: &str, uvit: bool, shared_gate: bool) -> String {
     let parts: Vec<&str> = path
         .split('.')
         .filter(|p| !matches!(*p, "UViT" | "UNet" | "Stem" | "Res" | "Down"))
@@ -181,7 +177,10 @@ fn reference_name(path: &str, shared_gate: bool) -> String {
             other => other,
         })
         .collect();
-    let name = parts.join(".");
+    let mut name = parts.join(".");
+    if uvit {
+        name = name.replacen("time_embed.fc1.", "time_embed.0.", 1).replacen("time_embed.fc2.", "time_embed.2.", 1);
+    }
     match name.strip_prefix("se.0.") {
         Some(rest) if shared_gate => format!("se.{rest}"),
         _ => name,
@@ -192,7 +191,15 @@ fn reference_name(path: &str, shared_gate: bool) -> String {
 /// all or nothing.
 pub fn load_weights(mut net: DiffusionNet, path: &Path) -> Result<DiffusionNet, ExchangeError> {
     let shared = is_shared_gate(&net);
-    let mut reader = Reader::open(path, shared)?;
+    let uvit = matches!(net, DiffusionNet::UViT(_));
+    let mut remaps = Vec::new();
+    if uvit {
+        remaps.extend([(r"^time_embed\.0\.", "time_embed.fc1."), (r"^time_embed\.2\.", "time_embed.fc2.")]);
+    }
+    if shared {
+        remaps.push((r"^se\.(layer[12])\.", "se.0.$1."));
+    }
+    let mut reader = Reader::open(path, KeyRemapper::from_patterns(remaps).expect("valid patterns"))?;
     let result = match &mut net {
         DiffusionNet::UViT(m) => reader.apply(m),
         DiffusionNet::UNet(m) => reader.apply(m),
@@ -205,13 +212,13 @@ pub fn load_weights(mut net: DiffusionNet, path: &Path) -> Result<DiffusionNet, 
             ApplyError::ShapeMismatch { path, expected, found } => {
                 // Shapes in the reference's layout: a Linear weight is [out, in] there.
                 let torch_layout = |s: Vec<usize>| if s.len() == 2 { vec![s[1], s[0]] } else { s };
-                misshaped.push((reference_name(&path, shared), torch_layout(expected.to_vec()), torch_layout(found.to_vec())));
+                misshaped.push((reference_name(&path, uvit, shared), torch_layout(expected.to_vec()), torch_layout(found.to_vec())));
             }
             error => other.push(error.to_string()),
         }
     }
-    let missing: Vec<String> = result.missing.iter().map(|(p, _)| reference_name(p, shared)).collect();
-    let unexpected: Vec<String> = result.unused.iter().map(|p| reference_name(p, shared)).collect();
+    let missing: Vec<String> = result.missing.iter().map(|(p, _)| reference_name(p, uvit, shared)).collect();
+    let unexpected: Vec<String> = result.unused.iter().map(|p| reference_name(p, uvit, shared)).collect();
     if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() && other.is_empty() {
         Ok(net)
     } else {
@@ -230,9 +237,14 @@ pub fn save_safetensors(net: &DiffusionNet, path: &Path) -> Result<(), ExchangeE
         .overwrite(true)
         .metadata("producer", "scalelong")
         .metadata("scaling", net.scaling().to_string());
-    if is_shared_gate(net) {
-        store = store.with_key_remapping(r"^se\.0\.", "se.");
+    let mut remaps = Vec::new();
+    if let DiffusionNet::UViT(_) = net {
+        remaps.extend([(r"^time_embed\.fc1\.", "time_embed.0."), (r"^time_embed\.fc2\.", "time_embed.2.")]);
     }
+    if is_shared_gate(net) {
+        remaps.push((r"^se\.0\.", "se."));
+    }
+    store = store.remap(KeyRemapper::from_patterns(remaps).expect("valid patterns"));
     let saved = match net {
         DiffusionNet::UViT(m) => m.save_into(&mut store),
         DiffusionNet::UNet(m) => m.save_into(&mut store),
@@ -277,7 +289,7 @@ pub fn infer_uvit(shapes: &BTreeMap<String, Vec<usize>>, heads: Option<usize>) -
         num_heads,
         mlp_ratio: hidden as f64 / embed_dim as f64,
         qkv_bias: shapes.contains_key("in_blocks.0.attn.qkv.bias"),
-        mlp_time_embed: shapes.contains_key("time_embed.0.weight") || shapes.contains_key("time_embed.fc1.weight"),
+        mlp_time_embed: shapes.contains_key("time_embed.0.weight"),
         conv: shapes.contains_key("final_layer.weight"),
     };
     config.validate()?;

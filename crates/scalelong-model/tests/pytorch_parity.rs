@@ -1,6 +1,7 @@
 //! Parity with the project's PyTorch reference (bench/reference/models.py): the fixtures in
 //! tests/fixtures/pytorch/ were written by bench/reference/make_fixtures.py, a tiny U-ViT and a
-//! tiny conv UNet per strategy with every parameter randomised (so a swapped weight/bias or a
+//! tiny conv UNet per strategy (and one U-ViT with the reference's other switches: time MLP, qkv
+//! bias, no final conv) with every parameter randomised (so a swapped weight/bias or a
 //! missed transpose shows), an input batch with timesteps, and the reference's output.
 
 use burn::module::{Module, ModuleVisitor, Param};
@@ -10,12 +11,13 @@ use scalelong_model::{DiffusionNet, ModelConfig, SkipScaling};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-const FIXTURES: [&str; 10] = [
+const FIXTURES: [&str; 11] = [
     "uvit_1",
     "uvit_inv-sqrt2",
     "uvit_cs",
     "uvit_ls",
     "uvit_ls-nonshared",
+    "uvit-variant_ls",
     "unet_1",
     "unet_inv-sqrt2",
     "unet_cs",
@@ -192,7 +194,7 @@ fn a_renamed_a_missing_and_a_misshaped_tensor_are_all_named() {
 
 #[test]
 fn a_uvit_config_and_ls_form_are_read_from_the_shapes() {
-    for name in ["uvit_1", "uvit_ls", "uvit_ls-nonshared"] {
+    for name in ["uvit_1", "uvit_ls", "uvit_ls-nonshared", "uvit-variant_ls"] {
         let f = fixture(name);
         let path = dir().join(format!("{name}.safetensors"));
         let (config, learnable) = infer_uvit(&tensor_shapes(&path).unwrap(), Some(2)).unwrap();
