@@ -72,19 +72,19 @@ pub fn import(checkpoint: &Path, args: &ImportArgs, out: &Path, device: &Device)
     let is_file = |m: &str| m.ends_with(".toml") || Path::new(m).is_file();
     let mut config = match args.model.as_deref() {
         Some(m) if is_file(m) => RunConfig::load(Path::new(m), &args.overrides)?,
-        _ => {
+        preset => {
+            // Defaults, the preset, then `--set` (which may change the preset's fields).
             let mut table = toml::Table::new();
+            if let Some(preset) = preset {
+                table.insert("model".into(), toml::Value::Table(toml::Table::from_iter([("preset".into(), preset.into())])));
+            }
             for item in &args.overrides {
                 crate::config::apply_override(&mut table, item)?;
             }
             RunConfig::from_table(table)?
         }
     };
-    let given_model = match args.model.as_deref() {
-        Some(m) if is_file(m) => Some(config.model.resolve()?),
-        Some(preset) => Some(ModelSection { preset: preset.into(), overrides: Default::default() }.resolve()?),
-        None => None,
-    };
+    let given_model = args.model.is_some().then(|| config.model.resolve()).transpose()?;
     let given_strategy = match (&args.strategy, args.model.as_deref()) {
         (Some(s), _) => Some(parse_strategy(s)?),
         (None, Some(m)) if is_file(m) => Some(config.strategy),

@@ -81,6 +81,21 @@ fn a_torch_checkpoint_imports_exports_bit_exactly_and_is_diagnosed_and_reported(
 }
 
 #[test]
+fn a_conv_unet_imports_from_a_preset_with_overrides_and_exports_bit_exactly() {
+    let dir = TempDir::new("exchange-unet");
+    let sizes = ["model.img_size=8", "model.base_channels=4", "model.channel_mult=[1, 2]", "model.attention_heads=2", "model.norm_groups=2"];
+    let mut args = vec!["import", "--model", "unet-small", "--strategy", "ls-nonshared", "--out", "unet"];
+    let file = fixture("unet_ls-nonshared.safetensors");
+    args.push(&file);
+    for set in &sizes {
+        args.extend(["--set", set]);
+    }
+    run_ok_tiny(&args, &dir.0);
+    run_ok(&["export", "unet", "--out", "back.safetensors"], &dir.0);
+    assert_eq!(tensors(&dir.join("back.safetensors")), tensors(Path::new(&file)));
+}
+
+#[test]
 fn a_trained_run_is_diagnosed_at_its_step_without_touching_it() {
     let dir = TempDir::new("diagnose-run");
     let config = write_config(&dir, "tiny.toml", TINY_CONFIG);
