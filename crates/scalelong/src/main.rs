@@ -110,6 +110,14 @@ enum Command {
 const EXIT_DIVERGED: u8 = 3;
 
 fn main() -> ExitCode {
+    // burn's default device is the best compiled-in backend (wgpu in a wgpu build), and burn puts
+    // some tensors there whatever device a run uses: AdamW's state read from a checkpoint waits on
+    // it until the next step. Every device this program uses is explicit, so the default stays the
+    // CPU unless the user sets BURN_DEVICE; otherwise loading a flex checkpoint starts a GPU.
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: the first statement of main, before any thread exists.
+        unsafe { std::env::set_var("BURN_DEVICE", "flex") };
+    }
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(err) => {
