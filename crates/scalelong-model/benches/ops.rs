@@ -141,6 +141,49 @@ fn layer_norm_train(bencher: divan::Bencher) {
     bencher.bench_local(|| call(&f, false, true));
 }
 
+// (rows, k, n) of the U-ViT presets' matmuls at batch 64 (65 tokens, width 64): qkv, MLP up,
+// MLP down. Not a fused op: burn's own matmul (gemm), to compare its GFLOP/s with PyTorch's on
+// the same shapes (`2 * rows * k * n` FLOPs a call).
+const MATMULS: &[(usize, usize, usize)] = &[(4160, 64, 192), (4160, 64, 256), (4160, 256, 64)];
+
+#[divan::bench(args = MATMULS, sample_count = 20)]
+fn matmul_fwd(bencher: divan::Bencher, (m, k, n): (usize, usize, usize)) {
+    let device = Device::flex();
+    let (a, b) = (normal([m, k], &device), normal([k, n], &device));
+    bencher.bench_local(|| a.clone().matmul(b.clone()));
+}
+
+#[divan::bench(args = MATMULS, sample_count = 20)]
+fn matmul_gemm_rows_split(bencher: divan::Bencher, (m, k, n): (usize, usize, usize)) {
+    use rayon::prelude::*;
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32).collect();
+    bencher.bench_local(|| {
+        let mut c = vec![0.0f32; m * n];
+        let rows = m.div_ceil(rayon::current_num_threads());
+        c.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
+            let r = dst.len() / n;
+            unsafe {
+                gemm::gemm(r, n, k, dst.as_mut_ptr(), 1, n as isize, false, a.as_ptr().add(i * rows * k), 1, k as isize, b.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+            }
+        });
+        c
+    });
+}
+
+#[divan::bench(args = MATMULS, sample_count = 20)]
+fn matmul_gemm_rayon(bencher: divan::Bencher, (m, k, n): (usize, usize, usize)) {
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32).collect();
+    bencher.bench_local(|| {
+        let mut c = vec![0.0f32; m * n];
+        unsafe {
+            gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0));
+        }
+        c
+    });
+}
+
 #[divan::bench(sample_count = 1)]
 fn layer_norm_probe() {
     let device = Device::flex();

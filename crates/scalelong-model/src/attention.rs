@@ -4,7 +4,7 @@
 use crate::init::linear;
 use burn::nn::Linear;
 use burn::prelude::*;
-use crate::ops::qkv_attention;
+use crate::ops::{linear_module, qkv_attention};
 
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -33,7 +33,7 @@ impl Attention {
     /// ([`crate::ops::qkv_attention`], equal to the composition in
     /// [`crate::ops::qkv_attention_reference`]).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let qkv = self.qkv.forward(x); // [B, L, 3D], laid out (3, H, Dh)
-        self.proj.forward(qkv_attention(qkv, self.heads)) // [B, L, D]
+        let qkv = linear_module(&self.qkv, x); // [B, L, 3D], laid out (3, H, Dh)
+        linear_module(&self.proj, qkv_attention(qkv, self.heads)) // [B, L, D]
     }
 }

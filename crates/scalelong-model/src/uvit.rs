@@ -232,7 +232,7 @@ impl UViT {
         }
 
         // 6. Head: norm, per-token pixels, drop the time token, unpatchify, 3x3 conv.
-        let h = self.decoder_pred.forward(ops::layer_norm(&self.norm, h)); // [B, L, p*p*C]
+        let h = ops::linear_module(&self.decoder_pred, ops::layer_norm(&self.norm, h)); // [B, L, p*p*C]
         let tokens = h.dims()[1];
         let h = h.narrow(1, 1, tokens - 1); // [B, hw, p*p*C]
         let img = unpatchify(h, self.patch_size, self.in_chans, height, width); // [B, C, H, W]

@@ -108,6 +108,24 @@ fn conv2d_equals_burns_conv2d() {
 }
 
 #[test]
+fn linear_equals_burns_linear() {
+    // (batch, tokens, in, out); tolerance 1e-5 relative (f32 summation order).
+    for (b, l, k, n) in [(2, 5, 8, 24), (3, 65, 64, 192), (1, 1, 3, 2), (4, 17, 256, 64)] {
+        check_with_params(
+            &format!("linear b{b} l{l} {k}->{n}"),
+            vec![normal([b, l, k, 1], 1.0), normal([k, n, 1, 1], 0.3)],
+            vec![normal([n], 0.3)],
+            |x, p| {
+                let [b, l, k, _] = x[0].dims();
+                let w = x[1].clone().reshape([k, p[0].dims()[0]]);
+                ops::linear(x[0].clone().reshape([b, l, k]), w, p[0].clone())
+            },
+            1e-5,
+        );
+    }
+}
+
+#[test]
 fn group_norm_with_and_without_silu_equals_burns() {
     use burn::nn::GroupNormConfig;
     // Tolerance 1e-4 relative: burn normalises with several passes in f32, the fused op

@@ -3,6 +3,7 @@
 
 use crate::attention::Attention;
 use crate::init::{LinearInit, linear};
+use crate::ops::linear_module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
@@ -16,7 +17,7 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        linear_module(&self.fc2, gelu(linear_module(&self.fc1, x)))
     }
 }
 
@@ -59,7 +60,7 @@ impl Block {
     /// - output: `[B, L, D]`
     pub fn forward(&self, x: Tensor<3>, scaled_skip: Option<Tensor<3>>) -> Tensor<3> {
         let x = match (&self.skip_linear, scaled_skip) {
-            (Some(fuse), Some(skip)) => fuse.forward(Tensor::cat(vec![x, skip], 2)), // [B, L, 2D] -> [B, L, D]
+            (Some(fuse), Some(skip)) => linear_module(fuse, Tensor::cat(vec![x, skip], 2)), // [B, L, 2D] -> [B, L, D]
             (None, None) => x,
             _ => panic!("a block fuses a skip exactly when it was built with skip_linear"),
         };
