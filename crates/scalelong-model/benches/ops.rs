@@ -16,9 +16,6 @@ fn main() {
     divan::main();
 }
 
-/// (name, fused or reference, on autodiff) -> one timed call.
-type Case = (&'static str, Box<dyn Fn(bool) -> Box<dyn FnMut()>>);
-
 fn normal<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
 }
@@ -75,6 +72,14 @@ fn layer_norm_case(train: bool) -> impl Fn() -> Tensor<3> {
     move || ops::layer_norm(&norm, x.clone())
 }
 
+fn linear_case((m, k, n): (usize, usize, usize), train: bool) -> impl Fn() -> Tensor<3> {
+    let device = if train { Device::flex().autodiff() } else { Device::flex() };
+    let x = normal([64, m / 64, k], &device);
+    let (w, b) = (normal([k, n], &device).mul_scalar(0.1), normal([n], &device));
+    let (x, w, b) = if train { (x.require_grad(), w.require_grad(), b.require_grad()) } else { (x, w, b) };
+    move || ops::linear(x.clone(), w.clone(), b.clone())
+}
+
 fn ab<const O: usize>(name: &str, f: impl Fn() -> Tensor<O>, train: bool) {
     let rounds: usize = std::env::var("SCALELONG_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(15);
     call(&f, false, train);
@@ -114,6 +119,9 @@ fn ab_all() {
         }
         ab("qkv_attention b64 l65 h4 dh16", attention_case(train), train);
         ab("layer_norm b64 l65 d64", layer_norm_case(train), train);
+        for &(m, k, n) in MATMULS {
+            ab(&format!("linear b64 l65 {k}->{n}"), linear_case((m, k, n), train), train);
+        }
     }
 }
 
@@ -142,8 +150,8 @@ fn layer_norm_train(bencher: divan::Bencher) {
 }
 
 // (rows, k, n) of the U-ViT presets' matmuls at batch 64 (65 tokens, width 64): qkv, MLP up,
-// MLP down. Not a fused op: burn's own matmul (gemm), to compare its GFLOP/s with PyTorch's on
-// the same shapes (`2 * rows * k * n` FLOPs a call).
+// MLP down: burn's matmul against ops::linear (`2 * rows * k * n` FLOPs a call; PyTorch's
+// `a @ b` on the same shapes, 2 threads, ran at 131-153 GFLOP/s here).
 const MATMULS: &[(usize, usize, usize)] = &[(4160, 64, 192), (4160, 64, 256), (4160, 256, 64)];
 
 #[divan::bench(args = MATMULS, sample_count = 20)]
@@ -154,34 +162,10 @@ fn matmul_fwd(bencher: divan::Bencher, (m, k, n): (usize, usize, usize)) {
 }
 
 #[divan::bench(args = MATMULS, sample_count = 20)]
-fn matmul_gemm_rows_split(bencher: divan::Bencher, (m, k, n): (usize, usize, usize)) {
-    use rayon::prelude::*;
-    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32).collect();
-    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32).collect();
-    bencher.bench_local(|| {
-        let mut c = vec![0.0f32; m * n];
-        let rows = m.div_ceil(rayon::current_num_threads());
-        c.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
-            let r = dst.len() / n;
-            unsafe {
-                gemm::gemm(r, n, k, dst.as_mut_ptr(), 1, n as isize, false, a.as_ptr().add(i * rows * k), 1, k as isize, b.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
-            }
-        });
-        c
-    });
-}
-
-#[divan::bench(args = MATMULS, sample_count = 20)]
-fn matmul_gemm_rayon(bencher: divan::Bencher, (m, k, n): (usize, usize, usize)) {
-    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32).collect();
-    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32).collect();
-    bencher.bench_local(|| {
-        let mut c = vec![0.0f32; m * n];
-        unsafe {
-            gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0));
-        }
-        c
-    });
+fn linear_fwd(bencher: divan::Bencher, (m, k, n): (usize, usize, usize)) {
+    let device = Device::flex();
+    let (a, w, b) = (normal([m, k], &device), normal([k, n], &device), normal([n], &device));
+    bencher.bench_local(|| ops::linear(a.clone(), w.clone(), b.clone()));
 }
 
 #[divan::bench(sample_count = 1)]

@@ -684,9 +684,10 @@ pub fn conv2d_module(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
 }
 
 // =============================================================================================
-// Linear layers: `x W + b` as one GEMM per thread on a block of rows, both gradients as GEMMs on
-// strided views (no transposed copy). burn-flex's matmul runs the U-ViT's `[4160, 64] x [64, 192]`
-// at about a third of the speed of the same gemm called on row blocks (benches/ops.rs `matmul_*`).
+// Linear layers: `x W + b` as one GEMM per thread on a block of rows (the bias written first, the
+// product accumulated onto it), both gradients as GEMMs on strided views (no transposed copy).
+// Against burn's `linear` at the U-ViT's shapes, forward and backward: 1.36-1.41x
+// (`SCALELONG_BENCH_AB=1` on benches/ops.rs).
 
 /// Rows of an `m`-row matrix each rayon task takes: one block per thread.
 fn row_block(m: usize) -> usize {
