@@ -23,7 +23,8 @@ crates/scalelong-model/tests/fixtures/pytorch/:
                                       strategy string>}, which serde reads as they are
 
 plus uvit_ls.pth, torch.save(state_dict) of the uvit "ls" fixture (the same weights), for the
-.pth import path.
+.pth import path, and uvit_1.nested.pth, torch.save({"model": state_dict, "step": 7}) of the uvit "1"
+fixture, for a state dict nested in a dict.
 
 `out` is the output of a float64 copy of the model (weights, x and t cast to float64, the whole
 forward in float64, timestep embedding included), cast to float32: an exact target for the f32
@@ -78,6 +79,7 @@ TIMESTEPS = [3.0, 250.0, 999.0]
 BATCH = len(TIMESTEPS)
 X_SEED = 1234
 PTH_FIXTURE = ("uvit", "ls")
+NESTED_PTH_FIXTURE = ("uvit", "1")  # as training scripts save: {"model": state_dict, "step": ...}
 
 assert models.KAPPA == 0.5 and models.REDUCTION == 16  # skip_scaling.rs DEFAULT_KAPPA, DEFAULT_REDUCTION
 assert list(STRATEGIES) == models.STRATEGIES
@@ -191,6 +193,9 @@ def main():
             if (arch, strategy) == PTH_FIXTURE:
                 torch.save(state, stem + ".pth")
                 written.append(stem + ".pth")
+            if (arch, strategy) == NESTED_PTH_FIXTURE:
+                torch.save({"model": state, "step": 7}, stem + ".nested.pth")
+                written.append(stem + ".nested.pth")
 
             # Self-check: everything reads back exactly.
             back = read_safetensors(stem + ".safetensors")

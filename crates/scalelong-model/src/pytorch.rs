@@ -100,6 +100,24 @@ impl WeightsFormat {
     }
 }
 
+/// A checkpoint file and, for a `torch.save` of a dict that holds the state dict (`{"model": sd,
+/// "step": ...}`), the key of the state dict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointFile {
+    pub path: PathBuf,
+    pub key: Option<String>,
+}
+
+impl CheckpointFile {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), key: None }
+    }
+
+    pub fn with_key(self, key: Option<String>) -> Self {
+        Self { key, ..self }
+    }
+}
+
 /// Reads a checkpoint into the reference's tensors, whichever the format.
 enum Reader {
     Safetensors(SafetensorsStore),
@@ -108,13 +126,20 @@ enum Reader {
 
 impl Reader {
     /// `remapper` renames the file's tensors to our paths (none: the file's own names).
-    fn open(path: &Path, remapper: KeyRemapper) -> Result<Self, ExchangeError> {
+    fn open(file: &CheckpointFile, remapper: KeyRemapper) -> Result<Self, ExchangeError> {
+        let path = file.path.as_path();
         if !path.is_file() {
             return Err(ExchangeError::Read { path: path.into(), message: "no such file".into() });
         }
         // Reference checkpoints are f32; a half or double one is converted rather than refused.
         let adapter = || ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::to(DType::F32));
         Ok(match WeightsFormat::of(path)? {
+            WeightsFormat::Safetensors if file.key.is_some() => {
+                return Err(ExchangeError::Read {
+                    path: path.into(),
+                    message: "a safetensors file holds one flat set of tensors; a key applies to .pth files only".into(),
+                });
+            }
             WeightsFormat::Safetensors => {
                 let store = SafetensorsStore::from_file(path)
                     .with_from_adapter(adapter())
@@ -132,7 +157,10 @@ impl Reader {
                     .remap(remapper)
                     .allow_partial(true)
                     .validate(false);
-                Self::Pytorch(store)
+                Self::Pytorch(match &file.key {
+                    Some(key) => store.with_top_level_key(key),
+                    None => store,
+                })
             }
         })
     }
@@ -157,8 +185,8 @@ impl Reader {
 }
 
 /// Every tensor of a checkpoint file with its shape, under the file's own (reference) names.
-pub fn tensor_shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize>>, ExchangeError> {
-    Reader::open(path, KeyRemapper::new())?.shapes().map_err(|message| ExchangeError::Read { path: path.into(), message })
+pub fn tensor_shapes(file: &CheckpointFile) -> Result<BTreeMap<String, Vec<usize>>, ExchangeError> {
+    Reader::open(file, KeyRemapper::new())?.shapes().map_err(|message| ExchangeError::Read { path: file.path.clone(), message })
 }
 
 fn is_shared_gate(net: &DiffusionNet) -> bool {
@@ -189,7 +217,8 @@ fn reference_name(path: &str, uvit: bool, shared_gate: bool) -> String {
 
 /// Loads a reference state dict into `net` (whose config and strategy must match the file):
 /// all or nothing.
-pub fn load_weights(mut net: DiffusionNet, path: &Path) -> Result<DiffusionNet, ExchangeError> {
+pub fn load_weights(mut net: DiffusionNet, file: &CheckpointFile) -> Result<DiffusionNet, ExchangeError> {
+    let path = file.path.as_path();
     let shared = is_shared_gate(&net);
     let uvit = matches!(net, DiffusionNet::UViT(_));
     let mut remaps = Vec::new();
@@ -199,7 +228,7 @@ pub fn load_weights(mut net: DiffusionNet, path: &Path) -> Result<DiffusionNet, 
     if shared {
         remaps.push((r"^se\.(layer[12])\.", "se.0.$1."));
     }
-    let mut reader = Reader::open(path, KeyRemapper::from_patterns(remaps).expect("valid patterns"))?;
+    let mut reader = Reader::open(file, KeyRemapper::from_patterns(remaps).expect("valid patterns"))?;
     let result = match &mut net {
         DiffusionNet::UViT(m) => reader.apply(m),
         DiffusionNet::UNet(m) => reader.apply(m),
@@ -219,6 +248,12 @@ pub fn load_weights(mut net: DiffusionNet, path: &Path) -> Result<DiffusionNet, 
     }
     let missing: Vec<String> = result.missing.iter().map(|(p, _)| reference_name(p, uvit, shared)).collect();
     let unexpected: Vec<String> = result.unused.iter().map(|p| reference_name(p, uvit, shared)).collect();
+    // Nothing matched and every tensor of the file shares a first name: a nested state dict.
+    let first = |name: &String| name.split('.').next().map(str::to_string);
+    if result.applied.is_empty() && !unexpected.is_empty() && unexpected.iter().all(|n| first(n) == first(&unexpected[0])) {
+        let prefix = first(&unexpected[0]).unwrap_or_default();
+        other.push(format!("every tensor of the file is under `{prefix}.`: a state dict nested in a dict; give its key ({prefix})"));
+    }
     if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() && other.is_empty() {
         Ok(net)
     } else {
@@ -306,13 +341,13 @@ pub fn infer_uvit(shapes: &BTreeMap<String, Vec<usize>>, heads: Option<usize>) -
 /// The model config and strategy of a checkpoint: inferred where the shapes tell, checked
 /// against what the caller gives.
 pub fn resolve_config(
-    path: &Path,
+    file: &CheckpointFile,
     given_model: Option<ModelConfig>,
     given_strategy: Option<SkipScaling>,
     heads: Option<usize>,
 ) -> Result<(ModelConfig, SkipScaling), ExchangeError> {
-    let infer_error = |message: String| ExchangeError::Infer { path: path.into(), message };
-    let shapes = tensor_shapes(path)?;
+    let infer_error = |message: String| ExchangeError::Infer { path: file.path.clone(), message };
+    let shapes = tensor_shapes(file)?;
     let has_gates = shapes.keys().any(|n| n.starts_with("se.") || n.contains(".gate."));
     let model = match given_model {
         Some(model) => model,

@@ -6,7 +6,7 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
-use scalelong_model::pytorch::{ExchangeError, infer_uvit, load_weights, resolve_config, save_safetensors, tensor_shapes};
+use scalelong_model::pytorch::{CheckpointFile, ExchangeError, infer_uvit, load_weights, resolve_config, save_safetensors, tensor_shapes};
 use scalelong_model::{DiffusionNet, ModelConfig, SkipScaling};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -83,7 +83,7 @@ fn max_relative_error(got: &[f32], expected: &[f32]) -> f32 {
 fn load_fixture(name: &str, file: &str, device: &Device) -> DiffusionNet {
     let f = fixture(name);
     device.seed(7);
-    load_weights(f.model.init(f.strategy, device), &dir().join(file)).unwrap_or_else(|e| panic!("{e}"))
+    load_weights(f.model.init(f.strategy, device), &CheckpointFile::new(dir().join(file))).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -102,12 +102,25 @@ fn every_fixture_matches_the_reference_output() {
 }
 
 #[test]
-fn a_torch_save_file_loads_like_the_safetensors() {
+fn torch_save_files_load_like_the_safetensors() {
     let device = Device::flex();
     let net = load_fixture("uvit_ls", "uvit_ls.pth", &device);
     let (got, expected) = outputs("uvit_ls", &net, &device);
     let err = max_relative_error(&got, &expected);
     assert!(err < 1e-4, "uvit_ls.pth: {err:e}");
+
+    // A state dict nested in a dict loads by its key, and without the key the error says so.
+    let nested = CheckpointFile::new(dir().join("uvit_1.nested.pth"));
+    let f = fixture("uvit_1");
+    let net = load_weights(f.model.init(f.strategy, &device), &nested.clone().with_key(Some("model".into()))).unwrap();
+    let (got, expected) = outputs("uvit_1", &net, &device);
+    assert!(max_relative_error(&got, &expected) < 1e-4, "uvit_1.nested.pth");
+    let err = load_weights(f.model.init(f.strategy, &device), &nested).unwrap_err().to_string();
+    assert!(err.contains("give its key (model)"), "{err}");
+    let err = load_weights(f.model.init(f.strategy, &device), &CheckpointFile::new(dir().join("uvit_1.safetensors")).with_key(Some("model".into())))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a key applies to .pth files only"), "{err}");
 }
 
 #[derive(Default)]
@@ -145,7 +158,7 @@ fn export_writes_the_reference_file_and_reimports_bit_exactly() {
         // Re-import into a differently initialised network: every parameter bit-identical.
         let f = fixture(name);
         device.seed(99);
-        let again = load_weights(f.model.init(f.strategy, &device), &out).unwrap();
+        let again = load_weights(f.model.init(f.strategy, &device), &CheckpointFile::new(&out)).unwrap();
         assert_eq!(values(&again), values(&net), "{name}: round trip");
     }
     std::fs::remove_dir_all(&tmp).unwrap();
@@ -178,7 +191,7 @@ fn a_renamed_a_missing_and_a_misshaped_tensor_are_all_named() {
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
 
     let f = fixture("uvit_1");
-    let err = load_weights(f.model.init(f.strategy, &device), &path).unwrap_err();
+    let err = load_weights(f.model.init(f.strategy, &device), &CheckpointFile::new(&path)).unwrap_err();
     std::fs::remove_file(&path).unwrap();
     let ExchangeError::Mismatch { missing, unexpected, misshaped, .. } = &err else { panic!("{err}") };
     let mut missing = missing.clone();
@@ -197,21 +210,21 @@ fn a_uvit_config_and_ls_form_are_read_from_the_shapes() {
     for name in ["uvit_1", "uvit_ls", "uvit_ls-nonshared", "uvit-variant_ls"] {
         let f = fixture(name);
         let path = dir().join(format!("{name}.safetensors"));
-        let (config, learnable) = infer_uvit(&tensor_shapes(&path).unwrap(), Some(2)).unwrap();
+        let (config, learnable) = infer_uvit(&tensor_shapes(&CheckpointFile::new(&path)).unwrap(), Some(2)).unwrap();
         assert_eq!(ModelConfig::Uvit(config), f.model, "{name}");
         let shared = |s: Option<SkipScaling>| s.map(|s| matches!(s, SkipScaling::Learnable { shared: true, .. }));
         assert_eq!(shared(learnable), shared(Some(f.strategy)).filter(|_| name != "uvit_1"), "{name}");
         // Inferred config and strategy load and compute what the reference computes.
-        let (model, strategy) = resolve_config(&path, None, (name == "uvit_1").then_some(SkipScaling::Original), Some(2)).unwrap();
+        let (model, strategy) = resolve_config(&CheckpointFile::new(&path), None, (name == "uvit_1").then_some(SkipScaling::Original), Some(2)).unwrap();
         let device = Device::flex();
-        let net = load_weights(model.init(strategy, &device), &path).unwrap();
+        let net = load_weights(model.init(strategy, &device), &CheckpointFile::new(&path)).unwrap();
         let (got, expected) = outputs(name, &net, &device);
         assert!(max_relative_error(&got, &expected) < 1e-4, "{name}");
     }
     // A fixed strategy leaves no tensors: it must be given.
-    let err = resolve_config(&dir().join("uvit_cs.safetensors"), None, None, Some(2)).unwrap_err();
+    let err = resolve_config(&CheckpointFile::new(dir().join("uvit_cs.safetensors")), None, None, Some(2)).unwrap_err();
     assert!(err.to_string().contains("give the strategy"), "{err}");
     // An LS file with a fixed strategy is refused.
-    let err = resolve_config(&dir().join("uvit_ls.safetensors"), None, Some(SkipScaling::Original), Some(2)).unwrap_err();
+    let err = resolve_config(&CheckpointFile::new(dir().join("uvit_ls.safetensors")), None, Some(SkipScaling::Original), Some(2)).unwrap_err();
     assert!(err.to_string().contains("holds LS gates"), "{err}");
 }

@@ -10,7 +10,7 @@ use crate::config::{ModelSection, RunConfig};
 use crate::run_folder::{RunState, Status, write_json_atomic};
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
-use scalelong_model::pytorch::{load_weights, resolve_config, save_safetensors};
+use scalelong_model::pytorch::{CheckpointFile, load_weights, resolve_config, save_safetensors};
 use scalelong_model::{DiffusionNet, SkipScaling};
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,10 @@ pub struct ImportArgs {
     /// every reference config).
     #[arg(long)]
     pub heads: Option<usize>,
+    /// For a `.pth` holding a dict around the state dict (`torch.save({"model": sd, ...})`):
+    /// the state dict's key.
+    #[arg(long)]
+    pub key: Option<String>,
     /// Override a key of the run config written with the import, e.g. `--set data.dataset.kind=synthetic`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
@@ -90,12 +94,13 @@ pub fn import(checkpoint: &Path, args: &ImportArgs, out: &Path, device: &Device)
         (None, Some(m)) if is_file(m) => Some(config.strategy),
         _ => None,
     };
-    let (model, strategy) = resolve_config(checkpoint, given_model, given_strategy, args.heads)?;
+    let file = CheckpointFile::new(checkpoint).with_key(args.key.clone());
+    let (model, strategy) = resolve_config(&file, given_model, given_strategy, args.heads)?;
     config.model = ModelSection::for_config(&model)?;
     config.strategy = strategy;
     config.validate().context("the imported run's config")?;
 
-    let net = load_weights(model.init(strategy, device), checkpoint)?;
+    let net = load_weights(model.init(strategy, device), &file)?;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create run folder", out.display()))?;
     write_json_atomic(&out.join("config.json"), &config)?;
     let state = CheckpointState { step: 0, config: config.clone() };
