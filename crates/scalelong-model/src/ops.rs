@@ -17,6 +17,7 @@
 //! | [`qkv_attention`] | head split, `softmax(q k^T / sqrt(Dh)) v`, head merge | GEMMs on strided views of `qkv`, flex's softmax, fused softmax backward |
 //! | [`conv2d`] | burn's `conv2d` (stride 1) and its backward | implicit GEMM over shifted views of the padded input, no im2col buffer |
 //! | [`linear`] | burn's `Linear` and its backward | one GEMM per thread on a block of rows; gradients through strided views |
+//! | [`gelu`] | burn's `gelu` and its backward | one parallel pass each (flex's runs on one thread), polynomial erf |
 //! | [`group_norm`] | burn's `GroupNorm` (+ SiLU) | one pass forward, two backward |
 //! | [`layer_norm`] | burn's `LayerNorm` | flex's fused forward, one fused backward |
 //! | [`tune_allocator`] | glibc's default mmap threshold | freed tensor memory is reused instead of re-faulted |
@@ -819,6 +820,78 @@ pub fn linear_module<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> 
         None => Tensor::zeros([weight.dims()[1]], &x.device()),
     };
     linear(x, weight, bias)
+}
+
+// =============================================================================================
+// GELU (the exact, erf form the reference uses), forward and backward each one parallel pass.
+// flex computes both on one thread with a scalar erf; here rayon splits the elements and erf is
+// Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7, about f32's rounding).
+
+fn erf(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    (1.0 - poly * (-x * x).exp()).copysign(x)
+}
+
+/// Elements a rayon task takes in the element-wise passes.
+const GELU_CHUNK: usize = 1 << 14;
+
+fn gelu_flex(x: &FlexTensor) -> FlexTensor {
+    let shape = x.layout().shape().to_vec();
+    let mut out = vec![0.0f32; x.layout().num_elements()];
+    out.par_chunks_mut(GELU_CHUNK).zip(x.storage::<f32>().par_chunks(GELU_CHUNK)).for_each(|(dst, src)| {
+        for (y, &v) in dst.iter_mut().zip(src) {
+            *y = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    });
+    new_tensor(out, &shape)
+}
+
+#[derive(Debug)]
+struct GeluBackward;
+
+impl Backward<Flex, 1> for GeluBackward {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let x = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let grad = contiguous(grad);
+            let shape = grad.layout().shape().to_vec();
+            let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
+            let mut dx = vec![0.0f32; grad.layout().num_elements()];
+            let (xs, gs) = (x.storage::<f32>(), grad.storage::<f32>());
+            dx.par_chunks_mut(GELU_CHUNK).zip(xs.par_chunks(GELU_CHUNK).zip(gs.par_chunks(GELU_CHUNK))).for_each(|(dst, (xc, gc))| {
+                for ((d, &v), &g) in dst.iter_mut().zip(xc).zip(gc) {
+                    let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+                    *d = g * (cdf + v * inv_sqrt_2pi * (-0.5 * v * v).exp());
+                }
+            });
+            new_tensor(dx, &shape)
+        });
+    }
+}
+
+/// The reference composition of [`gelu`]: burn's `gelu`.
+pub fn gelu_reference<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    burn::tensor::activation::gelu(x)
+}
+
+/// `x * Phi(x)` (exact GELU), element-wise, with its backward.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    match route(x) {
+        Route::Flex(x) => flex_tensor(gelu_flex(&contiguous(x))),
+        Route::Autodiff(x) => {
+            let (x, node) = x.into_parts();
+            let x = contiguous(x);
+            let out = gelu_flex(&x);
+            ad_tensor(match GeluBackward.prepare::<NoCheckpointing>([node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish(x, out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            })
+        }
+        Route::Other(x) => gelu_reference(x),
+    }
 }
 
 // =============================================================================================

@@ -108,6 +108,14 @@ fn conv2d_equals_burns_conv2d() {
 }
 
 #[test]
+fn gelu_equals_burns_gelu() {
+    // Tolerance 1e-6 relative to the largest value: the polynomial erf is within 1.5e-7.
+    for shape in [[2, 5, 8], [3, 65, 256], [1, 1, 3]] {
+        check(&format!("gelu {shape:?}"), shape, ops::gelu, ops::gelu_reference, 1e-6);
+    }
+}
+
+#[test]
 fn linear_equals_burns_linear() {
     // (batch, tokens, in, out); tolerance 1e-5 relative (f32 summation order).
     for (b, l, k, n) in [(2, 5, 8, 24), (3, 65, 64, 192), (1, 1, 3, 2), (4, 17, 256, 64)] {

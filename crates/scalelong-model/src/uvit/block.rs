@@ -3,10 +3,9 @@
 
 use crate::attention::Attention;
 use crate::init::{LinearInit, linear};
-use crate::ops::linear_module;
+use crate::ops::{gelu, linear_module};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 
 /// The reference's `Mlp`: `fc2(gelu(fc1(x)))` (exact erf GELU, as torch's `nn.GELU()`).
 #[derive(Module, Debug)]
