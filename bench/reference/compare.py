@@ -78,25 +78,25 @@ def json_lines(text, prefix=""):
     return rows
 
 
-def run_rust(exe, op, preset, strategy, samples):
-    pattern = f"steps::{op}::{preset}:{strategy}"  # divan paths start with the bench name
-    stdout, rss = timed_run([exe, "--bench", "--sample-count", str(samples), "--exact", pattern])
+def one_rust_row(cmd, what, env=None):
+    """Runs a Rust benchmark process that prints exactly one BENCH_JSON row; adds its peak RSS."""
+    stdout, rss = timed_run(cmd, env=env)
     rows = json_lines(stdout, "BENCH_JSON ")
     if len(rows) != 1:
-        raise RuntimeError(f"expected one result for {pattern}, got {len(rows)}")
+        raise RuntimeError(f"expected one result for {what}, got {len(rows)}")
     rows[0]["process_peak_rss_kb"] = rss
     return rows[0]
+
+
+def run_rust(exe, op, preset, strategy, samples):
+    pattern = f"steps::{op}::{preset}:{strategy}"  # divan paths start with the bench name
+    return one_rust_row([exe, "--bench", "--sample-count", str(samples), "--exact", pattern], pattern)
 
 
 def run_rust_diag(exe, preset, strategy, rounds):
     """Ten steps recording on the tenth against ten without, alternating in one process."""
     env = dict(os.environ, SCALELONG_BENCH_AB=f"diag::{preset}:{strategy}", SCALELONG_BENCH_ROUNDS=str(rounds))
-    stdout, rss = timed_run([exe], env=env)
-    rows = json_lines(stdout, "BENCH_JSON ")
-    if len(rows) != 1:
-        raise RuntimeError(f"expected one diagnostics result for {preset}:{strategy}, got {len(rows)}")
-    rows[0]["process_peak_rss_kb"] = rss
-    return rows[0]
+    return one_rust_row([exe], f"diagnostics of {preset}:{strategy}", env)
 
 
 def run_torch(op, preset, strategy, samples):

@@ -120,22 +120,20 @@ impl Recorder {
     /// Everything else, after the optimizer step: weights, updates and the probe measurements.
     pub fn record(&self, step: u64, before: &DiffusionNet, after: &DiffusionNet) -> Vec<Record> {
         let Some(probe) = &self.probe else { return Vec::new() };
-        let mut rows = weight_rows(step, before, after);
+        let mut rows = weight_rows(step, Some(before), after);
         rows.extend(probe_rows(step, probe, self.t_bins, after));
         if step % (self.every * self.gradient_bins_every) == 0 {
             rows.extend(bin_gradient_rows(step, probe, self.t_bins, after));
         }
         rows
     }
-}
 
-impl Recorder {
     /// One record of a network that is not training (`scalelong diagnose`): weight norms, every
     /// probe measurement and the per-bin gradient norms; nothing that needs a training step
     /// (training-batch gradients, relative updates).
     pub fn snapshot(&self, step: u64, model: &DiffusionNet) -> Vec<Record> {
         let Some(probe) = &self.probe else { return Vec::new() };
-        let mut rows: Vec<Record> = weight_rows(step, model, model).into_iter().filter(|r| r.quantity == "weight_norm").collect();
+        let mut rows = weight_rows(step, None, model);
         rows.extend(probe_rows(step, probe, self.t_bins, model));
         rows.extend(bin_gradient_rows(step, probe, self.t_bins, model));
         rows
@@ -215,32 +213,40 @@ fn group_sums(model: &DiffusionNet, grads: &GradientsParams) -> BTreeMap<String,
     sums
 }
 
-fn weight_rows(step: u64, before: &DiffusionNet, after: &DiffusionNet) -> Vec<Record> {
-    let (before, after) = (grouped_tensors(before, None), grouped_tensors(after, None));
+/// `weight_norm` per group (and `total`) of `after`; given the weights `before` the step, also
+/// `rel_update`.
+fn weight_rows(step: u64, before: Option<&DiffusionNet>, after: &DiffusionNet) -> Vec<Record> {
+    let after = grouped_tensors(after, None);
+    let before = before.map(|b| grouped_tensors(b, None));
+    // Per group: ||W||^2, then with `before` also ||W - W_before||^2 and ||W_before||^2.
+    let width = if before.is_some() { 3 } else { 1 };
     let mut names = Vec::new();
     let mut parts = Vec::new();
-    for ((group, b), (_, a)) in before.into_iter().zip(after) {
+    for (i, (group, a)) in after.into_iter().enumerate() {
         names.push(group);
-        parts.push(b.clone().square().sum());
-        parts.push((a.clone() - b).square().sum());
+        if let Some(before) = &before {
+            let b = before[i].1.clone();
+            parts.push((a.clone() - b.clone()).square().sum());
+            parts.push(b.square().sum());
+        }
         parts.push(a.square().sum());
     }
     let values = read_scalars(parts);
     let mut sums: BTreeMap<String, [f64; 3]> = BTreeMap::new();
-    for (group, v) in names.into_iter().zip(values.chunks(3)) {
+    for (group, v) in names.into_iter().zip(values.chunks(width)) {
         for key in [group, "total".to_string()] {
             let s = sums.entry(key).or_insert([0.0; 3]);
-            for i in 0..3 {
-                s[i] += v[i];
+            for (acc, x) in s.iter_mut().zip(v) {
+                *acc += x;
             }
         }
     }
     sums.into_iter()
-        .flat_map(|(group, [before_sq, update_sq, after_sq])| {
-            [
-                row(step, "weight_norm", Some(group.clone()), None, None, after_sq.sqrt()),
-                row(step, "rel_update", Some(group), None, None, (update_sq / before_sq).sqrt()),
-            ]
+        .flat_map(|(group, sq)| {
+            let after_sq = sq[width - 1];
+            let norm = row(step, "weight_norm", Some(group.clone()), None, None, after_sq.sqrt());
+            let update = (width == 3).then(|| row(step, "rel_update", Some(group), None, None, (sq[0] / sq[1]).sqrt()));
+            std::iter::once(norm).chain(update)
         })
         .collect()
 }

@@ -700,11 +700,8 @@ fn linear_flex(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let ([m, k], [_, n]) = (dims::<2>(x), dims::<2>(w));
     let (x, w, b) = (x.storage::<f32>(), w.storage::<f32>(), b.storage::<f32>());
     let rows = row_block(m);
-    let mut out = vec![0.0f32; m * n];
+    let mut out = b.repeat(m); // every row starts as the bias; the GEMM accumulates onto it
     out.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
-        for row in dst.chunks_exact_mut(n) {
-            row.copy_from_slice(b);
-        }
         // SAFETY: dst is this block's [r, N]; the block's rows of x [r, K] and all of W [K, N]
         // are inside their slices.
         unsafe {
@@ -833,18 +830,14 @@ fn erf(x: f32) -> f32 {
     (1.0 - poly * (-x * x).exp()).copysign(x)
 }
 
-/// Elements a rayon task takes in the element-wise passes.
-const GELU_CHUNK: usize = 1 << 14;
+/// The standard normal CDF.
+fn phi(v: f32) -> f32 {
+    0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+}
 
 fn gelu_flex(x: &FlexTensor) -> FlexTensor {
-    let shape = x.layout().shape().to_vec();
-    let mut out = vec![0.0f32; x.layout().num_elements()];
-    out.par_chunks_mut(GELU_CHUNK).zip(x.storage::<f32>().par_chunks(GELU_CHUNK)).for_each(|(dst, src)| {
-        for (y, &v) in dst.iter_mut().zip(src) {
-            *y = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-        }
-    });
-    new_tensor(out, &shape)
+    let out = x.storage::<f32>().par_iter().map(|&v| v * phi(v)).collect();
+    new_tensor(out, x.layout().shape())
 }
 
 #[derive(Debug)]
@@ -857,17 +850,11 @@ impl Backward<Flex, 1> for GeluBackward {
         let x = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
             let grad = contiguous(grad);
-            let shape = grad.layout().shape().to_vec();
             let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
-            let mut dx = vec![0.0f32; grad.layout().num_elements()];
-            let (xs, gs) = (x.storage::<f32>(), grad.storage::<f32>());
-            dx.par_chunks_mut(GELU_CHUNK).zip(xs.par_chunks(GELU_CHUNK).zip(gs.par_chunks(GELU_CHUNK))).for_each(|(dst, (xc, gc))| {
-                for ((d, &v), &g) in dst.iter_mut().zip(xc).zip(gc) {
-                    let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-                    *d = g * (cdf + v * inv_sqrt_2pi * (-0.5 * v * v).exp());
-                }
-            });
-            new_tensor(dx, &shape)
+            let dx = (x.storage::<f32>().par_iter().zip(grad.storage::<f32>()))
+                .map(|(&v, &g)| g * (phi(v) + v * inv_sqrt_2pi * (-0.5 * v * v).exp()))
+                .collect();
+            new_tensor(dx, grad.layout().shape())
         });
     }
 }

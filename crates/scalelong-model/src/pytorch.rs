@@ -328,14 +328,19 @@ pub fn infer_uvit(shapes: &BTreeMap<String, Vec<usize>>, heads: Option<usize>) -
         conv: shapes.contains_key("final_layer.weight"),
     };
     config.validate()?;
+    Ok((config, infer_uvit_gates(shapes, tokens)))
+}
+
+/// The LS form of a U-ViT checkpoint with `tokens` tokens: shared (`se.layer1`) or one gate per
+/// LSC (`se.K.layer1`), the reduction from the gate's hidden width; `None` without gates.
+fn infer_uvit_gates(shapes: &BTreeMap<String, Vec<usize>>, tokens: usize) -> Option<SkipScaling> {
     let gate = |prefix: &str| shapes.get(&format!("{prefix}.layer1.weight")).map(|s| s[0]);
-    let learnable = match (gate("se"), gate("se.0")) {
-        (Some(hidden), _) => Some((true, hidden)),
-        (None, Some(hidden)) => Some((false, hidden)),
-        (None, None) => None,
-    }
-    .map(|(shared, hidden)| SkipScaling::Learnable { shared, reduction: (tokens / hidden).max(1) });
-    Ok((config, learnable))
+    let (shared, hidden) = match (gate("se"), gate("se.0")) {
+        (Some(hidden), _) => (true, hidden),
+        (None, Some(hidden)) => (false, hidden),
+        (None, None) => return None,
+    };
+    Some(SkipScaling::Learnable { shared, reduction: (tokens / hidden).max(1) })
 }
 
 /// The model config and strategy of a checkpoint: inferred where the shapes tell, checked
@@ -359,7 +364,7 @@ pub fn resolve_config(
         }
     };
     let inferred = match &model {
-        ModelConfig::Uvit(_) if has_gates => infer_uvit(&shapes, heads).map_err(infer_error)?.1,
+        ModelConfig::Uvit(c) if has_gates => infer_uvit_gates(&shapes, c.tokens()),
         _ => None,
     };
     let strategy = match (given_strategy, inferred) {

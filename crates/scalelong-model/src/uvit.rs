@@ -66,7 +66,8 @@ impl UViTConfig {
     pub fn num_skips(&self) -> usize {
         self.depth / 2
     }
-    fn tokens(&self) -> usize {
+    /// Tokens a forward pass carries: the time token and one per patch.
+    pub fn tokens(&self) -> usize {
         1 + (self.img_size / self.patch_size).pow(2)
     }
 

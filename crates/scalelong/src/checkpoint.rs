@@ -63,34 +63,42 @@ pub fn latest(run: &Path) -> Option<PathBuf> {
     [folder(run), run.join("checkpoint.old")].into_iter().find(|p| p.join("state.json").exists())
 }
 
+fn read(dir: &Path, file: &str) -> Result<Bytes> {
+    let path = dir.join(file);
+    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(Bytes::from_bytes_vec(bytes))
+}
+
+fn corrupt(dir: &Path, file: &str) -> String {
+    format!("{}: corrupt or incompatible checkpoint file", dir.join(file).display())
+}
+
+/// `dir/file` (a burn record) into `net`.
+fn load_network(dir: &Path, file: &str, net: DiffusionNet) -> Result<DiffusionNet> {
+    let record = ModuleRecord::from_bytes(read(dir, file)?).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| corrupt(dir, file))?;
+    net.try_load_record(record).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| corrupt(dir, file))
+}
+
 /// Loads a checkpoint into freshly initialised modules of the right shape.
 pub fn load(dir: &Path, model: DiffusionNet, ema: DiffusionNet, optimizer: ModuleOptimizer) -> Result<Checkpoint> {
-    let corrupt = |file: &str| format!("{}: corrupt or incompatible checkpoint file", dir.join(file).display());
     let state: CheckpointState = read_json(&dir.join("state.json"))?;
-    let read = |file: &str| -> Result<Bytes> {
-        let bytes = std::fs::read(dir.join(file)).with_context(|| format!("{}: cannot read", dir.join(file).display()))?;
-        Ok(Bytes::from_bytes_vec(bytes))
-    };
-    let load_module = |m: DiffusionNet, file: &str| -> Result<DiffusionNet> {
-        let record = ModuleRecord::from_bytes(read(file)?).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| corrupt(file))?;
-        m.try_load_record(record).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| corrupt(file))
-    };
-    let model = load_module(model, "model.bpk")?;
-    let ema = load_module(ema, "ema.bpk")?;
+    let model = load_network(dir, "model.bpk", model)?;
+    let ema = load_network(dir, "ema.bpk", ema)?;
     let optimizer = optimizer
-        .from_bytes(read("optimizer.bin")?)
+        .from_bytes(read(dir, "optimizer.bin")?)
         .map_err(|e| anyhow::anyhow!("{e:?}"))
-        .with_context(|| corrupt("optimizer.bin"))?;
+        .with_context(|| corrupt(dir, "optimizer.bin"))?;
     Ok(Checkpoint { state, model, ema, optimizer })
 }
 
-/// The latest checkpoint of a run folder, into networks built from the config it was saved with.
-pub fn load_latest(run: &Path, device: &burn::prelude::Device) -> Result<Checkpoint> {
+/// One network of a run folder's latest checkpoint (`weights` is `model` or `ema`), built from the
+/// config it was saved with; the optimizer state is not read.
+pub fn load_latest_weights(run: &Path, weights: &str, device: &burn::prelude::Device) -> Result<(CheckpointState, DiffusionNet)> {
     let dir = latest(run).with_context(|| format!("{}: no checkpoint (is this a run folder?)", run.display()))?;
     let state: CheckpointState = read_json(&dir.join("state.json"))?;
     let model_config = state.config.model.resolve().with_context(|| format!("{}", dir.join("state.json").display()))?;
-    let fresh = model_config.init(state.config.strategy, device);
-    load(&dir, fresh.clone(), fresh, crate::train::adamw(&state.config))
+    let net = load_network(&dir, &format!("{weights}.bpk"), model_config.init(state.config.strategy, device))?;
+    Ok((state, net))
 }
 
 #[cfg(test)]

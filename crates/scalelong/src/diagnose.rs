@@ -7,7 +7,8 @@
 //! their decay fit, robustness per timestep bin, per-bin gradient norms. Gradient norms on a
 //! training batch and relative updates need a training step and are not recorded.
 
-use crate::exchange::{ImportArgs, Weights, import, run_weights};
+use crate::checkpoint::load_latest_weights;
+use crate::exchange::{ImportArgs, Weights, import};
 use crate::run_folder::{RunState, Status, write_atomic, write_json_atomic};
 use crate::train::load_images;
 use anyhow::{Context, Result, bail};
@@ -50,7 +51,7 @@ pub fn diagnose(inputs: &[PathBuf], import_args: &ImportArgs, weights: Weights, 
             import(input, import_args, &dir, device).with_context(|| format!("importing {}", input.display()))?;
             dir.clone()
         };
-        let (state, net) = run_weights(&source, weights, device)?;
+        let (state, net) = load_latest_weights(&source, weights.name(), device)?;
         let config = state.config;
         let model = config.model.resolve()?;
         let test_set = load_images(&config, &model, Split::Test).with_context(|| format!("the test split for {}", input.display()))?;
@@ -68,7 +69,7 @@ pub fn diagnose(inputs: &[PathBuf], import_args: &ImportArgs, weights: Weights, 
             jsonl.push('\n');
         }
         write_atomic(&dir.join("diagnostics.jsonl"), jsonl.as_bytes())?;
-        let message = format!("diagnosed {} ({} weights) at step {}", input.display(), weights_name(weights), state.step);
+        let message = format!("diagnosed {} ({} weights) at step {}", input.display(), weights.name(), state.step);
         Status { state: RunState::Completed, step: state.step, message: Some(message) }.write(&dir)?;
         entries.push((id.clone(), config.strategy.label()));
         done.push(Diagnosed { id, records: rows.len() });
@@ -80,11 +81,4 @@ pub fn diagnose(inputs: &[PathBuf], import_args: &ImportArgs, weights: Weights, 
     let sweep = serde_json::json!({ "name": name, "base_config": null, "axes": { "strategy": strategies }, "runs": runs });
     write_json_atomic(&out.join("sweep.json"), &sweep)?;
     Ok(done)
-}
-
-fn weights_name(weights: Weights) -> &'static str {
-    match weights {
-        Weights::Ema => "EMA",
-        Weights::Model => "raw",
-    }
 }

@@ -11,7 +11,7 @@ use crate::run_folder::{RunState, Status, write_json_atomic};
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
 use scalelong_model::pytorch::{CheckpointFile, load_weights, resolve_config, save_safetensors};
-use scalelong_model::{DiffusionNet, SkipScaling};
+use scalelong_model::SkipScaling;
 use std::path::{Path, PathBuf};
 
 /// How to build the network a checkpoint file is loaded into (the `import` flags).
@@ -46,6 +46,16 @@ pub enum Weights {
     Ema,
     /// The raw trained weights.
     Model,
+}
+
+impl Weights {
+    /// The checkpoint file stem (`ema.bpk`) and the export's default name (`ema.safetensors`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ema => "ema",
+            Self::Model => "model",
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,25 +120,11 @@ pub fn import(checkpoint: &Path, args: &ImportArgs, out: &Path, device: &Device)
     Ok(config)
 }
 
-/// The weights of a run folder's latest checkpoint.
-pub fn run_weights(run: &Path, weights: Weights, device: &Device) -> Result<(CheckpointState, DiffusionNet)> {
-    let ckpt = checkpoint::load_latest(run, device)?;
-    let net = match weights {
-        Weights::Ema => ckpt.ema,
-        Weights::Model => ckpt.model,
-    };
-    Ok((ckpt.state, net))
-}
-
 /// Writes a run's weights under the reference's names; returns the file written.
 pub fn export(run: &Path, format: ExportFormat, weights: Weights, out: Option<PathBuf>, device: &Device) -> Result<PathBuf> {
-    let (_, net) = run_weights(run, weights, device)?;
+    let (_, net) = checkpoint::load_latest_weights(run, weights.name(), device)?;
     let ExportFormat::Safetensors = format;
-    let name = match weights {
-        Weights::Ema => "ema.safetensors",
-        Weights::Model => "model.safetensors",
-    };
-    let out = out.unwrap_or_else(|| run.join(name));
+    let out = out.unwrap_or_else(|| run.join(format!("{}.safetensors", weights.name())));
     save_safetensors(&net, &out)?;
     Ok(out)
 }
