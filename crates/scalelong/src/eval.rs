@@ -111,15 +111,6 @@ pub fn evaluate(
         (None, None, 0)
     } else {
         let classifier = load_or_train(train_set, test_set, config.classifier_epochs, &config.cache_dir, device)?;
-        if classifier.trained_now {
-            // Once per dataset and cache folder; it explains the first evaluation's wait.
-            eprintln!(
-                "FD classifier trained in {:.0} s (test accuracy {:.4}), cached in {}",
-                classifier.info.train_seconds,
-                classifier.info.test_accuracy,
-                config.cache_dir.display()
-            );
-        }
         let n = config.fd_samples.min(test_set.len());
         let device = device.clone().inner();
         let generated = generate_samples(ema, model_config, schedule, sampler, n, &device);
