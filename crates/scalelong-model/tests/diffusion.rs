@@ -8,7 +8,8 @@ use scalelong_model::diffusion::{SamplerConfig, ScheduleConfig};
 
 #[test]
 fn samplers_are_deterministic_for_a_seed_and_differ_across_seeds() {
-    let device = device(7).inner();
+    let seeded = device(7);
+    let device = seeded.clone().inner();
     let net = tiny_uvit(8, 2).init(SkipScaling::Constant { kappa: 0.5 }, &device);
     let schedule = ScheduleConfig::default().build();
     for sampler in [SamplerConfig::Ddim { steps: 5 }, SamplerConfig::Ddpm { steps: 5 }] {
@@ -34,7 +35,8 @@ fn sampling_steps_run_from_most_to_least_noisy_without_repeats() {
 
 #[test]
 fn q_sample_mixes_signal_and_noise_by_alpha_bar() {
-    let device = device(8).inner();
+    let seeded = device(8);
+    let device = seeded.clone().inner();
     let schedule = ScheduleConfig::default().build();
     let x0 = batch([2, 1, 4, 4], &device);
     let noise = batch([2, 1, 4, 4], &device);

@@ -196,25 +196,24 @@ fn mean_decoder_norm(base: &DiffusionNet, scaling: SkipScaling, x: &Tensor<4>, t
 
 #[test]
 fn at_init_decoder_feature_norms_order_as_the_bound_predicts() {
-    // Thm 3.1: the hidden feature's norm grows with sum_j kappa_j^2, so 1 > 1/sqrt2 > CS(0.5).
+    // Thm 3.1: the hidden feature's norm grows with sum_j kappa_j^2, so 1 > 1/sqrt2 > CS(0.5)
+    // whenever CS's sum is the smaller (the 4-skip U-ViT: 1.33 against 2). Checked on every
+    // initialisation, not on a mean that one outlier could carry.
     // The conv UNet group-normalises every fused input, which cancels a uniform scale of the
-    // skip-only groups (only the 1x1 shortcut sees the coefficient), so for it the ordering is
-    // asserted on the mean over several initialisations rather than on each.
+    // skip-only groups (only the 1x1 shortcut sees the coefficient): there 1 beats both scaled
+    // strategies on each of 64 initialisations measured, but 1/sqrt2 against CS(0.5) came out
+    // either way (39 of 64), so only the first is asserted.
     let strategies = [SkipScaling::Original, SkipScaling::InvSqrt2, SkipScaling::Constant { kappa: 0.5 }];
-    for (config, seeds) in [(tiny_uvit(8, 8), 1u64), (tiny_unet(8), 8)] {
-        let _serial = serial();
-        let mut sums = [0.0f32; 3];
-        for seed in 0..seeds {
+    for (config, full_order) in [(tiny_uvit(8, 8), true), (tiny_unet(8), false)] {
+        for seed in 0..8 {
             let device = device(60 + seed);
             let base = config.init(SkipScaling::Original, &device);
             let x = batch([4, 1, 8, 8], &device);
             let t = times(&[50.0, 300.0, 600.0, 900.0], &device);
-            for (sum, scaling) in sums.iter_mut().zip(strategies) {
-                *sum += mean_decoder_norm(&base, scaling, &x, &t);
-            }
+            let [one, inv, cs] = strategies.map(|scaling| mean_decoder_norm(&base, scaling, &x, &t));
+            let ordered = one > inv && one > cs && (!full_order || inv > cs);
+            assert!(ordered, "{config:?} seed {seed}: 1 {one}, 1/sqrt2 {inv}, CS(0.5) {cs}");
         }
-        let [one, inv, cs] = sums;
-        assert!(one > inv && inv > cs, "{config:?}: {one} > {inv} > {cs} expected");
     }
 }
 

@@ -43,18 +43,28 @@ pub fn tiny_models(img_size: usize) -> Vec<ModelConfig> {
     vec![tiny_uvit(img_size, 4), tiny_unet(img_size)]
 }
 
-/// Holds the lock that makes seeded initialisation deterministic: the device RNG is global, so
-/// tests that draw from it in parallel would interleave their draws.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// A seeded CPU device with autodiff that holds, while it lives, the lock making its draws
+/// reproducible: the device RNG is global, so tests drawing from it in parallel would interleave
+/// their draws and the "same seed" would give different weights from run to run.
+pub struct SeededDevice {
+    device: Device,
+    _lock: std::sync::MutexGuard<'static, ()>,
 }
 
-/// A seeded CPU device with autodiff (hold [`serial`] while drawing from it).
-pub fn device(seed: u64) -> Device {
+impl std::ops::Deref for SeededDevice {
+    type Target = Device;
+    fn deref(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// Only one [`SeededDevice`] may live at a time per test binary (a second one waits).
+pub fn device(seed: u64) -> SeededDevice {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex().autodiff();
     device.seed(seed);
-    device
+    SeededDevice { device, _lock: lock }
 }
 
 pub fn batch(shape: [usize; 4], device: &Device) -> Tensor<4> {
