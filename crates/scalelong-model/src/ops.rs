@@ -14,13 +14,15 @@
 //!
 //! | op | replaces | how |
 //! |---|---|---|
-//! | [`qkv_attention`] | head split, `softmax(q k^T / sqrt(Dh)) v`, head merge | GEMMs on strided views of `qkv`, flex's softmax, fused softmax backward |
+//! | [`qkv_attention`] | head split, `softmax(q k^T / sqrt(Dh)) v`, head merge | GEMMs on strided views of `qkv`, vectorised softmax, fused softmax backward |
 //! | [`conv2d`] | burn's `conv2d` (stride 1) and its backward | implicit GEMM over shifted views of the padded input, no im2col buffer |
 //! | [`linear`] | burn's `Linear` and its backward | one GEMM per thread on a block of rows; gradients through strided views |
-//! | [`gelu`] | burn's `gelu` and its backward | one parallel pass each (flex's runs on one thread), polynomial erf |
-//! | [`group_norm`] | burn's `GroupNorm` (+ SiLU) | one pass forward, two backward |
+//! | [`gelu`] | burn's `gelu` and its backward | one parallel, vectorised pass each (flex's runs on one thread with libm's erf) |
+//! | [`group_norm`] | burn's `GroupNorm` (+ SiLU) | one vectorised pass forward, two backward |
 //! | [`layer_norm`] | burn's `LayerNorm` | flex's fused forward, one fused backward |
 //! | [`tune_allocator`] | glibc's default mmap threshold | freed tensor memory is reused instead of re-faulted |
+//!
+//! The element-wise math (`exp`, `erf`, lane-split sums) and the AVX2 dispatch are in `ops/math.rs`.
 //!
 //! Each op is measured against its reference in `benches/ops.rs` (`SCALELONG_BENCH_AB=1`), and the
 //! networks as a whole in `benches/steps.rs` (`SCALELONG_BENCH_AB=...`).
@@ -29,13 +31,16 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::{FlexTensor, Layout};
-use burn::backend::ops::{ActivationOps, ModuleOps};
+use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Shape};
 use rayon::prelude::*;
+
+mod math;
+use math::vectorised_fn;
 
 type Ad = Autodiff<Flex>;
 
@@ -218,11 +223,40 @@ unsafe fn gemm_strided(
     }
 }
 
+vectorised_fn! {
+    /// Each row of `l` values of `rows` replaced by its softmax.
+    fn softmax_rows(rows: &mut [f32], l: usize) {
+        for row in rows.chunks_mut(l) {
+            let max = math::max(row);
+            for v in row.iter_mut() {
+                *v = math::exp(*v - max);
+            }
+            let inv = 1.0 / math::sum(row, |v| v);
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+vectorised_fn! {
+    /// `ds = scale p (dp - rowsum(dp p))` in place of `dp` (`ds`), row by row of `l` values: the
+    /// gradient of the scaled scores through the softmax.
+    fn softmax_grad_rows(ds: &mut [f32], p: &[f32], l: usize, scale: f32) {
+        for (row_ds, row_p) in ds.chunks_exact_mut(l).zip(p.chunks_exact(l)) {
+            let dot = math::sum2(row_ds, row_p, |a, b| a * b);
+            for (v, &pv) in row_ds.iter_mut().zip(row_p) {
+                *v = scale * pv * (*v - dot);
+            }
+        }
+    }
+}
+
 /// Returns the merged output `[B, L, D]` and the attention probabilities `[B, H, L, L]`.
 ///
-/// One task per (image, head): `S = scale q k^T` by GEMM straight from the strided `qkv`, flex's
-/// fused softmax over all of `S`, then `P v` by GEMM straight into the head's columns of the
-/// output.
+/// One task per (image, head): `S = scale q k^T` by GEMM straight from the strided `qkv`, the
+/// softmax of its rows (while `S` is in cache), then `P v` by GEMM straight into the head's
+/// columns of the output.
 fn attention_forward(qkv: FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) {
     let s = Heads::of(&qkv, heads);
     let (l, dh, d) = (s.tokens, s.head_dim, s.dim());
@@ -242,8 +276,9 @@ fn attention_forward(qkv: FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) 
                 scale,
             );
         }
+        softmax_rows(dst, l);
     });
-    let probs = contiguous(<Flex as ActivationOps<Flex>>::softmax(new_tensor(scores, &[s.batch, heads, l, l]), 3));
+    let probs = new_tensor(scores, &[s.batch, heads, l, l]);
     let p = probs.storage::<f32>();
     let mut out = vec![0.0f32; s.batch * l * d];
     let dst = Shared(out.as_mut_ptr());
@@ -309,13 +344,7 @@ fn attention_backward(qkv: &FlexTensor, probs: &FlexTensor, heads: usize, grad: 
                 // dp = dy v^T
                 gemm_strided((l, l, dh), (ds.as_mut_ptr(), l as isize, 1), false, (dy_bh, d as isize, 1), (x.as_ptr().add(base + 2 * d), 1, d3 as isize), 1.0);
             }
-            // ds = scale p (dp - rowsum(dp p))
-            for (row_ds, row_p) in ds.chunks_exact_mut(l).zip(p[bh * l * l..(bh + 1) * l * l].chunks_exact(l)) {
-                let dot: f32 = row_ds.iter().zip(row_p).map(|(a, b)| a * b).sum();
-                for (v, &pv) in row_ds.iter_mut().zip(row_p) {
-                    *v = scale * pv * (*v - dot);
-                }
-            }
+            softmax_grad_rows(ds, &p[bh * l * l..(bh + 1) * l * l], l, scale);
             unsafe {
                 // dq = ds k, dk = ds^T q
                 gemm_strided((l, dh, l), (dst.0.add(base), d3 as isize, 1), false, (ds.as_ptr(), l as isize, 1), (x.as_ptr().add(base + d), d3 as isize, 1), 1.0);
@@ -824,19 +853,33 @@ pub fn linear_module<const D: usize>(layer: &burn::nn::Linear, x: Tensor<D>) -> 
 // flex computes both on one thread with a scalar erf; here rayon splits the elements and erf is
 // Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7, about f32's rounding).
 
-fn erf(x: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    (1.0 - poly * (-x * x).exp()).copysign(x)
+/// Elements per rayon task of an element-wise pass: large enough to amortise the task, small
+/// enough to balance two to sixteen threads on the presets' tensors (a million elements and up).
+const CHUNK: usize = 1 << 14;
+
+vectorised_fn! {
+    /// `x Phi(x)` of each element.
+    fn gelu_chunk(dst: &mut [f32], xs: &[f32]) {
+        for (o, &v) in dst.iter_mut().zip(xs) {
+            *o = v * math::phi(v);
+        }
+    }
 }
 
-/// The standard normal CDF.
-fn phi(v: f32) -> f32 {
-    0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+vectorised_fn! {
+    /// The input gradient `g (Phi(x) + x pdf(x))` of each element.
+    fn gelu_grad_chunk(dst: &mut [f32], xs: &[f32], gs: &[f32]) {
+        for ((o, &v), &g) in dst.iter_mut().zip(xs).zip(gs) {
+            *o = g * (math::phi(v) + v * math::normal_pdf(v));
+        }
+    }
 }
 
 fn gelu_flex(x: &FlexTensor) -> FlexTensor {
-    let out = x.storage::<f32>().par_iter().map(|&v| v * phi(v)).collect();
+    let mut out = vec![0.0f32; x.storage::<f32>().len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(x.storage::<f32>().par_chunks(CHUNK))
+        .for_each(|(dst, xs)| gelu_chunk(dst, xs));
     new_tensor(out, x.layout().shape())
 }
 
@@ -850,10 +893,13 @@ impl Backward<Flex, 1> for GeluBackward {
         let x = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
             let grad = contiguous(grad);
-            let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
-            let dx = (x.storage::<f32>().par_iter().zip(grad.storage::<f32>()))
-                .map(|(&v, &g)| g * (phi(v) + v * inv_sqrt_2pi * (-0.5 * v * v).exp()))
-                .collect();
+            let mut dx = vec![0.0f32; grad.storage::<f32>().len()];
+            (dx.par_chunks_mut(CHUNK).zip(
+                x.storage::<f32>()
+                    .par_chunks(CHUNK)
+                    .zip(grad.storage::<f32>().par_chunks(CHUNK)),
+            ))
+            .for_each(|(dst, (xs, gs))| gelu_grad_chunk(dst, xs, gs));
             new_tensor(dx, grad.layout().shape())
         });
     }
@@ -885,17 +931,12 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 // Normalisation: group norm (optionally followed by SiLU) and layer norm, each one op with a
 // two-pass backward.
 
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// Mean and 1 / sqrt(var + eps) (biased variance, two passes) of a run of values.
-#[inline]
+#[inline(always)]
 fn stats(run: &[f32], eps: f64) -> (f32, f32) {
     let n = run.len() as f32;
-    let mean = run.iter().sum::<f32>() / n;
-    let var = run.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = math::sum(run, |v| v) / n;
+    let var = math::sum(run, |v| (v - mean) * (v - mean)) / n;
     (mean, (1.0 / (var as f64 + eps).sqrt()) as f32)
 }
 
@@ -918,21 +959,18 @@ impl NormGeom {
     }
 }
 
-/// Returns the output and each group's (mean, rstd).
-fn group_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], g: &NormGeom) -> (Vec<f32>, Vec<(f32, f32)>) {
-    let n = g.group_len();
-    let stats: Vec<(f32, f32)> = x.par_chunks(n).map(|run| stats(run, g.eps)).collect();
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(n).zip(x.par_chunks(n)).enumerate().for_each(|(run, (dst, src))| {
-        let (m, r) = stats[run];
-        let c0 = run % g.groups * g.per_group();
+vectorised_fn! {
+    /// Normalises one group `src` (`per_group` rows of `spatial` values, channels from `c0`) into
+    /// `dst`; returns its (mean, rstd).
+    fn group_norm_run(dst: &mut [f32], src: &[f32], gamma: &[f32], beta: &[f32], g: &NormGeom, c0: usize) -> (f32, f32) {
+        let (m, r) = stats(src, g.eps);
         for (ci, (drow, srow)) in dst.chunks_mut(g.spatial).zip(src.chunks(g.spatial)).enumerate() {
             let c = c0 + ci;
             let (scale, shift) = (r * gamma[c], beta[c] - m * r * gamma[c]);
             if g.silu {
                 for (o, &v) in drow.iter_mut().zip(srow) {
                     let y = v * scale + shift;
-                    *o = y * sigmoid(y);
+                    *o = y * math::sigmoid(y);
                 }
             } else {
                 for (o, &v) in drow.iter_mut().zip(srow) {
@@ -940,61 +978,97 @@ fn group_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], g: &NormGeom) -> (
                 }
             }
         }
-    });
+        (m, r)
+    }
+}
+
+/// Returns the output and each group's (mean, rstd).
+fn group_norm_forward(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    g: &NormGeom,
+) -> (Vec<f32>, Vec<(f32, f32)>) {
+    let n = g.group_len();
+    let mut out = vec![0.0f32; x.len()];
+    let stats = (out.par_chunks_mut(n).zip(x.par_chunks(n)).enumerate())
+        .map(|(run, (dst, src))| {
+            group_norm_run(dst, src, gamma, beta, g, run % g.groups * g.per_group())
+        })
+        .collect();
     (out, stats)
 }
 
+vectorised_fn! {
+    /// The input gradient of one group (as [`group_norm_run`]) into `dst`; returns each channel's
+    /// (sum dy, sum dy xhat), dy taken after the SiLU: its beta and gamma gradients.
+    ///
+    /// dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) with dxhat = dy gamma.
+    fn group_norm_grad_run(
+        dst: &mut [f32],
+        xs: &[f32],
+        ds: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        mean_rstd: (f32, f32),
+        g: &NormGeom,
+        c0: usize,
+    ) -> Vec<(f32, f32)> {
+        let ((m, r), s) = (mean_rstd, g.spatial);
+        let mut per_channel = Vec::with_capacity(g.per_group());
+        for ci in 0..g.per_group() {
+            let c = c0 + ci;
+            let (rows_x, rows_d) = (&xs[ci * s..(ci + 1) * s], &ds[ci * s..(ci + 1) * s]);
+            let row = &mut dst[ci * s..(ci + 1) * s];
+            if g.silu {
+                let (scale, shift) = (r * gamma[c], beta[c] - m * r * gamma[c]);
+                for ((o, &xv), &d) in row.iter_mut().zip(rows_x).zip(rows_d) {
+                    let y = xv * scale + shift;
+                    let sg = math::sigmoid(y);
+                    *o = d * sg * (1.0 + y * (1.0 - sg));
+                }
+            } else {
+                row.copy_from_slice(rows_d);
+            }
+            let row = &*row;
+            per_channel.push((math::sum(row, |d| d), math::sum2(row, rows_x, |d, xv| d * (xv - m) * r)));
+        }
+        let (mut a, mut b) = (0.0f32, 0.0f32);
+        for (ci, &(sd, sdx)) in per_channel.iter().enumerate() {
+            a += sd * gamma[c0 + ci];
+            b += sdx * gamma[c0 + ci];
+        }
+        let n = (g.group_len()) as f32;
+        let (a, b) = (a / n, b / n);
+        for ci in 0..g.per_group() {
+            let c = c0 + ci;
+            for (v, &xv) in dst[ci * s..(ci + 1) * s].iter_mut().zip(&xs[ci * s..(ci + 1) * s]) {
+                *v = r * (*v * gamma[c] - a - (xv - m) * r * b);
+            }
+        }
+        per_channel
+    }
+}
+
 /// Returns (dx, dgamma, dbeta).
-fn group_norm_backward(x: &[f32], gamma: &[f32], beta: &[f32], stats: &[(f32, f32)], dout: &[f32], g: &NormGeom) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (n, s, cg) = (g.group_len(), g.spatial, g.per_group());
+fn group_norm_backward(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    stats: &[(f32, f32)],
+    dout: &[f32],
+    g: &NormGeom,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (n, cg) = (g.group_len(), g.per_group());
     let mut dx = vec![0.0f32; x.len()];
-    // Per group: dy (through SiLU) into dx, per-channel sums of dy and dy * xhat, then
-    // dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) with dxhat = dy gamma.
-    let sums: Vec<Vec<(f32, f32)>> = dx
+    let sums: Vec<Vec<(f32, f32)>> = (dx
         .par_chunks_mut(n)
         .zip(x.par_chunks(n).zip(dout.par_chunks(n)))
-        .enumerate()
-        .map(|(run, (dst, (xs, ds)))| {
-            let (m, r) = stats[run];
-            let c0 = run % g.groups * cg;
-            let mut per_channel = Vec::with_capacity(cg);
-            for ci in 0..cg {
-                let c = c0 + ci;
-                let (rows_x, rows_d) = (&xs[ci * s..(ci + 1) * s], &ds[ci * s..(ci + 1) * s]);
-                let row = &mut dst[ci * s..(ci + 1) * s];
-                let (mut sd, mut sdx) = (0.0f32, 0.0f32);
-                for ((o, &xv), &d) in row.iter_mut().zip(rows_x).zip(rows_d) {
-                    let xhat = (xv - m) * r;
-                    let d = if g.silu {
-                        let y = xhat * gamma[c] + beta[c];
-                        let sg = sigmoid(y);
-                        d * sg * (1.0 + y * (1.0 - sg))
-                    } else {
-                        d
-                    };
-                    *o = d;
-                    sd += d;
-                    sdx += d * xhat;
-                }
-                per_channel.push((sd, sdx));
-            }
-            let (mut a, mut b) = (0.0f32, 0.0f32);
-            for (ci, &(sd, sdx)) in per_channel.iter().enumerate() {
-                a += sd * gamma[c0 + ci];
-                b += sdx * gamma[c0 + ci];
-            }
-            let (a, b) = (a / n as f32, b / n as f32);
-            for ci in 0..cg {
-                let c = c0 + ci;
-                let rows_x = &xs[ci * s..(ci + 1) * s];
-                for (v, &xv) in dst[ci * s..(ci + 1) * s].iter_mut().zip(rows_x) {
-                    let xhat = (xv - m) * r;
-                    *v = r * (*v * gamma[c] - a - xhat * b);
-                }
-            }
-            per_channel
-        })
-        .collect();
+        .enumerate())
+    .map(|(run, (dst, (xs, ds)))| {
+        group_norm_grad_run(dst, xs, ds, gamma, beta, stats[run], g, run % g.groups * cg)
+    })
+    .collect();
     let mut dgamma = vec![0.0f32; g.channels];
     let mut dbeta = vec![0.0f32; g.channels];
     for (run, per_channel) in sums.into_iter().enumerate() {
@@ -1082,37 +1156,53 @@ pub fn group_norm(norm: &burn::nn::GroupNorm, x: Tensor<4>, silu: bool) -> Tenso
 /// crate is built with the default).
 pub const LAYER_NORM_EPS: f64 = 1e-5;
 
-/// Returns (dx, dgamma, dbeta); the statistics are recomputed from `x`.
-fn layer_norm_backward(x: &[f32], gamma: &[f32], dout: &[f32], d: usize, eps: f64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+vectorised_fn! {
+    /// The input gradient of rows `xs` (`d` values each) into `dst`, their gamma and beta
+    /// gradients added to `dg` and `db`; the statistics are recomputed from `xs`.
+    fn layer_norm_grad_rows(dst: &mut [f32], xs: &[f32], ds: &[f32], gamma: &[f32], dg: &mut [f32], db: &mut [f32], d: usize, eps: f64) {
+        for ((row, xr), dr) in dst.chunks_mut(d).zip(xs.chunks(d)).zip(ds.chunks(d)) {
+            let (m, s) = stats(xr, eps);
+            for (((&xv, &dv), dgj), dbj) in xr.iter().zip(dr).zip(dg.iter_mut()).zip(db.iter_mut()) {
+                *dgj += dv * (xv - m) * s;
+                *dbj += dv;
+            }
+            let a = math::sum2(dr, gamma, |dv, gm| dv * gm) / d as f32;
+            let b = math::sum3(dr, gamma, xr, |dv, gm, xv| dv * gm * (xv - m) * s) / d as f32;
+            for (((o, &xv), &dv), &gm) in row.iter_mut().zip(xr).zip(dr).zip(gamma) {
+                *o = s * (dv * gm - a - (xv - m) * s * b);
+            }
+        }
+    }
+}
+
+/// Returns (dx, dgamma, dbeta).
+fn layer_norm_backward(
+    x: &[f32],
+    gamma: &[f32],
+    dout: &[f32],
+    d: usize,
+    eps: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut dx = vec![0.0f32; x.len()];
     let rows_per_task = (1 << 14) / d.max(1) + 1;
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
         .par_chunks_mut(rows_per_task * d)
-        .zip(x.par_chunks(rows_per_task * d).zip(dout.par_chunks(rows_per_task * d)))
+        .zip(
+            x.par_chunks(rows_per_task * d)
+                .zip(dout.par_chunks(rows_per_task * d)),
+        )
         .map(|(dst, (xs, ds))| {
-            let mut dg = vec![0.0f32; d];
-            let mut db = vec![0.0f32; d];
-            for ((row, xr), dr) in dst.chunks_mut(d).zip(xs.chunks(d)).zip(ds.chunks(d)) {
-                let (m, s) = stats(xr, eps);
-                let (mut a, mut b) = (0.0f32, 0.0f32);
-                for ((((&xv, &dv), &gm), dgj), dbj) in xr.iter().zip(dr).zip(gamma).zip(dg.iter_mut()).zip(db.iter_mut()) {
-                    let xhat = (xv - m) * s;
-                    *dgj += dv * xhat;
-                    *dbj += dv;
-                    let dxh = dv * gm;
-                    a += dxh;
-                    b += dxh * xhat;
-                }
-                let (a, b) = (a / d as f32, b / d as f32);
-                for (((o, &xv), &dv), &gm) in row.iter_mut().zip(xr).zip(dr).zip(gamma) {
-                    *o = s * (dv * gm - a - (xv - m) * s * b);
-                }
-            }
+            let (mut dg, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
+            layer_norm_grad_rows(dst, xs, ds, gamma, &mut dg, &mut db, d, eps);
             (dg, db)
         })
         .collect();
     let (dgs, dbs): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
-    (dx, sum_partials(dgs.into_iter(), d), sum_partials(dbs.into_iter(), d))
+    (
+        dx,
+        sum_partials(dgs.into_iter(), d),
+        sum_partials(dbs.into_iter(), d),
+    )
 }
 
 /// The reference composition of [`layer_norm`]: burn's `LayerNorm`.
