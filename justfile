@@ -78,4 +78,4 @@ data:
 # step, sampler step and diagnostics overhead, one table. Needs `pip install torch` for the PyTorch
 # column. E.g. `just bench-compare --presets uvit-small --strategies 1 --ops train`.
 bench-compare *args:
-    python3 bench/reference/compare.py {{args}}
+    python3 bench/reference/compare.py --features "{{features}}" {{args}}

@@ -12,7 +12,7 @@ of train.rs recording on the tenth, alternating in one process with ten steps wi
 overhead is the median of the per-round ratios).
 
     python3 bench/reference/compare.py [--presets unet-small,uvit-small] [--strategies 1,ls]
-        [--ops train,sample,diag] [--samples 5] [--diag-rounds 2] [--no-build] [--json out.jsonl]
+        [--ops train,sample,diag] [--samples 5] [--diag-rounds 2] [--exe EXE] [--json out.jsonl]
 """
 import argparse
 import json
@@ -33,10 +33,13 @@ def have_torch():
     return probe.returncode == 0
 
 
-def build_rust_bench():
-    """Builds the divan bench in the dev profile (the profile training runs in) and returns its path."""
-    cmd = ["cargo", "bench", "-p", "scalelong-model", "--profile", "dev", "--bench", "steps", "--no-run",
-           "--message-format", "json-render-diagnostics"]
+def build_rust_bench(features):
+    """Builds the divan bench in the dev profile (the profile training runs in) and returns its path.
+
+    With the workspace and the cargo features `just test` and `just build` use (the justfile's
+    `features`), so burn is not compiled a second time for a different feature set."""
+    cmd = ["cargo", "bench", "--workspace", "--profile", "dev", "--bench", "steps", "--no-run",
+           "--message-format", "json-render-diagnostics"] + (["--features", features] if features else [])
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
@@ -120,8 +123,9 @@ def main():
     ap.add_argument("--samples", type=int, default=5, help="timed repetitions of train and sample (after one warm-up)")
     ap.add_argument("--diag-rounds", type=int, default=2,
                     help="alternations of ten steps without and ten steps with recording (median overhead)")
-    ap.add_argument("--no-build", action="store_true", help="use the last built benchmark executable")
     ap.add_argument("--exe", help="the Rust benchmark executable (default: build it)")
+    ap.add_argument("--features", default="scalelong/wgpu",
+                    help="cargo features of the build (the justfile's `features`; default %(default)s)")
     ap.add_argument("--json", help="also write every measurement to this JSON-lines file")
     args = ap.parse_args()
     presets = args.presets.split(",")
@@ -132,7 +136,7 @@ def main():
     if not torch_ok:
         print("PyTorch is not installed, so only the Rust side is measured; install it with `pip install torch`\n"
               "(CPU-only wheels: `pip install torch --index-url https://download.pytorch.org/whl/cpu`).\n")
-    exe = args.exe or build_rust_bench()
+    exe = args.exe or build_rust_bench(args.features)
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -142,7 +146,7 @@ def main():
           "peak RSS of each process")
     if torch_ok:
         ver = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
-        print(f"PyTorch {ver.stdout.strip()} with torch.set_num_threads(2); Rust: burn 0.22.1 flex (rayon + simd), dev profile")
+        print(f"PyTorch {ver.stdout.strip()} with torch.set_num_threads(2); Rust: burn 0.22.1 flex (rayon + simd), dev profile (optimised: Cargo.toml)")
 
     records = []
     header = f"{'preset':<11} {'strategy':<8} {'operation':<10} {'Rust ex/s':>10} {'PyTorch ex/s':>13} {'ratio':>7} {'Rust MB':>8} {'PyTorch MB':>11} {'mem ratio':>10}"
