@@ -18,6 +18,7 @@
 //! | [`conv2d`] | burn's `conv2d` (stride 1) and its backward | implicit GEMM over shifted views of the padded input, no im2col buffer |
 //! | [`linear`] | burn's `Linear` and its backward | one GEMM per thread on a block of rows; gradients through strided views |
 //! | [`gelu`] | burn's `gelu` and its backward | one parallel, vectorised pass each (flex's runs on one thread with libm's erf) |
+//! | [`upsample_nearest2x`] | reshape, expand, reshape (flex's strided copy) | one copy forward, one 2x2 sum backward |
 //! | [`group_norm`] | burn's `GroupNorm` (+ SiLU) | one vectorised pass forward, two backward |
 //! | [`layer_norm`] | burn's `LayerNorm` | flex's fused forward, one fused backward |
 //! | [`tune_allocator`] | glibc's default mmap threshold | freed tensor memory is reused instead of re-faulted |
@@ -924,6 +925,94 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
             })
         }
         Route::Other(x) => gelu_reference(x),
+    }
+}
+
+// =============================================================================================
+// Nearest-neighbour x2 upsampling: one copy forward, one 2x2 sum backward. The reference
+// (reshape, expand, reshape) goes through flex's generic strided copy, and its backward through a
+// broadcast reduction.
+
+vectorised_fn! {
+    /// Each row of `w` pixels of `src` written twice into `dst`, each pixel twice.
+    fn upsample_rows(dst: &mut [f32], src: &[f32], w: usize) {
+        for (rows, row) in dst.chunks_exact_mut(4 * w).zip(src.chunks_exact(w)) {
+            let (top, bottom) = rows.split_at_mut(2 * w);
+            for (pair, &v) in top.chunks_exact_mut(2).zip(row) {
+                pair[0] = v;
+                pair[1] = v;
+            }
+            bottom.copy_from_slice(top);
+        }
+    }
+}
+
+vectorised_fn! {
+    /// The sum of each 2x2 square of `src` (rows of `2 w`) into `dst` (rows of `w`).
+    fn downsum_rows(dst: &mut [f32], src: &[f32], w: usize) {
+        for (row, rows) in dst.chunks_exact_mut(w).zip(src.chunks_exact(4 * w)) {
+            let (top, bottom) = rows.split_at(2 * w);
+            for ((o, t), b) in row.iter_mut().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
+                *o = t[0] + t[1] + b[0] + b[1];
+            }
+        }
+    }
+}
+
+/// Rows of a `[B, C, H, W]` tensor each rayon task takes (whole rows, about `CHUNK` values).
+fn rows_per_task(w: usize) -> usize {
+    (CHUNK / w.max(1)).max(1)
+}
+
+fn upsample_flex(x: &FlexTensor) -> FlexTensor {
+    let [b, c, h, w] = dims::<4>(x);
+    let rows = rows_per_task(w);
+    let mut out = vec![0.0f32; 4 * x.storage::<f32>().len()];
+    (out.par_chunks_mut(4 * w * rows).zip(x.storage::<f32>().par_chunks(w * rows))).for_each(|(dst, src)| upsample_rows(dst, src, w));
+    new_tensor(out, &[b, c, 2 * h, 2 * w])
+}
+
+#[derive(Debug)]
+struct UpsampleBackward;
+
+impl Backward<Flex, 1> for UpsampleBackward {
+    type State = [usize; 4];
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [b, c, h, w] = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let grad = contiguous(grad);
+            let rows = rows_per_task(w);
+            let mut dx = vec![0.0f32; b * c * h * w];
+            (dx.par_chunks_mut(w * rows).zip(grad.storage::<f32>().par_chunks(4 * w * rows))).for_each(|(dst, src)| downsum_rows(dst, src, w));
+            new_tensor(dx, &[b, c, h, w])
+        });
+    }
+}
+
+/// The reference composition of [`upsample_nearest2x`]: reshape, expand, reshape.
+pub fn upsample_nearest2x_reference(x: Tensor<4>) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2]).reshape([b, c, 2 * h, 2 * w])
+}
+
+/// Nearest-neighbour upsampling by 2: each pixel copied into a 2x2 square.
+///
+/// # Shapes
+/// - x: `[B, C, H, W]`, output: `[B, C, 2H, 2W]`
+pub fn upsample_nearest2x(x: Tensor<4>) -> Tensor<4> {
+    match route(x) {
+        Route::Flex(x) => flex_tensor(upsample_flex(&contiguous(x))),
+        Route::Autodiff(x) => {
+            let (x, node) = x.into_parts();
+            let x = contiguous(x);
+            let out = upsample_flex(&x);
+            ad_tensor(match UpsampleBackward.prepare::<NoCheckpointing>([node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish(dims::<4>(&x), out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            })
+        }
+        Route::Other(x) => upsample_nearest2x_reference(x),
     }
 }
 

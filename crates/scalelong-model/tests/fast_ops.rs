@@ -116,6 +116,14 @@ fn gelu_equals_burns_gelu() {
 }
 
 #[test]
+fn upsample_equals_the_expand_composition() {
+    // Copies and sums of four: equal to burn's up to the order of the four additions.
+    for shape in [[2, 3, 4, 5], [1, 1, 1, 1], [3, 2, 8, 8]] {
+        check(&format!("upsample {shape:?}"), shape, ops::upsample_nearest2x, ops::upsample_nearest2x_reference, 1e-6);
+    }
+}
+
+#[test]
 fn linear_equals_burns_linear() {
     // (batch, tokens, in, out); tolerance 1e-5 relative (f32 summation order).
     for (b, l, k, n) in [(2, 5, 8, 24), (3, 65, 64, 192), (1, 1, 3, 2), (4, 17, 256, 64)] {

@@ -36,12 +36,7 @@ impl Upsample {
     }
     /// `[B, C, H, W] -> [B, C, 2H, 2W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
-        let x = x
-            .reshape([b, c, h, 1, w, 1])
-            .expand([b, c, h, 2, w, 2]) // each pixel copied into a 2x2 square
-            .reshape([b, c, 2 * h, 2 * w]);
-        ops::conv2d_module(&self.conv, x)
+        ops::conv2d_module(&self.conv, ops::upsample_nearest2x(x)) // [B, C, 2H, 2W]
     }
 }
 
