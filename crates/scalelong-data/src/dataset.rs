@@ -34,7 +34,7 @@ impl ImageSet {
         raw_pixels: &[u8],
         labels: Vec<u32>,
     ) -> Self {
-        debug_assert_eq!(raw_pixels.len(), labels.len() * channels * height * width);
+        assert_eq!(raw_pixels.len(), labels.len() * channels * height * width);
         Self {
             channels,
             height,

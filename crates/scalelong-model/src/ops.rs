@@ -40,6 +40,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Shape};
 use rayon::prelude::*;
 
+mod direct_conv;
 mod math;
 use math::vectorised_fn;
 
@@ -503,45 +504,54 @@ fn backward_taps<'a>(w: &'a [f32], g: &ConvGeom) -> Taps<'a> {
     Taps { data: w, row_stride: t, col_stride: g.c_in as isize * t, flipped: true }
 }
 
+/// `ext [C_out, Ho Wp]` = bias + the convolution of one padded image `src` with `taps`, as
+/// `kh kw` accumulated GEMMs (`ones` is `[1, Ho Wp]` of ones when there is a bias).
+fn gemm_conv_image(src: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>, ones: &[f32], ext: &mut [f32]) {
+    let (wp, q) = (g.wp(), g.q());
+    let plane = (g.hp() * wp) as isize;
+    assert!(src.len() >= g.padded_len() && ext.len() >= g.c_out * q && (bias.is_none() || ones.len() >= q));
+    // The bias (when given) is a first GEMM `bias [c_out, 1] x ones [1, q]`; the taps then
+    // accumulate.
+    if let Some(bias) = bias {
+        // SAFETY: writes all of ext [c_out, q] (read_dst false).
+        unsafe { gemm_strided((g.c_out, q, 1), (ext.as_mut_ptr(), q as isize, 1), false, (bias.as_ptr(), 1, 1), (ones.as_ptr(), q as isize, 1), 1.0) };
+    }
+    for i in 0..g.kh {
+        for j in 0..g.kw {
+            let first = bias.is_none() && i == 0 && j == 0;
+            // SAFETY: ext is [c_out, q]; the shifted input view [c_in, q] (strides plane, 1) at
+            // offset i wp + j stays inside `src` (padded_len has the slack); the tap is
+            // [c_out, c_in].
+            unsafe {
+                gemm_strided(
+                    (g.c_out, q, g.c_in),
+                    (ext.as_mut_ptr(), q as isize, 1),
+                    !first,
+                    (taps.data.as_ptr().add(taps.offset(i, j, g.kh, g.kw)), taps.row_stride, taps.col_stride),
+                    (src.as_ptr().add(i * wp + j), plane, 1),
+                    1.0,
+                );
+            }
+        }
+    }
+}
+
 /// `[B, C_out, Ho, Wo]` (+ bias): the convolution of the padded images with `taps`
-/// (`[C_out, C_in]` each).
+/// (`[C_out, C_in]` each): by the direct AVX2 kernel where the CPU has it, as GEMMs otherwise.
 fn conv_padded(xp: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> Vec<f32> {
     let (wp, q, len) = (g.wp(), g.q(), g.padded_len());
     let (ho, wo) = (g.ho(), g.wo());
-    let plane = (g.hp() * wp) as isize;
     let img_out = g.c_out * ho * wo;
+    let direct = direct_conv::PackedKernel::new(taps, g);
     let mut out = vec![0.0f32; g.batch * img_out];
     out.par_chunks_mut(img_out).enumerate().for_each_init(
-        || (Vec::<f32>::with_capacity(g.c_out * q), bias.map(|_| vec![1.0f32; q])),
+        || (vec![0.0f32; g.c_out * q], if bias.is_some() && direct.is_none() { vec![1.0f32; q] } else { Vec::new() }),
         |(ext, ones), (b, dst)| {
             let src = &xp[b * len..(b + 1) * len];
-            ext.clear();
-            // The bias (when given) is a first GEMM `bias [c_out, 1] x ones [1, q]`; the taps
-            // then accumulate.
-            if let (Some(bias), Some(ones)) = (bias, ones.as_ref()) {
-                // SAFETY: writes all of ext [c_out, q] (read_dst false); capacity c_out q.
-                unsafe { gemm_strided((g.c_out, q, 1), (ext.as_mut_ptr(), q as isize, 1), false, (bias.as_ptr(), 1, 1), (ones.as_ptr(), q as isize, 1), 1.0) };
+            match &direct {
+                Some(kernel) => kernel.convolve(src, g, bias, ext),
+                None => gemm_conv_image(src, g, taps, bias, ones, ext),
             }
-            for i in 0..g.kh {
-                for j in 0..g.kw {
-                    let first = bias.is_none() && i == 0 && j == 0;
-                    // SAFETY: ext has room for [c_out, q] and the first write covers it all; the
-                    // shifted input view [c_in, q] (strides plane, 1) at offset i wp + j stays
-                    // inside `src` (padded_len has the slack); the tap is [c_out, c_in].
-                    unsafe {
-                        gemm_strided(
-                            (g.c_out, q, g.c_in),
-                            (ext.as_mut_ptr(), q as isize, 1),
-                            !first,
-                            (taps.data.as_ptr().add(taps.offset(i, j, g.kh, g.kw)), taps.row_stride, taps.col_stride),
-                            (src.as_ptr().add(i * wp + j), plane, 1),
-                            1.0,
-                        );
-                    }
-                }
-            }
-            // SAFETY: initialised by the first gemm call.
-            unsafe { ext.set_len(g.c_out * q) };
             for o in 0..g.c_out {
                 for y in 0..ho {
                     dst[(o * ho + y) * wo..][..wo].copy_from_slice(&ext[o * q + y * wp..][..wo]);

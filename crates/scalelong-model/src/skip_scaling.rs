@@ -64,7 +64,7 @@ impl SkipScaling {
     /// The fixed coefficient of LSC `i` (1-based, 1 = outermost); `None` for learnable scaling,
     /// whose coefficient depends on the input.
     pub fn coefficient(self, lsc: usize) -> Option<f64> {
-        debug_assert!(lsc >= 1, "LSC indices are 1-based");
+        assert!(lsc >= 1, "LSC indices are 1-based");
         match self {
             Self::Original => Some(1.0),
             Self::InvSqrt2 => Some(std::f64::consts::FRAC_1_SQRT_2),

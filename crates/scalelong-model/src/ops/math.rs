@@ -91,7 +91,7 @@ const LANES: usize = 8;
 /// `sum_i f(a[i], b[i], c[i])` over equal-length slices, as eight interleaved partial sums.
 #[inline(always)]
 pub fn sum3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
-    debug_assert!(a.len() == b.len() && b.len() == c.len());
+    assert!(a.len() == b.len() && b.len() == c.len(), "sum3: slices of unequal length");
     let mut acc = [0.0f32; LANES];
     let (ca, cb, cc) = (
         a.chunks_exact(LANES),

@@ -1,0 +1,144 @@
+//! A direct convolution kernel for AVX2 + FMA: the convolution of one padded image on the
+//! extended grid of `conv_padded`, with no GEMM and no packing of the input.
+//!
+//! Why: as GEMMs, the convolution is `kh kw` products with a small inner dimension (`C_in`,
+//! 16-64 in the presets), and gemm packs each shifted input view again and reads and writes the
+//! whole output once per tap; that held it near half of this CPU's peak. Here a tile of 5 output
+//! channels x 16 grid positions stays in 10 vector registers for the whole sum over taps and
+//! channels: per (tap, channel) two unaligned loads of 16 consecutive input values (the extended
+//! grid makes every tap's input a contiguous run), five weight broadcasts and ten FMAs. The
+//! output is written once.
+
+use super::{ConvGeom, Taps};
+
+/// Output channels per tile: 5 x 2 accumulators, two input vectors and a broadcast weight fit
+/// AVX2's 16 vector registers (6 x 2 made LLVM spill the inputs).
+const ROWS: usize = 5;
+/// Extended-grid positions per tile (two 8-lane vectors).
+const PIXELS: usize = 16;
+
+/// The kernel's taps laid out for the tile: for each block of [`ROWS`] output channels (the last
+/// padded with zeros), `[kh kw][C_in][ROWS]`, so a tile reads its weights in order.
+pub(super) struct PackedKernel {
+    data: Vec<f32>,
+    /// Input offset of each tap within a padded image: `i Wp + j`.
+    offsets: Vec<usize>,
+    c_in: usize,
+    c_out: usize,
+}
+
+impl PackedKernel {
+    /// The packed kernel, or `None` when this CPU lacks AVX2 or FMA (then the GEMM path runs).
+    pub(super) fn new(taps: Taps, g: &ConvGeom) -> Option<Self> {
+        if !available() {
+            return None;
+        }
+        let t = g.kh * g.kw;
+        let blocks = g.c_out.div_ceil(ROWS);
+        let mut data = vec![0.0f32; blocks * g.c_in * t * ROWS];
+        for o in 0..g.c_out {
+            let (blk, r) = (o / ROWS, o % ROWS);
+            for c in 0..g.c_in {
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let w = taps.data[o * taps.row_stride as usize + c * taps.col_stride as usize + taps.offset(i, j, g.kh, g.kw)];
+                        data[((blk * t + i * g.kw + j) * g.c_in + c) * ROWS + r] = w;
+                    }
+                }
+            }
+        }
+        let offsets = (0..g.kh).flat_map(|i| (0..g.kw).map(move |j| i * g.wp() + j)).collect();
+        Some(Self { data, offsets, c_in: g.c_in, c_out: g.c_out })
+    }
+
+    /// `ext [C_out, Ho Wp]` = bias + the convolution of one padded image `src`
+    /// (`g.padded_len()` floats).
+    pub(super) fn convolve(&self, src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, ext: &mut [f32]) {
+        let q = g.q();
+        assert!(src.len() >= g.padded_len() && ext.len() >= self.c_out * q);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `new` checked AVX2 and FMA; the asserts bound every access (see `tile`).
+        unsafe {
+            convolve_avx2(self, src, g, bias, ext)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("PackedKernel::new returns None off x86-64")
+    }
+}
+
+fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn convolve_avx2(k: &PackedKernel, src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, ext: &mut [f32]) {
+    let (q, plane, t) = (g.q(), g.hp() * g.wp(), k.offsets.len());
+    // Whole tiles read up to position q - 1 at the largest offset, which `padded_len`'s slack
+    // covers (as for the GEMM path); the last positions go through the scalar loop.
+    let main = q / PIXELS * PIXELS;
+    for (blk, w) in k.data.chunks_exact(k.c_in * t * ROWS).enumerate() {
+        let o0 = blk * ROWS;
+        let rows = ROWS.min(k.c_out - o0);
+        let init: [f32; ROWS] = std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[o0 + r]) } else { 0.0 });
+        for p in (0..main).step_by(PIXELS) {
+            // SAFETY: reads src[c plane + p + offset + 0..16] for c < c_in, within padded_len;
+            // writes ext[(o0 + r) q + p + 0..16] for r < rows, within c_out q.
+            unsafe { tile(src.as_ptr().add(p), plane, &k.offsets, k.c_in, w.as_ptr(), &init, ext.as_mut_ptr().add(o0 * q + p), q, rows) };
+        }
+        for p in main..q {
+            for r in 0..rows {
+                let mut acc = init[r];
+                for (tap, &off) in k.offsets.iter().enumerate() {
+                    for c in 0..k.c_in {
+                        acc += w[(tap * k.c_in + c) * ROWS + r] * src[c * plane + p + off];
+                    }
+                }
+                ext[(o0 + r) * q + p] = acc;
+            }
+        }
+    }
+}
+
+/// One tile: `ROWS` output channels x `PIXELS` positions, summed over every channel and tap in
+/// registers, then stored (the first `rows` channels) at `out` (row stride `out_stride`).
+///
+/// # Safety
+/// AVX2 and FMA present; `src + c plane + offset + 0..PIXELS` readable for every channel and
+/// offset, `w` holding `c_in * offsets.len() * ROWS` floats, `out + r out_stride + 0..PIXELS`
+/// writable for `r < rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(src: *const f32, plane: usize, offsets: &[usize], c_in: usize, w: *const f32, init: &[f32; ROWS], out: *mut f32, out_stride: usize, rows: usize) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut acc: [[__m256; 2]; ROWS] = std::array::from_fn(|r| [_mm256_set1_ps(init[r]); 2]);
+        let mut w = w;
+        for &off in offsets {
+            let mut x = src.add(off);
+            for _ in 0..c_in {
+                let x0 = _mm256_loadu_ps(x);
+                let x1 = _mm256_loadu_ps(x.add(8));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm256_broadcast_ss(&*w.add(r));
+                    a[0] = _mm256_fmadd_ps(wv, x0, a[0]);
+                    a[1] = _mm256_fmadd_ps(wv, x1, a[1]);
+                }
+                x = x.add(plane);
+                w = w.add(ROWS);
+            }
+        }
+        for (r, a) in acc.iter().enumerate().take(rows) {
+            _mm256_storeu_ps(out.add(r * out_stride), a[0]);
+            _mm256_storeu_ps(out.add(r * out_stride + 8), a[1]);
+        }
+    }
+}
