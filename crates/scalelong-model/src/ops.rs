@@ -48,19 +48,31 @@ type Ad = Autodiff<Flex>;
 
 thread_local! {
     static REFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with `flag` set on this thread, restoring it after (also on a panic).
+fn with_flag<T>(flag: &'static std::thread::LocalKey<std::cell::Cell<bool>>, f: impl FnOnce() -> T) -> T {
+    struct Restore(&'static std::thread::LocalKey<std::cell::Cell<bool>>, bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            self.0.with(|r| r.set(self.1));
+        }
+    }
+    let _restore = Restore(flag, flag.with(|r| r.replace(true)));
+    f()
 }
 
 /// Runs `f` with every op of this module replaced by its reference composition of burn ops (on
 /// this thread): the networks as they were before the fused kernels, for tests and benchmarks.
 pub fn with_reference_ops<T>(f: impl FnOnce() -> T) -> T {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            REFERENCE.with(|r| r.set(self.0));
-        }
-    }
-    let _restore = Restore(REFERENCE.with(|r| r.replace(true)));
-    f()
+    with_flag(&REFERENCE, f)
+}
+
+/// Runs `f` with the fused ops' portable kernels where a CPU-specific one exists (the
+/// convolution as GEMMs instead of the direct AVX2 kernel), as on a CPU without AVX2: for tests.
+pub fn with_portable_kernels<T>(f: impl FnOnce() -> T) -> T {
+    with_flag(&PORTABLE, f)
 }
 
 /// Whether a tensor would take a fused path here (flex or autodiff flex, reference ops off).
@@ -542,7 +554,7 @@ fn conv_padded(xp: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> Ve
     let (wp, q, len) = (g.wp(), g.q(), g.padded_len());
     let (ho, wo) = (g.ho(), g.wo());
     let img_out = g.c_out * ho * wo;
-    let direct = direct_conv::PackedKernel::new(taps, g);
+    let direct = if PORTABLE.with(|p| p.get()) { None } else { direct_conv::PackedKernel::new(taps, g) };
     let mut out = vec![0.0f32; g.batch * img_out];
     out.par_chunks_mut(img_out).enumerate().for_each_init(
         || (vec![0.0f32; g.c_out * q], if bias.is_some() && direct.is_none() { vec![1.0f32; q] } else { Vec::new() }),
