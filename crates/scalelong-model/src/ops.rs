@@ -575,7 +575,8 @@ fn conv_padded(xp: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> Ve
 }
 
 /// `[C_out, C_in, kh, kw]` weight gradient and `[C_out]` bias gradient of the convolution of
-/// the padded images `xp` whose output gradient is `dy` (`[B, C_out, Ho, Wo]`).
+/// the padded images `xp` whose output gradient is `dy` (`[B, C_out, Ho, Wo]`): by the direct
+/// AVX2 kernel where the CPU has it, as a GEMM per tap otherwise.
 fn conv_weight_grad(xp: &[f32], g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let (wp, q, len) = (g.wp(), g.q(), g.padded_len());
     let (ho, wo) = (g.ho(), g.wo());
@@ -584,6 +585,7 @@ fn conv_weight_grad(xp: &[f32], g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>
     let wlen = g.c_out * g.c_in * taps;
     let per = g.batch.div_ceil(rayon::current_num_threads()).max(1);
     let starts: Vec<usize> = (0..g.batch).step_by(per).collect();
+    let direct = !PORTABLE.with(|p| p.get()) && direct_conv::available();
     let parts: Vec<(Vec<f32>, Vec<f32>)> = starts
         .into_par_iter()
         .map(|start| {
@@ -599,6 +601,10 @@ fn conv_weight_grad(xp: &[f32], g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>
                     }
                 }
                 let img = &xp[b * len..(b + 1) * len];
+                if direct {
+                    direct_conv::accumulate_weight_grad(img, g, &ext, &mut dw);
+                    continue;
+                }
                 for i in 0..g.kh {
                     for j in 0..g.kw {
                         // dW[:, :, i, j] += ext [c_out, q] x shifted(img)^T [q, c_in].

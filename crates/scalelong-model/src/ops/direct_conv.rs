@@ -1,5 +1,5 @@
-//! A direct convolution kernel for AVX2 + FMA: the convolution of one padded image on the
-//! extended grid of `conv_padded`, with no GEMM and no packing of the input.
+//! Direct convolution kernels for AVX2 + FMA: the convolution of one padded image on the
+//! extended grid of `conv_padded`, and its weight gradient, with no GEMM and no packing.
 //!
 //! Why: as GEMMs, the convolution is `kh kw` products with a small inner dimension (`C_in`,
 //! 16-64 in the presets), and gemm packs each shifted input view again and reads and writes the
@@ -63,17 +63,6 @@ impl PackedKernel {
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("PackedKernel::new returns None off x86-64")
-    }
-}
-
-fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -141,4 +130,110 @@ unsafe fn tile(src: *const f32, plane: usize, offsets: &[usize], c_in: usize, w:
             _mm256_storeu_ps(out.add(r * out_stride + 8), a[1]);
         }
     }
+}
+
+/// Whether this CPU runs the direct kernels (AVX2 and FMA).
+pub(super) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Output and input channels per weight-gradient tile: 2 x 5 accumulators, two output-gradient
+/// vectors and one input vector fit the 16 vector registers.
+const GRAD_OUT: usize = 2;
+const GRAD_IN: usize = 5;
+
+/// `dw [C_out, C_in, kh, kw] +=` the weight gradient of one image: for each tap,
+/// `dw[o, c, tap] += sum_p ext[o, p] src[c, p + offset(tap)]` over the extended grid (`ext` is the
+/// output gradient `[C_out, Ho Wp]` with zeros in the garbage columns, `src` the padded image).
+/// Each tile keeps `GRAD_OUT x GRAD_IN` sums as vectors across 8 positions, reduced once at the end.
+///
+/// Panics unless [`available`].
+pub(super) fn accumulate_weight_grad(src: &[f32], g: &ConvGeom, ext: &[f32], dw: &mut [f32]) {
+    assert!(available(), "the direct kernels need AVX2 and FMA");
+    assert!(src.len() >= g.padded_len() && ext.len() >= g.c_out * g.q() && dw.len() >= g.c_out * g.c_in * g.kh * g.kw);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 and FMA checked; the asserts bound every access (see `grad_tile`).
+    unsafe {
+        weight_grad_avx2(src, g, ext, dw)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weight_grad_avx2(src: &[f32], g: &ConvGeom, ext: &[f32], dw: &mut [f32]) {
+    let (q, plane, t) = (g.q(), g.hp() * g.wp(), g.kh * g.kw);
+    for tap in 0..t {
+        let off = tap / g.kw * g.wp() + tap % g.kw;
+        for o0 in (0..g.c_out).step_by(GRAD_OUT) {
+            for c0 in (0..g.c_in).step_by(GRAD_IN) {
+                let (no, nc) = (GRAD_OUT.min(g.c_out - o0), GRAD_IN.min(g.c_in - c0));
+                let dy = ext[o0 * q..].as_ptr();
+                let x = src[c0 * plane + off..].as_ptr();
+                // SAFETY: rows o0..o0 + no of ext and rows c0..c0 + nc of the image at this
+                // tap's offset, each q long, are inside their slices (as in `convolve_avx2`).
+                let sums = unsafe { grad_tile_dispatch(no, nc, dy, q, x, plane, q) };
+                for (o, row) in sums.iter().enumerate().take(no) {
+                    for (c, &v) in row.iter().enumerate().take(nc) {
+                        dw[((o0 + o) * g.c_in + c0 + c) * t + tap] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`grad_tile`] for `no <= GRAD_OUT` output and `nc <= GRAD_IN` input channels (each size its
+/// own instance, so the sums stay in registers); unused entries are 0.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grad_tile_dispatch(no: usize, nc: usize, dy: *const f32, dy_stride: usize, x: *const f32, x_stride: usize, n: usize) -> [[f32; GRAD_IN]; GRAD_OUT] {
+    macro_rules! dispatch {
+        ($(($o:literal, $c:literal)),*) => {
+            match (no, nc) {
+                $(($o, $c) => unsafe { grad_tile::<$o, $c>(dy, dy_stride, x, x_stride, n) },)*
+                _ => unreachable!("tile {no} x {nc}"),
+            }
+        };
+    }
+    dispatch!((2, 5), (2, 4), (2, 3), (2, 2), (2, 1), (1, 5), (1, 4), (1, 3), (1, 2), (1, 1))
+}
+
+/// `sums[o][c] = sum_{p < n} dy[o dy_stride + p] x[c x_stride + p]` for `O x C` rows.
+///
+/// # Safety
+/// AVX2 and FMA present; rows `o < O` of `dy` and `c < C` of `x` readable for `n` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grad_tile<const O: usize, const C: usize>(dy: *const f32, dy_stride: usize, x: *const f32, x_stride: usize, n: usize) -> [[f32; GRAD_IN]; GRAD_OUT] {
+    use std::arch::x86_64::*;
+    let main = n / 8 * 8;
+    let mut sums = [[0.0f32; GRAD_IN]; GRAD_OUT];
+    unsafe {
+        let mut acc: [[__m256; C]; O] = [[_mm256_setzero_ps(); C]; O];
+        for p in (0..main).step_by(8) {
+            let d: [__m256; O] = std::array::from_fn(|o| _mm256_loadu_ps(dy.add(o * dy_stride + p)));
+            for c in 0..C {
+                let xv = _mm256_loadu_ps(x.add(c * x_stride + p));
+                for o in 0..O {
+                    acc[o][c] = _mm256_fmadd_ps(d[o], xv, acc[o][c]);
+                }
+            }
+        }
+        for o in 0..O {
+            for c in 0..C {
+                let mut lanes = [0.0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[o][c]);
+                let tail: f32 = (main..n).map(|p| *dy.add(o * dy_stride + p) * *x.add(c * x_stride + p)).sum();
+                sums[o][c] = lanes.iter().sum::<f32>() + tail;
+            }
+        }
+    }
+    sums
 }
