@@ -472,18 +472,47 @@ impl ConvGeom {
 
 /// Zero-padded copies of every image of `x` (`[B, C, H, W]`), `g.padded_len()` floats each.
 fn pad_images(x: &[f32], g: &ConvGeom) -> Vec<f32> {
-    let (hp, wp, len) = (g.hp(), g.wp(), g.padded_len());
+    let (wp, len, pad) = (g.wp(), g.padded_len(), g.pad);
     let img = g.c_in * g.h * g.w;
-    let mut out = vec![0.0f32; g.batch * len];
-    out.par_chunks_mut(len).enumerate().for_each(|(b, dst)| {
-        let src = &x[b * img..(b + 1) * img];
-        for c in 0..g.c_in {
-            for y in 0..g.h {
-                let d = c * hp * wp + (y + g.pad) * wp + g.pad;
-                dst[d..d + g.w].copy_from_slice(&src[(c * g.h + y) * g.w..][..g.w]);
+    let zero = std::mem::MaybeUninit::new(0.0f32);
+    // SAFETY: each image's chunk is written whole: per channel `pad` zero rows, the rows (zero
+    // margins around the image row), `pad` zero rows; then the `kw` floats of slack.
+    unsafe {
+        par_filled(g.batch * len, len, || (), |_, b, dst| {
+            let src = &x[b * img..(b + 1) * img];
+            let (planes, slack) = dst.split_at_mut(g.c_in * g.hp() * wp);
+            for (plane, channel) in planes.chunks_exact_mut(g.hp() * wp).zip(src.chunks_exact(g.h * g.w)) {
+                let (top, rest) = plane.split_at_mut(pad * wp);
+                let (rows, bottom) = rest.split_at_mut(g.h * wp);
+                top.fill(zero);
+                bottom.fill(zero);
+                for (row, image_row) in rows.chunks_exact_mut(wp).zip(channel.chunks_exact(g.w)) {
+                    row[..pad].fill(zero);
+                    row[pad..pad + g.w].write_copy_of_slice(image_row);
+                    row[pad + g.w..].fill(zero);
+                }
             }
-        }
-    });
+            slack.fill(zero);
+        })
+    }
+}
+
+/// `len` floats written in parallel, `chunk` at a time (the last chunk may be shorter), by
+/// `fill(state, chunk index, chunk)` with a per-thread `state` from `init`; nothing is zeroed
+/// first (that pass over memory is what this saves).
+///
+/// # Safety
+/// `fill` must write every element of each chunk it is given.
+unsafe fn par_filled<S>(
+    len: usize,
+    chunk: usize,
+    init: impl Fn() -> S + Sync + Send,
+    fill: impl Fn(&mut S, usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each_init(init, |state, (i, dst)| fill(state, i, dst));
+    // SAFETY: every element was written (the caller's contract).
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -555,23 +584,26 @@ fn conv_padded(xp: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> Ve
     let (ho, wo) = (g.ho(), g.wo());
     let img_out = g.c_out * ho * wo;
     let direct = if PORTABLE.with(|p| p.get()) { None } else { direct_conv::PackedKernel::new(taps, g) };
-    let mut out = vec![0.0f32; g.batch * img_out];
-    out.par_chunks_mut(img_out).enumerate().for_each_init(
-        || (vec![0.0f32; g.c_out * q], if bias.is_some() && direct.is_none() { vec![1.0f32; q] } else { Vec::new() }),
-        |(ext, ones), (b, dst)| {
-            let src = &xp[b * len..(b + 1) * len];
-            match &direct {
-                Some(kernel) => kernel.convolve(src, g, bias, ext),
-                None => gemm_conv_image(src, g, taps, bias, ones, ext),
-            }
-            for o in 0..g.c_out {
-                for y in 0..ho {
-                    dst[(o * ho + y) * wo..][..wo].copy_from_slice(&ext[o * q + y * wp..][..wo]);
+    // SAFETY: each image's chunk [c_out, ho, wo] is written whole, row by row.
+    unsafe {
+        par_filled(
+            g.batch * img_out,
+            img_out,
+            || (vec![0.0f32; g.c_out * q], if bias.is_some() && direct.is_none() { vec![1.0f32; q] } else { Vec::new() }),
+            |(ext, ones), b, dst| {
+                let src = &xp[b * len..(b + 1) * len];
+                match &direct {
+                    Some(kernel) => kernel.convolve(src, g, bias, ext),
+                    None => gemm_conv_image(src, g, taps, bias, ones, ext),
                 }
-            }
-        },
-    );
-    out
+                for (o, out_rows) in dst.chunks_exact_mut(ho * wo).enumerate() {
+                    for (y, row) in out_rows.chunks_exact_mut(wo).enumerate() {
+                        row.write_copy_of_slice(&ext[o * q + y * wp..][..wo]);
+                    }
+                }
+            },
+        )
+    }
 }
 
 /// `[C_out, C_in, kh, kw]` weight gradient and `[C_out]` bias gradient of the convolution of
