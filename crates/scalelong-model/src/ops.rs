@@ -41,6 +41,7 @@ use burn::tensor::{DType, Shape};
 use rayon::prelude::*;
 
 mod direct_conv;
+mod direct_gemm;
 mod math;
 use math::vectorised_fn;
 
@@ -70,7 +71,8 @@ pub fn with_reference_ops<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Runs `f` with the fused ops' portable kernels where a CPU-specific one exists (the
-/// convolution as GEMMs instead of the direct AVX2 kernel), as on a CPU without AVX2: for tests.
+/// convolutions and linear layers as gemm's GEMMs instead of the direct AVX2 kernels), as on a
+/// CPU without AVX2: for tests.
 pub fn with_portable_kernels<T>(f: impl FnOnce() -> T) -> T {
     with_flag(&PORTABLE, f)
 }
@@ -583,7 +585,7 @@ fn conv_padded(xp: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> Ve
     let (wp, q, len) = (g.wp(), g.q(), g.padded_len());
     let (ho, wo) = (g.ho(), g.wo());
     let img_out = g.c_out * ho * wo;
-    let direct = if PORTABLE.with(|p| p.get()) { None } else { direct_conv::PackedKernel::new(taps, g) };
+    let direct = if direct_kernels() { direct_conv::PackedKernel::new(taps, g) } else { None };
     // SAFETY: each image's chunk [c_out, ho, wo] is written whole, row by row.
     unsafe {
         par_filled(
@@ -617,7 +619,7 @@ fn conv_weight_grad(xp: &[f32], g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>
     let wlen = g.c_out * g.c_in * taps;
     let per = g.batch.div_ceil(rayon::current_num_threads()).max(1);
     let starts: Vec<usize> = (0..g.batch).step_by(per).collect();
-    let direct = !PORTABLE.with(|p| p.get()) && direct_conv::available();
+    let direct = direct_kernels();
     let parts: Vec<(Vec<f32>, Vec<f32>)> = starts
         .into_par_iter()
         .map(|start| {
@@ -785,17 +787,37 @@ fn row_block(m: usize) -> usize {
     m.div_ceil(rayon::current_num_threads()).max(1)
 }
 
+/// Whether the direct AVX2 kernels run (the CPU has them, and no test asked for the portable ones).
+fn direct_kernels() -> bool {
+    !PORTABLE.with(|p| p.get()) && direct_conv::available()
+}
+
+/// `[cols, rows]`: the transpose of the row-major `[rows, cols]` matrix `a`.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; rows * cols];
+    for (r, row) in a.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
+}
+
 /// `x [M, K] W [K, N] + b [N]`, all contiguous.
 fn linear_flex(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let ([m, k], [_, n]) = (dims::<2>(x), dims::<2>(w));
     let (x, w, b) = (x.storage::<f32>(), w.storage::<f32>(), b.storage::<f32>());
     let rows = row_block(m);
+    let direct = direct_kernels();
     let mut out = b.repeat(m); // every row starts as the bias; the GEMM accumulates onto it
     out.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
-        // SAFETY: dst is this block's [r, N]; the block's rows of x [r, K] and all of W [K, N]
-        // are inside their slices.
-        unsafe {
-            gemm_strided((dst.len() / n, n, k), (dst.as_mut_ptr(), n as isize, 1), true, (x.as_ptr().add(i * rows * k), k as isize, 1), (w.as_ptr(), n as isize, 1), 1.0);
+        let (r, x_rows) = (dst.len() / n, &x[i * rows * k..]);
+        if direct {
+            direct_gemm::gemm(r, n, k, dst, true, x_rows, (k, 1), w);
+        } else {
+            // SAFETY: dst is this block's [r, N]; the block's rows of x [r, K] and all of W
+            // [K, N] are inside their slices.
+            unsafe { gemm_strided((r, n, k), (dst.as_mut_ptr(), n as isize, 1), true, (x_rows.as_ptr(), k as isize, 1), (w.as_ptr(), n as isize, 1), 1.0) };
         }
     });
     new_tensor(out, &[m, n])
@@ -827,13 +849,17 @@ impl Backward<Flex, 3> for LinearBackward {
         let ([m, k], [_, n]) = (dims::<2>(&x), dims::<2>(&weight));
         let (x, w, dy) = (x.storage::<f32>(), weight.storage::<f32>(), dy.storage::<f32>());
         if let Some(node) = node_x {
-            // dx [M, K] = dy [M, N] W^T, W^T read through strides (row 1, column N).
+            // dx [M, K] = dy [M, N] W^T: the direct kernel on a transposed copy of W (it reads
+            // its right factor by rows), gemm on W^T's strides (row 1, column N).
             let rows = row_block(m);
+            let w_t = direct_kernels().then(|| transpose(w, k, n));
             let mut dx = vec![0.0f32; m * k];
             dx.par_chunks_mut(rows * k).enumerate().for_each(|(i, dst)| {
-                // SAFETY: dst is [r, K]; dy's block [r, N] and W [K, N] are inside their slices.
-                unsafe {
-                    gemm_strided((dst.len() / k, k, n), (dst.as_mut_ptr(), k as isize, 1), false, (dy.as_ptr().add(i * rows * n), n as isize, 1), (w.as_ptr(), 1, n as isize), 1.0);
+                let (r, dy_rows) = (dst.len() / k, &dy[i * rows * n..]);
+                match &w_t {
+                    Some(w_t) => direct_gemm::gemm(r, k, n, dst, false, dy_rows, (n, 1), w_t),
+                    // SAFETY: dst is [r, K]; dy's block [r, N] and W [K, N] are inside their slices.
+                    None => unsafe { gemm_strided((r, k, n), (dst.as_mut_ptr(), k as isize, 1), false, (dy_rows.as_ptr(), n as isize, 1), (w.as_ptr(), 1, n as isize), 1.0) },
                 }
             });
             grads.register::<Flex>(node.id, new_tensor(dx, &[m, k]));

@@ -124,19 +124,25 @@ fn upsample_equals_the_expand_composition() {
 
 #[test]
 fn linear_equals_burns_linear() {
-    // (batch, tokens, in, out); tolerance 1e-5 relative (f32 summation order).
-    for (b, l, k, n) in [(2, 5, 8, 24), (3, 65, 64, 192), (1, 1, 3, 2), (4, 17, 256, 64)] {
-        check_with_params(
-            &format!("linear b{b} l{l} {k}->{n}"),
-            vec![normal([b, l, k, 1], 1.0), normal([k, n, 1, 1], 0.3)],
-            vec![normal([n], 0.3)],
-            |x, p| {
-                let [b, l, k, _] = x[0].dims();
-                let w = x[1].clone().reshape([k, p[0].dims()[0]]);
-                ops::linear(x[0].clone().reshape([b, l, k]), w, p[0].clone())
-            },
-            1e-5,
-        );
+    // (batch, tokens, in, out); tolerance 1e-5 relative (f32 summation order). Row counts around
+    // the direct kernel's 6-row tiles, widths around its 16 columns.
+    for (b, l, k, n) in [(2, 5, 8, 24), (3, 65, 64, 192), (1, 1, 3, 2), (4, 17, 256, 64), (1, 7, 33, 17)] {
+        let check = |portable: bool| {
+            check_with_params(
+                &format!("linear b{b} l{l} {k}->{n} portable {portable}"),
+                vec![normal([b, l, k, 1], 1.0), normal([k, n, 1, 1], 0.3)],
+                vec![normal([n], 0.3)],
+                |x, p| {
+                    let [b, l, k, _] = x[0].dims();
+                    let w = x[1].clone().reshape([k, p[0].dims()[0]]);
+                    ops::linear(x[0].clone().reshape([b, l, k]), w, p[0].clone())
+                },
+                1e-5,
+            )
+        };
+        check(false);
+        // Forward and backward on gemm (taken where AVX2 is missing).
+        ops::with_portable_kernels(|| check(true));
     }
 }
 

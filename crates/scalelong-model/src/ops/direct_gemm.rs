@@ -1,0 +1,101 @@
+//! A GEMM kernel for AVX2 + FMA without packing, for the linear layers' products whose inner
+//! dimension is small (64-256 in the presets) and whose right factor fits in cache.
+//!
+//! Why: gemm packs both factors on every call and is tuned for large products; on
+//! `[4160, 64] x [64, 192]` it ran about 1.6x slower than PyTorch's BLAS. Here a tile of 6 rows x
+//! 16 columns of the product stays in 12 vector registers over the whole inner dimension: per
+//! step two loads of a contiguous row of the right factor, six broadcasts of the left and twelve
+//! FMAs; the product is written once. Same structure as `direct_conv`'s tile.
+
+/// Rows per tile: 6 x 2 accumulators, two right-factor vectors and a broadcast fit AVX2's 16
+/// vector registers.
+const ROWS: usize = 6;
+/// Columns per tile (two 8-lane vectors).
+const COLS: usize = 16;
+
+/// `dst [m, n] (= or +=) a [m, k] b [k, n]`: `dst` and `b` row-major and contiguous (row
+/// strides `n`), `a` given by its row and column strides. Runs on the calling thread.
+///
+/// Panics unless `super::direct_conv::available()` (AVX2 and FMA), or when a slice is too short.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: &[f32], a_strides: (usize, usize), b: &[f32]) {
+    assert!(super::direct_conv::available(), "the direct kernels need AVX2 and FMA");
+    assert!(dst.len() >= m * n && b.len() >= k * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() > (m - 1) * a_strides.0 + k.saturating_sub(1) * a_strides.1 || k == 0);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 and FMA checked; the asserts bound every access (see `tile`).
+    unsafe {
+        gemm_avx2(m, n, k, dst, accumulate, a, a_strides, b)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx2(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: &[f32], (ars, acs): (usize, usize), b: &[f32]) {
+    let main = n / COLS * COLS;
+    for n0 in (0..main).step_by(COLS) {
+        for r0 in (0..m).step_by(ROWS) {
+            let rows = ROWS.min(m - r0);
+            let (ap, bp, dp) = (a[r0 * ars..].as_ptr(), b[n0..].as_ptr(), dst[r0 * n + n0..].as_mut_ptr());
+            // SAFETY: rows r0..r0 + rows of a and dst, columns n0..n0 + 16 of b and dst, all
+            // inside their slices (checked by `gemm`).
+            unsafe {
+                match rows {
+                    6 => tile::<6>(k, ap, ars, acs, bp, n, dp, n, accumulate),
+                    5 => tile::<5>(k, ap, ars, acs, bp, n, dp, n, accumulate),
+                    4 => tile::<4>(k, ap, ars, acs, bp, n, dp, n, accumulate),
+                    3 => tile::<3>(k, ap, ars, acs, bp, n, dp, n, accumulate),
+                    2 => tile::<2>(k, ap, ars, acs, bp, n, dp, n, accumulate),
+                    _ => tile::<1>(k, ap, ars, acs, bp, n, dp, n, accumulate),
+                }
+            }
+        }
+    }
+    for r in 0..m {
+        for c in main..n {
+            let sum: f32 = (0..k).map(|kk| a[r * ars + kk * acs] * b[kk * n + c]).sum();
+            let d = &mut dst[r * n + c];
+            *d = if accumulate { *d + sum } else { sum };
+        }
+    }
+}
+
+/// `R` rows x 16 columns: `dst[r, 0..16] (= or +=) sum_kk a[r ars + kk acs] b[kk brs + 0..16]`.
+///
+/// # Safety
+/// AVX2 and FMA present; every addressed element inside its allocation.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize>(k: usize, a: *const f32, ars: usize, acs: usize, b: *const f32, brs: usize, dst: *mut f32, drs: usize, accumulate: bool) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut acc: [[__m256; 2]; R] = [[_mm256_setzero_ps(); 2]; R];
+        let (mut ak, mut bk) = (a, b);
+        for _ in 0..k {
+            let b0 = _mm256_loadu_ps(bk);
+            let b1 = _mm256_loadu_ps(bk.add(8));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ak.add(r * ars));
+                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+            }
+            ak = ak.add(acs);
+            bk = bk.add(brs);
+        }
+        for (r, row) in acc.iter().enumerate() {
+            let d = dst.add(r * drs);
+            let (lo, hi) = if accumulate {
+                (_mm256_add_ps(_mm256_loadu_ps(d), row[0]), _mm256_add_ps(_mm256_loadu_ps(d.add(8)), row[1]))
+            } else {
+                (row[0], row[1])
+            };
+            _mm256_storeu_ps(d, lo);
+            _mm256_storeu_ps(d.add(8), hi);
+        }
+    }
+}
