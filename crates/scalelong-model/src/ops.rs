@@ -865,15 +865,29 @@ impl Backward<Flex, 3> for LinearBackward {
             grads.register::<Flex>(node.id, new_tensor(dx, &[m, k]));
         }
         if let Some(node) = node_w {
-            // dW [K, N] = x^T [K, M] dy [M, N], a block of W's rows per task.
-            let rows = row_block(k);
-            let mut dw = vec![0.0f32; k * n];
-            dw.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
-                // SAFETY: dst is [r, N]; x^T's rows i*rows.. are x's columns (strides 1, K).
-                unsafe {
-                    gemm_strided((dst.len() / n, n, m), (dst.as_mut_ptr(), n as isize, 1), false, (x.as_ptr().add(i * rows), 1, k as isize), (dy.as_ptr(), n as isize, 1), 1.0);
-                }
-            });
+            // dW [K, N] = x^T [K, M] dy [M, N]: the direct kernel sums a block of tokens per task
+            // (partial dW summed after); gemm takes a block of W's rows per task.
+            let dw = if direct_kernels() {
+                let rows = row_block(m);
+                let partials: Vec<Vec<f32>> = (x.par_chunks(rows * k).zip(dy.par_chunks(rows * n)))
+                    .map(|(x_rows, dy_rows)| {
+                        let mut part = vec![0.0f32; k * n];
+                        direct_gemm::gemm(k, n, dy_rows.len() / n, &mut part, false, x_rows, (1, k), dy_rows);
+                        part
+                    })
+                    .collect();
+                sum_partials(partials.into_iter(), k * n)
+            } else {
+                let rows = row_block(k);
+                let mut dw = vec![0.0f32; k * n];
+                dw.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
+                    // SAFETY: dst is [r, N]; x^T's rows i*rows.. are x's columns (strides 1, K).
+                    unsafe {
+                        gemm_strided((dst.len() / n, n, m), (dst.as_mut_ptr(), n as isize, 1), false, (x.as_ptr().add(i * rows), 1, k as isize), (dy.as_ptr(), n as isize, 1), 1.0);
+                    }
+                });
+                dw
+            };
             grads.register::<Flex>(node.id, new_tensor(dw, &[k, n]));
         }
         if let Some(node) = node_b {

@@ -126,7 +126,8 @@ fn upsample_equals_the_expand_composition() {
 fn linear_equals_burns_linear() {
     // (batch, tokens, in, out); tolerance 1e-5 relative (f32 summation order). Row counts around
     // the direct kernel's 6-row tiles, widths around its 16 columns.
-    for (b, l, k, n) in [(2, 5, 8, 24), (3, 65, 64, 192), (1, 1, 3, 2), (4, 17, 256, 64), (1, 7, 33, 17)] {
+    // 8 x 130 tokens: a weight gradient longer than the kernel's inner block of 256.
+    for (b, l, k, n) in [(2, 5, 8, 24), (3, 65, 64, 192), (1, 1, 3, 2), (4, 17, 256, 64), (1, 7, 33, 17), (8, 130, 16, 20)] {
         let check = |portable: bool| {
             check_with_params(
                 &format!("linear b{b} l{l} {k}->{n} portable {portable}"),

@@ -32,10 +32,25 @@ pub(super) fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bo
     }
 }
 
+/// Inner-dimension block: a long product (a weight gradient sums over every token) runs in blocks
+/// whose slices of both factors stay in L2 while every tile reads them.
+const INNER_BLOCK: usize = 256;
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_avx2(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: &[f32], (ars, acs): (usize, usize), b: &[f32]) {
+    for k0 in (0..k.max(1)).step_by(INNER_BLOCK) {
+        let kb = INNER_BLOCK.min(k - k0);
+        // SAFETY: as for `gemm_avx2` itself, on the inner block k0..k0 + kb.
+        unsafe { gemm_block(m, n, kb, dst, accumulate || k0 > 0, &a[k0 * acs..], (ars, acs), &b[k0 * n..]) };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_block(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: &[f32], (ars, acs): (usize, usize), b: &[f32]) {
     let main = n / COLS * COLS;
     for n0 in (0..main).step_by(COLS) {
         for r0 in (0..m).step_by(ROWS) {
