@@ -962,7 +962,7 @@ vectorised_fn! {
     /// `x Phi(x)` of each element.
     fn gelu_chunk(dst: &mut [f32], xs: &[f32]) {
         for (o, &v) in dst.iter_mut().zip(xs) {
-            *o = v * math::phi(v);
+            *o = v * math::phi_and_pdf(v).0;
         }
     }
 }
@@ -971,7 +971,8 @@ vectorised_fn! {
     /// The input gradient `g (Phi(x) + x pdf(x))` of each element.
     fn gelu_grad_chunk(dst: &mut [f32], xs: &[f32], gs: &[f32]) {
         for ((o, &v), &g) in dst.iter_mut().zip(xs).zip(gs) {
-            *o = g * (math::phi(v) + v * math::normal_pdf(v));
+            let (phi, pdf) = math::phi_and_pdf(v);
+            *o = g * (phi + v * pdf);
         }
     }
 }
