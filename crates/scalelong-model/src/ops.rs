@@ -239,6 +239,40 @@ unsafe fn gemm_strided(
     }
 }
 
+/// [`gemm_strided`] on the direct AVX2 kernel when `direct`, the destination and the right
+/// factor have unit column strides and `beta` is 1; on gemm otherwise.
+///
+/// # Safety
+/// As [`gemm_strided`], and every stride non-negative.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    direct: bool,
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, isize, isize),
+    accumulate: bool,
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    beta: f32,
+) {
+    unsafe {
+        if direct && dst.2 == 1 && rhs.2 == 1 && beta == 1.0 {
+            direct_gemm::gemm_raw((m, n, k), (dst.0, dst.1 as usize), accumulate, (lhs.0, lhs.1 as usize, lhs.2 as usize), (rhs.0, rhs.1 as usize));
+        } else {
+            gemm_strided((m, n, k), dst, accumulate, lhs, rhs, beta);
+        }
+    }
+}
+
+/// `rows` rows of `dh` values, `stride` apart in `src`, transposed into `dst` (`[dh, rows]`) and
+/// multiplied by `scale`: a right factor the direct kernel can read by rows.
+fn transpose_block(src: &[f32], rows: usize, dh: usize, stride: usize, scale: f32, dst: &mut [f32]) {
+    for t in 0..rows {
+        for (j, &v) in src[t * stride..][..dh].iter().enumerate() {
+            dst[j * rows + t] = v * scale;
+        }
+    }
+}
+
 vectorised_fn! {
     /// Each row of `l` values of `rows` replaced by its softmax.
     fn softmax_rows(rows: &mut [f32], l: usize) {
@@ -278,22 +312,26 @@ fn attention_forward(qkv: FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) 
     let (l, dh, d) = (s.tokens, s.head_dim, s.dim());
     let (d3, scale) = (3 * d, s.scale());
     let src = qkv.storage::<f32>();
+    let direct = direct_kernels();
     let mut scores = vec![0.0f32; s.batch * heads * l * l];
-    scores.par_chunks_mut(l * l).enumerate().for_each(|(bh, dst)| {
-        let base = (bh / heads) * l * d3 + (bh % heads) * dh;
-        // SAFETY: q and k of (b, h) are [l, dh] blocks of rows of qkv; dst is [l, l].
-        unsafe {
-            gemm_strided(
-                (l, l, dh),
-                (dst.as_mut_ptr(), l as isize, 1),
-                false,
-                (src.as_ptr().add(base), d3 as isize, 1),
-                (src.as_ptr().add(base + d), 1, d3 as isize),
-                scale,
-            );
-        }
-        softmax_rows(dst, l);
-    });
+    scores.par_chunks_mut(l * l).enumerate().for_each_init(
+        || vec![0.0f32; if direct { dh * l } else { 0 }],
+        |k_t, (bh, dst)| {
+            let base = (bh / heads) * l * d3 + (bh % heads) * dh;
+            let q = (src[base..].as_ptr(), d3 as isize, 1);
+            // SAFETY: q and k of (b, h) are [l, dh] blocks of rows of qkv; dst is [l, l]; k_t
+            // is [dh, l].
+            unsafe {
+                if direct {
+                    transpose_block(&src[base + d..], l, dh, d3, scale, k_t);
+                    matmul(true, (l, l, dh), (dst.as_mut_ptr(), l as isize, 1), false, q, (k_t.as_ptr(), l as isize, 1), 1.0);
+                } else {
+                    gemm_strided((l, l, dh), (dst.as_mut_ptr(), l as isize, 1), false, q, (src.as_ptr().add(base + d), 1, d3 as isize), scale);
+                }
+            }
+            softmax_rows(dst, l);
+        },
+    );
     let probs = new_tensor(scores, &[s.batch, heads, l, l]);
     let p = probs.storage::<f32>();
     let mut out = vec![0.0f32; s.batch * l * d];
@@ -304,7 +342,8 @@ fn attention_forward(qkv: FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) 
         // SAFETY: the (b, h) output block [l, dh] at columns h dh of image b's rows is written by
         // this task alone; v is a block of qkv, p the task's [l, l] probabilities.
         unsafe {
-            gemm_strided(
+            matmul(
+                direct,
                 (l, dh, l),
                 (dst.0.add(b * l * d + h * dh), d as isize, 1),
                 false,
@@ -344,27 +383,33 @@ fn attention_backward(qkv: &FlexTensor, probs: &FlexTensor, heads: usize, grad: 
     let (x, p, dy) = (qkv.storage::<f32>(), probs.storage::<f32>(), grad.storage::<f32>());
     let mut out = vec![0.0f32; s.batch * l * d3];
     let dst = Shared(out.as_mut_ptr());
+    let direct = direct_kernels();
     (0..s.batch * heads).into_par_iter().for_each_init(
-        || vec![0.0f32; l * l],
-        |ds, bh| {
+        || (vec![0.0f32; l * l], vec![0.0f32; if direct { dh * l } else { 0 }]),
+        |(ds, v_t), bh| {
             let (b, h) = (bh / heads, bh % heads);
             let dst = dst;
             let base = b * l * d3 + h * dh; // q of (b, h) in qkv and in its gradient
-            let dy_bh = dy[b * l * d + h * dh..].as_ptr(); // [l, dh], row stride d
+            let dy_bh = (dy[b * l * d + h * dh..].as_ptr(), d as isize, 1); // [l, dh]
             let p_bh = p[bh * l * l..].as_ptr();
             // SAFETY: every view is a block of its buffer; the gradient blocks (q, k and v
-            // columns of head h in image b) are written by this task alone.
+            // columns of head h in image b) are written by this task alone; v_t is [dh, l].
             unsafe {
                 // dv = p^T dy
-                gemm_strided((l, dh, l), (dst.0.add(base + 2 * d), d3 as isize, 1), false, (p_bh, 1, l as isize), (dy_bh, d as isize, 1), 1.0);
+                matmul(direct, (l, dh, l), (dst.0.add(base + 2 * d), d3 as isize, 1), false, (p_bh, 1, l as isize), dy_bh, 1.0);
                 // dp = dy v^T
-                gemm_strided((l, l, dh), (ds.as_mut_ptr(), l as isize, 1), false, (dy_bh, d as isize, 1), (x.as_ptr().add(base + 2 * d), 1, d3 as isize), 1.0);
+                if direct {
+                    transpose_block(&x[base + 2 * d..], l, dh, d3, 1.0, v_t);
+                    matmul(true, (l, l, dh), (ds.as_mut_ptr(), l as isize, 1), false, dy_bh, (v_t.as_ptr(), l as isize, 1), 1.0);
+                } else {
+                    gemm_strided((l, l, dh), (ds.as_mut_ptr(), l as isize, 1), false, dy_bh, (x.as_ptr().add(base + 2 * d), 1, d3 as isize), 1.0);
+                }
             }
             softmax_grad_rows(ds, &p[bh * l * l..(bh + 1) * l * l], l, scale);
             unsafe {
                 // dq = ds k, dk = ds^T q
-                gemm_strided((l, dh, l), (dst.0.add(base), d3 as isize, 1), false, (ds.as_ptr(), l as isize, 1), (x.as_ptr().add(base + d), d3 as isize, 1), 1.0);
-                gemm_strided((l, dh, l), (dst.0.add(base + d), d3 as isize, 1), false, (ds.as_ptr(), 1, l as isize), (x.as_ptr().add(base), d3 as isize, 1), 1.0);
+                matmul(direct, (l, dh, l), (dst.0.add(base), d3 as isize, 1), false, (ds.as_ptr(), l as isize, 1), (x.as_ptr().add(base + d), d3 as isize, 1), 1.0);
+                matmul(direct, (l, dh, l), (dst.0.add(base + d), d3 as isize, 1), false, (ds.as_ptr(), 1, l as isize), (x.as_ptr().add(base), d3 as isize, 1), 1.0);
             }
         },
     );

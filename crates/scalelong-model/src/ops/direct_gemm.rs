@@ -24,12 +24,32 @@ pub(super) fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bo
     if m == 0 || n == 0 {
         return;
     }
-    assert!(a.len() > (m - 1) * a_strides.0 + k.saturating_sub(1) * a_strides.1 || k == 0);
+    assert!(k == 0 || a.len() > (m - 1) * a_strides.0 + (k - 1) * a_strides.1);
+    // SAFETY: AVX2 and FMA checked; the asserts bound every element addressed.
+    unsafe { gemm_raw((m, n, k), (dst.as_mut_ptr(), n), accumulate, (a.as_ptr(), a_strides.0, a_strides.1), (b.as_ptr(), n)) }
+}
+
+/// [`gemm`] on pointers with strides: `dst` (row stride), `a` (row and column strides), `b`
+/// (row stride); both `dst` and `b` have unit column stride.
+///
+/// # Safety
+/// AVX2 and FMA present (`super::direct_conv::available()`); every addressed element inside
+/// its allocation; `dst` not aliasing `a` or `b`, and written by no one else meanwhile.
+pub(super) unsafe fn gemm_raw(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize),
+    accumulate: bool,
+    a: (*const f32, usize, usize),
+    b: (*const f32, usize),
+) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA checked; the asserts bound every access (see `tile`).
-    unsafe {
-        gemm_avx2(m, n, k, dst, accumulate, a, a_strides, b)
+    for k0 in (0..k.max(1)).step_by(INNER_BLOCK) {
+        let kb = INNER_BLOCK.min(k - k0);
+        // SAFETY: the caller's contract, on the inner block k0..k0 + kb.
+        unsafe { gemm_block((m, n, kb), dst, accumulate || k0 > 0, (a.0.add(k0 * a.2), a.1, a.2), (b.0.add(k0 * b.1), b.1)) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the direct kernels exist on x86-64 only ({m}x{n}x{k}, {dst:?} {accumulate} {a:?} {b:?})")
 }
 
 /// Inner-dimension block: a long product (a weight gradient sums over every token) runs in blocks
@@ -38,43 +58,30 @@ const INNER_BLOCK: usize = 256;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx2(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: &[f32], (ars, acs): (usize, usize), b: &[f32]) {
-    for k0 in (0..k.max(1)).step_by(INNER_BLOCK) {
-        let kb = INNER_BLOCK.min(k - k0);
-        // SAFETY: as for `gemm_avx2` itself, on the inner block k0..k0 + kb.
-        unsafe { gemm_block(m, n, kb, dst, accumulate || k0 > 0, &a[k0 * acs..], (ars, acs), &b[k0 * n..]) };
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_block(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: &[f32], (ars, acs): (usize, usize), b: &[f32]) {
+unsafe fn gemm_block((m, n, k): (usize, usize, usize), (dst, drs): (*mut f32, usize), accumulate: bool, (a, ars, acs): (*const f32, usize, usize), (b, brs): (*const f32, usize)) {
     let main = n / COLS * COLS;
-    for n0 in (0..main).step_by(COLS) {
-        for r0 in (0..m).step_by(ROWS) {
-            let rows = ROWS.min(m - r0);
-            let (ap, bp, dp) = (a[r0 * ars..].as_ptr(), b[n0..].as_ptr(), dst[r0 * n + n0..].as_mut_ptr());
-            // SAFETY: rows r0..r0 + rows of a and dst, columns n0..n0 + 16 of b and dst, all
-            // inside their slices (checked by `gemm`).
-            unsafe {
-                match rows {
-                    6 => tile::<6>(k, ap, ars, acs, bp, n, dp, n, accumulate),
-                    5 => tile::<5>(k, ap, ars, acs, bp, n, dp, n, accumulate),
-                    4 => tile::<4>(k, ap, ars, acs, bp, n, dp, n, accumulate),
-                    3 => tile::<3>(k, ap, ars, acs, bp, n, dp, n, accumulate),
-                    2 => tile::<2>(k, ap, ars, acs, bp, n, dp, n, accumulate),
-                    _ => tile::<1>(k, ap, ars, acs, bp, n, dp, n, accumulate),
+    // SAFETY (whole body): rows r0..r0 + rows of a and dst, columns n0..n0 + 16 of b and dst,
+    // and the tail columns, all addressed within the caller's bounds.
+    unsafe {
+        for n0 in (0..main).step_by(COLS) {
+            for r0 in (0..m).step_by(ROWS) {
+                let (ap, bp, dp) = (a.add(r0 * ars), b.add(n0), dst.add(r0 * drs + n0));
+                match ROWS.min(m - r0) {
+                    6 => tile::<6>(k, ap, ars, acs, bp, brs, dp, drs, accumulate),
+                    5 => tile::<5>(k, ap, ars, acs, bp, brs, dp, drs, accumulate),
+                    4 => tile::<4>(k, ap, ars, acs, bp, brs, dp, drs, accumulate),
+                    3 => tile::<3>(k, ap, ars, acs, bp, brs, dp, drs, accumulate),
+                    2 => tile::<2>(k, ap, ars, acs, bp, brs, dp, drs, accumulate),
+                    _ => tile::<1>(k, ap, ars, acs, bp, brs, dp, drs, accumulate),
                 }
             }
         }
-    }
-    for r in 0..m {
-        for c in main..n {
-            let sum: f32 = (0..k).map(|kk| a[r * ars + kk * acs] * b[kk * n + c]).sum();
-            let d = &mut dst[r * n + c];
-            *d = if accumulate { *d + sum } else { sum };
+        for r in 0..m {
+            for c in main..n {
+                let sum: f32 = (0..k).map(|kk| *a.add(r * ars + kk * acs) * *b.add(kk * brs + c)).sum();
+                let d = dst.add(r * drs + c);
+                *d = if accumulate { *d + sum } else { sum };
+            }
         }
     }
 }
