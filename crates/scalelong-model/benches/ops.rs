@@ -1,7 +1,8 @@
 //! Each fused op of `scalelong_model::ops` against the burn composition it replaces, at the
 //! presets' shapes (batch 64): forward on the inference backend (`fwd`) and forward + backward on
 //! autodiff (`train`). Divan times the fused op; run with `SCALELONG_BENCH_AB=1` to alternate
-//! fused and reference calls in one process instead and print the ratio of each pair.
+//! reference, portable (the fused op on gemm, as on a CPU without AVX2) and fused calls in one
+//! process instead and print the ratios of each round's times.
 
 use burn::nn::{GroupNormConfig, LayerNormConfig};
 use burn::prelude::*;
@@ -21,7 +22,19 @@ fn normal<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
 }
 
 /// Forward (and, on autodiff, backward of a weighted sum) of `f`, fused or under the reference ops.
-fn call<const O: usize>(f: &dyn Fn() -> Tensor<O>, reference: bool, train: bool) {
+/// Which implementation a call runs.
+#[derive(Clone, Copy)]
+enum Path {
+    /// The composition of burn ops the fused op replaces.
+    Reference,
+    /// The fused op with its portable kernels (gemm where the direct AVX2 kernels would run).
+    Portable,
+    /// The fused op as it runs here.
+    Fused,
+}
+
+/// Forward (and, on autodiff, backward of a weighted sum) of `f` on `path`.
+fn call<const O: usize>(f: &dyn Fn() -> Tensor<O>, path: Path, train: bool) {
     let go = || {
         let y = f();
         if train {
@@ -30,7 +43,11 @@ fn call<const O: usize>(f: &dyn Fn() -> Tensor<O>, reference: bool, train: bool)
             let _ = y.into_data();
         }
     };
-    if reference { ops::with_reference_ops(go) } else { go() }
+    match path {
+        Path::Reference => ops::with_reference_ops(go),
+        Path::Portable => ops::with_portable_kernels(go),
+        Path::Fused => go(),
+    }
 }
 
 // (batch, c_in, c_out, size): the UNet's 3x3 convolutions.
@@ -82,30 +99,35 @@ fn linear_case((m, k, n): (usize, usize, usize), train: bool) -> impl Fn() -> Te
 
 fn ab<const O: usize>(name: &str, f: impl Fn() -> Tensor<O>, train: bool) {
     let rounds: usize = std::env::var("SCALELONG_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(15);
-    call(&f, false, train);
-    call(&f, true, train);
-    let (mut fused, mut reference, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let paths = [Path::Reference, Path::Portable, Path::Fused];
+    for path in paths {
+        call(&f, path, train);
+    }
+    // Per round: the time of each path, and its ratios to the fused one.
+    let mut times: [Vec<f64>; 3] = Default::default();
+    let mut ratios: [Vec<f64>; 2] = Default::default();
     for _ in 0..rounds {
-        let t = std::time::Instant::now();
-        call(&f, true, train);
-        let r = t.elapsed().as_secs_f64();
-        let t = std::time::Instant::now();
-        call(&f, false, train);
-        let q = t.elapsed().as_secs_f64();
-        reference.push(r);
-        fused.push(q);
-        ratios.push(r / q);
+        let round = paths.map(|path| {
+            let t = std::time::Instant::now();
+            call(&f, path, train);
+            t.elapsed().as_secs_f64()
+        });
+        for (all, t) in times.iter_mut().zip(round) {
+            all.push(t);
+        }
+        ratios[0].push(round[0] / round[2]);
+        ratios[1].push(round[1] / round[2]);
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let [reference, portable, fused] = times.each_mut().map(|v| 1e3 * med(v));
     println!(
-        "AB {name:<34} {}: burn {:>8.2} ms, fused {:>8.2} ms, speedup {:.2}x",
+        "AB {name:<34} {}: burn {reference:>8.2} ms, portable {portable:>8.2} ms, fused {fused:>8.2} ms; fused vs burn {:.2}x, vs portable {:.2}x",
         if train { "train" } else { "fwd  " },
-        1e3 * med(&mut reference),
-        1e3 * med(&mut fused),
-        med(&mut ratios)
+        med(&mut ratios[0]),
+        med(&mut ratios[1]),
     );
 }
 
@@ -128,25 +150,25 @@ fn ab_all() {
 #[divan::bench(args = CONVS, sample_count = 10)]
 fn conv_train(bencher: divan::Bencher, c: (usize, usize, usize, usize)) {
     let f = conv_case(c, true);
-    bencher.bench_local(|| call(&f, false, true));
+    bencher.bench_local(|| call(&f, Path::Fused, true));
 }
 
 #[divan::bench(args = NORMS, sample_count = 10)]
 fn group_norm_train(bencher: divan::Bencher, n: (usize, usize, usize, usize)) {
     let f = norm_case(n, true);
-    bencher.bench_local(|| call(&f, false, true));
+    bencher.bench_local(|| call(&f, Path::Fused, true));
 }
 
 #[divan::bench(sample_count = 10)]
 fn attention_train(bencher: divan::Bencher) {
     let f = attention_case(true);
-    bencher.bench_local(|| call(&f, false, true));
+    bencher.bench_local(|| call(&f, Path::Fused, true));
 }
 
 #[divan::bench(sample_count = 10)]
 fn layer_norm_train(bencher: divan::Bencher) {
     let f = layer_norm_case(true);
-    bencher.bench_local(|| call(&f, false, true));
+    bencher.bench_local(|| call(&f, Path::Fused, true));
 }
 
 // (rows, k, n) of the U-ViT presets' matmuls at batch 64 (65 tokens, width 64): qkv, MLP up,
