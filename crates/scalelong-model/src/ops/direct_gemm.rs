@@ -52,6 +52,11 @@ pub(super) unsafe fn gemm_raw(
     unreachable!("the direct kernels exist on x86-64 only ({m}x{n}x{k}, {dst:?} {accumulate} {a:?} {b:?})")
 }
 
+/// Rows of the left factor every column slab is run over before the next rows: with an inner
+/// dimension of 256 they take 96 KB, which stays in L2 across the slabs (without it, `256 -> 64`
+/// re-read 2 MB of rows per slab and ran 0.84x gemm's speed).
+const ROW_BLOCK: usize = 96;
+
 /// Inner-dimension block: a long product (a weight gradient sums over every token) runs in blocks
 /// whose slices of both factors stay in L2 while every tile reads them.
 const INNER_BLOCK: usize = 256;
@@ -63,8 +68,8 @@ unsafe fn gemm_block((m, n, k): (usize, usize, usize), (dst, drs): (*mut f32, us
     // SAFETY (whole body): rows r0..r0 + rows of a and dst, columns n0..n0 + 16 of b and dst,
     // and the tail columns, all addressed within the caller's bounds.
     unsafe {
-        for n0 in (0..main).step_by(COLS) {
-            for r0 in (0..m).step_by(ROWS) {
+        for (m0, n0) in (0..m).step_by(ROW_BLOCK).flat_map(|m0| (0..main).step_by(COLS).map(move |n0| (m0, n0))) {
+            for r0 in (m0..m.min(m0 + ROW_BLOCK)).step_by(ROWS) {
                 let (ap, bp, dp) = (a.add(r0 * ars), b.add(n0), dst.add(r0 * drs + n0));
                 match ROWS.min(m - r0) {
                     6 => tile::<6>(k, ap, ars, acs, bp, brs, dp, drs, accumulate),
