@@ -49,32 +49,46 @@ type Ad = Autodiff<Flex>;
 
 thread_local! {
     static REFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f` with `flag` set on this thread, restoring it after (also on a panic).
-fn with_flag<T>(flag: &'static std::thread::LocalKey<std::cell::Cell<bool>>, f: impl FnOnce() -> T) -> T {
-    struct Restore(&'static std::thread::LocalKey<std::cell::Cell<bool>>, bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            self.0.with(|r| r.set(self.1));
-        }
-    }
-    let _restore = Restore(flag, flag.with(|r| r.replace(true)));
-    f()
-}
+/// Callers inside [`with_portable_kernels`] now. Process-wide, not per thread: the element-wise
+/// kernels run on rayon's threads.
+static PORTABLE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Runs `f` with every op of this module replaced by its reference composition of burn ops (on
 /// this thread): the networks as they were before the fused kernels, for tests and benchmarks.
 pub fn with_reference_ops<T>(f: impl FnOnce() -> T) -> T {
-    with_flag(&REFERENCE, f)
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REFERENCE.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(REFERENCE.with(|r| r.replace(true)));
+    f()
 }
 
-/// Runs `f` with the fused ops' portable kernels where a CPU-specific one exists (the
-/// convolutions and linear layers as gemm's GEMMs instead of the direct AVX2 kernels), as on a
-/// CPU without AVX2: for tests.
+/// Runs `f` with the fused ops' portable kernels, as on a CPU without AVX2: the convolutions,
+/// linear layers and attention products on gemm instead of the direct kernels, and the
+/// element-wise passes as built (baseline x86-64) instead of their AVX-512 or AVX2 copies. For
+/// tests and benchmarks. It holds for the whole process while `f` runs (ops that other threads
+/// run meanwhile take the portable kernels too: slower, same results within rounding).
 pub fn with_portable_kernels<T>(f: impl FnOnce() -> T) -> T {
-    with_flag(&PORTABLE, f)
+    use std::sync::atomic::Ordering;
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            PORTABLE.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    PORTABLE.fetch_add(1, Ordering::SeqCst);
+    let _leave = Leave;
+    f()
+}
+
+/// Whether [`with_portable_kernels`] is in force.
+pub(crate) fn portable_kernels() -> bool {
+    PORTABLE.load(std::sync::atomic::Ordering::Relaxed) > 0
 }
 
 /// Whether a tensor would take a fused path here (flex or autodiff flex, reference ops off).
@@ -834,7 +848,7 @@ fn row_block(m: usize) -> usize {
 
 /// Whether the direct AVX2 kernels run (the CPU has them, and no test asked for the portable ones).
 fn direct_kernels() -> bool {
-    !PORTABLE.with(|p| p.get()) && direct_conv::available()
+    !portable_kernels() && direct_conv::available()
 }
 
 /// `[cols, rows]`: the transpose of the row-major `[rows, cols]` matrix `a`.

@@ -9,7 +9,7 @@
 //! is what a fresh machine's `cargo build` gives.
 
 /// Defines a function whose body is compiled three times, for AVX-512, for AVX2 + FMA and as
-/// built, the first the CPU has being used. The body is forced inline into each copy (a closure
+/// built, the first the CPU has being used (as built inside `ops::with_portable_kernels`). The body is forced inline into each copy (a closure
 /// handed to a target-feature function is not always inlined, and then runs as built). What the
 /// body computes does not depend on the copy (Rust never contracts `a * b + c` into an FMA).
 /// AVX-512 against AVX2 here (alternating bench executables, three rounds): U-ViT sampling
@@ -21,7 +21,7 @@ macro_rules! vectorised_fn {
             #[inline(always)]
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
-            {
+            if !$crate::ops::portable_kernels() {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 fn avx512($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
