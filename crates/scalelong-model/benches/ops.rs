@@ -1,8 +1,8 @@
 //! Each fused op of `scalelong_model::ops` against the burn composition it replaces, at the
 //! presets' shapes (batch 64): forward on the inference backend (`fwd`) and forward + backward on
 //! autodiff (`train`). Divan times the fused op; run with `SCALELONG_BENCH_AB=1` to alternate
-//! reference, portable (the fused op on gemm, as on a CPU without AVX2) and fused calls in one
-//! process instead and print the ratios of each round's times.
+//! reference, portable (the fused op on its portable kernels, as on a CPU without AVX2) and fused
+//! calls in one process instead and print the ratios of each round's times.
 
 use burn::nn::{GroupNormConfig, LayerNormConfig};
 use burn::prelude::*;
@@ -27,7 +27,8 @@ fn normal<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
 enum Path {
     /// The composition of burn ops the fused op replaces.
     Reference,
-    /// The fused op with its portable kernels (gemm where the direct AVX2 kernels would run).
+    /// The fused op with its portable kernels, as on a CPU without AVX2 (gemm for the products,
+    /// the element-wise passes as built).
     Portable,
     /// The fused op as it runs here.
     Fused,
