@@ -23,7 +23,8 @@
 //! | [`layer_norm`] | burn's `LayerNorm` | flex's fused forward, one fused backward |
 //! | [`tune_allocator`] | glibc's default mmap threshold | freed tensor memory is reused instead of re-faulted |
 //!
-//! The element-wise math (`exp`, `erf`, lane-split sums) and the AVX2 dispatch are in `ops/math.rs`.
+//! The direct AVX2 kernels are in `ops/direct_conv.rs` and `ops/direct_gemm.rs`; the element-wise
+//! math (`exp`, `erf`, lane-split sums) and the AVX-512/AVX2 dispatch in `ops/math.rs`.
 //!
 //! Each op is measured against its reference in `benches/ops.rs` (`SCALELONG_BENCH_AB=1`), and the
 //! networks as a whole in `benches/steps.rs` (`SCALELONG_BENCH_AB=...`).
@@ -277,12 +278,12 @@ unsafe fn matmul(
     }
 }
 
-/// `rows` rows of `dh` values, `stride` apart in `src`, transposed into `dst` (`[dh, rows]`) and
-/// multiplied by `scale`: a right factor the direct kernel can read by rows.
-fn transpose_block(src: &[f32], rows: usize, dh: usize, stride: usize, scale: f32, dst: &mut [f32]) {
-    for t in 0..rows {
-        for (j, &v) in src[t * stride..][..dh].iter().enumerate() {
-            dst[j * rows + t] = v * scale;
+/// `rows` rows of `cols` values, `stride` apart in `src`, transposed into `dst` (`[cols, rows]`)
+/// and multiplied by `scale`: a right factor the direct kernel can read by rows.
+fn transpose_block(src: &[f32], rows: usize, cols: usize, stride: usize, scale: f32, dst: &mut [f32]) {
+    for r in 0..rows {
+        for (c, &v) in src[r * stride..][..cols].iter().enumerate() {
+            dst[c * rows + r] = v * scale;
         }
     }
 }
@@ -851,17 +852,6 @@ fn direct_kernels() -> bool {
     !portable_kernels() && direct_conv::available()
 }
 
-/// `[cols, rows]`: the transpose of the row-major `[rows, cols]` matrix `a`.
-fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0.0f32; rows * cols];
-    for (r, row) in a.chunks_exact(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            t[c * rows + r] = v;
-        }
-    }
-    t
-}
-
 /// `x [M, K] W [K, N] + b [N]`, all contiguous.
 fn linear_flex(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let ([m, k], [_, n]) = (dims::<2>(x), dims::<2>(w));
@@ -911,7 +901,11 @@ impl Backward<Flex, 3> for LinearBackward {
             // dx [M, K] = dy [M, N] W^T: the direct kernel on a transposed copy of W (it reads
             // its right factor by rows), gemm on W^T's strides (row 1, column N).
             let rows = row_block(m);
-            let w_t = direct_kernels().then(|| transpose(w, k, n));
+            let w_t = direct_kernels().then(|| {
+                let mut w_t = vec![0.0f32; k * n];
+                transpose_block(w, k, n, n, 1.0, &mut w_t);
+                w_t
+            });
             let mut dx = vec![0.0f32; m * k];
             dx.par_chunks_mut(rows * k).enumerate().for_each(|(i, dst)| {
                 let (r, dy_rows) = (dst.len() / k, &dy[i * rows * n..]);
