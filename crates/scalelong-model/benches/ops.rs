@@ -21,7 +21,6 @@ fn normal<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
 }
 
-/// Forward (and, on autodiff, backward of a weighted sum) of `f`, fused or under the reference ops.
 /// Which implementation a call runs.
 #[derive(Clone, Copy)]
 enum Path {

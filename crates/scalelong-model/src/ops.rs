@@ -15,7 +15,7 @@
 //! | op | replaces | how |
 //! |---|---|---|
 //! | [`qkv_attention`] | head split, `softmax(q k^T / sqrt(Dh)) v`, head merge | GEMMs on strided views of `qkv`, vectorised softmax, fused softmax backward |
-//! | [`conv2d`] | burn's `conv2d` (stride 1) and its backward | implicit GEMM over shifted views of the padded input, no im2col buffer |
+//! | [`conv2d`] | burn's `conv2d` (stride 1) and its backward | direct AVX2 kernels (implicit GEMMs without AVX2) over shifted views of the padded input, no im2col buffer |
 //! | [`linear`] | burn's `Linear` and its backward | one GEMM per thread on a block of rows; gradients through strided views |
 //! | [`gelu`] | burn's `gelu` and its backward | one parallel, vectorised pass each (flex's runs on one thread with libm's erf) |
 //! | [`upsample_nearest2x`] | reshape, expand, reshape (flex's strided copy) | one copy forward, one 2x2 sum backward |
@@ -645,7 +645,7 @@ fn conv_padded(xp: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> Ve
     let (wp, q, len) = (g.wp(), g.q(), g.padded_len());
     let (ho, wo) = (g.ho(), g.wo());
     let img_out = g.c_out * ho * wo;
-    let direct = if direct_kernels() { direct_conv::PackedKernel::new(taps, g) } else { None };
+    let direct = direct_kernels().then(|| direct_conv::PackedKernel::new(taps, g));
     // SAFETY: each image's chunk [c_out, ho, wo] is written whole, row by row.
     unsafe {
         par_filled(
@@ -838,9 +838,8 @@ pub fn conv2d_module(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 // =============================================================================================
 // Linear layers: `x W + b` as one GEMM per thread on a block of rows (the bias written first, the
-// product accumulated onto it), both gradients as GEMMs on strided views (no transposed copy).
-// Against burn's `linear` at the U-ViT's shapes, forward and backward: 1.36-1.41x
-// (`SCALELONG_BENCH_AB=1` on benches/ops.rs).
+// product accumulated onto it); the input gradient against W^T, the weight gradient summed over
+// blocks of tokens (the direct kernel) or computed by blocks of W's rows (gemm, strided views).
 
 /// Rows of an `m`-row matrix each rayon task takes: one block per thread.
 fn row_block(m: usize) -> usize {
@@ -860,14 +859,9 @@ fn linear_flex(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let direct = direct_kernels();
     let mut out = b.repeat(m); // every row starts as the bias; the GEMM accumulates onto it
     out.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
-        let (r, x_rows) = (dst.len() / n, &x[i * rows * k..]);
-        if direct {
-            direct_gemm::gemm(r, n, k, dst, true, x_rows, (k, 1), w);
-        } else {
-            // SAFETY: dst is this block's [r, N]; the block's rows of x [r, K] and all of W
-            // [K, N] are inside their slices.
-            unsafe { gemm_strided((r, n, k), (dst.as_mut_ptr(), n as isize, 1), true, (x_rows.as_ptr(), k as isize, 1), (w.as_ptr(), n as isize, 1), 1.0) };
-        }
+        // SAFETY: dst is this block's [r, N]; the block's rows of x [r, K] and all of W [K, N]
+        // are inside their slices.
+        unsafe { matmul(direct, (dst.len() / n, n, k), (dst.as_mut_ptr(), n as isize, 1), true, (x.as_ptr().add(i * rows * k), k as isize, 1), (w.as_ptr(), n as isize, 1), 1.0) };
     });
     new_tensor(out, &[m, n])
 }
@@ -1032,9 +1026,7 @@ vectorised_fn! {
 
 fn gelu_flex(x: &FlexTensor) -> FlexTensor {
     let mut out = vec![0.0f32; x.storage::<f32>().len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(x.storage::<f32>().par_chunks(CHUNK))
-        .for_each(|(dst, xs)| gelu_chunk(dst, xs));
+    out.par_chunks_mut(CHUNK).zip(x.storage::<f32>().par_chunks(CHUNK)).for_each(|(dst, xs)| gelu_chunk(dst, xs));
     new_tensor(out, x.layout().shape())
 }
 
@@ -1049,12 +1041,8 @@ impl Backward<Flex, 1> for GeluBackward {
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
             let grad = contiguous(grad);
             let mut dx = vec![0.0f32; grad.storage::<f32>().len()];
-            (dx.par_chunks_mut(CHUNK).zip(
-                x.storage::<f32>()
-                    .par_chunks(CHUNK)
-                    .zip(grad.storage::<f32>().par_chunks(CHUNK)),
-            ))
-            .for_each(|(dst, (xs, gs))| gelu_grad_chunk(dst, xs, gs));
+            (dx.par_chunks_mut(CHUNK).zip(x.storage::<f32>().par_chunks(CHUNK).zip(grad.storage::<f32>().par_chunks(CHUNK))))
+                .for_each(|(dst, (xs, gs))| gelu_grad_chunk(dst, xs, gs));
             new_tensor(dx, grad.layout().shape())
         });
     }
@@ -1113,7 +1101,7 @@ vectorised_fn! {
     }
 }
 
-/// Rows of a `[B, C, H, W]` tensor each rayon task takes (whole rows, about `CHUNK` values).
+/// Rows of `w` values each rayon task of a row-wise pass takes (whole rows, about `CHUNK` values).
 fn rows_per_task(w: usize) -> usize {
     (CHUNK / w.max(1)).max(1)
 }
@@ -1226,18 +1214,11 @@ vectorised_fn! {
 }
 
 /// Returns the output and each group's (mean, rstd).
-fn group_norm_forward(
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    g: &NormGeom,
-) -> (Vec<f32>, Vec<(f32, f32)>) {
+fn group_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], g: &NormGeom) -> (Vec<f32>, Vec<(f32, f32)>) {
     let n = g.group_len();
     let mut out = vec![0.0f32; x.len()];
     let stats = (out.par_chunks_mut(n).zip(x.par_chunks(n)).enumerate())
-        .map(|(run, (dst, src))| {
-            group_norm_run(dst, src, gamma, beta, g, run % g.groups * g.per_group())
-        })
+        .map(|(run, (dst, src))| group_norm_run(dst, src, gamma, beta, g, run % g.groups * g.per_group()))
         .collect();
     (out, stats)
 }
@@ -1281,7 +1262,7 @@ vectorised_fn! {
             a += sd * gamma[c0 + ci];
             b += sdx * gamma[c0 + ci];
         }
-        let n = (g.group_len()) as f32;
+        let n = g.group_len() as f32;
         let (a, b) = (a / n, b / n);
         for ci in 0..g.per_group() {
             let c = c0 + ci;
@@ -1294,24 +1275,12 @@ vectorised_fn! {
 }
 
 /// Returns (dx, dgamma, dbeta).
-fn group_norm_backward(
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    stats: &[(f32, f32)],
-    dout: &[f32],
-    g: &NormGeom,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn group_norm_backward(x: &[f32], gamma: &[f32], beta: &[f32], stats: &[(f32, f32)], dout: &[f32], g: &NormGeom) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (n, cg) = (g.group_len(), g.per_group());
     let mut dx = vec![0.0f32; x.len()];
-    let sums: Vec<Vec<(f32, f32)>> = (dx
-        .par_chunks_mut(n)
-        .zip(x.par_chunks(n).zip(dout.par_chunks(n)))
-        .enumerate())
-    .map(|(run, (dst, (xs, ds)))| {
-        group_norm_grad_run(dst, xs, ds, gamma, beta, stats[run], g, run % g.groups * cg)
-    })
-    .collect();
+    let sums: Vec<Vec<(f32, f32)>> = (dx.par_chunks_mut(n).zip(x.par_chunks(n).zip(dout.par_chunks(n))).enumerate())
+        .map(|(run, (dst, (xs, ds)))| group_norm_grad_run(dst, xs, ds, gamma, beta, stats[run], g, run % g.groups * cg))
+        .collect();
     let mut dgamma = vec![0.0f32; g.channels];
     let mut dbeta = vec![0.0f32; g.channels];
     for (run, per_channel) in sums.into_iter().enumerate() {
@@ -1419,21 +1388,10 @@ vectorised_fn! {
 }
 
 /// Returns (dx, dgamma, dbeta).
-fn layer_norm_backward(
-    x: &[f32],
-    gamma: &[f32],
-    dout: &[f32],
-    d: usize,
-    eps: f64,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn layer_norm_backward(x: &[f32], gamma: &[f32], dout: &[f32], d: usize, eps: f64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut dx = vec![0.0f32; x.len()];
-    let rows_per_task = (1 << 14) / d.max(1) + 1;
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-        .par_chunks_mut(rows_per_task * d)
-        .zip(
-            x.par_chunks(rows_per_task * d)
-                .zip(dout.par_chunks(rows_per_task * d)),
-        )
+    let block = rows_per_task(d) * d;
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = (dx.par_chunks_mut(block).zip(x.par_chunks(block).zip(dout.par_chunks(block))))
         .map(|(dst, (xs, ds))| {
             let (mut dg, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
             layer_norm_grad_rows(dst, xs, ds, gamma, &mut dg, &mut db, d, eps);
@@ -1441,11 +1399,7 @@ fn layer_norm_backward(
         })
         .collect();
     let (dgs, dbs): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
-    (
-        dx,
-        sum_partials(dgs.into_iter(), d),
-        sum_partials(dbs.into_iter(), d),
-    )
+    (dx, sum_partials(dgs.into_iter(), d), sum_partials(dbs.into_iter(), d))
 }
 
 /// The reference composition of [`layer_norm`]: burn's `LayerNorm`.

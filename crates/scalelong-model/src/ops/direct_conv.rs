@@ -29,11 +29,8 @@ pub(super) struct PackedKernel {
 }
 
 impl PackedKernel {
-    /// The packed kernel, or `None` when this CPU lacks AVX2 or FMA (then the GEMM path runs).
-    pub(super) fn new(taps: Taps, g: &ConvGeom) -> Option<Self> {
-        if !available() {
-            return None;
-        }
+    /// The packed kernel (the caller checks [`available`]: `convolve` needs AVX2 and FMA).
+    pub(super) fn new(taps: Taps, g: &ConvGeom) -> Self {
         let t = g.kh * g.kw;
         let blocks = g.c_out.div_ceil(ROWS);
         let mut data = vec![0.0f32; blocks * g.c_in * t * ROWS];
@@ -49,21 +46,22 @@ impl PackedKernel {
             }
         }
         let offsets = (0..g.kh).flat_map(|i| (0..g.kw).map(move |j| i * g.wp() + j)).collect();
-        Some(Self { data, offsets, c_in: g.c_in, c_out: g.c_out })
+        Self { data, offsets, c_in: g.c_in, c_out: g.c_out }
     }
 
     /// `ext [C_out, Ho Wp]` = bias + the convolution of one padded image `src`
     /// (`g.padded_len()` floats).
     pub(super) fn convolve(&self, src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, ext: &mut [f32]) {
         let q = g.q();
+        assert!(available(), "the direct kernels need AVX2 and FMA");
         assert!(src.len() >= g.padded_len() && ext.len() >= self.c_out * q);
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `new` checked AVX2 and FMA; the asserts bound every access (see `tile`).
+        // SAFETY: AVX2 and FMA checked; the asserts bound every access (see `tile`).
         unsafe {
             convolve_avx2(self, src, g, bias, ext)
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("PackedKernel::new returns None off x86-64")
+        unreachable!("`available` is false off x86-64")
     }
 }
 
