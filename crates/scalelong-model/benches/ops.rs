@@ -2,7 +2,8 @@
 //! presets' shapes (batch 64): forward on the inference backend (`fwd`) and forward + backward on
 //! autodiff (`train`). Divan times the fused op; run with `SCALELONG_BENCH_AB=1` to alternate
 //! reference, portable (the fused op on its portable kernels, as on a CPU without AVX2) and fused
-//! calls in one process instead and print the ratios of each round's times.
+//! calls in one process instead and print the ratios of each round's times (and, on a CPU with
+//! AVX-512, the fused op on its AVX2 kernels too).
 
 use burn::nn::{GroupNormConfig, LayerNormConfig};
 use burn::prelude::*;
@@ -29,6 +30,8 @@ enum Path {
     /// The fused op with its portable kernels, as on a CPU without AVX2 (gemm for the products,
     /// the element-wise passes as built).
     Portable,
+    /// The fused op with its AVX2 kernels, as on a CPU without AVX-512.
+    Avx2,
     /// The fused op as it runs here.
     Fused,
 }
@@ -46,6 +49,7 @@ fn call<const O: usize>(f: &dyn Fn() -> Tensor<O>, path: Path, train: bool) {
     match path {
         Path::Reference => ops::with_reference_ops(go),
         Path::Portable => ops::with_portable_kernels(go),
+        Path::Avx2 => ops::with_avx2_kernels(go),
         Path::Fused => go(),
     }
 }
@@ -99,13 +103,13 @@ fn linear_case((m, k, n): (usize, usize, usize), train: bool) -> impl Fn() -> Te
 
 fn ab<const O: usize>(name: &str, f: impl Fn() -> Tensor<O>, train: bool) {
     let rounds: usize = std::env::var("SCALELONG_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(15);
-    let paths = [Path::Reference, Path::Portable, Path::Fused];
+    let paths = [Path::Reference, Path::Portable, Path::Avx2, Path::Fused];
     for path in paths {
         call(&f, path, train);
     }
     // Per round: the time of each path, and its ratios to the fused one.
-    let mut times: [Vec<f64>; 3] = Default::default();
-    let mut ratios: [Vec<f64>; 2] = Default::default();
+    let mut times: [Vec<f64>; 4] = Default::default();
+    let mut ratios: [Vec<f64>; 3] = Default::default();
     for _ in 0..rounds {
         let round = paths.map(|path| {
             let t = std::time::Instant::now();
@@ -115,19 +119,21 @@ fn ab<const O: usize>(name: &str, f: impl Fn() -> Tensor<O>, train: bool) {
         for (all, t) in times.iter_mut().zip(round) {
             all.push(t);
         }
-        ratios[0].push(round[0] / round[2]);
-        ratios[1].push(round[1] / round[2]);
+        for (ratio, t) in ratios.iter_mut().zip(round) {
+            ratio.push(t / round[3]);
+        }
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let [reference, portable, fused] = times.each_mut().map(|v| 1e3 * med(v));
+    let [reference, portable, avx2, fused] = times.each_mut().map(|v| 1e3 * med(v));
     println!(
-        "AB {name:<34} {}: burn {reference:>8.2} ms, portable {portable:>8.2} ms, fused {fused:>8.2} ms; fused vs burn {:.2}x, vs portable {:.2}x",
+        "AB {name:<34} {}: burn {reference:>8.2} ms, portable {portable:>8.2} ms, AVX2 {avx2:>8.2} ms, fused {fused:>8.2} ms; fused vs burn {:.2}x, vs portable {:.2}x, vs AVX2 {:.2}x",
         if train { "train" } else { "fwd  " },
         med(&mut ratios[0]),
         med(&mut ratios[1]),
+        med(&mut ratios[2]),
     );
 }
 

@@ -52,9 +52,10 @@ thread_local! {
     static REFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Callers inside [`with_portable_kernels`] now. Process-wide, not per thread: the element-wise
-/// kernels run on rayon's threads.
+/// Callers inside [`with_portable_kernels`], and inside [`with_avx2_kernels`], now. Process-wide,
+/// not per thread: the kernels run on rayon's threads.
 static PORTABLE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static AVX2_CAP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Runs `f` with every op of this module replaced by its reference composition of burn ops (on
 /// this thread): the networks as they were before the fused kernels, for tests and benchmarks.
@@ -69,27 +70,74 @@ pub fn with_reference_ops<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Runs `f` while `callers` counts it (the count drops again if `f` panics).
+fn counted<T>(callers: &std::sync::atomic::AtomicUsize, f: impl FnOnce() -> T) -> T {
+    use std::sync::atomic::Ordering;
+    struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    callers.fetch_add(1, Ordering::SeqCst);
+    let _leave = Leave(callers);
+    f()
+}
+
 /// Runs `f` with the fused ops' portable kernels, as on a CPU without AVX2: the convolutions,
 /// linear layers and attention products on gemm instead of the direct kernels, and the
 /// element-wise passes as built (baseline x86-64) instead of their AVX-512 or AVX2 copies. For
 /// tests and benchmarks. It holds for the whole process while `f` runs (ops that other threads
 /// run meanwhile take the portable kernels too: slower, same results within rounding).
 pub fn with_portable_kernels<T>(f: impl FnOnce() -> T) -> T {
-    use std::sync::atomic::Ordering;
-    struct Leave;
-    impl Drop for Leave {
-        fn drop(&mut self) {
-            PORTABLE.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-    PORTABLE.fetch_add(1, Ordering::SeqCst);
-    let _leave = Leave;
-    f()
+    counted(&PORTABLE, f)
 }
 
-/// Whether [`with_portable_kernels`] is in force.
-pub(crate) fn portable_kernels() -> bool {
-    PORTABLE.load(std::sync::atomic::Ordering::Relaxed) > 0
+/// Runs `f` with the AVX2 copies of the kernels even where the CPU has AVX-512: what a CPU with
+/// AVX2 only runs, for tests and benchmarks (process-wide, as [`with_portable_kernels`]).
+pub fn with_avx2_kernels<T>(f: impl FnOnce() -> T) -> T {
+    counted(&AVX2_CAP, f)
+}
+
+/// An instruction set the kernels have a copy for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// AVX2 and FMA: 16 vector registers of 8 floats.
+    Avx2,
+    /// AVX-512 F and VL (with AVX2 and FMA): 32 vector registers of 16 floats, masked loads and
+    /// stores.
+    Avx512,
+}
+
+impl Isa {
+    /// Whether this CPU has it.
+    pub(crate) fn detected(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma");
+            match self {
+                Isa::Avx2 => avx2,
+                Isa::Avx512 => avx2 && has!("avx512f") && has!("avx512vl"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
+/// The instruction set the kernels run on now: the best one this CPU has, AVX2 at most inside
+/// [`with_avx2_kernels`]; `None` (the portable kernels) without AVX2 or inside
+/// [`with_portable_kernels`]. Only ever a [`Isa::detected`] one.
+pub(crate) fn isa() -> Option<Isa> {
+    use std::sync::atomic::Ordering;
+    if PORTABLE.load(Ordering::Relaxed) > 0 {
+        return None;
+    }
+    let capped = AVX2_CAP.load(Ordering::Relaxed) > 0;
+    [Isa::Avx512, Isa::Avx2].into_iter().filter(|&isa| !(capped && isa == Isa::Avx512)).find(|isa| isa.detected())
 }
 
 /// Whether a tensor would take a fused path here (flex or autodiff flex, reference ops off).
@@ -254,14 +302,14 @@ unsafe fn gemm_strided(
     }
 }
 
-/// [`gemm_strided`] on the direct AVX2 kernel when `direct`, the destination and the right
-/// factor have unit column strides and `beta` is 1; on gemm otherwise.
+/// [`gemm_strided`] on the direct kernel for `isa` when there is one, the destination and the
+/// right factor have unit column strides and `beta` is 1; on gemm otherwise.
 ///
 /// # Safety
 /// As [`gemm_strided`], and every stride non-negative.
 #[allow(clippy::too_many_arguments)]
 unsafe fn matmul(
-    direct: bool,
+    isa: Option<Isa>,
     (m, n, k): (usize, usize, usize),
     dst: (*mut f32, isize, isize),
     accumulate: bool,
@@ -270,8 +318,8 @@ unsafe fn matmul(
     beta: f32,
 ) {
     unsafe {
-        if direct && dst.2 == 1 && rhs.2 == 1 && beta == 1.0 {
-            direct_gemm::gemm_raw((m, n, k), (dst.0, dst.1 as usize), accumulate, (lhs.0, lhs.1 as usize, lhs.2 as usize), (rhs.0, rhs.1 as usize));
+        if let Some(isa) = isa.filter(|_| dst.2 == 1 && rhs.2 == 1 && beta == 1.0) {
+            direct_gemm::gemm_raw(isa, (m, n, k), (dst.0, dst.1 as usize), accumulate, (lhs.0, lhs.1 as usize, lhs.2 as usize), (rhs.0, rhs.1 as usize));
         } else {
             gemm_strided((m, n, k), dst, accumulate, lhs, rhs, beta);
         }
@@ -327,19 +375,19 @@ fn attention_forward(qkv: FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) 
     let (l, dh, d) = (s.tokens, s.head_dim, s.dim());
     let (d3, scale) = (3 * d, s.scale());
     let src = qkv.storage::<f32>();
-    let direct = direct_kernels();
+    let isa = isa();
     let mut scores = vec![0.0f32; s.batch * heads * l * l];
     scores.par_chunks_mut(l * l).enumerate().for_each_init(
-        || vec![0.0f32; if direct { dh * l } else { 0 }],
+        || vec![0.0f32; if isa.is_some() { dh * l } else { 0 }],
         |k_t, (bh, dst)| {
             let base = (bh / heads) * l * d3 + (bh % heads) * dh;
             let q = (src[base..].as_ptr(), d3 as isize, 1);
             // SAFETY: q and k of (b, h) are [l, dh] blocks of rows of qkv; dst is [l, l]; k_t
             // is [dh, l].
             unsafe {
-                if direct {
+                if isa.is_some() {
                     transpose_block(&src[base + d..], l, dh, d3, scale, k_t);
-                    matmul(true, (l, l, dh), (dst.as_mut_ptr(), l as isize, 1), false, q, (k_t.as_ptr(), l as isize, 1), 1.0);
+                    matmul(isa, (l, l, dh), (dst.as_mut_ptr(), l as isize, 1), false, q, (k_t.as_ptr(), l as isize, 1), 1.0);
                 } else {
                     gemm_strided((l, l, dh), (dst.as_mut_ptr(), l as isize, 1), false, q, (src.as_ptr().add(base + d), 1, d3 as isize), scale);
                 }
@@ -358,7 +406,7 @@ fn attention_forward(qkv: FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) 
         // this task alone; v is a block of qkv, p the task's [l, l] probabilities.
         unsafe {
             matmul(
-                direct,
+                isa,
                 (l, dh, l),
                 (dst.0.add(b * l * d + h * dh), d as isize, 1),
                 false,
@@ -398,9 +446,9 @@ fn attention_backward(qkv: &FlexTensor, probs: &FlexTensor, heads: usize, grad: 
     let (x, p, dy) = (qkv.storage::<f32>(), probs.storage::<f32>(), grad.storage::<f32>());
     let mut out = vec![0.0f32; s.batch * l * d3];
     let dst = Shared(out.as_mut_ptr());
-    let direct = direct_kernels();
+    let isa = isa();
     (0..s.batch * heads).into_par_iter().for_each_init(
-        || (vec![0.0f32; l * l], vec![0.0f32; if direct { dh * l } else { 0 }]),
+        || (vec![0.0f32; l * l], vec![0.0f32; if isa.is_some() { dh * l } else { 0 }]),
         |(ds, v_t), bh| {
             let (b, h) = (bh / heads, bh % heads);
             let dst = dst;
@@ -411,11 +459,11 @@ fn attention_backward(qkv: &FlexTensor, probs: &FlexTensor, heads: usize, grad: 
             // columns of head h in image b) are written by this task alone; v_t is [dh, l].
             unsafe {
                 // dv = p^T dy
-                matmul(direct, (l, dh, l), (dst.0.add(base + 2 * d), d3 as isize, 1), false, (p_bh, 1, l as isize), dy_bh, 1.0);
+                matmul(isa, (l, dh, l), (dst.0.add(base + 2 * d), d3 as isize, 1), false, (p_bh, 1, l as isize), dy_bh, 1.0);
                 // dp = dy v^T
-                if direct {
+                if isa.is_some() {
                     transpose_block(&x[base + 2 * d..], l, dh, d3, 1.0, v_t);
-                    matmul(true, (l, l, dh), (ds.as_mut_ptr(), l as isize, 1), false, dy_bh, (v_t.as_ptr(), l as isize, 1), 1.0);
+                    matmul(isa, (l, l, dh), (ds.as_mut_ptr(), l as isize, 1), false, dy_bh, (v_t.as_ptr(), l as isize, 1), 1.0);
                 } else {
                     gemm_strided((l, l, dh), (ds.as_mut_ptr(), l as isize, 1), false, dy_bh, (x.as_ptr().add(base + 2 * d), 1, d3 as isize), 1.0);
                 }
@@ -423,8 +471,8 @@ fn attention_backward(qkv: &FlexTensor, probs: &FlexTensor, heads: usize, grad: 
             softmax_grad_rows(ds, &p[bh * l * l..(bh + 1) * l * l], l, scale);
             unsafe {
                 // dq = ds k, dk = ds^T q
-                matmul(direct, (l, dh, l), (dst.0.add(base), d3 as isize, 1), false, (ds.as_ptr(), l as isize, 1), (x.as_ptr().add(base + d), d3 as isize, 1), 1.0);
-                matmul(direct, (l, dh, l), (dst.0.add(base + d), d3 as isize, 1), false, (ds.as_ptr(), 1, l as isize), (x.as_ptr().add(base), d3 as isize, 1), 1.0);
+                matmul(isa, (l, dh, l), (dst.0.add(base), d3 as isize, 1), false, (ds.as_ptr(), l as isize, 1), (x.as_ptr().add(base + d), d3 as isize, 1), 1.0);
+                matmul(isa, (l, dh, l), (dst.0.add(base + d), d3 as isize, 1), false, (ds.as_ptr(), 1, l as isize), (x.as_ptr().add(base), d3 as isize, 1), 1.0);
             }
         },
     );
@@ -645,7 +693,7 @@ fn conv_padded(xp: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> Ve
     let (wp, q, len) = (g.wp(), g.q(), g.padded_len());
     let (ho, wo) = (g.ho(), g.wo());
     let img_out = g.c_out * ho * wo;
-    let direct = direct_kernels().then(|| direct_conv::PackedKernel::new(taps, g));
+    let direct = isa().map(|isa| direct_conv::PackedKernel::new(taps, g, isa));
     // SAFETY: each image's chunk [c_out, ho, wo] is written whole, row by row.
     unsafe {
         par_filled(
@@ -679,7 +727,7 @@ fn conv_weight_grad(xp: &[f32], g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>
     let wlen = g.c_out * g.c_in * taps;
     let per = g.batch.div_ceil(rayon::current_num_threads()).max(1);
     let starts: Vec<usize> = (0..g.batch).step_by(per).collect();
-    let direct = direct_kernels();
+    let direct = isa().is_some();
     let parts: Vec<(Vec<f32>, Vec<f32>)> = starts
         .into_par_iter()
         .map(|start| {
@@ -687,12 +735,12 @@ fn conv_weight_grad(xp: &[f32], g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>
             let mut db = vec![0.0f32; g.c_out];
             let mut ext = vec![0.0f32; g.c_out * q]; // the garbage columns stay 0
             for b in start..(start + per).min(g.batch) {
-                for o in 0..g.c_out {
+                for (o, (row, db)) in ext.chunks_exact_mut(q).zip(&mut db).enumerate() {
                     for y in 0..ho {
-                        let src = &dy[((b * g.c_out + o) * ho + y) * wo..][..wo];
-                        ext[o * q + y * wp..][..wo].copy_from_slice(src);
-                        db[o] += src.iter().sum::<f32>();
+                        row[y * wp..][..wo].copy_from_slice(&dy[((b * g.c_out + o) * ho + y) * wo..][..wo]);
                     }
+                    // The garbage columns are 0, so the whole row sums to the bias gradient.
+                    *db += math::sum(row, |v| v);
                 }
                 let img = &xp[b * len..(b + 1) * len];
                 if direct {
@@ -846,22 +894,18 @@ fn row_block(m: usize) -> usize {
     m.div_ceil(rayon::current_num_threads()).max(1)
 }
 
-/// Whether the direct AVX2 kernels run (the CPU has them, and no test asked for the portable ones).
-fn direct_kernels() -> bool {
-    !portable_kernels() && direct_conv::available()
-}
 
 /// `x [M, K] W [K, N] + b [N]`, all contiguous.
 fn linear_flex(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let ([m, k], [_, n]) = (dims::<2>(x), dims::<2>(w));
     let (x, w, b) = (x.storage::<f32>(), w.storage::<f32>(), b.storage::<f32>());
     let rows = row_block(m);
-    let direct = direct_kernels();
+    let isa = isa();
     let mut out = b.repeat(m); // every row starts as the bias; the GEMM accumulates onto it
     out.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
         // SAFETY: dst is this block's [r, N]; the block's rows of x [r, K] and all of W [K, N]
         // are inside their slices.
-        unsafe { matmul(direct, (dst.len() / n, n, k), (dst.as_mut_ptr(), n as isize, 1), true, (x.as_ptr().add(i * rows * k), k as isize, 1), (w.as_ptr(), n as isize, 1), 1.0) };
+        unsafe { matmul(isa, (dst.len() / n, n, k), (dst.as_mut_ptr(), n as isize, 1), true, (x.as_ptr().add(i * rows * k), k as isize, 1), (w.as_ptr(), n as isize, 1), 1.0) };
     });
     new_tensor(out, &[m, n])
 }
@@ -895,7 +939,8 @@ impl Backward<Flex, 3> for LinearBackward {
             // dx [M, K] = dy [M, N] W^T: the direct kernel on a transposed copy of W (it reads
             // its right factor by rows), gemm on W^T's strides (row 1, column N).
             let rows = row_block(m);
-            let w_t = direct_kernels().then(|| {
+            let isa = isa();
+            let w_t = isa.map(|_| {
                 let mut w_t = vec![0.0f32; k * n];
                 transpose_block(w, k, n, n, 1.0, &mut w_t);
                 w_t
@@ -904,7 +949,7 @@ impl Backward<Flex, 3> for LinearBackward {
             dx.par_chunks_mut(rows * k).enumerate().for_each(|(i, dst)| {
                 let (r, dy_rows) = (dst.len() / k, &dy[i * rows * n..]);
                 match &w_t {
-                    Some(w_t) => direct_gemm::gemm(r, k, n, dst, false, dy_rows, (n, 1), w_t),
+                    Some(w_t) => direct_gemm::gemm(isa.expect("w_t exists for the direct kernel"), r, k, n, dst, false, dy_rows, (n, 1), w_t),
                     // SAFETY: dst is [r, K]; dy's block [r, N] and W [K, N] are inside their slices.
                     None => unsafe { gemm_strided((r, k, n), (dst.as_mut_ptr(), k as isize, 1), false, (dy_rows.as_ptr(), n as isize, 1), (w.as_ptr(), 1, n as isize), 1.0) },
                 }
@@ -914,12 +959,12 @@ impl Backward<Flex, 3> for LinearBackward {
         if let Some(node) = node_w {
             // dW [K, N] = x^T [K, M] dy [M, N]: the direct kernel sums a block of tokens per task
             // (partial dW summed after); gemm takes a block of W's rows per task.
-            let dw = if direct_kernels() {
+            let dw = if let Some(isa) = isa() {
                 let rows = row_block(m);
                 let partials: Vec<Vec<f32>> = (x.par_chunks(rows * k).zip(dy.par_chunks(rows * n)))
                     .map(|(x_rows, dy_rows)| {
                         let mut part = vec![0.0f32; k * n];
-                        direct_gemm::gemm(k, n, dy_rows.len() / n, &mut part, false, x_rows, (1, k), dy_rows);
+                        direct_gemm::gemm(isa, k, n, dy_rows.len() / n, &mut part, false, x_rows, (1, k), dy_rows);
                         part
                     })
                     .collect();

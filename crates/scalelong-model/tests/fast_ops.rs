@@ -47,11 +47,12 @@ fn check<const D: usize, const O: usize>(
     assert_close(&format!("{name} input gradient"), to_vec(g_fast), to_vec(g_ref), tol);
 }
 
-/// Runs `check` on the kernels this CPU takes, then on the portable ones (`kernels` names them in
-/// messages): gemm for the products and the element-wise passes as built, what a CPU without
-/// AVX2 runs, forward and backward.
-fn on_both_kernel_sets(check: impl Fn(&str)) {
+/// Runs `check` on the kernels this CPU takes, on the AVX2 ones (the same where the CPU has no
+/// AVX-512), then on the portable ones (`kernels` names them in messages): gemm for the products
+/// and the element-wise passes as built, what a CPU without AVX2 runs, forward and backward.
+fn on_every_kernel_set(check: impl Fn(&str)) {
     check("");
+    ops::with_avx2_kernels(|| check(", AVX2 kernels"));
     ops::with_portable_kernels(|| check(", portable kernels"));
 }
 
@@ -59,7 +60,7 @@ fn on_both_kernel_sets(check: impl Fn(&str)) {
 fn qkv_attention_equals_the_composition() {
     // Tolerance 1e-5 relative to the largest value: f32 rounding of different summation orders.
     for (batch, tokens, heads, head_dim) in [(2, 5, 2, 4), (3, 65, 4, 16), (1, 17, 1, 8)] {
-        on_both_kernel_sets(|kernels| {
+        on_every_kernel_set(|kernels| {
             check(
                 &format!("qkv_attention b{batch} l{tokens} h{heads} dh{head_dim}{kernels}"),
                 [batch, tokens, 3 * heads * head_dim],
@@ -109,7 +110,7 @@ fn conv2d_equals_burns_conv2d() {
     // Channel counts around the direct kernel's 5-channel tiles, grids around its 16 positions.
     let cases = [(2, 3, 5, 7, 3, 1), (3, 16, 8, 8, 3, 1), (2, 6, 4, 5, 1, 0), (1, 4, 3, 6, 3, 0), (2, 2, 2, 9, 5, 2), (1, 7, 11, 12, 3, 1)];
     for (b, ci, co, hw, k, p) in cases {
-        on_both_kernel_sets(|kernels| {
+        on_every_kernel_set(|kernels| {
             check_with_params(
                 &format!("conv2d b{b} {ci}->{co} {hw}x{hw} k{k} p{p}{kernels}"),
                 vec![normal([b, ci, hw, hw], 1.0), normal([co, ci, k, k], 0.3)],
@@ -125,7 +126,7 @@ fn conv2d_equals_burns_conv2d() {
 fn gelu_equals_burns_gelu() {
     // Tolerance 1e-6 relative to the largest value: the polynomial erf is within 1.5e-7.
     for shape in [[2, 5, 8], [3, 65, 256], [1, 1, 3]] {
-        on_both_kernel_sets(|kernels| check(&format!("gelu {shape:?}{kernels}"), shape, ops::gelu, ops::gelu_reference, 1e-6));
+        on_every_kernel_set(|kernels| check(&format!("gelu {shape:?}{kernels}"), shape, ops::gelu, ops::gelu_reference, 1e-6));
     }
 }
 
@@ -133,7 +134,7 @@ fn gelu_equals_burns_gelu() {
 fn upsample_equals_the_expand_composition() {
     // Copies and sums of four: equal to burn's up to the order of the four additions.
     for shape in [[2, 3, 4, 5], [1, 1, 1, 1], [3, 2, 8, 8]] {
-        on_both_kernel_sets(|kernels| check(&format!("upsample {shape:?}{kernels}"), shape, ops::upsample_nearest2x, ops::upsample_nearest2x_reference, 1e-6));
+        on_every_kernel_set(|kernels| check(&format!("upsample {shape:?}{kernels}"), shape, ops::upsample_nearest2x, ops::upsample_nearest2x_reference, 1e-6));
     }
 }
 
@@ -143,7 +144,7 @@ fn linear_equals_burns_linear() {
     // the direct kernel's 6-row tiles, widths around its 16 columns.
     // 8 x 130 tokens: a weight gradient longer than the kernel's inner block of 256.
     for (b, l, k, n) in [(2, 5, 8, 24), (3, 65, 64, 192), (1, 1, 3, 2), (4, 17, 256, 64), (1, 7, 33, 17), (8, 130, 16, 20)] {
-        on_both_kernel_sets(|kernels| {
+        on_every_kernel_set(|kernels| {
             check_with_params(
                 &format!("linear b{b} l{l} {k}->{n}{kernels}"),
                 vec![normal([b, l, k, 1], 1.0), normal([k, n, 1, 1], 0.3)],
@@ -167,7 +168,7 @@ fn group_norm_with_and_without_silu_equals_burns() {
     for (b, c, hw, groups) in [(2, 8, 5, 4), (3, 16, 8, 8), (2, 6, 4, 3), (1, 4, 3, 1)] {
         for silu in [false, true] {
             let norm = GroupNormConfig::new(groups, c).init(&Device::flex());
-            on_both_kernel_sets(|kernels| {
+            on_every_kernel_set(|kernels| {
                 check_with_params(
                     &format!("group_norm b{b} c{c} {hw}x{hw} g{groups} silu {silu}{kernels}"),
                     vec![normal([b, c, hw, hw], 2.0).add_scalar(0.5)],
@@ -190,7 +191,7 @@ fn layer_norm_equals_burns() {
     use burn::nn::LayerNormConfig;
     for (b, l, d) in [(2, 5, 8), (3, 65, 64), (1, 1, 3)] {
         let norm = LayerNormConfig::new(d).init(&Device::flex());
-        on_both_kernel_sets(|kernels| {
+        on_every_kernel_set(|kernels| {
             check_with_params(
                 &format!("layer_norm b{b} l{l} d{d}{kernels}"),
                 vec![normal([b, l, d, 1], 2.0).add_scalar(0.5)],

@@ -1,5 +1,6 @@
-//! Direct convolution kernels for AVX2 + FMA: the convolution of one padded image on the
-//! extended grid of `conv_padded`, and its weight gradient, with no GEMM and no packing.
+//! Direct convolution kernels for AVX2 + FMA and for AVX-512: the convolution of one padded
+//! image on the extended grid of `conv_padded`, and its weight gradient (AVX2), with no GEMM and
+//! no packing.
 //!
 //! Why: as GEMMs, the convolution is `kh kw` products with a small inner dimension (`C_in`,
 //! 16-64 in the presets), and gemm packs each shifted input view again and reads and writes the
@@ -9,7 +10,7 @@
 //! grid makes every tap's input a contiguous run), five weight broadcasts and ten FMAs. The
 //! output is written once.
 
-use super::{ConvGeom, Taps};
+use super::{ConvGeom, Isa, Taps};
 
 /// Output channels per tile: 5 x 2 accumulators, two input vectors and a broadcast weight fit
 /// AVX2's 16 vector registers. 6 fits too (15 registers); side by side it was faster for 16
@@ -18,10 +19,13 @@ const ROWS: usize = 5;
 /// Extended-grid positions per tile (two 8-lane vectors).
 const PIXELS: usize = 16;
 
-/// The kernel's taps laid out for the tile: for each block of [`ROWS`] output channels (the last
-/// padded with zeros), `[kh kw][C_in][ROWS]`, so a tile reads its weights in order.
+/// The kernel's taps laid out for the tile: for each block of `rows` output channels ([`ROWS`] or
+/// [`ROWS_512`]; the last block padded with zeros), `[kh kw][C_in][rows]`, so a tile reads its
+/// weights in order.
 pub(super) struct PackedKernel {
     data: Vec<f32>,
+    /// The kernel's instruction set, which fixes the tile: [`ROWS`] or [`ROWS_512`] channels.
+    isa: Isa,
     /// Input offset of each tap within a padded image: `i Wp + j`.
     offsets: Vec<usize>,
     c_in: usize,
@@ -29,39 +33,47 @@ pub(super) struct PackedKernel {
 }
 
 impl PackedKernel {
-    /// The packed kernel (the caller checks [`available`]: `convolve` needs AVX2 and FMA).
-    pub(super) fn new(taps: Taps, g: &ConvGeom) -> Self {
+    /// The kernel packed for `isa`'s tile (`convolve` checks that the CPU has `isa`).
+    pub(super) fn new(taps: Taps, g: &ConvGeom, isa: Isa) -> Self {
         let t = g.kh * g.kw;
-        let blocks = g.c_out.div_ceil(ROWS);
-        let mut data = vec![0.0f32; blocks * g.c_in * t * ROWS];
+        let rows = match isa {
+            Isa::Avx2 => ROWS,
+            Isa::Avx512 => ROWS_512,
+        };
+        let blocks = g.c_out.div_ceil(rows);
+        let mut data = vec![0.0f32; blocks * g.c_in * t * rows];
         for o in 0..g.c_out {
-            let (blk, r) = (o / ROWS, o % ROWS);
+            let (blk, r) = (o / rows, o % rows);
             for c in 0..g.c_in {
                 for i in 0..g.kh {
                     for j in 0..g.kw {
                         let w = taps.data[o * taps.row_stride as usize + c * taps.col_stride as usize + taps.offset(i, j, g.kh, g.kw)];
-                        data[((blk * t + i * g.kw + j) * g.c_in + c) * ROWS + r] = w;
+                        data[((blk * t + i * g.kw + j) * g.c_in + c) * rows + r] = w;
                     }
                 }
             }
         }
         let offsets = (0..g.kh).flat_map(|i| (0..g.kw).map(move |j| i * g.wp() + j)).collect();
-        Self { data, offsets, c_in: g.c_in, c_out: g.c_out }
+        Self { data, isa, offsets, c_in: g.c_in, c_out: g.c_out }
     }
 
     /// `ext [C_out, Ho Wp]` = bias + the convolution of one padded image `src`
     /// (`g.padded_len()` floats).
     pub(super) fn convolve(&self, src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, ext: &mut [f32]) {
         let q = g.q();
-        assert!(available(), "the direct kernels need AVX2 and FMA");
+        assert!(self.isa.detected(), "this CPU lacks {:?}", self.isa);
         assert!(src.len() >= g.padded_len() && ext.len() >= self.c_out * q);
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 and FMA checked; the asserts bound every access (see `tile`).
+        // SAFETY: the instruction set checked; the asserts bound every access (see `tile` and
+        // `tile512`).
         unsafe {
-            convolve_avx2(self, src, g, bias, ext)
+            match self.isa {
+                Isa::Avx2 => convolve_avx2(self, src, g, bias, ext),
+                Isa::Avx512 => convolve_avx512(self, src, g, bias, ext),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("`available` is false off x86-64")
+        unreachable!("no instruction set is detected off x86-64")
     }
 }
 
@@ -131,15 +143,81 @@ unsafe fn tile(src: *const f32, plane: usize, offsets: &[usize], c_in: usize, w:
     }
 }
 
-/// Whether this CPU runs the direct kernels (AVX2 and FMA).
-pub(super) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+/// The AVX-512 tile: 8 output channels x 32 positions, 16 of the 32 vector registers. Against
+/// the AVX2 tile (same FLOPs a cycle on this CPU, whose AVX-512 unit is 256 bits wide) it needs
+/// 10 loads and broadcasts for 16 FMAs instead of 7 for 10, and its masked loads and stores
+/// replace the scalar tail.
+const ROWS_512: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn convolve_avx512(k: &PackedKernel, src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, ext: &mut [f32]) {
+    const P: usize = 32;
+    let (q, plane, t) = (g.q(), g.hp() * g.wp(), k.offsets.len());
+    for (blk, w) in k.data.chunks_exact(k.c_in * t * ROWS_512).enumerate() {
+        let o0 = blk * ROWS_512;
+        let rows = ROWS_512.min(k.c_out - o0);
+        let init: [f32; ROWS_512] = std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[o0 + r]) } else { 0.0 });
+        for p in (0..q).step_by(P) {
+            let left = q - p;
+            // SAFETY: reads src[c plane + p + offset + lane] for the masked-in lanes (p + lane <
+            // q), within padded_len; writes ext[(o0 + r) q + p + lane] for r < rows, within c_out q.
+            let (src, out) = unsafe { (src.as_ptr().add(p), ext.as_mut_ptr().add(o0 * q + p)) };
+            // A last run of 16 or fewer positions takes the one-vector tile (8x8 images have 80).
+            unsafe {
+                if left > 16 {
+                    tile512::<2>(src, plane, &k.offsets, k.c_in, w.as_ptr(), &init, out, q, rows, lane_masks(left))
+                } else {
+                    tile512::<1>(src, plane, &k.offsets, k.c_in, w.as_ptr(), &init, out, q, rows, lane_masks(left))
+                }
+            };
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+}
+
+/// Masks of the `V` vectors of a tile with `left` positions to go: all lanes while `left >= 16 V`,
+/// the first `left` otherwise.
+fn lane_masks<const V: usize>(left: usize) -> [u16; V] {
+    std::array::from_fn(|v| {
+        let lanes = left.saturating_sub(16 * v).min(16);
+        ((1u32 << lanes) - 1) as u16
+    })
+}
+
+/// One tile: [`ROWS_512`] output channels x the masked-in lanes of `V` vectors of positions, summed over every channel and tap in registers, then stored (the first `rows`
+/// channels) at `out` (row stride `out_stride`).
+///
+/// # Safety
+/// AVX-512 F present; `src + c plane + offset + lane` readable for every channel, offset and
+/// masked-in lane, `w` holding `c_in * offsets.len() * ROWS_512` floats, `out + r out_stride +
+/// lane` writable for `r < rows` and every masked-in lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile512<const V: usize>(src: *const f32, plane: usize, offsets: &[usize], c_in: usize, w: *const f32, init: &[f32; ROWS_512], out: *mut f32, out_stride: usize, rows: usize, masks: [u16; V]) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut acc: [[__m512; V]; ROWS_512] = std::array::from_fn(|r| [_mm512_set1_ps(init[r]); V]);
+        let mut w = w;
+        for &off in offsets {
+            let mut x = src.add(off);
+            for _ in 0..c_in {
+                let xv: [__m512; V] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], x.add(16 * v)));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_ps(*w.add(r));
+                    for (a, &xv) in a.iter_mut().zip(&xv) {
+                        *a = _mm512_fmadd_ps(wv, xv, *a);
+                    }
+                }
+                x = x.add(plane);
+                w = w.add(ROWS_512);
+            }
+        }
+        for (r, a) in acc.iter().enumerate().take(rows) {
+            for (v, &a) in a.iter().enumerate() {
+                _mm512_mask_storeu_ps(out.add(r * out_stride + 16 * v), masks[v], a);
+            }
+        }
     }
 }
 
@@ -153,9 +231,10 @@ const GRAD_IN: usize = 5;
 /// output gradient `[C_out, Ho Wp]` with zeros in the garbage columns, `src` the padded image).
 /// Each tile keeps `GRAD_OUT x GRAD_IN` sums as vectors across 8 positions, reduced once at the end.
 ///
-/// Panics unless [`available`].
+/// Panics unless the CPU has AVX2 and FMA. (An AVX-512 copy with 4 x 6 tiles measured no faster:
+/// the forward tile's gain came from its register blocking, which this reduction already has.)
 pub(super) fn accumulate_weight_grad(src: &[f32], g: &ConvGeom, ext: &[f32], dw: &mut [f32]) {
-    assert!(available(), "the direct kernels need AVX2 and FMA");
+    assert!(Isa::Avx2.detected(), "the direct kernels need AVX2 and FMA");
     assert!(src.len() >= g.padded_len() && ext.len() >= g.c_out * g.q() && dw.len() >= g.c_out * g.c_in * g.kh * g.kw);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 and FMA checked; the asserts bound every access (see `grad_tile`).
@@ -163,6 +242,7 @@ pub(super) fn accumulate_weight_grad(src: &[f32], g: &ConvGeom, ext: &[f32], dw:
         weight_grad_avx2(src, g, ext, dw)
     }
 }
+
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]

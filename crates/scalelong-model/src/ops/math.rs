@@ -9,8 +9,9 @@
 //! is what a fresh machine's `cargo build` gives.
 
 /// Defines a function whose body is compiled three times, for AVX-512, for AVX2 + FMA and as
-/// built, the first the CPU has being used (as built inside `ops::with_portable_kernels`). The body is forced inline into each copy (a closure
-/// handed to a target-feature function is not always inlined, and then runs as built). What the
+/// built, and runs the copy for `ops::isa()` (as built where that is `None`). The body is forced
+/// inline into each copy (a closure handed to a target-feature function is not always inlined,
+/// and then runs as built). What the
 /// body computes does not depend on the copy (Rust never contracts `a * b + c` into an FMA).
 /// AVX-512 against AVX2 here (alternating bench executables, three rounds): U-ViT sampling
 /// +3-49%, conv UNet training +1.5-5% (the element-wise passes take half the instructions).
@@ -21,22 +22,20 @@ macro_rules! vectorised_fn {
             #[inline(always)]
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
-            if !$crate::ops::portable_kernels() {
+            {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 fn avx512($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
-                    // SAFETY: the features `avx512` is compiled for were just detected.
-                    return unsafe { avx512($($arg),*) };
                 }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the features `avx2` is compiled for were just detected.
-                    return unsafe { avx2($($arg),*) };
+                match $crate::ops::isa() {
+                    // SAFETY: `isa` returns only instruction sets this CPU has.
+                    Some($crate::ops::Isa::Avx512) => return unsafe { avx512($($arg),*) },
+                    Some($crate::ops::Isa::Avx2) => return unsafe { avx2($($arg),*) },
+                    None => {}
                 }
             }
             body($($arg),*)
