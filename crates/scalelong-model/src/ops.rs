@@ -718,7 +718,8 @@ fn conv_padded(xp: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> Ve
 
 /// `[C_out, C_in, kh, kw]` weight gradient and `[C_out]` bias gradient of the convolution of
 /// the padded images `xp` whose output gradient is `dy` (`[B, C_out, Ho, Wo]`): by the direct
-/// AVX2 kernel where the CPU has it, as a GEMM per tap otherwise.
+/// kernels where the CPU has them (channels-last on AVX-512 for 3x3 and 1x1 kernels), as a GEMM
+/// per tap otherwise.
 fn conv_weight_grad(xp: &[f32], g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let (wp, q, len) = (g.wp(), g.q(), g.padded_len());
     let (ho, wo) = (g.ho(), g.wo());
@@ -727,13 +728,14 @@ fn conv_weight_grad(xp: &[f32], g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>
     let wlen = g.c_out * g.c_in * taps;
     let per = g.batch.div_ceil(rayon::current_num_threads()).max(1);
     let starts: Vec<usize> = (0..g.batch).step_by(per).collect();
-    let direct = isa().is_some();
+    let isa = isa();
     let parts: Vec<(Vec<f32>, Vec<f32>)> = starts
         .into_par_iter()
         .map(|start| {
             let mut dw = vec![0.0f32; wlen];
             let mut db = vec![0.0f32; g.c_out];
             let mut ext = vec![0.0f32; g.c_out * q]; // the garbage columns stay 0
+            let mut channels_last = direct_conv::WeightGrad512::new(g, isa);
             for b in start..(start + per).min(g.batch) {
                 for (o, (row, db)) in ext.chunks_exact_mut(q).zip(&mut db).enumerate() {
                     for y in 0..ho {
@@ -743,7 +745,11 @@ fn conv_weight_grad(xp: &[f32], g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>
                     *db += math::sum(row, |v| v);
                 }
                 let img = &xp[b * len..(b + 1) * len];
-                if direct {
+                if let Some(grad) = &mut channels_last {
+                    grad.accumulate(img, g, &ext);
+                    continue;
+                }
+                if isa.is_some() {
                     direct_conv::accumulate_weight_grad(img, g, &ext, &mut dw);
                     continue;
                 }
@@ -764,6 +770,9 @@ fn conv_weight_grad(xp: &[f32], g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>
                         }
                     }
                 }
+            }
+            if let Some(grad) = channels_last {
+                grad.add_to(&mut dw, g);
             }
             (dw, db)
         })

@@ -1,6 +1,6 @@
 //! Direct convolution kernels for AVX2 + FMA and for AVX-512: the convolution of one padded
-//! image on the extended grid of `conv_padded`, and its weight gradient (AVX2), with no GEMM and
-//! no packing.
+//! image on the extended grid of `conv_padded`, and its weight gradient, with no GEMM and no
+//! packing.
 //!
 //! Why: as GEMMs, the convolution is `kh kw` products with a small inner dimension (`C_in`,
 //! 16-64 in the presets), and gemm packs each shifted input view again and reads and writes the
@@ -231,8 +231,8 @@ const GRAD_IN: usize = 5;
 /// output gradient `[C_out, Ho Wp]` with zeros in the garbage columns, `src` the padded image).
 /// Each tile keeps `GRAD_OUT x GRAD_IN` sums as vectors across 8 positions, reduced once at the end.
 ///
-/// Panics unless the CPU has AVX2 and FMA. (An AVX-512 copy with 4 x 6 tiles measured no faster:
-/// the forward tile's gain came from its register blocking, which this reduction already has.)
+/// Panics unless the CPU has AVX2 and FMA. (Where AVX-512 runs, [`WeightGrad512`] takes 3x3 and
+/// 1x1 kernels instead.)
 pub(super) fn accumulate_weight_grad(src: &[f32], g: &ConvGeom, ext: &[f32], dw: &mut [f32]) {
     assert!(Isa::Avx2.detected(), "the direct kernels need AVX2 and FMA");
     assert!(src.len() >= g.padded_len() && ext.len() >= g.c_out * g.q() && dw.len() >= g.c_out * g.c_in * g.kh * g.kw);
@@ -315,4 +315,156 @@ unsafe fn grad_tile<const O: usize, const C: usize>(dy: *const f32, dy_stride: u
         }
     }
     sums
+}
+
+/// The weight gradient on AVX-512, over a thread's images, for 3x3 and 1x1 kernels: vectorised
+/// across 16 input channels instead of across positions, so its sums are the gradient's own
+/// entries (no horizontal reduction) and run over every position of every image in registers.
+///
+/// Why: the AVX2 kernel's vectors run along positions, so each tile ends in reductions, and an
+/// AVX-512 copy of it (4 x 6 tiles) measured no faster: the weight gradient stayed near half the
+/// forward tile's rate. Here each image is first copied channels-last (`[Hp Wp + kw][C_in]`);
+/// a tile of 3 output channels x 9 taps keeps 27 vectors of 16 input channels: per position
+/// 9 loads (one per tap, contiguous channels), 3 broadcasts of the output gradient and 27 FMAs.
+pub(super) struct WeightGrad512 {
+    /// The current image, channels-last, with `kw` zero positions of slack.
+    xt: Vec<f32>,
+    /// `[C_out][taps][C_in]`, summed over the images so far.
+    acc: Vec<f32>,
+    offsets: Vec<usize>,
+}
+
+impl WeightGrad512 {
+    /// `None` unless the CPU has AVX-512 (and [`Isa::Avx512`] is what runs) and the kernel is
+    /// 3x3 or 1x1.
+    pub(super) fn new(g: &ConvGeom, isa: Option<Isa>) -> Option<Self> {
+        let taps = g.kh * g.kw;
+        (isa == Some(Isa::Avx512) && (taps == 9 || taps == 1)).then(|| Self {
+            xt: vec![0.0; (g.hp() * g.wp() + g.kw) * g.c_in],
+            acc: vec![0.0; g.c_out * taps * g.c_in],
+            offsets: (0..g.kh).flat_map(|i| (0..g.kw).map(move |j| i * g.wp() + j)).collect(),
+        })
+    }
+
+    /// Adds the gradient of one image: `src` the padded image (`g.padded_len()` floats), `ext`
+    /// its output gradient `[C_out, Ho Wp]` with zeros in the garbage columns.
+    pub(super) fn accumulate(&mut self, src: &[f32], g: &ConvGeom, ext: &[f32]) {
+        let (plane, c_in, q, taps) = (g.hp() * g.wp(), g.c_in, g.q(), self.offsets.len());
+        assert!(Isa::Avx512.detected(), "this CPU lacks AVX-512");
+        assert!(src.len() >= c_in * plane && ext.len() >= g.c_out * q);
+        // Channels-last copy: 16 x 16 blocks transposed in registers, the rest one by one.
+        let (full_c, full_p) = (c_in / 16 * 16, plane / 16 * 16);
+        #[cfg(target_arch = "x86_64")]
+        for c0 in (0..full_c).step_by(16) {
+            for p0 in (0..full_p).step_by(16) {
+                // SAFETY: AVX-512 checked; rows c0..c0 + 16 of src at p0..p0 + 16 and rows
+                // p0..p0 + 16 of xt at c0..c0 + 16 are inside the buffers.
+                unsafe { transpose16(src.as_ptr().add(c0 * plane + p0), plane, self.xt.as_mut_ptr().add(p0 * c_in + c0), c_in) };
+            }
+        }
+        for (p, row) in self.xt[..plane * c_in].chunks_exact_mut(c_in).enumerate() {
+            let from = if p < full_p { full_c } else { 0 };
+            for (c, v) in row.iter_mut().enumerate().skip(from) {
+                *v = src[c * plane + p];
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        for c0 in (0..c_in).step_by(16) {
+            let mask = ((1u32 << (c_in - c0).min(16)) - 1) as u16;
+            let step = if taps == 9 { 3 } else { 8 };
+            for o0 in (0..g.c_out).step_by(step) {
+                let acc = self.acc[(o0 * taps) * c_in + c0..].as_mut_ptr();
+                let (xt, dy) = (self.xt[c0..].as_ptr(), ext[o0 * q..].as_ptr());
+                macro_rules! tile {
+                    ($t:literal: $($o:literal)*) => {
+                        match step.min(g.c_out - o0) {
+                            // SAFETY: AVX-512 checked; reads xt[(p + offset) c_in + c0 + lane] for
+                            // p < q (below Hp Wp + kw), ext rows o0.. (q each), and the masked-in
+                            // lanes of acc rows o0.. (taps c_in each), all inside their buffers.
+                            $($o => unsafe { grad_tile_cl::<$o, $t>(xt, c_in, self.offsets[..$t].try_into().unwrap(), dy, q, acc, mask) },)*
+                            o => unreachable!("{o} output channels"),
+                        }
+                    };
+                }
+                if taps == 9 {
+                    tile!(9: 1 2 3)
+                } else {
+                    tile!(1: 1 2 3 4 5 6 7 8)
+                }
+            }
+        }
+    }
+
+    /// Adds the sums into `dw` (`[C_out, C_in, kh, kw]`).
+    pub(super) fn add_to(&self, dw: &mut [f32], g: &ConvGeom) {
+        let taps = self.offsets.len();
+        for o in 0..g.c_out {
+            for tap in 0..taps {
+                for c in 0..g.c_in {
+                    dw[(o * g.c_in + c) * taps + tap] += self.acc[(o * taps + tap) * g.c_in + c];
+                }
+            }
+        }
+    }
+}
+
+/// `acc[o][t][lane] += sum_{p < q} dy[o q + p] xt[(p + offsets[t]) c_in + lane]` for `O` output
+/// channels, `T` taps and the masked-in lanes (input channels).
+///
+/// # Safety
+/// AVX-512 F present; every addressed element inside its allocation (`acc` rows `T c_in` apart,
+/// tap rows `c_in` apart).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn grad_tile_cl<const O: usize, const T: usize>(xt: *const f32, c_in: usize, offsets: [usize; T], dy: *const f32, q: usize, acc: *mut f32, mask: u16) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let at = |o: usize, t: usize| acc.add((o * T + t) * c_in);
+        let mut sums: [[__m512; T]; O] = std::array::from_fn(|o| std::array::from_fn(|t| _mm512_maskz_loadu_ps(mask, at(o, t))));
+        for p in 0..q {
+            let d: [__m512; O] = std::array::from_fn(|o| _mm512_set1_ps(*dy.add(o * q + p)));
+            for (t, &off) in offsets.iter().enumerate() {
+                let xv = _mm512_maskz_loadu_ps(mask, xt.add((p + off) * c_in));
+                for o in 0..O {
+                    sums[o][t] = _mm512_fmadd_ps(d[o], xv, sums[o][t]);
+                }
+            }
+        }
+        for (o, row) in sums.iter().enumerate() {
+            for (t, &s) in row.iter().enumerate() {
+                _mm512_mask_storeu_ps(at(o, t), mask, s);
+            }
+        }
+    }
+}
+
+/// Transposes the 16 x 16 block at `src` (row stride `src_stride`) into `dst` (row stride
+/// `dst_stride`): four rounds that swap the off-diagonal h x h blocks (h = 8, 4, 2, 1) of every
+/// pair of rows h apart, two two-source permutes per pair.
+///
+/// # Safety
+/// AVX-512 F present; 16 rows of 16 floats readable at `src` and writable at `dst`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn transpose16(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * src_stride)));
+        for h in [8usize, 4, 2, 1] {
+            // Lane j of the upper row takes its own j where bit h of j is clear, else the lower
+            // row's j - h; the lower row takes the upper's j + h, else its own j (16 + j: the
+            // second source).
+            let upper: [i32; 16] = std::array::from_fn(|j| if j & h == 0 { j as i32 } else { (16 + j - h) as i32 });
+            let lower: [i32; 16] = std::array::from_fn(|j| if j & h == 0 { (j + h) as i32 } else { (16 + j) as i32 });
+            let (upper, lower) = (_mm512_loadu_si512(upper.as_ptr().cast()), _mm512_loadu_si512(lower.as_ptr().cast()));
+            for i in (0..16).filter(|i| i & h == 0) {
+                let (a, b) = (r[i], r[i + h]);
+                r[i] = _mm512_permutex2var_ps(a, upper, b);
+                r[i + h] = _mm512_permutex2var_ps(a, lower, b);
+            }
+        }
+        for (i, row) in r.iter().enumerate() {
+            _mm512_storeu_ps(dst.add(i * dst_stride), *row);
+        }
+    }
 }
