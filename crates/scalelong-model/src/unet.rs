@@ -14,6 +14,7 @@ pub use sampling::{Downsample, SpatialAttention, Upsample};
 use crate::embeddings::timestep_embedding;
 use crate::gate::SeGate;
 use crate::init::{LinearInit, linear};
+use crate::ops;
 use crate::skip_scaling::{SkipScaling, lsc_of_decoder_block};
 use crate::trace::{Coefficient, ForwardTrace, FusionTrace, record};
 use burn::nn::conv::Conv2d;
@@ -222,7 +223,7 @@ impl UNet {
         let mut skips = Vec::with_capacity(self.encoder.len());
         for block in &self.encoder {
             h = match block {
-                EncoderBlock::Stem(conv) => conv.forward(h),
+                EncoderBlock::Stem(conv) => ops::conv2d_module(conv, h),
                 EncoderBlock::Res(block) => {
                     let h = block.res.forward(h, time.clone());
                     match &block.attn {
@@ -268,7 +269,7 @@ impl UNet {
         }
 
         // 5. Output.
-        self.out_conv.forward(silu(self.out_norm.forward(h)))
+        ops::conv2d_module(&self.out_conv, ops::group_norm(&self.out_norm, h, true)) // [B, C, H, W]
     }
 
     fn scale_skip(&self, skip: &Tensor<4>, block: &DecoderBlock, k: usize) -> (Tensor<4>, Coefficient) {

@@ -335,11 +335,12 @@ pub(super) struct WeightGrad512 {
 }
 
 impl WeightGrad512 {
-    /// `None` unless the CPU has AVX-512 (and [`Isa::Avx512`] is what runs) and the kernel is
-    /// 3x3 or 1x1.
+    /// `None` unless the CPU has AVX-512 (and [`Isa::Avx512`] is what runs), the kernel is 3x3
+    /// or 1x1, and there are 8 input channels or more (fewer fill too little of a vector: the
+    /// stem's one channel is faster on the AVX2 kernel).
     pub(super) fn new(g: &ConvGeom, isa: Option<Isa>) -> Option<Self> {
         let taps = g.kh * g.kw;
-        (isa == Some(Isa::Avx512) && (taps == 9 || taps == 1)).then(|| Self {
+        (isa == Some(Isa::Avx512) && (taps == 9 || taps == 1) && g.c_in >= 8).then(|| Self {
             xt: vec![0.0; (g.hp() * g.wp() + g.kw) * g.c_in],
             acc: vec![0.0; g.c_out * taps * g.c_in],
             offsets: (0..g.kh).flat_map(|i| (0..g.kw).map(move |j| i * g.wp() + j)).collect(),
