@@ -687,14 +687,24 @@ fn gemm_conv_image(src: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>, 
     }
 }
 
+/// Writes the output `[C_out, Ho, Wo]` of one image from its extended grid `ext`
+/// (`[C_out, Ho Wp]`), dropping the garbage columns.
+fn crop_extended(ext: &[f32], g: &ConvGeom, dst: &mut [std::mem::MaybeUninit<f32>]) {
+    let (wp, q, wo) = (g.wp(), g.q(), g.wo());
+    for (o, out_rows) in dst.chunks_exact_mut(g.ho() * wo).enumerate() {
+        for (y, row) in out_rows.chunks_exact_mut(wo).enumerate() {
+            row.write_copy_of_slice(&ext[o * q + y * wp..][..wo]);
+        }
+    }
+}
+
 /// `[B, C_out, Ho, Wo]` (+ bias): the convolution of the padded images with `taps`
 /// (`[C_out, C_in]` each): by the direct AVX2 kernel where the CPU has it, as GEMMs otherwise.
 fn conv_padded(xp: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> Vec<f32> {
-    let (wp, q, len) = (g.wp(), g.q(), g.padded_len());
-    let (ho, wo) = (g.ho(), g.wo());
-    let img_out = g.c_out * ho * wo;
+    let (q, len) = (g.q(), g.padded_len());
+    let img_out = g.c_out * g.ho() * g.wo();
     let direct = isa().map(|isa| direct_conv::PackedKernel::new(taps, g, isa));
-    // SAFETY: each image's chunk [c_out, ho, wo] is written whole, row by row.
+    // SAFETY: each image's chunk [c_out, ho, wo] is written whole (`convolve`, `crop_extended`).
     unsafe {
         par_filled(
             g.batch * img_out,
@@ -703,12 +713,10 @@ fn conv_padded(xp: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> Ve
             |(ext, ones), b, dst| {
                 let src = &xp[b * len..(b + 1) * len];
                 match &direct {
-                    Some(kernel) => kernel.convolve(src, g, bias, ext),
-                    None => gemm_conv_image(src, g, taps, bias, ones, ext),
-                }
-                for (o, out_rows) in dst.chunks_exact_mut(ho * wo).enumerate() {
-                    for (y, row) in out_rows.chunks_exact_mut(wo).enumerate() {
-                        row.write_copy_of_slice(&ext[o * q + y * wp..][..wo]);
+                    Some(kernel) => kernel.convolve(src, g, bias, ext, dst),
+                    None => {
+                        gemm_conv_image(src, g, taps, bias, ones, ext);
+                        crop_extended(ext, g, dst);
                     }
                 }
             },
@@ -734,20 +742,23 @@ fn conv_weight_grad(xp: &[f32], g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>
         .map(|start| {
             let mut dw = vec![0.0f32; wlen];
             let mut db = vec![0.0f32; g.c_out];
-            let mut ext = vec![0.0f32; g.c_out * q]; // the garbage columns stay 0
             let mut channels_last = direct_conv::WeightGrad512::new(g, isa);
+            // The output gradient on the extended grid, for the AVX2 and gemm paths (the garbage
+            // columns stay 0).
+            let mut ext = if channels_last.is_none() { vec![0.0f32; g.c_out * q] } else { Vec::new() };
             for b in start..(start + per).min(g.batch) {
-                for (o, (row, db)) in ext.chunks_exact_mut(q).zip(&mut db).enumerate() {
-                    for y in 0..ho {
-                        row[y * wp..][..wo].copy_from_slice(&dy[((b * g.c_out + o) * ho + y) * wo..][..wo]);
-                    }
-                    // The garbage columns are 0, so the whole row sums to the bias gradient.
-                    *db += math::sum(row, |v| v);
+                let (img, dy) = (&xp[b * len..(b + 1) * len], &dy[b * g.c_out * ho * wo..][..g.c_out * ho * wo]);
+                for (db, dy) in db.iter_mut().zip(dy.chunks_exact(ho * wo)) {
+                    *db += math::sum(dy, |v| v);
                 }
-                let img = &xp[b * len..(b + 1) * len];
                 if let Some(grad) = &mut channels_last {
-                    grad.accumulate(img, g, &ext);
+                    grad.accumulate(img, g, dy);
                     continue;
+                }
+                for (row, dy) in ext.chunks_exact_mut(q).zip(dy.chunks_exact(ho * wo)) {
+                    for (y, dy) in dy.chunks_exact(wo).enumerate() {
+                        row[y * wp..][..wo].copy_from_slice(dy);
+                    }
                 }
                 if isa.is_some() {
                     direct_conv::accumulate_weight_grad(img, g, &ext, &mut dw);

@@ -11,6 +11,7 @@
 //! output is written once.
 
 use super::{ConvGeom, Isa, Taps};
+use std::mem::MaybeUninit;
 
 /// Output channels per tile: 5 x 2 accumulators, two input vectors and a broadcast weight fit
 /// AVX2's 16 vector registers. 6 fits too (15 registers); side by side it was faster for 16
@@ -57,19 +58,24 @@ impl PackedKernel {
         Self { data, isa, offsets, c_in: g.c_in, c_out: g.c_out }
     }
 
-    /// `ext [C_out, Ho Wp]` = bias + the convolution of one padded image `src`
-    /// (`g.padded_len()` floats).
-    pub(super) fn convolve(&self, src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, ext: &mut [f32]) {
+    /// `dst [C_out, Ho, Wo]` = bias + the convolution of one padded image `src`
+    /// (`g.padded_len()` floats), every element written. The AVX2 tile computes the extended grid
+    /// into `ext` (`[C_out, Ho Wp]`), which is then cropped; the AVX-512 tile stores the valid
+    /// positions of each vector straight into `dst` (compressed past the garbage columns).
+    pub(super) fn convolve(&self, src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, ext: &mut [f32], dst: &mut [MaybeUninit<f32>]) {
         let q = g.q();
         assert!(self.isa.detected(), "this CPU lacks {:?}", self.isa);
-        assert!(src.len() >= g.padded_len() && ext.len() >= self.c_out * q);
+        assert!(src.len() >= g.padded_len() && ext.len() >= self.c_out * q && dst.len() >= self.c_out * g.ho() * g.wo());
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the instruction set checked; the asserts bound every access (see `tile` and
         // `tile512`).
         unsafe {
             match self.isa {
-                Isa::Avx2 => convolve_avx2(self, src, g, bias, ext),
-                Isa::Avx512 => convolve_avx512(self, src, g, bias, ext),
+                Isa::Avx2 => {
+                    convolve_avx2(self, src, g, bias, ext);
+                    super::crop_extended(ext, g, dst);
+                }
+                Isa::Avx512 => convolve_avx512(self, src, g, bias, dst),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -151,24 +157,34 @@ const ROWS_512: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn convolve_avx512(k: &PackedKernel, src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, ext: &mut [f32]) {
-    const P: usize = 32;
-    let (q, plane, t) = (g.q(), g.hp() * g.wp(), k.offsets.len());
+unsafe fn convolve_avx512(k: &PackedKernel, src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, dst: &mut [MaybeUninit<f32>]) {
+    let (q, plane, t, out_plane) = (g.q(), g.hp() * g.wp(), k.offsets.len(), g.ho() * g.wo());
+    // Per vector of 16 grid positions: the lanes that are output positions, and where the first
+    // of them goes in an output channel (the output positions before it).
+    let (wp, wo) = (g.wp(), g.wo());
+    let stores: Vec<(u16, usize)> = (0..q)
+        .step_by(16)
+        .map(|p| {
+            let mask = (0..16.min(q - p)).filter(|i| (p + i) % wp < wo).fold(0u16, |m, i| m | 1 << i);
+            (mask, p / wp * wo + (p % wp).min(wo))
+        })
+        .collect();
+    let out = dst.as_mut_ptr().cast::<f32>();
     for (blk, w) in k.data.chunks_exact(k.c_in * t * ROWS_512).enumerate() {
         let o0 = blk * ROWS_512;
         let rows = ROWS_512.min(k.c_out - o0);
         let init: [f32; ROWS_512] = std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[o0 + r]) } else { 0.0 });
-        for p in (0..q).step_by(P) {
-            let left = q - p;
-            // SAFETY: reads src[c plane + p + offset + lane] for the masked-in lanes (p + lane <
-            // q), within padded_len; writes ext[(o0 + r) q + p + lane] for r < rows, within c_out q.
-            let (src, out) = unsafe { (src.as_ptr().add(p), ext.as_mut_ptr().add(o0 * q + p)) };
-            // A last run of 16 or fewer positions takes the one-vector tile (8x8 images have 80).
+        for (v0, p) in (0..q).step_by(32).enumerate().map(|(i, p)| (2 * i, p)) {
+            // SAFETY: reads src[c plane + p + offset + lane] for lanes p + lane < q, within
+            // padded_len; writes channels o0..o0 + rows of dst at the output positions of these
+            // lanes, within c_out Ho Wo. A last run of 16 or fewer positions takes the one-vector
+            // tile (8x8 images have 80).
             unsafe {
-                if left > 16 {
-                    tile512::<2>(src, plane, &k.offsets, k.c_in, w.as_ptr(), &init, out, q, rows, lane_masks(left))
+                let (src, out) = (src.as_ptr().add(p), out.add(o0 * out_plane));
+                if q - p > 16 {
+                    tile512::<2>(src, plane, &k.offsets, k.c_in, w.as_ptr(), &init, out, out_plane, rows, lane_masks(q - p), [stores[v0], stores[v0 + 1]])
                 } else {
-                    tile512::<1>(src, plane, &k.offsets, k.c_in, w.as_ptr(), &init, out, q, rows, lane_masks(left))
+                    tile512::<1>(src, plane, &k.offsets, k.c_in, w.as_ptr(), &init, out, out_plane, rows, lane_masks(q - p), [stores[v0]])
                 }
             };
         }
@@ -184,17 +200,19 @@ fn lane_masks<const V: usize>(left: usize) -> [u16; V] {
     })
 }
 
-/// One tile: [`ROWS_512`] output channels x the masked-in lanes of `V` vectors of positions, summed over every channel and tap in registers, then stored (the first `rows`
-/// channels) at `out` (row stride `out_stride`).
+/// One tile: [`ROWS_512`] output channels x the masked-in lanes of `V` vectors of positions,
+/// summed over every channel and tap in registers; then each vector's output lanes (`stores`:
+/// their mask and offset in a channel) compressed and stored for the first `rows` channels at
+/// `out` (channel stride `out_plane`).
 ///
 /// # Safety
 /// AVX-512 F present; `src + c plane + offset + lane` readable for every channel, offset and
-/// masked-in lane, `w` holding `c_in * offsets.len() * ROWS_512` floats, `out + r out_stride +
-/// lane` writable for `r < rows` and every masked-in lane.
+/// masked-in lane, `w` holding `c_in * offsets.len() * ROWS_512` floats, `out + r out_plane +
+/// offset + 0..popcount(mask)` writable for `r < rows` and every store.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile512<const V: usize>(src: *const f32, plane: usize, offsets: &[usize], c_in: usize, w: *const f32, init: &[f32; ROWS_512], out: *mut f32, out_stride: usize, rows: usize, masks: [u16; V]) {
+unsafe fn tile512<const V: usize>(src: *const f32, plane: usize, offsets: &[usize], c_in: usize, w: *const f32, init: &[f32; ROWS_512], out: *mut f32, out_plane: usize, rows: usize, masks: [u16; V], stores: [(u16, usize); V]) {
     use std::arch::x86_64::*;
     unsafe {
         let mut acc: [[__m512; V]; ROWS_512] = std::array::from_fn(|r| [_mm512_set1_ps(init[r]); V]);
@@ -214,8 +232,9 @@ unsafe fn tile512<const V: usize>(src: *const f32, plane: usize, offsets: &[usiz
             }
         }
         for (r, a) in acc.iter().enumerate().take(rows) {
-            for (v, &a) in a.iter().enumerate() {
-                _mm512_mask_storeu_ps(out.add(r * out_stride + 16 * v), masks[v], a);
+            for (&a, &(keep, at)) in a.iter().zip(&stores) {
+                let kept = ((1u32 << keep.count_ones()) - 1) as u16;
+                _mm512_mask_storeu_ps(out.add(r * out_plane + at), kept, _mm512_maskz_compress_ps(keep, a));
             }
         }
     }
@@ -347,12 +366,12 @@ impl WeightGrad512 {
         })
     }
 
-    /// Adds the gradient of one image: `src` the padded image (`g.padded_len()` floats), `ext`
-    /// its output gradient `[C_out, Ho Wp]` with zeros in the garbage columns.
-    pub(super) fn accumulate(&mut self, src: &[f32], g: &ConvGeom, ext: &[f32]) {
-        let (plane, c_in, q, taps) = (g.hp() * g.wp(), g.c_in, g.q(), self.offsets.len());
+    /// Adds the gradient of one image: `src` the padded image (`g.padded_len()` floats), `dy`
+    /// its output gradient `[C_out, Ho, Wo]`.
+    pub(super) fn accumulate(&mut self, src: &[f32], g: &ConvGeom, dy: &[f32]) {
+        let (plane, c_in, out_plane, taps) = (g.hp() * g.wp(), g.c_in, g.ho() * g.wo(), self.offsets.len());
         assert!(Isa::Avx512.detected(), "this CPU lacks AVX-512");
-        assert!(src.len() >= c_in * plane && ext.len() >= g.c_out * q);
+        assert!(src.len() >= c_in * plane && dy.len() >= g.c_out * out_plane);
         // Channels-last copy: 16 x 16 blocks transposed in registers, the rest one by one.
         let (full_c, full_p) = (c_in / 16 * 16, plane / 16 * 16);
         #[cfg(target_arch = "x86_64")]
@@ -375,14 +394,15 @@ impl WeightGrad512 {
             let step = if taps == 9 { 3 } else { 8 };
             for o0 in (0..g.c_out).step_by(step) {
                 let acc = self.acc[(o0 * taps) * c_in + c0..].as_mut_ptr();
-                let (xt, dy) = (self.xt[c0..].as_ptr(), ext[o0 * q..].as_ptr());
+                let (xt, dy) = (self.xt[c0..].as_ptr(), dy[o0 * out_plane..].as_ptr());
                 macro_rules! tile {
                     ($t:literal: $($o:literal)*) => {
                         match step.min(g.c_out - o0) {
-                            // SAFETY: AVX-512 checked; reads xt[(p + offset) c_in + c0 + lane] for
-                            // p < q (below Hp Wp + kw), ext rows o0.. (q each), and the masked-in
-                            // lanes of acc rows o0.. (taps c_in each), all inside their buffers.
-                            $($o => unsafe { grad_tile_cl::<$o, $t>(xt, c_in, self.offsets[..$t].try_into().unwrap(), dy, q, acc, mask) },)*
+                            // SAFETY: AVX-512 checked; reads xt[(y Wp + x + offset) c_in + c0 +
+                            // lane] for y < Ho, x < Wo (below Hp Wp + kw), dy channels o0..
+                            // (Ho Wo each), and the masked-in lanes of acc rows o0.. (taps c_in
+                            // each), all inside their buffers.
+                            $($o => unsafe { grad_tile_cl::<$o, $t>(xt, c_in, self.offsets[..$t].try_into().unwrap(), dy, g, acc, mask) },)*
                             o => unreachable!("{o} output channels"),
                         }
                     };
@@ -409,25 +429,29 @@ impl WeightGrad512 {
     }
 }
 
-/// `acc[o][t][lane] += sum_{p < q} dy[o q + p] xt[(p + offsets[t]) c_in + lane]` for `O` output
-/// channels, `T` taps and the masked-in lanes (input channels).
+/// `acc[o][t][lane] += sum_{y < Ho, x < Wo} dy[o Ho Wo + y Wo + x] xt[(y Wp + x + offsets[t])
+/// c_in + lane]` for `O` output channels, `T` taps and the masked-in lanes (input channels).
 ///
 /// # Safety
 /// AVX-512 F present; every addressed element inside its allocation (`acc` rows `T c_in` apart,
 /// tap rows `c_in` apart).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn grad_tile_cl<const O: usize, const T: usize>(xt: *const f32, c_in: usize, offsets: [usize; T], dy: *const f32, q: usize, acc: *mut f32, mask: u16) {
+unsafe fn grad_tile_cl<const O: usize, const T: usize>(xt: *const f32, c_in: usize, offsets: [usize; T], dy: *const f32, g: &ConvGeom, acc: *mut f32, mask: u16) {
     use std::arch::x86_64::*;
+    let (wp, ho, wo) = (g.wp(), g.ho(), g.wo());
     unsafe {
         let at = |o: usize, t: usize| acc.add((o * T + t) * c_in);
         let mut sums: [[__m512; T]; O] = std::array::from_fn(|o| std::array::from_fn(|t| _mm512_maskz_loadu_ps(mask, at(o, t))));
-        for p in 0..q {
-            let d: [__m512; O] = std::array::from_fn(|o| _mm512_set1_ps(*dy.add(o * q + p)));
-            for (t, &off) in offsets.iter().enumerate() {
-                let xv = _mm512_maskz_loadu_ps(mask, xt.add((p + off) * c_in));
-                for o in 0..O {
-                    sums[o][t] = _mm512_fmadd_ps(d[o], xv, sums[o][t]);
+        for y in 0..ho {
+            for x in 0..wo {
+                let (p, i) = (y * wp + x, y * wo + x);
+                let d: [__m512; O] = std::array::from_fn(|o| _mm512_set1_ps(*dy.add(o * ho * wo + i)));
+                for (t, &off) in offsets.iter().enumerate() {
+                    let xv = _mm512_maskz_loadu_ps(mask, xt.add((p + off) * c_in));
+                    for o in 0..O {
+                        sums[o][t] = _mm512_fmadd_ps(d[o], xv, sums[o][t]);
+                    }
                 }
             }
         }
