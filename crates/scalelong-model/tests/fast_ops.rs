@@ -124,6 +124,23 @@ fn conv2d_equals_burns_conv2d() {
 }
 
 #[test]
+fn conv2d_stride2_equals_burns_strided_conv2d() {
+    // (batch, c_in, c_out, size); tolerance 1e-5 relative (f32 summation order). Widths on both
+    // sides of the weight gradient's 8-channel and 16-lane limits (4 C phase channels).
+    for (b, ci, co, hw) in [(2, 3, 5, 8), (1, 4, 11, 6), (2, 16, 16, 10), (1, 1, 2, 4)] {
+        on_every_kernel_set(|kernels| {
+            check_with_params(
+                &format!("conv2d_stride2 b{b} {ci}->{co} {hw}x{hw}{kernels}"),
+                vec![normal([b, ci, hw, hw], 1.0), normal([co, ci, 3, 3], 0.3)],
+                vec![normal([co], 0.3)],
+                |x, p| ops::conv2d_stride2(x[0].clone(), x[1].clone(), p[0].clone()),
+                1e-5,
+            )
+        });
+    }
+}
+
+#[test]
 fn gelu_equals_burns_gelu() {
     // Tolerance 1e-6 relative to the largest value: the polynomial erf is within 1.5e-7.
     for shape in [[2, 5, 8], [3, 65, 256], [1, 1, 3]] {

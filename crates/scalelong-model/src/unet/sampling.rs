@@ -20,7 +20,7 @@ impl Downsample {
     }
     /// `[B, C, H, W] -> [B, C, H/2, W/2]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x)
+        ops::conv2d_module(&self.conv, x) // [B, C, H/2, W/2]
     }
 }
 
