@@ -376,32 +376,29 @@ fn attention_forward(qkv: FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) 
     let (d3, scale) = (3 * d, s.scale());
     let src = qkv.storage::<f32>();
     let isa = isa();
-    let mut scores = vec![0.0f32; s.batch * heads * l * l];
-    scores.par_chunks_mut(l * l).enumerate().for_each_init(
-        || vec![0.0f32; if isa.is_some() { dh * l } else { 0 }],
-        |k_t, (bh, dst)| {
-            let base = (bh / heads) * l * d3 + (bh % heads) * dh;
-            let q = (src[base..].as_ptr(), d3 as isize, 1);
-            // SAFETY: q and k of (b, h) are [l, dh] blocks of rows of qkv; dst is [l, l]; k_t
-            // is [dh, l].
-            unsafe {
-                if isa.is_some() {
-                    transpose_block(&src[base + d..], l, dh, d3, scale, k_t);
-                    matmul(isa, (l, l, dh), (dst.as_mut_ptr(), l as isize, 1), false, q, (k_t.as_ptr(), l as isize, 1), 1.0);
-                } else {
-                    gemm_strided((l, l, dh), (dst.as_mut_ptr(), l as isize, 1), false, q, (src.as_ptr().add(base + d), 1, d3 as isize), scale);
-                }
+    let scores_of = |k_t: &mut Vec<f32>, bh: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
+        let base = (bh / heads) * l * d3 + (bh % heads) * dh;
+        let q = (src[base..].as_ptr(), d3 as isize, 1);
+        let out = (dst.as_mut_ptr().cast::<f32>(), l as isize, 1);
+        // SAFETY: q and k of (b, h) are [l, dh] blocks of rows of qkv; dst is [l, l], written
+        // whole by the product (which does not read it) before the softmax reads it; k_t is
+        // [dh, l].
+        unsafe {
+            if isa.is_some() {
+                transpose_block(&src[base + d..], l, dh, d3, scale, k_t);
+                matmul(isa, (l, l, dh), out, false, q, (k_t.as_ptr(), l as isize, 1), 1.0);
+            } else {
+                gemm_strided((l, l, dh), out, false, q, (src.as_ptr().add(base + d), 1, d3 as isize), scale);
             }
-            softmax_rows(dst, l);
-        },
-    );
+            softmax_rows(assume_written(dst), l);
+        }
+    };
+    // SAFETY: `scores_of` writes its whole chunk.
+    let (scores, _) = unsafe { par_filled(s.batch * heads * l * l, l * l, || vec![0.0f32; if isa.is_some() { dh * l } else { 0 }], scores_of) };
     let probs = new_tensor(scores, &[s.batch, heads, l, l]);
     let p = probs.storage::<f32>();
-    let mut out = vec![0.0f32; s.batch * l * d];
-    let dst = Shared(out.as_mut_ptr());
-    (0..s.batch * heads).into_par_iter().for_each(|bh| {
+    let head_out = |dst: Shared, bh: usize| {
         let (b, h) = (bh / heads, bh % heads);
-        let dst = dst;
         // SAFETY: the (b, h) output block [l, dh] at columns h dh of image b's rows is written by
         // this task alone; v is a block of qkv, p the task's [l, l] probabilities.
         unsafe {
@@ -415,7 +412,9 @@ fn attention_forward(qkv: FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) 
                 1.0,
             );
         }
-    });
+    };
+    // SAFETY: the (b, h) blocks are disjoint and cover the output.
+    let out = unsafe { filled_through(s.batch * l * d, |dst| (0..s.batch * heads).into_par_iter().for_each(|bh| head_out(dst, bh))) };
     (new_tensor(out, &[s.batch, l, d]), probs)
 }
 
@@ -444,38 +443,41 @@ fn attention_backward(qkv: &FlexTensor, probs: &FlexTensor, heads: usize, grad: 
     let (d3, scale) = (3 * d, s.scale());
     let grad = contiguous(grad);
     let (x, p, dy) = (qkv.storage::<f32>(), probs.storage::<f32>(), grad.storage::<f32>());
-    let mut out = vec![0.0f32; s.batch * l * d3];
-    let dst = Shared(out.as_mut_ptr());
     let isa = isa();
-    (0..s.batch * heads).into_par_iter().for_each_init(
-        || (vec![0.0f32; l * l], vec![0.0f32; if isa.is_some() { dh * l } else { 0 }]),
-        |(ds, v_t), bh| {
-            let (b, h) = (bh / heads, bh % heads);
-            let dst = dst;
-            let base = b * l * d3 + h * dh; // q of (b, h) in qkv and in its gradient
-            let dy_bh = (dy[b * l * d + h * dh..].as_ptr(), d as isize, 1); // [l, dh]
-            let p_bh = p[bh * l * l..].as_ptr();
-            // SAFETY: every view is a block of its buffer; the gradient blocks (q, k and v
-            // columns of head h in image b) are written by this task alone; v_t is [dh, l].
-            unsafe {
-                // dv = p^T dy
-                matmul(isa, (l, dh, l), (dst.0.add(base + 2 * d), d3 as isize, 1), false, (p_bh, 1, l as isize), dy_bh, 1.0);
-                // dp = dy v^T
-                if isa.is_some() {
-                    transpose_block(&x[base + 2 * d..], l, dh, d3, 1.0, v_t);
-                    matmul(isa, (l, l, dh), (ds.as_mut_ptr(), l as isize, 1), false, dy_bh, (v_t.as_ptr(), l as isize, 1), 1.0);
-                } else {
-                    gemm_strided((l, l, dh), (ds.as_mut_ptr(), l as isize, 1), false, dy_bh, (x.as_ptr().add(base + 2 * d), 1, d3 as isize), 1.0);
+    let head_grads = |dst: Shared| {
+        (0..s.batch * heads).into_par_iter().for_each_init(
+            || (vec![0.0f32; l * l], vec![0.0f32; if isa.is_some() { dh * l } else { 0 }]),
+            |(ds, v_t), bh| {
+                let (b, h) = (bh / heads, bh % heads);
+                let dst = dst;
+                let base = b * l * d3 + h * dh; // q of (b, h) in qkv and in its gradient
+                let dy_bh = (dy[b * l * d + h * dh..].as_ptr(), d as isize, 1); // [l, dh]
+                let p_bh = p[bh * l * l..].as_ptr();
+                // SAFETY: every view is a block of its buffer; the gradient blocks (q, k and v
+                // columns of head h in image b) are written by this task alone; v_t is [dh, l].
+                unsafe {
+                    // dv = p^T dy
+                    matmul(isa, (l, dh, l), (dst.0.add(base + 2 * d), d3 as isize, 1), false, (p_bh, 1, l as isize), dy_bh, 1.0);
+                    // dp = dy v^T
+                    if isa.is_some() {
+                        transpose_block(&x[base + 2 * d..], l, dh, d3, 1.0, v_t);
+                        matmul(isa, (l, l, dh), (ds.as_mut_ptr(), l as isize, 1), false, dy_bh, (v_t.as_ptr(), l as isize, 1), 1.0);
+                    } else {
+                        gemm_strided((l, l, dh), (ds.as_mut_ptr(), l as isize, 1), false, dy_bh, (x.as_ptr().add(base + 2 * d), 1, d3 as isize), 1.0);
+                    }
                 }
-            }
-            softmax_grad_rows(ds, &p[bh * l * l..(bh + 1) * l * l], l, scale);
-            unsafe {
-                // dq = ds k, dk = ds^T q
-                matmul(isa, (l, dh, l), (dst.0.add(base), d3 as isize, 1), false, (ds.as_ptr(), l as isize, 1), (x.as_ptr().add(base + d), d3 as isize, 1), 1.0);
-                matmul(isa, (l, dh, l), (dst.0.add(base + d), d3 as isize, 1), false, (ds.as_ptr(), 1, l as isize), (x.as_ptr().add(base), d3 as isize, 1), 1.0);
-            }
-        },
-    );
+                softmax_grad_rows(ds, &p[bh * l * l..(bh + 1) * l * l], l, scale);
+                unsafe {
+                    // dq = ds k, dk = ds^T q
+                    matmul(isa, (l, dh, l), (dst.0.add(base), d3 as isize, 1), false, (ds.as_ptr(), l as isize, 1), (x.as_ptr().add(base + d), d3 as isize, 1), 1.0);
+                    matmul(isa, (l, dh, l), (dst.0.add(base + d), d3 as isize, 1), false, (ds.as_ptr(), 1, l as isize), (x.as_ptr().add(base), d3 as isize, 1), 1.0);
+                }
+            },
+        );
+    };
+    // SAFETY: the (b, h) tasks write the q, k and v gradient blocks of their head, which are
+    // disjoint and cover the output; every product writes its block without reading it.
+    let out = unsafe { filled_through(s.batch * l * d3, head_grads) };
     new_tensor(out, &[s.batch, l, d3])
 }
 
@@ -603,27 +605,50 @@ fn pad_images(x: &[f32], g: &ConvGeom) -> Vec<f32> {
                 }
             }
             slack.fill(zero);
-        })
+        }).0
     }
 }
 
 /// `len` floats written in parallel, `chunk` at a time (the last chunk may be shorter), by
 /// `fill(state, chunk index, chunk)` with a per-thread `state` from `init`; nothing is zeroed
-/// first (that pass over memory is what this saves).
+/// first (that pass over memory is what this saves). Returns them and what `fill` returned for
+/// each chunk, in order.
 ///
 /// # Safety
 /// `fill` must write every element of each chunk it is given.
-unsafe fn par_filled<S>(
+unsafe fn par_filled<S, R: Send>(
     len: usize,
     chunk: usize,
     init: impl Fn() -> S + Sync + Send,
-    fill: impl Fn(&mut S, usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send,
-) -> Vec<f32> {
+    fill: impl Fn(&mut S, usize, &mut [std::mem::MaybeUninit<f32>]) -> R + Sync + Send,
+) -> (Vec<f32>, Vec<R>) {
     let mut out = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each_init(init, |state, (i, dst)| fill(state, i, dst));
+    let results = out.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().map_init(init, |state, (i, dst)| fill(state, i, dst)).collect();
+    // SAFETY: every element was written (the caller's contract).
+    unsafe { out.set_len(len) };
+    (out, results)
+}
+
+/// `len` floats written whole through the pointer `fill` is given (by any threads, each element
+/// by one), with no zeroing pass first.
+///
+/// # Safety
+/// `fill` must write every element, through the pointer only, before it returns.
+unsafe fn filled_through(len: usize, fill: impl FnOnce(Shared)) -> Vec<f32> {
+    let mut out = Vec::<f32>::with_capacity(len);
+    fill(Shared(out.as_mut_ptr()));
     // SAFETY: every element was written (the caller's contract).
     unsafe { out.set_len(len) };
     out
+}
+
+/// A chunk [`par_filled`]'s `fill` has written whole, as floats.
+///
+/// # Safety
+/// Every element of `chunk` is initialised.
+unsafe fn assume_written(chunk: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: MaybeUninit<f32> has f32's layout, and the elements are initialised.
+    unsafe { &mut *(chunk as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// A kernel as `kh * kw` matrices `[rows, cols]` (strides given): tap (i, j) starts at
@@ -720,7 +745,7 @@ fn conv_padded(xp: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> Ve
                     }
                 }
             },
-        )
+        ).0
     }
 }
 
@@ -974,7 +999,7 @@ fn to_phases(x: &[f32], g: &ConvGeom, [c, h, w]: [usize; 3]) -> Vec<f32> {
                 }
             }
             slack.fill(std::mem::MaybeUninit::new(0.0));
-        })
+        }).0
     }
 }
 
@@ -1111,15 +1136,17 @@ impl Backward<Flex, 3> for LinearBackward {
                 transpose_block(w, k, n, n, 1.0, &mut w_t);
                 w_t
             });
-            let mut dx = vec![0.0f32; m * k];
-            dx.par_chunks_mut(rows * k).enumerate().for_each(|(i, dst)| {
-                let (r, dy_rows) = (dst.len() / k, &dy[i * rows * n..]);
-                match &w_t {
-                    Some(w_t) => direct_gemm::gemm(isa.expect("w_t exists for the direct kernel"), r, k, n, dst, false, dy_rows, (n, 1), w_t),
-                    // SAFETY: dst is [r, K]; dy's block [r, N] and W [K, N] are inside their slices.
-                    None => unsafe { gemm_strided((r, k, n), (dst.as_mut_ptr(), k as isize, 1), false, (dy_rows.as_ptr(), n as isize, 1), (w.as_ptr(), 1, n as isize), 1.0) },
-                }
-            });
+            let rows_of_dx = |_: &mut (), i: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
+                let rhs = match &w_t {
+                    Some(w_t) => (w_t.as_ptr(), k as isize, 1),
+                    None => (w.as_ptr(), 1, n as isize),
+                };
+                // SAFETY: dst is this block's [r, K], written whole by the product (which does
+                // not read it); dy's block [r, N] and W^T [N, K] are inside their slices.
+                unsafe { matmul(isa, (dst.len() / k, k, n), (dst.as_mut_ptr().cast(), k as isize, 1), false, (dy[i * rows * n..].as_ptr(), n as isize, 1), rhs, 1.0) };
+            };
+            // SAFETY: `rows_of_dx` writes its whole block.
+            let (dx, _) = unsafe { par_filled(m * k, rows * k, || (), rows_of_dx) };
             grads.register::<Flex>(node.id, new_tensor(dx, &[m, k]));
         }
         if let Some(node) = node_w {
@@ -1218,9 +1245,9 @@ const CHUNK: usize = 1 << 14;
 
 vectorised_fn! {
     /// `x Phi(x)` of each element.
-    fn gelu_chunk(dst: &mut [f32], xs: &[f32]) {
+    fn gelu_chunk(dst: &mut [std::mem::MaybeUninit<f32>], xs: &[f32]) {
         for (o, &v) in dst.iter_mut().zip(xs) {
-            *o = v * math::phi_and_pdf(v).0;
+            o.write(v * math::phi_and_pdf(v).0);
         }
     }
 }
@@ -1236,8 +1263,9 @@ vectorised_fn! {
 }
 
 fn gelu_flex(x: &FlexTensor) -> FlexTensor {
-    let mut out = vec![0.0f32; x.storage::<f32>().len()];
-    out.par_chunks_mut(CHUNK).zip(x.storage::<f32>().par_chunks(CHUNK)).for_each(|(dst, xs)| gelu_chunk(dst, xs));
+    let xs = x.storage::<f32>();
+    // SAFETY: gelu_chunk writes its whole chunk.
+    let (out, _) = unsafe { par_filled(xs.len(), CHUNK, || (), |_, i, dst| gelu_chunk(dst, &xs[i * CHUNK..][..dst.len()])) };
     new_tensor(out, x.layout().shape())
 }
 
@@ -1404,7 +1432,7 @@ impl NormGeom {
 vectorised_fn! {
     /// Normalises one group `src` (`per_group` rows of `spatial` values, channels from `c0`) into
     /// `dst`; returns its (mean, rstd).
-    fn group_norm_run(dst: &mut [f32], src: &[f32], gamma: &[f32], beta: &[f32], g: &NormGeom, c0: usize) -> (f32, f32) {
+    fn group_norm_run(dst: &mut [std::mem::MaybeUninit<f32>], src: &[f32], gamma: &[f32], beta: &[f32], g: &NormGeom, c0: usize) -> (f32, f32) {
         let (m, r) = stats(src, g.eps);
         for (ci, (drow, srow)) in dst.chunks_mut(g.spatial).zip(src.chunks(g.spatial)).enumerate() {
             let c = c0 + ci;
@@ -1412,11 +1440,11 @@ vectorised_fn! {
             if g.silu {
                 for (o, &v) in drow.iter_mut().zip(srow) {
                     let y = v * scale + shift;
-                    *o = y * math::sigmoid(y);
+                    o.write(y * math::sigmoid(y));
                 }
             } else {
                 for (o, &v) in drow.iter_mut().zip(srow) {
-                    *o = v * scale + shift;
+                    o.write(v * scale + shift);
                 }
             }
         }
@@ -1427,11 +1455,8 @@ vectorised_fn! {
 /// Returns the output and each group's (mean, rstd).
 fn group_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], g: &NormGeom) -> (Vec<f32>, Vec<(f32, f32)>) {
     let n = g.group_len();
-    let mut out = vec![0.0f32; x.len()];
-    let stats = (out.par_chunks_mut(n).zip(x.par_chunks(n)).enumerate())
-        .map(|(run, (dst, src))| group_norm_run(dst, src, gamma, beta, g, run % g.groups * g.per_group()))
-        .collect();
-    (out, stats)
+    // SAFETY: group_norm_run writes its whole group.
+    unsafe { par_filled(x.len(), n, || (), |_, run, dst| group_norm_run(dst, &x[run * n..][..n], gamma, beta, g, run % g.groups * g.per_group())) }
 }
 
 vectorised_fn! {
