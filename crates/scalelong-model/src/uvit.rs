@@ -148,6 +148,24 @@ pub struct PatchEmbed {
     pub proj: Conv2d,
 }
 
+impl PatchEmbed {
+    /// The `p x p` convolution with stride `p` (the reference's `proj`), run as what it is: a
+    /// linear layer on the flattened patches, on the fused linear op (flex's strided
+    /// convolution and its backward went through im2col and a transposed convolution).
+    ///
+    /// # Shapes
+    /// - x: `[B, C, H, W]` (H and W multiples of p)
+    /// - output: `[B, (H / p) (W / p), D]`, patches row by row
+    pub fn forward(&self, x: Tensor<4>, p: usize) -> Tensor<3> {
+        let [batch, c, height, width] = x.dims();
+        let (gh, gw, d) = (height / p, width / p, self.proj.weight.dims()[0]);
+        let patches = x.reshape([batch, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([batch, gh * gw, c * p * p]); // [B, hw, C p p]
+        let weight = self.proj.weight.val().reshape([d, c * p * p]).transpose(); // [C p p, D]
+        let bias = self.proj.bias.as_ref().map_or_else(|| Tensor::zeros([d], &patches.device()), |b| b.val());
+        ops::linear(patches, weight, bias) // [B, hw, D]
+    }
+}
+
 /// The optional `time_embed` MLP (`Linear(D, 4D), SiLU, Linear(4D, D)`); the CIFAR-10 reference
 /// setting has none.
 #[derive(Module, Debug)]
@@ -198,8 +216,7 @@ impl UViT {
         let time = time.reshape([batch, 1, dim]); // [B, 1, D]
 
         // 2. Patches, time token first, position embedding.
-        let patches = self.patch_embed.proj.forward(x); // [B, D, h, w]
-        let patches = patches.flatten::<3>(2, 3).swap_dims(1, 2); // [B, hw, D]
+        let patches = self.patch_embed.forward(x, self.patch_size); // [B, hw, D]
         let mut h = Tensor::cat(vec![time, patches], 1) + self.pos_embed.val(); // [B, L, D]
 
         // 3. Encoder: every in-block pushes its output as a skip.
@@ -238,7 +255,7 @@ impl UViT {
         let h = h.narrow(1, 1, tokens - 1); // [B, hw, p*p*C]
         let img = unpatchify(h, self.patch_size, self.in_chans, height, width); // [B, C, H, W]
         match &self.final_layer {
-            Some(conv) => conv.forward(img),
+            Some(conv) => ops::conv2d_module(conv, img),
             None => img,
         }
     }

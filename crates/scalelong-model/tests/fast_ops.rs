@@ -300,3 +300,28 @@ fn networks_with_fused_ops_equal_the_burn_compositions() {
         }
     }
 }
+
+#[test]
+fn uvit_patch_embedding_equals_the_strided_convolution() {
+    // PatchEmbed::forward runs the p x p, stride-p convolution as a linear layer on the patches;
+    // values and the gradients of the input, kernel and bias against flex's convolution.
+    // Tolerance 1e-5 relative (f32 summation order).
+    use burn::nn::conv::Conv2dConfig;
+    use scalelong_model::uvit::PatchEmbed;
+    for (b, c, d, hw, p) in [(2, 1, 8, 8, 4), (1, 3, 5, 6, 2)] {
+        let ad = Device::flex().autodiff();
+        ad.seed(5);
+        let embed = PatchEmbed { proj: Conv2dConfig::new([c, d], [p, p]).with_stride([p, p]).init(&ad) };
+        let x = Tensor::<4>::random([b, c, hw, hw], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+        let fast = embed.forward(x.clone(), p);
+        let reference = embed.proj.forward(x.clone()).flatten::<3>(2, 3).swap_dims(1, 2);
+        let name = format!("patch embedding b{b} c{c} d{d} {hw}x{hw} p{p}");
+        assert_close(&format!("{name} forward"), to_vec(fast.clone()), to_vec(reference.clone()), 1e-5);
+        let w = Tensor::<3>::random(fast.dims(), Distribution::Normal(0.0, 1.0), &ad);
+        let (g_fast, g_ref) = ((fast * w.clone()).sum().backward(), (reference * w).sum().backward());
+        assert_close(&format!("{name} input gradient"), to_vec(x.grad(&g_fast).unwrap()), to_vec(x.grad(&g_ref).unwrap()), 1e-5);
+        let (kernel, bias) = (embed.proj.weight.val(), embed.proj.bias.as_ref().unwrap().val());
+        assert_close(&format!("{name} kernel gradient"), to_vec(kernel.grad(&g_fast).unwrap()), to_vec(kernel.grad(&g_ref).unwrap()), 1e-5);
+        assert_close(&format!("{name} bias gradient"), to_vec(bias.grad(&g_fast).unwrap()), to_vec(bias.grad(&g_ref).unwrap()), 1e-5);
+    }
+}
