@@ -15,7 +15,8 @@
 //! | op | replaces | how |
 //! |---|---|---|
 //! | [`qkv_attention`] | head split, `softmax(q k^T / sqrt(Dh)) v`, head merge | GEMMs on strided views of `qkv`, vectorised softmax, fused softmax backward |
-//! | [`conv2d`] | burn's `conv2d` (stride 1) and its backward | direct AVX2 kernels (implicit GEMMs without AVX2) over shifted views of the padded input, no im2col buffer |
+//! | [`conv2d`] | burn's `conv2d` (stride 1) and its backward | direct AVX-512 or AVX2 kernels (implicit GEMMs without AVX2) over shifted views of the padded input, no im2col buffer; the AVX-512 weight gradient channels-last |
+//! | [`conv2d_stride2`] | burn's `conv2d` (3x3, stride 2) and its backward | [`conv2d`]'s kernels on the input's four phases (a 2x2 stride-1 convolution) |
 //! | [`linear`] | burn's `Linear` and its backward | one GEMM per thread on a block of rows; gradients through strided views |
 //! | [`gelu`] | burn's `gelu` and its backward | one parallel, vectorised pass each (flex's runs on one thread with libm's erf) |
 //! | [`upsample_nearest2x`] | reshape, expand, reshape (flex's strided copy) | one copy forward, one 2x2 sum backward |
@@ -23,8 +24,10 @@
 //! | [`layer_norm`] | burn's `LayerNorm` | flex's fused forward, one fused backward |
 //! | [`tune_allocator`] | glibc's default mmap threshold | freed tensor memory is reused instead of re-faulted |
 //!
-//! The direct AVX2 kernels are in `ops/direct_conv.rs` and `ops/direct_gemm.rs`; the element-wise
-//! math (`exp`, `erf`, lane-split sums) and the AVX-512/AVX2 dispatch in `ops/math.rs`.
+//! The direct kernels are in `ops/direct_conv.rs` and `ops/direct_gemm.rs`, each with an AVX-512
+//! and an AVX2 tile; the element-wise math (`exp`, `erf`, lane-split sums) and the copies for
+//! AVX-512, AVX2 and the build's baseline in `ops/math.rs`. [`isa`] says which runs (tests run
+//! every op on all three: [`with_avx2_kernels`], [`with_portable_kernels`]).
 //!
 //! Each op is measured against its reference in `benches/ops.rs` (`SCALELONG_BENCH_AB=1`), and the
 //! networks as a whole in `benches/steps.rs` (`SCALELONG_BENCH_AB=...`).
