@@ -26,7 +26,7 @@
 //!
 //! The direct kernels are in `ops/direct_conv.rs` and `ops/direct_gemm.rs`, each with an AVX-512
 //! and an AVX2 tile; the element-wise math (`exp`, `erf`, lane-split sums) and the copies for
-//! AVX-512, AVX2 and the build's baseline in `ops/math.rs`. [`isa`] says which runs (tests run
+//! AVX-512, AVX2 and the build's baseline in `ops/math.rs`. `isa()` says which runs (tests run
 //! every op on all three: [`with_avx2_kernels`], [`with_portable_kernels`]).
 //!
 //! Each op is measured against its reference in `benches/ops.rs` (`SCALELONG_BENCH_AB=1`), and the
