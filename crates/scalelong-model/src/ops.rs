@@ -575,6 +575,10 @@ impl ConvGeom {
     fn wo(&self) -> usize {
         self.wp() + 1 - self.kw
     }
+    /// Whether the output is as large as the input (`kh = kw = 2 pad + 1`).
+    fn is_same(&self) -> bool {
+        self.ho() == self.h && self.wo() == self.w
+    }
     /// Positions of the extended output grid of one image.
     fn q(&self) -> usize {
         self.ho() * self.wp()
@@ -726,20 +730,31 @@ fn crop_extended(ext: &[f32], g: &ConvGeom, dst: &mut [std::mem::MaybeUninit<f32
     }
 }
 
-/// `[B, C_out, Ho, Wo]` (+ bias): the convolution of the padded images with `taps`
-/// (`[C_out, C_in]` each): by the direct AVX2 kernel where the CPU has it, as GEMMs otherwise.
-fn conv_padded(xp: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> Vec<f32> {
-    let (q, len) = (g.q(), g.padded_len());
+/// `[B, C_out, Ho, Wo]` (+ bias): the convolution of the images `x` with `taps` (`[C_out, C_in]`
+/// each): by the direct kernels where the CPU has them, as GEMMs otherwise. `x` holds padded
+/// images (`g.padded_len()` floats each) if `padded`; else the images themselves, which are
+/// padded here unless the kernel reads them as they are (AVX-512, same-size convolutions).
+/// Also returns the padded images when it made them.
+fn convolve_images(x: &[f32], padded: bool, g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> (Vec<f32>, Option<Vec<f32>>) {
+    let q = g.q();
     let img_out = g.c_out * g.ho() * g.wo();
-    let direct = isa().map(|isa| direct_conv::PackedKernel::new(taps, g, isa));
+    let direct = isa().map(|isa| direct_conv::PackedKernel::new(taps, g, isa, padded));
+    let xp = (!padded && direct.as_ref().is_none_or(|kernel| kernel.reads_padded())).then(|| pad_images(x, g));
+    let (src, len) = match &xp {
+        Some(xp) => (&xp[..], g.padded_len()),
+        None if padded => (x, g.padded_len()),
+        None => (x, g.c_in * g.h * g.w),
+    };
+    // The extended grid only where a kernel needs it (AVX2, gemm).
+    let ext_len = if direct.as_ref().is_some_and(|kernel| !kernel.reads_padded()) { 0 } else { g.c_out * q };
     // SAFETY: each image's chunk [c_out, ho, wo] is written whole (`convolve`, `crop_extended`).
-    unsafe {
+    let out = unsafe {
         par_filled(
             g.batch * img_out,
             img_out,
-            || (vec![0.0f32; g.c_out * q], if bias.is_some() && direct.is_none() { vec![1.0f32; q] } else { Vec::new() }),
+            || (vec![0.0f32; ext_len], if bias.is_some() && direct.is_none() { vec![1.0f32; q] } else { Vec::new() }),
             |(ext, ones), b, dst| {
-                let src = &xp[b * len..(b + 1) * len];
+                let src = &src[b * len..(b + 1) * len];
                 match &direct {
                     Some(kernel) => kernel.convolve(src, g, bias, ext, dst),
                     None => {
@@ -748,23 +763,32 @@ fn conv_padded(xp: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> Ve
                     }
                 }
             },
-        ).0
-    }
+        )
+        .0
+    };
+    (out, xp)
 }
 
 /// `[C_out, C_in, kh, kw]` weight gradient and `[C_out]` bias gradient of the convolution of
-/// the padded images `xp` whose output gradient is `dy` (`[B, C_out, Ho, Wo]`): by the direct
-/// kernels where the CPU has them (channels-last on AVX-512 for 3x3 and 1x1 kernels), as a GEMM
-/// per tap otherwise.
-fn conv_weight_grad(xp: &[f32], g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let (wp, q, len) = (g.wp(), g.q(), g.padded_len());
+/// the images `x` (padded ones if `padded`) whose output gradient is `dy` (`[B, C_out, Ho, Wo]`):
+/// by the direct kernels where the CPU has them (channels-last on AVX-512 for 3x3 and 1x1
+/// kernels), as a GEMM per tap otherwise.
+fn conv_weight_grad((x, padded): (&[f32], bool), g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (wp, q) = (g.wp(), g.q());
+    let isa = isa();
+    // Only the channels-last kernel reads unpadded images.
+    let xp = (!padded && !direct_conv::WeightGrad512::applies(g, isa)).then(|| pad_images(x, g));
+    let (xp, padded) = match &xp {
+        Some(xp) => (&xp[..], true),
+        None => (x, padded),
+    };
+    let len = if padded { g.padded_len() } else { g.c_in * g.h * g.w };
     let (ho, wo) = (g.ho(), g.wo());
     let plane = (g.hp() * wp) as isize;
     let taps = g.kh * g.kw;
     let wlen = g.c_out * g.c_in * taps;
     let per = g.batch.div_ceil(rayon::current_num_threads()).max(1);
     let starts: Vec<usize> = (0..g.batch).step_by(per).collect();
-    let isa = isa();
     let parts: Vec<(Vec<f32>, Vec<f32>)> = starts
         .into_par_iter()
         .map(|start| {
@@ -780,7 +804,7 @@ fn conv_weight_grad(xp: &[f32], g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>
                     *db += math::sum(dy, |v| v);
                 }
                 if let Some(grad) = &mut channels_last {
-                    grad.accumulate(img, g, dy);
+                    grad.accumulate(img, padded, g, dy);
                     continue;
                 }
                 for (row, dy) in ext.chunks_exact_mut(q).zip(dy.chunks_exact(ho * wo)) {
@@ -827,13 +851,34 @@ fn conv_geom(x: &FlexTensor, weight: &FlexTensor, pad: usize) -> ConvGeom {
     ConvGeom { batch, c_in, h, w, c_out, kh, kw, pad }
 }
 
-/// Returns the output and the padded input (kept for the weight gradient).
-fn conv_flex(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, pad: usize) -> (FlexTensor, Vec<f32>) {
+/// Returns the output and the input as the weight gradient will read it.
+fn conv_flex(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, pad: usize) -> (FlexTensor, ConvInput) {
     let g = conv_geom(x, weight, pad);
     let (weight, bias) = (contiguous(weight.clone()), contiguous(bias.clone()));
-    let xp = pad_images(x.storage(), &g);
-    let out = conv_padded(&xp, &g, forward_taps(weight.storage(), &g), Some(bias.storage()));
-    (new_tensor(out, &[g.batch, g.c_out, g.ho(), g.wo()]), xp)
+    let (out, xp) = convolve_images(x.storage(), false, &g, forward_taps(weight.storage(), &g), Some(bias.storage()));
+    let input = match xp {
+        Some(xp) => ConvInput::Padded(std::sync::Arc::new(xp)),
+        None => ConvInput::Images(x.clone()),
+    };
+    (new_tensor(out, &[g.batch, g.c_out, g.ho(), g.wo()]), input)
+}
+
+/// A convolution's input kept for its weight gradient: the padded images the forward made, or
+/// the input tensor itself where the forward read it unpadded.
+#[derive(Clone)]
+enum ConvInput {
+    Padded(std::sync::Arc<Vec<f32>>),
+    Images(FlexTensor),
+}
+
+impl ConvInput {
+    /// The floats and whether they are padded images.
+    fn images(&self) -> (&[f32], bool) {
+        match self {
+            ConvInput::Padded(xp) => (xp, true),
+            ConvInput::Images(x) => (x.storage(), false),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -841,9 +886,9 @@ struct ConvBackward;
 
 #[derive(Clone)]
 struct ConvState {
-    /// The padded input images (for a stride-2 convolution, their phases).
-    xp: std::sync::Arc<Vec<f32>>,
-    /// The kernel `xp` is convolved with (for a stride-2 convolution, the phase kernel).
+    /// The input (for a stride-2 convolution, its phases).
+    input: ConvInput,
+    /// The kernel `input` is convolved with (for a stride-2 convolution, the phase kernel).
     weight: FlexTensor,
     geom: ConvGeom,
     /// `Some([C, H, W])` of the input when this is a stride-2 convolution run as a stride-1 one
@@ -861,15 +906,14 @@ impl Backward<Flex, 3> for ConvBackward {
     type State = ConvState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let ConvState { xp, weight, geom: g, phases_of } = ops.state;
+        let ConvState { input, weight, geom: g, phases_of } = ops.state;
         let [node_x, node_w, node_b] = ops.parents;
         let grad = contiguous(grads.consume::<Flex>(&ops.node)); // [B, C_out, Ho, Wo]
         let weight = contiguous(weight);
         if let Some(node) = node_x {
             // dx = conv(dy padded by kh - 1 - pad, flipped transposed kernel).
             let t = ConvGeom { batch: g.batch, c_in: g.c_out, h: g.ho(), w: g.wo(), c_out: g.c_in, kh: g.kh, kw: g.kw, pad: g.kh - 1 - g.pad };
-            let dyp = pad_images(grad.storage(), &t);
-            let dx = conv_padded(&dyp, &t, backward_taps(weight.storage(), &g), None); // [B, C_in, H, W]
+            let (dx, _) = convolve_images(grad.storage(), false, &t, backward_taps(weight.storage(), &g), None); // [B, C_in, H, W]
             let dx = match phases_of {
                 Some(chw) => new_tensor(from_phases(&dx, g.batch, chw), &[g.batch, chw[0], chw[1], chw[2]]),
                 None => new_tensor(dx, &[g.batch, g.c_in, g.h, g.w]),
@@ -877,7 +921,7 @@ impl Backward<Flex, 3> for ConvBackward {
             grads.register::<Flex>(node.id, dx);
         }
         if node_w.is_some() || node_b.is_some() {
-            let (dw, db) = conv_weight_grad(&xp, &g, grad.storage());
+            let (dw, db) = conv_weight_grad(input.images(), &g, grad.storage());
             if let Some(node) = node_w {
                 let dw = match phases_of {
                     Some([c, _, _]) => new_tensor(kernel_from_phases(&dw, g.c_out, c), &[g.c_out, c, 3, 3]),
@@ -915,9 +959,9 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, padding: usize) 
             let (b, node_b) = b.into_parts();
             let x = contiguous(x);
             let geom = conv_geom(&x, &w, padding);
-            let (out, xp) = conv_flex(&x, &w, &b, padding);
+            let (out, input) = conv_flex(&x, &w, &b, padding);
             match ConvBackward.prepare::<NoCheckpointing>([node_x, node_w, node_b]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => ad_tensor(prep.finish(ConvState { xp: std::sync::Arc::new(xp), weight: w, geom, phases_of: None }, out)),
+                OpsKind::Tracked(prep) => ad_tensor(prep.finish(ConvState { input, weight: w, geom, phases_of: None }, out)),
                 OpsKind::UnTracked(prep) => ad_tensor(prep.finish(out)),
             }
         }
@@ -956,7 +1000,8 @@ pub fn conv2d_stride2(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>) -> Tenso
             let (out, phases, w2, geom) = conv_stride2_flex(&x, &w, &b);
             match ConvBackward.prepare::<NoCheckpointing>([node_x, node_w, node_b]).compute_bound().stateful() {
                 OpsKind::Tracked(prep) => {
-                    ad_tensor(prep.finish(ConvState { xp: std::sync::Arc::new(phases), weight: w2, geom, phases_of: Some([c, h, wd]) }, out))
+                    let input = ConvInput::Padded(std::sync::Arc::new(phases));
+                    ad_tensor(prep.finish(ConvState { input, weight: w2, geom, phases_of: Some([c, h, wd]) }, out))
                 }
                 OpsKind::UnTracked(prep) => ad_tensor(prep.finish(out)),
             }
@@ -974,7 +1019,7 @@ fn conv_stride2_flex(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> 
     let g = ConvGeom { batch, c_in: 4 * c, h: h / 2 + 1, w: w / 2 + 1, c_out, kh: 2, kw: 2, pad: 0 };
     let phases = to_phases(x.storage(), &g, [c, h, w]);
     let w2 = new_tensor(kernel_to_phases(weight.storage(), c_out, c), &[c_out, 4 * c, 2, 2]);
-    let out = conv_padded(&phases, &g, forward_taps(w2.storage(), &g), Some(bias.storage()));
+    let (out, _) = convolve_images(&phases, true, &g, forward_taps(w2.storage(), &g), Some(bias.storage()));
     (new_tensor(out, &[batch, c_out, g.ho(), g.wo()]), phases, w2, g)
 }
 
