@@ -327,8 +327,8 @@ const GRAD_IN: usize = 5;
 /// output gradient `[C_out, Ho Wp]` with zeros in the garbage columns, `src` the padded image).
 /// Each tile keeps `GRAD_OUT x GRAD_IN` sums as vectors across 8 positions, reduced once at the end.
 ///
-/// Panics unless the CPU has AVX2 and FMA. (Where AVX-512 runs, [`WeightGrad512`] takes 3x3 and
-/// 1x1 kernels instead.)
+/// Panics unless the CPU has AVX2 and FMA. (Where AVX-512 runs, [`WeightGrad512`] takes 3x3, 2x2
+/// and 1x1 kernels instead.)
 pub(super) fn accumulate_weight_grad(src: &[f32], g: &ConvGeom, ext: &[f32], dw: &mut [f32]) {
     assert!(Isa::Avx2.detected(), "the direct kernels need AVX2 and FMA");
     assert!(src.len() >= g.padded_len() && ext.len() >= g.c_out * g.q() && dw.len() >= g.c_out * g.c_in * g.kh * g.kw);
@@ -413,7 +413,8 @@ unsafe fn grad_tile<const O: usize, const C: usize>(dy: *const f32, dy_stride: u
     sums
 }
 
-/// The weight gradient on AVX-512, over a thread's images, for 3x3 and 1x1 kernels: vectorised
+/// The weight gradient on AVX-512, over a thread's images, for 3x3, 2x2 (the stride-2
+/// convolution's phases) and 1x1 kernels: vectorised
 /// across 16 input channels instead of across positions, so its sums are the gradient's own
 /// entries (no horizontal reduction) and run over every position of every image in registers.
 ///
@@ -431,8 +432,8 @@ pub(super) struct WeightGrad512 {
 }
 
 impl WeightGrad512 {
-    /// `None` unless the CPU has AVX-512 (and [`Isa::Avx512`] is what runs), the kernel is 3x3
-    /// or 1x1, and there are 8 input channels or more (fewer fill too little of a vector: the
+    /// `None` unless the CPU has AVX-512 (and [`Isa::Avx512`] is what runs), the kernel is 3x3,
+    /// 2x2 or 1x1, and there are 8 input channels or more (fewer fill too little of a vector: the
     /// stem's one channel is faster on the AVX2 kernel).
     pub(super) fn new(g: &ConvGeom, isa: Option<Isa>) -> Option<Self> {
         let taps = g.kh * g.kw;
@@ -446,7 +447,7 @@ impl WeightGrad512 {
     /// Whether [`WeightGrad512::new`] gives one.
     pub(super) fn applies(g: &ConvGeom, isa: Option<Isa>) -> bool {
         let taps = g.kh * g.kw;
-        isa == Some(Isa::Avx512) && (taps == 9 || taps == 1) && g.c_in >= 8
+        isa == Some(Isa::Avx512) && matches!(taps, 9 | 4 | 1) && g.c_in >= 8
     }
 
     /// Adds the gradient of one image: `src` the image (`C_in H W` floats), or the padded image
@@ -483,7 +484,12 @@ impl WeightGrad512 {
         #[cfg(target_arch = "x86_64")]
         for c0 in (0..c_in).step_by(16) {
             let mask = ((1u32 << (c_in - c0).min(16)) - 1) as u16;
-            let step = if taps == 9 { 3 } else { 8 };
+            // Output channels per tile: 27, 24 and 8 sums in registers.
+            let step = match taps {
+                9 => 3,
+                4 => 6,
+                _ => 8,
+            };
             for o0 in (0..g.c_out).step_by(step) {
                 let acc = self.acc[(o0 * taps) * c_in + c0..].as_mut_ptr();
                 let (xt, dy) = (self.xt[c0..].as_ptr(), dy[o0 * out_plane..].as_ptr());
@@ -499,10 +505,10 @@ impl WeightGrad512 {
                         }
                     };
                 }
-                if taps == 9 {
-                    tile!(9: 1 2 3)
-                } else {
-                    tile!(1: 1 2 3 4 5 6 7 8)
+                match taps {
+                    9 => tile!(9: 1 2 3),
+                    4 => tile!(4: 1 2 3 4 5 6),
+                    _ => tile!(1: 1 2 3 4 5 6 7 8),
                 }
             }
         }
