@@ -547,7 +547,10 @@ fn sum_partials(parts: impl Iterator<Item = Vec<f32>>, len: usize) -> Vec<f32> {
 // buffer. The input gradient is the same convolution of the output gradient with the flipped,
 // transposed kernel (strides only, nothing is copied), and the weight gradient is a GEMM per tap
 // against the same shifted views. (A channels-last variant that merges the taps of a kernel row
-// into one GEMM measured 2x slower here: its transposing copy costs more than it saves.)
+// into one GEMM measured 2x slower here: its transposing copy costs more than it saves.) The
+// direct kernels (`ops/direct_conv.rs`) compute the same sums in register tiles; on AVX-512 a
+// same-size convolution reads the unpadded input with masked loads instead, and its weight
+// gradient runs channels-last.
 
 /// Shapes of one stride-1 convolution.
 #[derive(Debug, Clone, Copy)]
@@ -820,7 +823,7 @@ fn conv_weight_grad((x, padded): (&[f32], bool), g: &ConvGeom, dy: &[f32]) -> (V
                     for j in 0..g.kw {
                         // dW[:, :, i, j] += ext [c_out, q] x shifted(img)^T [q, c_in].
                         // SAFETY: the destination view [c_out, c_in] at offset i kw + j (strides
-                        // c_in taps, taps) lies inside dw; the input view as in `conv_padded`.
+                        // c_in taps, taps) lies inside dw; the input view as in `gemm_conv_image`.
                         unsafe {
                             gemm_strided(
                                 (g.c_out, g.c_in, q),
