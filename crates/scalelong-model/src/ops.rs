@@ -774,7 +774,7 @@ fn convolve_images(x: &[f32], padded: bool, g: &ConvGeom, taps: Taps, bias: Opti
 
 /// `[C_out, C_in, kh, kw]` weight gradient and `[C_out]` bias gradient of the convolution of
 /// the images `x` (padded ones if `padded`) whose output gradient is `dy` (`[B, C_out, Ho, Wo]`):
-/// by the direct kernels where the CPU has them (channels-last on AVX-512 for 3x3 and 1x1
+/// by the direct kernels where the CPU has them (channels-last on AVX-512 for 3x3, 2x2 and 1x1
 /// kernels), as a GEMM per tap otherwise.
 fn conv_weight_grad((x, padded): (&[f32], bool), g: &ConvGeom, dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let (wp, q) = (g.wp(), g.q());
