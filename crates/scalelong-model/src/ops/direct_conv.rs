@@ -172,7 +172,7 @@ unsafe fn tile(src: *const f32, plane: usize, offsets: &[usize], c_in: usize, w:
 /// the AVX2 tile (same FLOPs a cycle on this CPU, whose AVX-512 unit is 256 bits wide) it needs
 /// 8 loads and broadcasts for 16 FMAs instead of 7 for 10, and its masked loads and stores
 /// replace the scalar tail. Timed side by side on the presets' convolutions (forward, three
-/// rounds), 4 x 64 ran 1.02-1.09x as fast as 8 x 32, and 6 x 64 0.91-0.97x.
+/// rounds), 4 x 64 ran 1.04-1.15x as fast as 8 x 32, and 6 x 64 0.93-0.98x.
 const ROWS_512: usize = 4;
 const VECS_512: usize = 4;
 
