@@ -2,6 +2,7 @@
 //! skip into one coefficient per pooled position, as the reference code's `Attentionlayer` does.
 //! The U-ViT pools over channels (one gate per token), the conv UNet over space (one per channel).
 
+use crate::ops;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid};
@@ -29,6 +30,7 @@ impl SeGate {
     /// - pooled: `[B, width]`
     /// - output: `[B, width]`, every entry in (0, 1)
     pub fn forward(&self, pooled: Tensor<2>) -> Tensor<2> {
-        sigmoid(self.layer2.forward(relu(self.layer1.forward(pooled))))
+        // The fused linear op, like every other linear layer of the networks.
+        sigmoid(ops::linear_module(&self.layer2, relu(ops::linear_module(&self.layer1, pooled))))
     }
 }
