@@ -582,6 +582,11 @@ impl ConvGeom {
     fn is_same(&self) -> bool {
         self.ho() == self.h && self.wo() == self.w
     }
+    /// Offset of each tap (i, j), row by row, within a padded image: `i Wp + j`.
+    fn tap_offsets(&self) -> impl Iterator<Item = usize> {
+        let (kw, wp) = (self.kw, self.wp());
+        (0..self.kh * kw).map(move |tap| tap / kw * wp + tap % kw)
+    }
     /// Positions of the extended output grid of one image.
     fn q(&self) -> usize {
         self.ho() * self.wp()
@@ -749,7 +754,7 @@ fn convolve_images(x: &[f32], padded: bool, g: &ConvGeom, taps: Taps, bias: Opti
         None => (x, g.c_in * g.h * g.w),
     };
     // The extended grid only where a kernel needs it (AVX2, gemm).
-    let ext_len = if direct.as_ref().is_some_and(|kernel| !kernel.reads_padded()) { 0 } else { g.c_out * q };
+    let ext_len = if direct.as_ref().is_none_or(|kernel| kernel.needs_extended()) { g.c_out * q } else { 0 };
     // SAFETY: each image's chunk [c_out, ho, wo] is written whole (`convolve`, `crop_extended`).
     let out = unsafe {
         par_filled(

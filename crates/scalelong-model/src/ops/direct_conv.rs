@@ -27,16 +27,18 @@ const PIXELS: usize = 16;
 /// weights in order.
 pub(super) struct PackedKernel {
     data: Vec<f32>,
-    /// The kernel's instruction set, which fixes the tile: [`ROWS`] or [`ROWS_512`] channels.
-    isa: Isa,
-    /// Input offset of each tap within a padded image: `i Wp + j` (the AVX2 tile).
-    offsets: Vec<usize>,
-    /// Where the AVX-512 tile reads and writes.
-    grid: Option<Grid512>,
-    /// Whether `convolve` reads padded images (see [`PackedKernel::new`]).
-    reads_padded: bool,
+    tiling: Tiling,
     c_in: usize,
     c_out: usize,
+}
+
+/// The tile a kernel is packed for, and where it reads.
+enum Tiling {
+    /// [`ROWS`] channels on the extended grid of padded images, through an extended-grid buffer;
+    /// the input offset of each tap.
+    Avx2 { offsets: Vec<usize> },
+    /// [`ROWS_512`] channels on its grid, stored straight into the output.
+    Avx512(Grid512),
 }
 
 impl PackedKernel {
@@ -62,18 +64,28 @@ impl PackedKernel {
                 }
             }
         }
-        let offsets = (0..g.kh).flat_map(|i| (0..g.kw).map(move |j| i * g.wp() + j)).collect();
         // Only the AVX-512 tile reads unpadded images, and only for a "same" convolution.
-        let reads_padded = padded || isa == Isa::Avx2 || !g.is_same();
-        let grid = (isa == Isa::Avx512).then(|| if reads_padded { Grid512::extended(g) } else { Grid512::same(g) });
-        Self { data, isa, offsets, grid, reads_padded, c_in: g.c_in, c_out: g.c_out }
+        let tiling = match isa {
+            Isa::Avx2 => Tiling::Avx2 { offsets: g.tap_offsets().collect() },
+            Isa::Avx512 if padded || !g.is_same() => Tiling::Avx512(Grid512::extended(g)),
+            Isa::Avx512 => Tiling::Avx512(Grid512::same(g)),
+        };
+        Self { data, tiling, c_in: g.c_in, c_out: g.c_out }
     }
 
     /// Whether `convolve` reads padded images: on AVX2, for a convolution that changes the size,
     /// and where `new` was told so; an AVX-512 kernel for a "same" convolution reads the images
     /// themselves otherwise.
     pub(super) fn reads_padded(&self) -> bool {
-        self.reads_padded
+        match &self.tiling {
+            Tiling::Avx2 { .. } => true,
+            Tiling::Avx512(grid) => grid.padded,
+        }
+    }
+
+    /// Whether `convolve` needs an extended-grid buffer (`[C_out, Ho Wp]`): the AVX2 tile does.
+    pub(super) fn needs_extended(&self) -> bool {
+        matches!(self.tiling, Tiling::Avx2 { .. })
     }
 
     /// `dst [C_out, Ho, Wo]` = bias + the convolution of one image `src` (padded or not, as
@@ -82,19 +94,22 @@ impl PackedKernel {
     /// stores each vector's output positions straight into `dst`.
     pub(super) fn convolve(&self, src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, ext: &mut [f32], dst: &mut [MaybeUninit<f32>]) {
         let image = if self.reads_padded() { g.padded_len() } else { g.c_in * g.h * g.w };
-        assert!(self.isa.detected(), "this CPU lacks {:?}", self.isa);
         assert!(src.len() >= image && dst.len() >= self.c_out * g.ho() * g.wo());
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the instruction set checked; the asserts bound every access (see `tile` and
         // `tile512`).
         unsafe {
-            match &self.grid {
-                None => {
+            match &self.tiling {
+                Tiling::Avx2 { offsets } => {
+                    assert!(Isa::Avx2.detected(), "this CPU lacks AVX2 and FMA");
                     assert!(ext.len() >= self.c_out * g.q());
-                    convolve_avx2(self, src, g, bias, ext);
+                    convolve_avx2(self, offsets, src, g, bias, ext);
                     super::crop_extended(ext, g, dst);
                 }
-                Some(grid) => convolve_avx512(self, src, grid, g.ho() * g.wo(), bias, dst),
+                Tiling::Avx512(grid) => {
+                    assert!(Isa::Avx512.detected(), "this CPU lacks AVX-512");
+                    convolve_avx512(self, src, grid, g.ho() * g.wo(), bias, dst)
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -104,8 +119,8 @@ impl PackedKernel {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn convolve_avx2(k: &PackedKernel, src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, ext: &mut [f32]) {
-    let (q, plane, t) = (g.q(), g.hp() * g.wp(), k.offsets.len());
+unsafe fn convolve_avx2(k: &PackedKernel, offsets: &[usize], src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, ext: &mut [f32]) {
+    let (q, plane, t) = (g.q(), g.hp() * g.wp(), offsets.len());
     // Whole tiles read up to position q - 1 at the largest offset, which `padded_len`'s slack
     // covers (as for the GEMM path); the last positions go through the scalar loop.
     let main = q / PIXELS * PIXELS;
@@ -116,12 +131,12 @@ unsafe fn convolve_avx2(k: &PackedKernel, src: &[f32], g: &ConvGeom, bias: Optio
         for p in (0..main).step_by(PIXELS) {
             // SAFETY: reads src[c plane + p + offset + 0..16] for c < c_in, within padded_len;
             // writes ext[(o0 + r) q + p + 0..16] for r < rows, within c_out q.
-            unsafe { tile(src.as_ptr().add(p), plane, &k.offsets, k.c_in, w.as_ptr(), &init, ext.as_mut_ptr().add(o0 * q + p), q, rows) };
+            unsafe { tile(src.as_ptr().add(p), plane, offsets, k.c_in, w.as_ptr(), &init, ext.as_mut_ptr().add(o0 * q + p), q, rows) };
         }
         for p in main..q {
             for r in 0..rows {
                 let mut acc = init[r];
-                for (tap, &off) in k.offsets.iter().enumerate() {
+                for (tap, &off) in offsets.iter().enumerate() {
                     for c in 0..k.c_in {
                         acc += w[(tap * k.c_in + c) * ROWS + r] * src[c * plane + p + off];
                     }
@@ -186,6 +201,8 @@ const VECS_512: usize = 4;
 /// are masked off at the load. That saves the padded copy, the garbage columns' work (6% of
 /// the FMAs at 32x32, 25% at 8x8) and the compression at the store.
 pub(super) struct Grid512 {
+    /// Whether it runs over padded images.
+    padded: bool,
     /// Positions the tile runs over.
     len: usize,
     /// Floats between input channels.
@@ -207,9 +224,10 @@ impl Grid512 {
         let vectors = q.div_ceil(16);
         let lanes = |p: usize| ((1u32 << 16.min(q - p)) - 1) as u16;
         Self {
+            padded: true,
             len: q,
             plane: g.hp() * wp,
-            offsets: (0..g.kh).flat_map(|i| (0..g.kw).map(move |j| (i * wp + j) as isize)).collect(),
+            offsets: g.tap_offsets().map(|off| off as isize).collect(),
             loads: (0..vectors).flat_map(|v| std::iter::repeat_n(lanes(16 * v), taps)).collect(),
             stores: (0..vectors)
                 .map(|v| {
@@ -237,6 +255,7 @@ impl Grid512 {
                 .fold(0u16, |m, i| m | 1 << i)
         };
         Self {
+            padded: false,
             len: n,
             plane: n,
             offsets: taps.iter().map(|&(di, dj)| di * w + dj).collect(),
@@ -341,13 +360,11 @@ pub(super) fn accumulate_weight_grad(src: &[f32], g: &ConvGeom, ext: &[f32], dw:
     }
 }
 
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn weight_grad_avx2(src: &[f32], g: &ConvGeom, ext: &[f32], dw: &mut [f32]) {
     let (q, plane, t) = (g.q(), g.hp() * g.wp(), g.kh * g.kw);
-    for tap in 0..t {
-        let off = tap / g.kw * g.wp() + tap % g.kw;
+    for (tap, off) in g.tap_offsets().enumerate() {
         for o0 in (0..g.c_out).step_by(GRAD_OUT) {
             for c0 in (0..g.c_in).step_by(GRAD_IN) {
                 let (no, nc) = (GRAD_OUT.min(g.c_out - o0), GRAD_IN.min(g.c_in - c0));
@@ -442,7 +459,7 @@ impl WeightGrad512 {
         Self::applies(g, isa).then(|| Self {
             xt: vec![0.0; (g.hp() * g.wp() + g.kw) * g.c_in],
             acc: vec![0.0; g.c_out * taps * g.c_in],
-            offsets: (0..g.kh).flat_map(|i| (0..g.kw).map(move |j| i * g.wp() + j)).collect(),
+            offsets: g.tap_offsets().collect(),
         })
     }
 
