@@ -162,13 +162,26 @@ pub struct OptimizerConfig {
     pub beta2: f64,
     pub weight_decay: f64,
     pub eps: f64,
+    /// The learning rate after warm-up.
+    pub schedule: LrSchedule,
 }
 
 impl Default for OptimizerConfig {
-    /// The reference's AdamW.
+    /// The reference's AdamW, constant after warm-up.
     fn default() -> Self {
-        Self { lr: 2e-4, beta1: 0.99, beta2: 0.999, weight_decay: 0.03, eps: 1e-8 }
+        Self { lr: 2e-4, beta1: 0.99, beta2: 0.999, weight_decay: 0.03, eps: 1e-8, schedule: LrSchedule::Constant }
     }
+}
+
+/// What the learning rate does after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum LrSchedule {
+    /// `optimizer.lr` until the end (the reference's schedule).
+    Constant,
+    /// Half a cosine from `optimizer.lr` down to `final_fraction * optimizer.lr` at the last step
+    /// (nanoGPT's schedule): a run of fixed length ends annealed instead of mid-descent.
+    Cosine { final_fraction: f64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -207,6 +220,13 @@ impl RunConfig {
             ((0.0..1.0).contains(&self.optimizer.beta1), "optimizer.beta1: must lie in [0, 1)"),
             ((0.0..1.0).contains(&self.optimizer.beta2), "optimizer.beta2: must lie in [0, 1)"),
             (self.optimizer.weight_decay >= 0.0, "optimizer.weight_decay: must be >= 0"),
+            (
+                match self.optimizer.schedule {
+                    LrSchedule::Constant => true,
+                    LrSchedule::Cosine { final_fraction } => (0.0..=1.0).contains(&final_fraction),
+                },
+                "optimizer.schedule.final_fraction: must lie in [0, 1]",
+            ),
             ((0.0..1.0).contains(&self.ema_decay), "ema_decay: must lie in [0, 1)"),
             (self.grad_clip >= 0.0, "grad_clip: must be >= 0 (0 = off)"),
             (self.log_every > 0, "log_every: must be at least 1"),

@@ -6,7 +6,7 @@
 //! functions of (seed, step), which is what makes `--resume` exact.
 
 use crate::checkpoint::{self, CheckpointState};
-use crate::config::RunConfig;
+use crate::config::{LrSchedule, RunConfig};
 use crate::ema::Ema;
 use crate::eval;
 use crate::progress::Progress;
@@ -169,10 +169,21 @@ pub(crate) fn adamw(config: &RunConfig) -> ModuleOptimizer {
         .init()
 }
 
-/// Linear warm-up from 0 to `lr` over `warmup_steps`, then constant.
+/// Linear warm-up from 0 to `lr` over `warmup_steps`, then `optimizer.schedule`.
 pub fn learning_rate(config: &RunConfig, step: u64) -> f64 {
-    let warm = if config.warmup_steps == 0 { 1.0 } else { (step as f64 / config.warmup_steps as f64).min(1.0) };
-    config.optimizer.lr * warm
+    let lr = config.optimizer.lr;
+    if step < config.warmup_steps {
+        return lr * (step as f64 / config.warmup_steps as f64);
+    }
+    match config.optimizer.schedule {
+        LrSchedule::Constant => lr,
+        LrSchedule::Cosine { final_fraction } => {
+            let span = config.steps.saturating_sub(config.warmup_steps).max(1) as f64;
+            let progress = ((step - config.warmup_steps) as f64 / span).min(1.0);
+            let floor = lr * final_fraction;
+            floor + (lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
+    }
 }
 
 /// The RNG of one step's timesteps and noise.
@@ -238,4 +249,32 @@ fn scale_grads(model: &DiffusionNet, grads: GradientsParams, factor: f64) -> Gra
     let mut visitor = Scale { grads, factor };
     model.visit(&mut visitor);
     visitor.grads
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(schedule: LrSchedule) -> RunConfig {
+        let mut config = RunConfig { steps: 110, warmup_steps: 10, ..RunConfig::default() };
+        config.optimizer.lr = 1e-3;
+        config.optimizer.schedule = schedule;
+        config
+    }
+
+    #[test]
+    fn warm_up_then_constant_or_cosine_down_to_the_final_fraction() {
+        let constant = schedule(LrSchedule::Constant);
+        assert_eq!(learning_rate(&constant, 5), 1e-3 * 0.5);
+        assert_eq!(learning_rate(&constant, 10), 1e-3);
+        assert_eq!(learning_rate(&constant, 110), 1e-3);
+        let cosine = schedule(LrSchedule::Cosine { final_fraction: 0.1 });
+        assert_eq!(learning_rate(&cosine, 5), 1e-3 * 0.5, "the warm-up is shared");
+        assert_eq!(learning_rate(&cosine, 10), 1e-3);
+        // Halfway through the decay the cosine term is 0: the mean of the start and the floor.
+        assert!((learning_rate(&cosine, 60) - 0.55e-3).abs() < 1e-15);
+        assert!((learning_rate(&cosine, 110) - 1e-4).abs() < 1e-15);
+        let rates: Vec<f64> = (10..=110).map(|step| learning_rate(&cosine, step)).collect();
+        assert!(rates.windows(2).all(|pair| pair[1] <= pair[0]), "monotone after the warm-up");
+    }
 }
