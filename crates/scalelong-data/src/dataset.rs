@@ -27,21 +27,9 @@ pub(crate) fn scale_raw_pixel(raw: u8) -> f32 {
 
 impl ImageSet {
     /// Builds a set from raw 8-bit pixels in NCHW order, scaling them to [-1, 1].
-    pub(crate) fn from_raw(
-        channels: usize,
-        height: usize,
-        width: usize,
-        raw_pixels: &[u8],
-        labels: Vec<u32>,
-    ) -> Self {
+    pub(crate) fn from_raw(channels: usize, height: usize, width: usize, raw_pixels: &[u8], labels: Vec<u32>) -> Self {
         assert_eq!(raw_pixels.len(), labels.len() * channels * height * width);
-        Self {
-            channels,
-            height,
-            width,
-            pixels: raw_pixels.iter().copied().map(scale_raw_pixel).collect(),
-            labels,
-        }
+        Self { channels, height, width, pixels: raw_pixels.iter().copied().map(scale_raw_pixel).collect(), labels }
     }
 
     /// The number of images.
@@ -76,10 +64,7 @@ impl ImageSet {
     /// If `multiple` is 0.
     #[must_use = "pad_to_multiple returns the padded set"]
     pub fn pad_to_multiple(self, multiple: usize) -> Self {
-        assert!(
-            multiple > 0,
-            "pad_to_multiple: the multiple must be at least 1"
-        );
+        assert!(multiple > 0, "pad_to_multiple: the multiple must be at least 1");
         let padded_height = self.height.next_multiple_of(multiple);
         let padded_width = self.width.next_multiple_of(multiple);
         if (padded_height, padded_width) == (self.height, self.width) {
@@ -98,12 +83,7 @@ impl ImageSet {
                 padded_plane[start..start + self.width].copy_from_slice(row);
             }
         }
-        Self {
-            height: padded_height,
-            width: padded_width,
-            pixels,
-            ..self
-        }
+        Self { height: padded_height, width: padded_width, pixels, ..self }
     }
 
     /// Keeps the first `count` images (all of them if the set has fewer). Sources keep their file
@@ -141,24 +121,14 @@ mod tests {
 
     #[test]
     fn pad_28_to_32_is_centred_with_black() {
-        let set = ImageSet {
-            channels: 1,
-            height: 28,
-            width: 28,
-            pixels: vec![0.5; 28 * 28],
-            labels: vec![0],
-        }
-        .pad_to_multiple(32);
+        let set = ImageSet { channels: 1, height: 28, width: 28, pixels: vec![0.5; 28 * 28], labels: vec![0] }
+            .pad_to_multiple(32);
         assert_eq!((set.height, set.width, set.pixels.len()), (32, 32, 32 * 32));
         for row in 0..32 {
             for column in 0..32 {
                 let inside = (2..30).contains(&row) && (2..30).contains(&column);
                 let expected = if inside { 0.5 } else { BLACK };
-                assert_eq!(
-                    set.pixels[row * 32 + column],
-                    expected,
-                    "at ({row}, {column})"
-                );
+                assert_eq!(set.pixels[row * 32 + column], expected, "at ({row}, {column})");
             }
         }
     }
@@ -196,12 +166,7 @@ mod tests {
 
     #[test]
     fn image_returns_one_chw_image() {
-        let set = ImageSet {
-            channels: 2,
-            height: 3,
-            width: 1,
-            ..two_images_3x2()
-        };
+        let set = ImageSet { channels: 2, height: 3, width: 1, ..two_images_3x2() };
         assert_eq!(set.image_len(), 6);
         assert_eq!(set.image(1), &set.pixels[6..12]);
     }

@@ -49,10 +49,7 @@ struct IdxArray {
 /// Reads the whole file, gunzipping it if it starts with the gzip magic bytes (the name does not
 /// matter: a renamed file still reads).
 fn read_maybe_gzipped(path: &Path) -> Result<Vec<u8>, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_owned(), source })?;
     if !bytes.starts_with(&GZIP_MAGIC) {
         return Ok(bytes);
     }
@@ -61,18 +58,12 @@ fn read_maybe_gzipped(path: &Path) -> Result<Vec<u8>, DataError> {
     // silently ignore whatever follows it.
     MultiGzDecoder::new(bytes.as_slice())
         .read_to_end(&mut decompressed)
-        .map_err(|source| DataError::Gzip {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|source| DataError::Gzip { path: path.to_owned(), source })?;
     Ok(decompressed)
 }
 
 fn dims_text(dims: &[usize]) -> String {
-    dims.iter()
-        .map(usize::to_string)
-        .collect::<Vec<_>>()
-        .join("x")
+    dims.iter().map(usize::to_string).collect::<Vec<_>>().join("x")
 }
 
 fn parse_idx(path: &Path, bytes: &[u8], kind: IdxKind) -> Result<IdxArray, DataError> {
@@ -85,10 +76,8 @@ fn parse_idx(path: &Path, bytes: &[u8], kind: IdxKind) -> Result<IdxArray, DataE
             found_bytes: bytes.len(),
         });
     };
-    let words: Vec<u32> = header
-        .chunks_exact(4)
-        .map(|word| u32::from_be_bytes(word.try_into().expect("chunks of 4")))
-        .collect();
+    let words: Vec<u32> =
+        header.chunks_exact(4).map(|word| u32::from_be_bytes(word.try_into().expect("chunks of 4"))).collect();
     let magic = words[0];
     // The data type byte is checked apart from the rest so that, say, an IDX file of floats
     // is reported as such and not as "not IDX at all".
@@ -102,17 +91,11 @@ fn parse_idx(path: &Path, bytes: &[u8], kind: IdxKind) -> Result<IdxArray, DataE
         });
     }
     if dtype != UNSIGNED_BYTE {
-        return Err(DataError::BadDtype {
-            path: path.to_owned(),
-            found: dtype,
-        });
+        return Err(DataError::BadDtype { path: path.to_owned(), found: dtype });
     }
     let dims: Vec<usize> = words[1..].iter().map(|&dim| dim as usize).collect();
     if dims.contains(&0) {
-        return Err(DataError::ZeroDimension {
-            path: path.to_owned(),
-            dims: dims_text(&dims),
-        });
+        return Err(DataError::ZeroDimension { path: path.to_owned(), dims: dims_text(&dims) });
     }
     // u128: three u32 dimensions can overflow u64.
     let expected_bytes: u128 = dims.iter().map(|&dim| dim as u128).product();
@@ -133,10 +116,7 @@ fn parse_idx(path: &Path, bytes: &[u8], kind: IdxKind) -> Result<IdxArray, DataE
             found_bytes: payload.len(),
         });
     }
-    Ok(IdxArray {
-        dims,
-        values: payload.to_vec(),
-    })
+    Ok(IdxArray { dims, values: payload.to_vec() })
 }
 
 fn read_idx(path: &Path, kind: IdxKind) -> Result<IdxArray, DataError> {
@@ -211,10 +191,7 @@ pub(crate) mod tests {
         let dir = TempDir::new("idx-round-trip");
         let (images_path, labels_path) = write_valid_pair(dir.path(), 4, gzip);
         let set = load_idx(&images_path, Some(&labels_path)).unwrap();
-        assert_eq!(
-            (set.len(), set.channels, set.height, set.width),
-            (4, 1, 3, 2)
-        );
+        assert_eq!((set.len(), set.channels, set.height, set.width), (4, 1, 3, 2));
         let expected: Vec<f32> = (0..24u8).map(crate::dataset::scale_raw_pixel).collect();
         assert_eq!(set.pixels, expected);
         assert_eq!(set.labels, [0, 1, 2, 3]);
@@ -253,49 +230,27 @@ pub(crate) mod tests {
         write_raw_idx(&path, header_words, payload, gzip);
         let error = load_idx(&path, None).expect_err("malformed input must be an error");
         let message = error.to_string();
-        assert!(
-            message.contains(&path.display().to_string()),
-            "message does not name the file: {message}"
-        );
+        assert!(message.contains(&path.display().to_string()), "message does not name the file: {message}");
         (error, message)
     }
 
     #[test]
     fn wrong_magic_is_bad_magic() {
         let (error, message) = images_error(&[0x0102_0803, 1, 1, 1], &[0], false);
-        assert!(
-            matches!(
-                error,
-                DataError::BadMagic {
-                    found: 0x0102_0803,
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
+        assert!(matches!(error, DataError::BadMagic { found: 0x0102_0803, .. }), "{error:?}");
         assert!(message.contains("expected 0x00000803"), "{message}");
     }
 
     #[test]
     fn labels_file_given_as_images_is_bad_magic() {
         let (error, _) = images_error(&[0x801, 1, 1, 1], &[0], false);
-        assert!(matches!(
-            error,
-            DataError::BadMagic {
-                found: 0x801,
-                expected: 0x803,
-                ..
-            }
-        ));
+        assert!(matches!(error, DataError::BadMagic { found: 0x801, expected: 0x803, .. }));
     }
 
     #[test]
     fn wrong_dtype_is_bad_dtype() {
         let (error, message) = images_error(&[0x0d03, 1, 1, 1], &[0; 4], false);
-        assert!(
-            matches!(error, DataError::BadDtype { found: 0x0d, .. }),
-            "{error:?}"
-        );
+        assert!(matches!(error, DataError::BadDtype { found: 0x0d, .. }), "{error:?}");
         assert!(message.contains("expected 0x08"), "{message}");
     }
 
@@ -303,10 +258,7 @@ pub(crate) mod tests {
     fn short_payload_is_truncated_with_the_sizes() {
         let (error, message) = images_error(&[0x803, 60000, 28, 28], &[0; 1234], true);
         assert!(matches!(error, DataError::Truncated { .. }), "{error:?}");
-        assert!(
-            message.ends_with("truncated: header says 60000x28x28 = 47040000 bytes, found 1234"),
-            "{message}"
-        );
+        assert!(message.ends_with("truncated: header says 60000x28x28 = 47040000 bytes, found 1234"), "{message}");
     }
 
     #[test]
@@ -315,17 +267,7 @@ pub(crate) mod tests {
         let path = dir.path().join("bad-images");
         std::fs::write(&path, [0, 0, 8, 3, 0, 0]).unwrap();
         let error = load_idx(&path, None).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                DataError::Truncated {
-                    expected_bytes: 16,
-                    found_bytes: 6,
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
+        assert!(matches!(error, DataError::Truncated { expected_bytes: 16, found_bytes: 6, .. }), "{error:?}");
     }
 
     #[test]
@@ -337,27 +279,14 @@ pub(crate) mod tests {
     #[test]
     fn extra_payload_is_trailing_bytes() {
         let (error, message) = images_error(&[0x803, 1, 2, 2], &[0; 5], false);
-        assert!(
-            matches!(
-                error,
-                DataError::TrailingBytes {
-                    expected_bytes: 4,
-                    found_bytes: 5,
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
+        assert!(matches!(error, DataError::TrailingBytes { expected_bytes: 4, found_bytes: 5, .. }), "{error:?}");
         assert!(message.contains("1x2x2 = 4 bytes, found 5"), "{message}");
     }
 
     #[test]
     fn zero_dimension_is_an_error() {
         let (error, message) = images_error(&[0x803, 0, 28, 28], &[], false);
-        assert!(
-            matches!(error, DataError::ZeroDimension { .. }),
-            "{error:?}"
-        );
+        assert!(matches!(error, DataError::ZeroDimension { .. }), "{error:?}");
         assert!(message.contains("0x28x28"), "{message}");
     }
 
@@ -376,11 +305,7 @@ pub(crate) mod tests {
         let path = Path::new("/nonexistent/scalelong/images");
         let error = load_idx(path, None).unwrap_err();
         assert!(matches!(error, DataError::Io { .. }), "{error:?}");
-        assert!(
-            error
-                .to_string()
-                .starts_with("/nonexistent/scalelong/images: ")
-        );
+        assert!(error.to_string().starts_with("/nonexistent/scalelong/images: "));
     }
 
     #[test]
@@ -390,26 +315,10 @@ pub(crate) mod tests {
         let labels_path = dir.path().join("two-labels");
         write_raw_idx(&labels_path, &[0x801, 2], &[0, 1], false);
         let error = load_idx(&images_path, Some(&labels_path)).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                DataError::CountMismatch {
-                    images_count: 3,
-                    labels_count: 2,
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
+        assert!(matches!(error, DataError::CountMismatch { images_count: 3, labels_count: 2, .. }), "{error:?}");
         let message = error.to_string();
-        assert!(
-            message.contains(&images_path.display().to_string()),
-            "{message}"
-        );
-        assert!(
-            message.contains(&labels_path.display().to_string()),
-            "{message}"
-        );
+        assert!(message.contains(&images_path.display().to_string()), "{message}");
+        assert!(message.contains(&labels_path.display().to_string()), "{message}");
     }
 
     #[test]
@@ -418,14 +327,7 @@ pub(crate) mod tests {
         let (images_path, labels_path) = write_valid_pair(dir.path(), 2, false);
         write_raw_idx(&labels_path, &[0x801, 2], &[0, 1, 2], false);
         let error = load_idx(&images_path, Some(&labels_path)).unwrap_err();
-        assert!(
-            matches!(error, DataError::TrailingBytes { .. }),
-            "{error:?}"
-        );
-        assert!(
-            error
-                .to_string()
-                .contains(&labels_path.display().to_string())
-        );
+        assert!(matches!(error, DataError::TrailingBytes { .. }), "{error:?}");
+        assert!(error.to_string().contains(&labels_path.display().to_string()));
     }
 }

@@ -43,12 +43,7 @@ pub enum DataError {
     },
 
     #[error("{}: bad magic number 0x{found:08x}, expected 0x{expected:08x} ({expected_kind})", path.display())]
-    BadMagic {
-        path: PathBuf,
-        found: u32,
-        expected: u32,
-        expected_kind: &'static str,
-    },
+    BadMagic { path: PathBuf, found: u32, expected: u32, expected_kind: &'static str },
 
     #[error("{}: data type code 0x{found:02x}, expected 0x08 (unsigned byte)", path.display())]
     BadDtype { path: PathBuf, found: u8 },
@@ -66,12 +61,7 @@ pub enum DataError {
         "{}: trailing bytes: header says {dims} = {expected_bytes} bytes, found {found_bytes}",
         path.display()
     )]
-    TrailingBytes {
-        path: PathBuf,
-        dims: String,
-        expected_bytes: usize,
-        found_bytes: usize,
-    },
+    TrailingBytes { path: PathBuf, dims: String, expected_bytes: usize, found_bytes: usize },
 
     #[error("{}: header has a zero dimension: {dims}", path.display())]
     ZeroDimension { path: PathBuf, dims: String },
@@ -81,12 +71,7 @@ pub enum DataError {
         images_path.display(),
         labels_path.display()
     )]
-    CountMismatch {
-        images_path: PathBuf,
-        images_count: usize,
-        labels_path: PathBuf,
-        labels_count: usize,
-    },
+    CountMismatch { images_path: PathBuf, images_count: usize, labels_path: PathBuf, labels_count: usize },
 
     #[error("{}: not a readable PNG: {source}", path.display())]
     Png {
@@ -117,41 +102,24 @@ pub enum DataError {
         path.display(),
         first_path.display()
     )]
-    ChannelMismatch {
-        path: PathBuf,
-        found: usize,
-        first_path: PathBuf,
-        expected: usize,
-    },
+    ChannelMismatch { path: PathBuf, found: usize, first_path: PathBuf, expected: usize },
 
-    #[error(
-        "cannot convert images to {channels} channels: only 1 (grey) and 3 (RGB) are supported"
-    )]
+    #[error("cannot convert images to {channels} channels: only 1 (grey) and 3 (RGB) are supported")]
     UnsupportedChannels { channels: usize },
 
     #[error(
         "Fashion-MNIST {split} split not found: looked for {images_file}[.gz] and {labels_file}[.gz] in {}; run `just data` to fetch it, or set SCALELONG_DATA to a folder holding these files",
         searched.iter().map(|dir| dir.display().to_string()).collect::<Vec<_>>().join(", ")
     )]
-    MissingData {
-        split: Split,
-        images_file: &'static str,
-        labels_file: &'static str,
-        searched: Vec<PathBuf>,
-    },
+    MissingData { split: Split, images_file: &'static str, labels_file: &'static str, searched: Vec<PathBuf> },
 
     #[error("dataset {dataset} has no test split: set {field}")]
-    NoTestSplit {
-        dataset: &'static str,
-        field: &'static str,
-    },
+    NoTestSplit { dataset: &'static str, field: &'static str },
 
     #[error("invalid dataset spec: {reason}")]
     InvalidSpec { reason: String },
 
-    #[error(
-        "batch size {batch_size} does not fit a set of {set_len} images: need 1 <= batch size <= set size"
-    )]
+    #[error("batch size {batch_size} does not fit a set of {set_len} images: need 1 <= batch size <= set size")]
     InvalidBatchSize { batch_size: usize, set_len: usize },
 
     #[error("cannot start the loader thread: {0}")]

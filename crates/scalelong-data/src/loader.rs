@@ -60,11 +60,8 @@ impl BatchPlan {
         rng.set_stream(epoch);
         let mut order: Vec<usize> = (0..self.set.len()).collect();
         order.shuffle(&mut rng);
-        let flips = if self.flip {
-            (0..order.len()).map(|_| rng.random_bool(0.5)).collect()
-        } else {
-            vec![false; order.len()]
-        };
+        let flips =
+            if self.flip { (0..order.len()).map(|_| rng.random_bool(0.5)).collect() } else { vec![false; order.len()] };
         (order, flips)
     }
 
@@ -96,8 +93,7 @@ impl BatchPlan {
         loop {
             let (order, flips) = self.epoch_order(epoch);
             for batch_in_epoch in first_batch_in_epoch..batches_per_epoch as usize {
-                let positions =
-                    batch_in_epoch * self.batch_size..(batch_in_epoch + 1) * self.batch_size;
+                let positions = batch_in_epoch * self.batch_size..(batch_in_epoch + 1) * self.batch_size;
                 let batch = self.build_batch(&order[positions.clone()], &flips[positions]);
                 if sender.send(batch).is_err() {
                     return; // the loader was dropped
@@ -114,12 +110,7 @@ impl Loader {
     ///
     /// # Errors
     /// As [`Loader::starting_at`].
-    pub fn new(
-        set: Arc<ImageSet>,
-        batch_size: usize,
-        seed: u64,
-        flip: bool,
-    ) -> Result<Self, DataError> {
+    pub fn new(set: Arc<ImageSet>, batch_size: usize, seed: u64, flip: bool) -> Result<Self, DataError> {
         Self::starting_at(set, batch_size, seed, flip, 0)
     }
 
@@ -137,17 +128,9 @@ impl Loader {
         batches_already_served: u64,
     ) -> Result<Self, DataError> {
         if batch_size == 0 || batch_size > set.len() {
-            return Err(DataError::InvalidBatchSize {
-                batch_size,
-                set_len: set.len(),
-            });
+            return Err(DataError::InvalidBatchSize { batch_size, set_len: set.len() });
         }
-        let plan = BatchPlan {
-            set,
-            batch_size,
-            seed,
-            flip,
-        };
+        let plan = BatchPlan { set, batch_size, seed, flip };
         let batches_per_epoch = plan.batches_per_epoch();
         let (sender, receiver) = sync_channel(PREFETCH_DEPTH);
         let worker = std::thread::Builder::new()
@@ -178,10 +161,7 @@ impl Loader {
     /// # Panics
     /// If the loader thread panicked (re-raises its panic).
     pub fn next_batch(&mut self) -> Batch {
-        let receiver = self
-            .receiver
-            .as_ref()
-            .expect("the receiver lives until drop");
+        let receiver = self.receiver.as_ref().expect("the receiver lives until drop");
         match receiver.recv() {
             Ok(batch) => {
                 self.batches_served += 1;
@@ -238,10 +218,7 @@ mod tests {
         assert_eq!(loader.batches_per_epoch(), 3);
         let mut epoch_orders = Vec::new();
         for _ in 0..3 {
-            let labels: Vec<u32> = take(&mut loader, 3)
-                .into_iter()
-                .flat_map(|b| b.labels)
-                .collect();
+            let labels: Vec<u32> = take(&mut loader, 3).into_iter().flat_map(|b| b.labels).collect();
             let mut sorted = labels.clone();
             sorted.sort();
             sorted.dedup();
@@ -257,25 +234,15 @@ mod tests {
         let set = indexed_set();
         let batch = Loader::new(set.clone(), 4, 3, false).unwrap().next_batch();
         assert_eq!(batch.shape, [4, 1, 2, 3]);
-        let expected: Vec<f32> = batch
-            .labels
-            .iter()
-            .flat_map(|&l| set.image(l as usize).to_vec())
-            .collect();
+        let expected: Vec<f32> = batch.labels.iter().flat_map(|&l| set.image(l as usize).to_vec()).collect();
         assert_eq!(batch.images, expected);
     }
 
     #[test]
     fn same_seed_same_batches_other_seed_other_batches() {
         let first = take(&mut Loader::new(indexed_set(), 3, 5, true).unwrap(), 5);
-        assert_eq!(
-            first,
-            take(&mut Loader::new(indexed_set(), 3, 5, true).unwrap(), 5)
-        );
-        assert_ne!(
-            first,
-            take(&mut Loader::new(indexed_set(), 3, 6, true).unwrap(), 5)
-        );
+        assert_eq!(first, take(&mut Loader::new(indexed_set(), 3, 5, true).unwrap(), 5));
+        assert_ne!(first, take(&mut Loader::new(indexed_set(), 3, 6, true).unwrap(), 5));
     }
 
     #[test]
@@ -289,10 +256,7 @@ mod tests {
             assert_eq!(before, uninterrupted, "flip = {flip}");
             assert_eq!(resumed_loader.batches_served(), 7);
             // Resuming mid-epoch too.
-            let mid_epoch = take(
-                &mut Loader::starting_at(indexed_set(), 3, 9, flip, 4).unwrap(),
-                3,
-            );
+            let mid_epoch = take(&mut Loader::starting_at(indexed_set(), 3, 9, flip, 4).unwrap(), 3);
             assert_eq!(mid_epoch, uninterrupted[4..7], "flip = {flip}");
         }
     }
@@ -305,37 +269,23 @@ mod tests {
         for batch in take(&mut loader, 4) {
             for (image, &label) in batch.images.chunks_exact(6).zip(&batch.labels) {
                 let original = set.image(label as usize);
-                let mirrored: Vec<f32> = original
-                    .chunks_exact(3)
-                    .flat_map(|row| row.iter().rev().copied())
-                    .collect();
+                let mirrored: Vec<f32> = original.chunks_exact(3).flat_map(|row| row.iter().rev().copied()).collect();
                 if image == original {
                     kept += 1;
                 } else {
-                    assert_eq!(
-                        image, mirrored,
-                        "image {label} is neither itself nor mirrored"
-                    );
+                    assert_eq!(image, mirrored, "image {label} is neither itself nor mirrored");
                     flipped += 1;
                 }
             }
         }
-        assert!(
-            flipped > 5 && kept > 5,
-            "flipped {flipped}, kept {kept} of 40"
-        );
+        assert!(flipped > 5 && kept > 5, "flipped {flipped}, kept {kept} of 40");
     }
 
     #[test]
     fn invalid_batch_sizes_are_errors() {
         for batch_size in [0, 11] {
-            let error = Loader::new(indexed_set(), batch_size, 0, false)
-                .err()
-                .unwrap();
-            assert!(
-                matches!(error, DataError::InvalidBatchSize { set_len: 10, .. }),
-                "{error:?}"
-            );
+            let error = Loader::new(indexed_set(), batch_size, 0, false).err().unwrap();
+            assert!(matches!(error, DataError::InvalidBatchSize { set_len: 10, .. }), "{error:?}");
         }
     }
 
@@ -351,9 +301,7 @@ mod tests {
             drop(loader);
             done_sender.send(()).unwrap();
         });
-        done_receiver
-            .recv_timeout(Duration::from_secs(10))
-            .expect("dropping the loader did not stop its thread");
+        done_receiver.recv_timeout(Duration::from_secs(10)).expect("dropping the loader did not stop its thread");
         // The worker's clone of the set is gone, so the thread has really ended.
         assert_eq!(Arc::strong_count(&set), 1);
     }

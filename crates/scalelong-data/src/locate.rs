@@ -13,11 +13,8 @@ pub const DATA_DIR_ENV: &str = "SCALELONG_DATA";
 /// Where Fashion-MNIST is searched after [`DATA_DIR_ENV`], in order: a hand-placed copy, what
 /// `just data` produces (`dpkg-deb -x` of Debian's `dataset-fashion-mnist` into `data/`), and a
 /// system-wide install of that package. The first two are relative to the current folder.
-const FASHION_MNIST_DIRS: [&str; 3] = [
-    "data/fashion-mnist",
-    "data/usr/share/datasets/fashion-mnist",
-    "/usr/share/datasets/fashion-mnist",
-];
+const FASHION_MNIST_DIRS: [&str; 3] =
+    ["data/fashion-mnist", "data/usr/share/datasets/fashion-mnist", "/usr/share/datasets/fashion-mnist"];
 
 /// Mixed into a synthetic set's seed for its test split, so the test images differ from the
 /// training images of every seed a sweep is likely to use (a plain `seed + 1` would collide with
@@ -51,9 +48,7 @@ fn fashion_mnist_file_names(split: Split) -> (&'static str, &'static str) {
 /// `dir/name` if it exists, else `dir/name.gz` if that exists. The plain file comes first
 /// because it reads without decompressing; the reader detects gzip by content either way.
 fn find_maybe_gzipped(dir: &Path, name: &str) -> Option<PathBuf> {
-    [dir.join(name), dir.join(format!("{name}.gz"))]
-        .into_iter()
-        .find(|path| path.is_file())
+    [dir.join(name), dir.join(format!("{name}.gz"))].into_iter().find(|path| path.is_file())
 }
 
 fn load_fashion_mnist_from(dirs: &[PathBuf], split: Split) -> Result<ImageSet, DataError> {
@@ -61,19 +56,13 @@ fn load_fashion_mnist_from(dirs: &[PathBuf], split: Split) -> Result<ImageSet, D
     for dir in dirs {
         // A folder counts only if it holds both files of the split; a half-filled one is
         // passed over rather than half-used.
-        if let (Some(images_path), Some(labels_path)) = (
-            find_maybe_gzipped(dir, images_file),
-            find_maybe_gzipped(dir, labels_file),
-        ) {
+        if let (Some(images_path), Some(labels_path)) =
+            (find_maybe_gzipped(dir, images_file), find_maybe_gzipped(dir, labels_file))
+        {
             return load_idx(&images_path, Some(&labels_path));
         }
     }
-    Err(DataError::MissingData {
-        split,
-        images_file,
-        labels_file,
-        searched: dirs.to_vec(),
-    })
+    Err(DataError::MissingData { split, images_file, labels_file, searched: dirs.to_vec() })
 }
 
 /// Loads a Fashion-MNIST split (train: 60000, test: 10000 images of 1x28x28, labels 0..10) from
@@ -86,11 +75,8 @@ fn load_fashion_mnist_from(dirs: &[PathBuf], split: Split) -> Result<ImageSet, D
 /// error of reading a file that is there but malformed.
 pub fn fashion_mnist(split: Split) -> Result<ImageSet, DataError> {
     let env_dir = std::env::var_os(DATA_DIR_ENV).filter(|dir| !dir.is_empty());
-    let dirs: Vec<PathBuf> = env_dir
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(FASHION_MNIST_DIRS.iter().map(PathBuf::from))
-        .collect();
+    let dirs: Vec<PathBuf> =
+        env_dir.map(PathBuf::from).into_iter().chain(FASHION_MNIST_DIRS.iter().map(PathBuf::from)).collect();
     load_fashion_mnist_from(&dirs, split)
 }
 
@@ -115,12 +101,7 @@ pub enum DatasetSpec {
     // unit variant even with deny_unknown_fields.
     FashionMnist {},
     /// IDX files, see [`load_idx`]; without labels every label is 0.
-    Idx {
-        images: PathBuf,
-        labels: Option<PathBuf>,
-        test_images: Option<PathBuf>,
-        test_labels: Option<PathBuf>,
-    },
+    Idx { images: PathBuf, labels: Option<PathBuf>, test_images: Option<PathBuf>, test_labels: Option<PathBuf> },
     /// A folder of PNGs, see [`load_png_folder`]; every label is 0.
     PngFolder {
         path: PathBuf,
@@ -130,12 +111,7 @@ pub enum DatasetSpec {
     },
     /// Generated images, see [`synthetic`]. The test split has the same size and shape, from a
     /// seed derived from `seed`.
-    Synthetic {
-        n: usize,
-        channels: usize,
-        size: usize,
-        seed: u64,
-    },
+    Synthetic { n: usize, channels: usize, size: usize, seed: u64 },
 }
 
 impl DatasetSpec {
@@ -148,41 +124,25 @@ impl DatasetSpec {
     pub fn load(&self, split: Split) -> Result<ImageSet, DataError> {
         match self {
             DatasetSpec::FashionMnist {} => fashion_mnist(split),
-            DatasetSpec::Idx {
-                images,
-                labels,
-                test_images,
-                test_labels,
-            } => match split {
+            DatasetSpec::Idx { images, labels, test_images, test_labels } => match split {
                 Split::Train => load_idx(images, labels.as_deref()),
                 Split::Test => {
-                    let test_images = test_images.as_deref().ok_or(DataError::NoTestSplit {
-                        dataset: "idx",
-                        field: "test_images",
-                    })?;
+                    let test_images = test_images
+                        .as_deref()
+                        .ok_or(DataError::NoTestSplit { dataset: "idx", field: "test_images" })?;
                     load_idx(test_images, test_labels.as_deref())
                 }
             },
-            DatasetSpec::PngFolder {
-                path,
-                channels,
-                test_path,
-            } => {
+            DatasetSpec::PngFolder { path, channels, test_path } => {
                 let folder = match split {
                     Split::Train => path,
-                    Split::Test => test_path.as_ref().ok_or(DataError::NoTestSplit {
-                        dataset: "png-folder",
-                        field: "test_path",
-                    })?,
+                    Split::Test => test_path
+                        .as_ref()
+                        .ok_or(DataError::NoTestSplit { dataset: "png-folder", field: "test_path" })?,
                 };
                 load_png_folder(folder, *channels)
             }
-            &DatasetSpec::Synthetic {
-                n,
-                channels,
-                size,
-                seed,
-            } => {
+            &DatasetSpec::Synthetic { n, channels, size, seed } => {
                 if channels == 0 || size == 0 {
                     return Err(DataError::InvalidSpec {
                         reason: format!(
@@ -226,21 +186,9 @@ mod tests {
     #[test]
     fn missing_fashion_mnist_lists_the_places_and_says_just_data() {
         let empty = TempDir::new("locate-empty");
-        let dirs = [
-            empty.path().to_owned(),
-            PathBuf::from("/nonexistent/fmnist"),
-        ];
+        let dirs = [empty.path().to_owned(), PathBuf::from("/nonexistent/fmnist")];
         let error = load_fashion_mnist_from(&dirs, Split::Train).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                DataError::MissingData {
-                    split: Split::Train,
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
+        assert!(matches!(error, DataError::MissingData { split: Split::Train, .. }), "{error:?}");
         let message = error.to_string();
         for expected in [
             &empty.path().display().to_string(),
@@ -250,10 +198,7 @@ mod tests {
             "`just data`",
             DATA_DIR_ENV,
         ] {
-            assert!(
-                message.contains(expected),
-                "{expected:?} missing from: {message}"
-            );
+            assert!(message.contains(expected), "{expected:?} missing from: {message}");
         }
     }
 
@@ -267,36 +212,18 @@ mod tests {
 
     #[test]
     fn specs_parse_from_toml() {
-        assert_eq!(
-            parse("[dataset]\nkind = \"fashion-mnist\"").unwrap(),
-            DatasetSpec::FashionMnist {}
-        );
+        assert_eq!(parse("[dataset]\nkind = \"fashion-mnist\"").unwrap(), DatasetSpec::FashionMnist {});
         assert_eq!(
             parse("[dataset]\nkind = \"idx\"\nimages = \"a.gz\"").unwrap(),
-            DatasetSpec::Idx {
-                images: "a.gz".into(),
-                labels: None,
-                test_images: None,
-                test_labels: None
-            }
+            DatasetSpec::Idx { images: "a.gz".into(), labels: None, test_images: None, test_labels: None }
         );
         assert_eq!(
             parse("[dataset]\nkind = \"png-folder\"\npath = \"faces\"\nchannels = 1").unwrap(),
-            DatasetSpec::PngFolder {
-                path: "faces".into(),
-                channels: Some(1),
-                test_path: None
-            }
+            DatasetSpec::PngFolder { path: "faces".into(), channels: Some(1), test_path: None }
         );
         assert_eq!(
-            parse("dataset = { kind = \"synthetic\", n = 8, channels = 3, size = 16, seed = 2 }")
-                .unwrap(),
-            DatasetSpec::Synthetic {
-                n: 8,
-                channels: 3,
-                size: 16,
-                seed: 2
-            }
+            parse("dataset = { kind = \"synthetic\", n = 8, channels = 3, size = 16, seed = 2 }").unwrap(),
+            DatasetSpec::Synthetic { n: 8, channels: 3, size: 16, seed: 2 }
         );
     }
 
@@ -317,54 +244,24 @@ mod tests {
     fn specs_load_their_splits() {
         let dir = TempDir::new("locate-spec");
         let (images, labels) = write_valid_pair(dir.path(), 4, false);
-        let mut spec = DatasetSpec::Idx {
-            images: images.clone(),
-            labels: Some(labels),
-            test_images: None,
-            test_labels: None,
-        };
+        let mut spec =
+            DatasetSpec::Idx { images: images.clone(), labels: Some(labels), test_images: None, test_labels: None };
         assert_eq!(spec.load(Split::Train).unwrap().labels, [0, 1, 2, 3]);
         let error = spec.load(Split::Test).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "dataset idx has no test split: set test_images"
-        );
+        assert_eq!(error.to_string(), "dataset idx has no test split: set test_images");
         if let DatasetSpec::Idx { test_images, .. } = &mut spec {
             *test_images = Some(images);
         }
         assert_eq!(spec.load(Split::Test).unwrap().labels, [0; 4]);
 
-        let png_spec = DatasetSpec::PngFolder {
-            path: dir.path().to_owned(),
-            channels: None,
-            test_path: None,
-        };
-        assert!(matches!(
-            png_spec.load(Split::Test),
-            Err(DataError::NoTestSplit { .. })
-        ));
+        let png_spec = DatasetSpec::PngFolder { path: dir.path().to_owned(), channels: None, test_path: None };
+        assert!(matches!(png_spec.load(Split::Test), Err(DataError::NoTestSplit { .. })));
 
-        let synthetic_spec = DatasetSpec::Synthetic {
-            n: 4,
-            channels: 1,
-            size: 8,
-            seed: 3,
-        };
+        let synthetic_spec = DatasetSpec::Synthetic { n: 4, channels: 1, size: 8, seed: 3 };
         let train = synthetic_spec.load(Split::Train).unwrap();
         assert_eq!(train, synthetic(4, 1, 8, 3));
-        assert_ne!(
-            train.pixels,
-            synthetic_spec.load(Split::Test).unwrap().pixels
-        );
-        let empty_spec = DatasetSpec::Synthetic {
-            n: 4,
-            channels: 0,
-            size: 8,
-            seed: 3,
-        };
-        assert!(matches!(
-            empty_spec.load(Split::Train),
-            Err(DataError::InvalidSpec { .. })
-        ));
+        assert_ne!(train.pixels, synthetic_spec.load(Split::Test).unwrap().pixels);
+        let empty_spec = DatasetSpec::Synthetic { n: 4, channels: 0, size: 8, seed: 3 };
+        assert!(matches!(empty_spec.load(Split::Train), Err(DataError::InvalidSpec { .. })));
     }
 }

@@ -18,22 +18,14 @@ struct DecodedPng {
 }
 
 fn decode_png(path: &Path) -> Result<DecodedPng, DataError> {
-    let png_error = |source| DataError::Png {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(|source| DataError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let png_error = |source| DataError::Png { path: path.to_owned(), source };
+    let file = File::open(path).map_err(|source| DataError::Io { path: path.to_owned(), source })?;
     let mut decoder = png::Decoder::new(BufReader::new(file));
     // 16-bit samples become 8-bit, palettes and low bit depths expand to 8-bit grey or RGB(A),
     // so only the four colour types below remain.
     decoder.set_transformations(Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().map_err(png_error)?;
-    let buffer_len = reader
-        .output_buffer_size()
-        .ok_or_else(|| png_error(png::DecodingError::LimitsExceeded))?;
+    let buffer_len = reader.output_buffer_size().ok_or_else(|| png_error(png::DecodingError::LimitsExceeded))?;
     let mut buffer = vec![0; buffer_len];
     let frame = reader.next_frame(&mut buffer).map_err(png_error)?;
     buffer.truncate(frame.buffer_size());
@@ -47,18 +39,9 @@ fn decode_png(path: &Path) -> Result<DecodedPng, DataError> {
     let interleaved = if samples_per_pixel == channels {
         buffer
     } else {
-        buffer
-            .chunks_exact(samples_per_pixel)
-            .flat_map(|pixel| &pixel[..channels])
-            .copied()
-            .collect()
+        buffer.chunks_exact(samples_per_pixel).flat_map(|pixel| &pixel[..channels]).copied().collect()
     };
-    Ok(DecodedPng {
-        width: frame.width as usize,
-        height: frame.height as usize,
-        channels,
-        interleaved,
-    })
+    Ok(DecodedPng { width: frame.width as usize, height: frame.height as usize, channels, interleaved })
 }
 
 /// Appends `image` to `raw_chw` as CHW with `channels` channels: grey is replicated into RGB,
@@ -77,9 +60,7 @@ fn append_as_chw(image: &DecodedPng, channels: usize, raw_chw: &mut Vec<u8>) {
             }
         }
         (3, 1) => raw_chw.extend(pixels.map(|pixel| {
-            let luma = 0.299 * f32::from(pixel[0])
-                + 0.587 * f32::from(pixel[1])
-                + 0.114 * f32::from(pixel[2]);
+            let luma = 0.299 * f32::from(pixel[0]) + 0.587 * f32::from(pixel[1]) + 0.114 * f32::from(pixel[2]);
             luma.round() as u8
         })),
         _ => unreachable!("decode_png gives 1 or 3 channels and callers ask for 1 or 3"),
@@ -89,16 +70,11 @@ fn append_as_chw(image: &DecodedPng, channels: usize, raw_chw: &mut Vec<u8>) {
 /// The `*.png` files of `dir` (extension matched case-insensitively), sorted by file name so the
 /// image order, and with it every seeded run, is the same on every machine.
 fn png_paths(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let io_error = |source| DataError::Io {
-        path: dir.to_owned(),
-        source,
-    };
+    let io_error = |source| DataError::Io { path: dir.to_owned(), source };
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_error)? {
         let path = entry.map_err(io_error)?.path();
-        let is_png = path
-            .extension()
-            .is_some_and(|extension| extension.eq_ignore_ascii_case("png"));
+        let is_png = path.extension().is_some_and(|extension| extension.eq_ignore_ascii_case("png"));
         if is_png && path.is_file() {
             paths.push(path);
         }
@@ -127,9 +103,7 @@ pub fn load_png_folder(dir: &Path, channels: Option<usize>) -> Result<ImageSet, 
     }
     let paths = png_paths(dir)?;
     let Some(first_path) = paths.first() else {
-        return Err(DataError::NoImages {
-            dir: dir.to_owned(),
-        });
+        return Err(DataError::NoImages { dir: dir.to_owned() });
     };
     let first = decode_png(first_path)?;
     let requested_channels = channels;
@@ -159,13 +133,7 @@ pub fn load_png_folder(dir: &Path, channels: Option<usize>) -> Result<ImageSet, 
         append_as_chw(&image, channels, &mut raw_chw);
     }
     let labels = vec![0; paths.len()];
-    Ok(ImageSet::from_raw(
-        channels,
-        first.height,
-        first.width,
-        &raw_chw,
-        labels,
-    ))
+    Ok(ImageSet::from_raw(channels, first.height, first.width, &raw_chw, labels))
 }
 
 #[cfg(test)]
@@ -196,34 +164,20 @@ mod tests {
         encoder.set_color(color);
         encoder.set_depth(png::BitDepth::Eight);
         configure(&mut encoder);
-        encoder
-            .write_header()
-            .unwrap()
-            .write_image_data(data)
-            .unwrap();
+        encoder.write_header().unwrap().write_image_data(data).unwrap();
     }
 
     #[test]
     fn sixteen_bit_and_palette_images_read_as_8_bit() {
         let dir = TempDir::new("png-depths");
         // 16-bit grey, big-endian samples: 0x0000 and 0xffff.
-        write_png_with(
-            &dir.path().join("a.png"),
-            2,
-            1,
-            ColorType::Grayscale,
-            &[0, 0, 255, 255],
-            |e| e.set_depth(png::BitDepth::Sixteen),
-        );
+        write_png_with(&dir.path().join("a.png"), 2, 1, ColorType::Grayscale, &[0, 0, 255, 255], |e| {
+            e.set_depth(png::BitDepth::Sixteen)
+        });
         // Palette of black and white, pixels: white, black.
-        write_png_with(
-            &dir.path().join("b.png"),
-            2,
-            1,
-            ColorType::Indexed,
-            &[1, 0],
-            |e| e.set_palette(vec![0, 0, 0, 255, 255, 255]),
-        );
+        write_png_with(&dir.path().join("b.png"), 2, 1, ColorType::Indexed, &[1, 0], |e| {
+            e.set_palette(vec![0, 0, 0, 255, 255, 255])
+        });
         let set = load_png_folder(dir.path(), Some(1)).unwrap();
         assert_eq!(set.pixels, [-1.0, 1.0, 1.0, -1.0]);
     }
@@ -232,33 +186,12 @@ mod tests {
     fn grey_folder_round_trip_in_name_order_with_scaling() {
         let dir = TempDir::new("png-grey");
         // Written out of order; a non-PNG file is ignored.
-        write_png(
-            &dir.path().join("b.png"),
-            2,
-            1,
-            ColorType::Grayscale,
-            &[255, 0],
-        );
-        write_png(
-            &dir.path().join("a.png"),
-            2,
-            1,
-            ColorType::Grayscale,
-            &[0, 255],
-        );
-        write_png(
-            &dir.path().join("c.PNG"),
-            2,
-            1,
-            ColorType::GrayscaleAlpha,
-            &[51, 9, 204, 9],
-        );
+        write_png(&dir.path().join("b.png"), 2, 1, ColorType::Grayscale, &[255, 0]);
+        write_png(&dir.path().join("a.png"), 2, 1, ColorType::Grayscale, &[0, 255]);
+        write_png(&dir.path().join("c.PNG"), 2, 1, ColorType::GrayscaleAlpha, &[51, 9, 204, 9]);
         std::fs::write(dir.path().join("notes.txt"), "not an image").unwrap();
         let set = load_png_folder(dir.path(), None).unwrap();
-        assert_eq!(
-            (set.len(), set.channels, set.height, set.width),
-            (3, 1, 1, 2)
-        );
+        assert_eq!((set.len(), set.channels, set.height, set.width), (3, 1, 1, 2));
         assert_eq!(set.pixels, scaled(&[0, 255, 255, 0, 51, 204]));
         assert_eq!(set.pixels[..4], [-1.0, 1.0, 1.0, -1.0]);
         assert_eq!(set.labels, [0, 0, 0]);
@@ -278,20 +211,8 @@ mod tests {
     /// Grey, colour, grey: conversion must work whichever kind comes first.
     fn mixed_folder() -> TempDir {
         let dir = TempDir::new("png-mixed");
-        write_png(
-            &dir.path().join("1.png"),
-            1,
-            1,
-            ColorType::Grayscale,
-            &[255],
-        );
-        write_png(
-            &dir.path().join("2.png"),
-            1,
-            1,
-            ColorType::Rgb,
-            &[255, 255, 255],
-        );
+        write_png(&dir.path().join("1.png"), 1, 1, ColorType::Grayscale, &[255]);
+        write_png(&dir.path().join("2.png"), 1, 1, ColorType::Rgb, &[255, 255, 255]);
         write_png(&dir.path().join("3.png"), 1, 1, ColorType::Grayscale, &[0]);
         dir
     }
@@ -300,17 +221,7 @@ mod tests {
     fn mixed_channels_without_a_count_is_an_error_naming_the_file() {
         let dir = mixed_folder();
         let error = load_png_folder(dir.path(), None).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                DataError::ChannelMismatch {
-                    found: 3,
-                    expected: 1,
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
+        assert!(matches!(error, DataError::ChannelMismatch { found: 3, expected: 1, .. }), "{error:?}");
         assert!(error.to_string().contains("2.png"), "{error}");
     }
 
@@ -318,16 +229,10 @@ mod tests {
     fn mixed_channels_convert_to_the_requested_count() {
         let dir = mixed_folder();
         let grey = load_png_folder(dir.path(), Some(1)).unwrap();
-        assert_eq!(
-            (grey.channels, grey.pixels.as_slice()),
-            (1, [1.0, 1.0, -1.0].as_slice())
-        );
+        assert_eq!((grey.channels, grey.pixels.as_slice()), (1, [1.0, 1.0, -1.0].as_slice()));
         let rgb = load_png_folder(dir.path(), Some(3)).unwrap();
         let expected_rgb = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0];
-        assert_eq!(
-            (rgb.channels, rgb.pixels.as_slice()),
-            (3, expected_rgb.as_slice())
-        );
+        assert_eq!((rgb.channels, rgb.pixels.as_slice()), (3, expected_rgb.as_slice()));
         std::fs::remove_file(dir.path().join("1.png")).unwrap();
         let colour_first = load_png_folder(dir.path(), Some(3)).unwrap();
         assert_eq!(colour_first.pixels, [1.0, 1.0, 1.0, -1.0, -1.0, -1.0]);
@@ -336,39 +241,13 @@ mod tests {
     #[test]
     fn size_mismatch_names_the_first_differing_file() {
         let dir = TempDir::new("png-size");
-        write_png(
-            &dir.path().join("a.png"),
-            2,
-            2,
-            ColorType::Grayscale,
-            &[0; 4],
-        );
-        write_png(
-            &dir.path().join("b.png"),
-            2,
-            2,
-            ColorType::Grayscale,
-            &[0; 4],
-        );
-        write_png(
-            &dir.path().join("c.png"),
-            3,
-            2,
-            ColorType::Grayscale,
-            &[0; 6],
-        );
+        write_png(&dir.path().join("a.png"), 2, 2, ColorType::Grayscale, &[0; 4]);
+        write_png(&dir.path().join("b.png"), 2, 2, ColorType::Grayscale, &[0; 4]);
+        write_png(&dir.path().join("c.png"), 3, 2, ColorType::Grayscale, &[0; 6]);
         write_png(&dir.path().join("d.png"), 1, 1, ColorType::Grayscale, &[0]);
         let error = load_png_folder(dir.path(), None).unwrap_err();
-        assert!(
-            matches!(error, DataError::SizeMismatch { found_width: 3, .. }),
-            "{error:?}"
-        );
-        assert!(
-            error
-                .to_string()
-                .contains("c.png: image is 3x2, expected 2x2"),
-            "{error}"
-        );
+        assert!(matches!(error, DataError::SizeMismatch { found_width: 3, .. }), "{error:?}");
+        assert!(error.to_string().contains("c.png: image is 3x2, expected 2x2"), "{error}");
     }
 
     #[test]
@@ -381,9 +260,6 @@ mod tests {
         assert!(matches!(error, DataError::Png { .. }), "{error:?}");
         assert!(error.to_string().contains("broken.png"), "{error}");
         let error = load_png_folder(dir.path(), Some(2)).unwrap_err();
-        assert!(
-            matches!(error, DataError::UnsupportedChannels { channels: 2 }),
-            "{error:?}"
-        );
+        assert!(matches!(error, DataError::UnsupportedChannels { channels: 2 }), "{error:?}");
     }
 }

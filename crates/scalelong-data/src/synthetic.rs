@@ -21,10 +21,7 @@ const MAX_SHAPES: usize = 3;
 /// # Panics
 /// If `channels` or `size` is 0.
 pub fn synthetic(count: usize, channels: usize, size: usize, seed: u64) -> ImageSet {
-    assert!(
-        channels > 0 && size > 0,
-        "synthetic: channels and size must be at least 1"
-    );
+    assert!(channels > 0 && size > 0, "synthetic: channels and size must be at least 1");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let plane_len = size * size;
     let mut raw = Vec::with_capacity(count * channels * plane_len);
@@ -37,9 +34,7 @@ pub fn synthetic(count: usize, channels: usize, size: usize, seed: u64) -> Image
         let mut image = vec![background; channels * plane_len];
         let shape_count = rng.random_range(1..=MAX_SHAPES);
         for _ in 0..shape_count {
-            let levels: Vec<u8> = (0..channels)
-                .map(|_| rng.random_range(SHAPE_LEVELS))
-                .collect();
+            let levels: Vec<u8> = (0..channels).map(|_| rng.random_range(SHAPE_LEVELS)).collect();
             let is_disc = rng.random_bool(0.5);
             // A rectangle spans rows top..top + height and columns left..left + width; a disc
             // is centred on (top, left) with diameter `height`.
@@ -85,10 +80,7 @@ mod tests {
     #[test]
     fn shape_range_and_labels() {
         let set = synthetic(64, 1, 16, 0);
-        assert_eq!(
-            (set.len(), set.channels, set.height, set.width),
-            (64, 1, 16, 16)
-        );
+        assert_eq!((set.len(), set.channels, set.height, set.width), (64, 1, 16, 16));
         assert_eq!(set.pixels.len(), 64 * 16 * 16);
         assert!(set.pixels.iter().all(|v| (-1.0..=1.0).contains(v)));
         assert!(set.labels.iter().all(|&label| label < 3));
@@ -97,10 +89,7 @@ mod tests {
             let image = set.image(index);
             let brightest = image.iter().copied().fold(f32::MIN, f32::max);
             let darkest = image.iter().copied().fold(f32::MAX, f32::min);
-            assert!(
-                brightest > -0.4 && darkest < -0.8,
-                "image {index}: {darkest}..{brightest}"
-            );
+            assert!(brightest > -0.4 && darkest < -0.8, "image {index}: {darkest}..{brightest}");
         }
     }
 }

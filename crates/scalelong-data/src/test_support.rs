@@ -11,10 +11,7 @@ impl TempDir {
     pub(crate) fn new(label: &str) -> Self {
         static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "scalelong-data-{label}-{}-{id}",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir().join(format!("scalelong-data-{label}-{}-{id}", std::process::id()));
         // A leftover from an earlier process with the same pid would make the test see stale
         // files.
         let _ = std::fs::remove_dir_all(&path);

@@ -21,15 +21,9 @@ fn load_from_workspace_root(split: Split) -> Option<ImageSet> {
 }
 
 fn check(set: &ImageSet, expected_len: usize) {
-    assert_eq!(
-        (set.len(), set.channels, set.height, set.width),
-        (expected_len, 1, 28, 28)
-    );
+    assert_eq!((set.len(), set.channels, set.height, set.width), (expected_len, 1, 28, 28));
     assert_eq!(set.pixels.len(), expected_len * 28 * 28);
-    assert!(
-        set.pixels.iter().all(|v| (-1.0..=1.0).contains(v)),
-        "a pixel is outside [-1, 1]"
-    );
+    assert!(set.pixels.iter().all(|v| (-1.0..=1.0).contains(v)), "a pixel is outside [-1, 1]");
     // Both extremes occur: black background, white highlights.
     assert!(set.pixels.contains(&-1.0) && set.pixels.contains(&1.0));
     // Fashion-MNIST is balanced: exactly len / 10 images of each of the 10 classes.

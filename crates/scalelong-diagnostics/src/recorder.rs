@@ -64,7 +64,13 @@ pub struct Recorder {
 
 impl Recorder {
     /// `device` is the training device (with autodiff); the probe lives on its inner backend.
-    pub fn new(config: &DiagnosticsConfig, images: &ImageSet, schedule: &NoiseSchedule, seed: u64, device: &Device) -> Result<Self, String> {
+    pub fn new(
+        config: &DiagnosticsConfig,
+        images: &ImageSet,
+        schedule: &NoiseSchedule,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self, String> {
         if config.every == 0 {
             return Ok(Self { every: 0, gradient_bins_every: 0, t_bins: 0, probe: None });
         }
@@ -73,7 +79,9 @@ impl Recorder {
             return Err("diagnostics: gradient_bins_every must be at least 1".into());
         }
         if bins == 0 || per_bin == 0 || bins > schedule.steps() {
-            return Err(format!("diagnostics: t_bins ({bins}) and probe_per_bin ({per_bin}) must be positive, t_bins at most the schedule's steps"));
+            return Err(format!(
+                "diagnostics: t_bins ({bins}) and probe_per_bin ({per_bin}) must be positive, t_bins at most the schedule's steps"
+            ));
         }
         let count = bins * per_bin;
         if images.len() < count {
@@ -85,7 +93,9 @@ impl Recorder {
         let x0 = Tensor::<1>::from_floats(pixels.as_slice(), &device).reshape(shape);
         let t = schedule.steps() as f64;
         let steps: Vec<usize> = (0..count)
-            .map(|j| (((j / per_bin) as f64 + ((j % per_bin) as f64 + 0.5) / per_bin as f64) * t / bins as f64) as usize)
+            .map(|j| {
+                (((j / per_bin) as f64 + ((j % per_bin) as f64 + 0.5) / per_bin as f64) * t / bins as f64) as usize
+            })
             .collect();
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xd1a6);
         let noised = schedule.q_sample(x0, seeded_noise(shape, &mut rng, &device), &steps);
@@ -147,11 +157,8 @@ fn row(step: u64, quantity: &str, layer: Option<String>, lsc: Option<u32>, t_bin
 /// The diagnostics group of a parameter, from its module path (see docs/run-folder.md).
 pub fn group_of(path: &[String]) -> String {
     // Variant names of the enums (`UViT`, `UNet`, `Res`, ...) carry no grouping information.
-    let parts: Vec<&str> = path
-        .iter()
-        .map(String::as_str)
-        .filter(|p| !matches!(*p, "UViT" | "UNet" | "Stem" | "Res" | "Down"))
-        .collect();
+    let parts: Vec<&str> =
+        path.iter().map(String::as_str).filter(|p| !matches!(*p, "UViT" | "UNet" | "Stem" | "Res" | "Down")).collect();
     match parts.as_slice() {
         ["patch_embed" | "time_embed" | "pos_embed", ..] => "embed".into(),
         ["in_blocks" | "encoder", k, ..] => format!("enc.{k}"),
@@ -282,14 +289,25 @@ fn probe_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionNet) -> 
     let mut trace = ForwardTrace::default();
     let out = net.forward(probe.x_t.clone(), probe.model_time.clone(), Some(&mut trace));
     let mut noisy_trace = ForwardTrace::default();
-    let noisy_out = net.forward(probe.x_t.clone() + probe.delta.clone(), probe.model_time.clone(), Some(&mut noisy_trace));
+    let noisy_out =
+        net.forward(probe.x_t.clone() + probe.delta.clone(), probe.model_time.clone(), Some(&mut noisy_trace));
     let n = trace.fusions.len();
     let batch = probe.bins.len();
     let flat = |t: Tensor<4>| t.reshape([batch as i64, -1]);
 
     let mut series = vec![
-        PerSample { quantity: "probe_loss", layer: None, lsc: None, values: per_sample_loss(out.clone(), probe.noise.clone()) },
-        PerSample { quantity: "xt_sq_norm", layer: None, lsc: None, values: row_norms(flat(probe.x_t.clone())).square() },
+        PerSample {
+            quantity: "probe_loss",
+            layer: None,
+            lsc: None,
+            values: per_sample_loss(out.clone(), probe.noise.clone()),
+        },
+        PerSample {
+            quantity: "xt_sq_norm",
+            layer: None,
+            lsc: None,
+            values: row_norms(flat(probe.x_t.clone())).square(),
+        },
         PerSample {
             quantity: "robustness",
             layer: None,
@@ -300,7 +318,12 @@ fn probe_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionNet) -> 
     let mut feature = |layer: String, lsc: Option<u32>, h: &Tensor<2>| {
         let numel = h.dims()[1] as f64;
         let l2 = row_norms(h.clone());
-        series.push(PerSample { quantity: "feature_rms", layer: Some(layer.clone()), lsc, values: l2.clone().div_scalar(numel.sqrt()) });
+        series.push(PerSample {
+            quantity: "feature_rms",
+            layer: Some(layer.clone()),
+            lsc,
+            values: l2.clone().div_scalar(numel.sqrt()),
+        });
         series.push(PerSample { quantity: "feature_l2", layer: Some(layer), lsc, values: l2 });
     };
     for (k, h) in trace.encoder.iter().enumerate() {
@@ -322,7 +345,12 @@ fn probe_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionNet) -> 
         let scaled_l2 = row_norms(scaled);
         let main_l2 = row_norms(fusion.main.clone());
         series.push(PerSample { quantity: "skip_l2", layer: layer.clone(), lsc, values: skip_l2 });
-        series.push(PerSample { quantity: "skip_ratio", layer: layer.clone(), lsc, values: scaled_l2.clone() / main_l2 });
+        series.push(PerSample {
+            quantity: "skip_ratio",
+            layer: layer.clone(),
+            lsc,
+            values: scaled_l2.clone() / main_l2,
+        });
         series.push(PerSample { quantity: "scaled_skip_l2", layer, lsc, values: scaled_l2 });
         let enc = fusion.lsc - 1;
         let d_enc = row_norms(noisy_trace.encoder[enc].clone() - trace.encoder[enc].clone()).mean();
@@ -340,7 +368,8 @@ fn probe_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionNet) -> 
         offset += len;
         rows.push(row(step, s.quantity, s.layer.clone(), s.lsc, None, mean(values)));
         for bin in 0..t_bins as u32 {
-            let in_bin: Vec<f64> = values.iter().zip(&probe.bins).filter(|(_, b)| **b == bin).map(|(v, _)| *v).collect();
+            let in_bin: Vec<f64> =
+                values.iter().zip(&probe.bins).filter(|(_, b)| **b == bin).map(|(v, _)| *v).collect();
             rows.push(row(step, s.quantity, s.layer.clone(), s.lsc, Some(bin), mean(&in_bin)));
         }
     }

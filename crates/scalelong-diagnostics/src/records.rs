@@ -40,10 +40,7 @@ pub struct RunRecords {
 #[derive(Debug, thiserror::Error)]
 pub enum AnalysisError {
     #[error("cannot read {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{}:{line}: malformed diagnostics record: {source}", path.display())]
     MalformedLine {
         path: PathBuf,
@@ -58,10 +55,7 @@ pub enum AnalysisError {
 /// that, so it is dropped. Blank lines are skipped.
 pub fn read_records(path: impl AsRef<Path>) -> Result<Vec<Record>, AnalysisError> {
     let path = path.as_ref();
-    let io_error = |source| AnalysisError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_error = |source| AnalysisError::Io { path: path.to_path_buf(), source };
     let mut reader = BufReader::new(File::open(path).map_err(io_error)?);
     let mut records = Vec::new();
     // Bytes, not a String: a torn line may end inside a multi-byte character.
@@ -78,11 +72,7 @@ pub fn read_records(path: impl AsRef<Path>) -> Result<Vec<Record>, AnalysisError
             Ok(record) => records.push(record),
             Err(_) if line.last() != Some(&b'\n') => break,
             Err(source) => {
-                return Err(AnalysisError::MalformedLine {
-                    path: path.to_path_buf(),
-                    line: line_number,
-                    source,
-                });
+                return Err(AnalysisError::MalformedLine { path: path.to_path_buf(), line: line_number, source });
             }
         }
     }
@@ -102,18 +92,10 @@ pub fn series(
 ) -> Vec<(u64, f64)> {
     let by_step: BTreeMap<u64, Option<f64>> = records
         .iter()
-        .filter(|r| {
-            r.quantity == quantity
-                && r.layer.as_deref() == layer
-                && r.lsc == lsc
-                && r.t_bin == t_bin
-        })
+        .filter(|r| r.quantity == quantity && r.layer.as_deref() == layer && r.lsc == lsc && r.t_bin == t_bin)
         .map(|r| (r.step, r.value))
         .collect();
-    by_step
-        .into_iter()
-        .filter_map(|(step, value)| Some((step, value?)))
-        .collect()
+    by_step.into_iter().filter_map(|(step, value)| Some((step, value?))).collect()
 }
 
 /// The values of [`series`] without their steps.
@@ -124,10 +106,7 @@ pub fn series_values(
     lsc: Option<u32>,
     t_bin: Option<u32>,
 ) -> Vec<f64> {
-    series(records, quantity, layer, lsc, t_bin)
-        .into_iter()
-        .map(|(_, value)| value)
-        .collect()
+    series(records, quantity, layer, lsc, t_bin).into_iter().map(|(_, value)| value).collect()
 }
 
 #[cfg(test)]
@@ -135,27 +114,18 @@ mod tests {
     use super::*;
 
     fn record(step: u64, quantity: &str, layer: Option<&str>, value: Option<f64>) -> Record {
-        Record {
-            step,
-            quantity: quantity.to_string(),
-            layer: layer.map(str::to_string),
-            lsc: None,
-            t_bin: None,
-            value,
-        }
+        Record { step, quantity: quantity.to_string(), layer: layer.map(str::to_string), lsc: None, t_bin: None, value }
     }
 
     /// Writes `contents` to a fresh file in the system temp dir, named after the test.
     fn temp_file(test_name: &str, contents: &str) -> PathBuf {
-        let path = std::env::temp_dir().join(format!(
-            "scalelong-diagnostics-{}-{test_name}.jsonl",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir().join(format!("scalelong-diagnostics-{}-{test_name}.jsonl", std::process::id()));
         std::fs::write(&path, contents).unwrap();
         path
     }
 
-    const LINE_1: &str = r#"{"step": 120, "quantity": "feature_l2", "layer": "dec.3", "lsc": 3, "t_bin": 4, "value": 12.5}"#;
+    const LINE_1: &str =
+        r#"{"step": 120, "quantity": "feature_l2", "layer": "dec.3", "lsc": 3, "t_bin": 4, "value": 12.5}"#;
     const LINE_2: &str = r#"{"step": 121, "quantity": "m0", "layer": null, "lsc": null, "t_bin": null, "value": null}"#;
 
     #[test]
@@ -181,10 +151,7 @@ mod tests {
 
     #[test]
     fn malformed_middle_line_is_an_error_with_its_line_number() {
-        let path = temp_file(
-            "malformed",
-            &format!("{LINE_1}\n{{\"step\": oops}}\n{LINE_2}\n"),
-        );
+        let path = temp_file("malformed", &format!("{LINE_1}\n{{\"step\": oops}}\n{LINE_2}\n"));
         let error = read_records(&path).unwrap_err();
         std::fs::remove_file(&path).unwrap();
         match &error {
@@ -232,10 +199,7 @@ mod tests {
             record(10, "gate_mean", Some("dec.0"), Some(7.0)),
             record(30, "coef", Some("dec.0"), Some(4.0)),
         ];
-        assert_eq!(
-            series(&records, "coef", Some("dec.0"), None, None),
-            vec![(10, 1.0), (30, 4.0)]
-        );
+        assert_eq!(series(&records, "coef", Some("dec.0"), None, None), vec![(10, 1.0), (30, 4.0)]);
         assert_eq!(series_values(&records, "coef", None, None, None), vec![8.0]);
     }
 }

@@ -44,13 +44,7 @@ impl Moments {
             syy += dy * dy;
             sxy += dx * dy;
         }
-        Some(Self {
-            mean_x,
-            mean_y,
-            sxx,
-            syy,
-            sxy,
-        })
+        Some(Self { mean_x, mean_y, sxx, syy, sxy })
     }
 }
 
@@ -97,21 +91,9 @@ pub fn least_squares(x: &[f64], y: &[f64]) -> Option<LeastSquares> {
     }
     let slope = m.sxy / m.sxx;
     let intercept = m.mean_y - slope * m.mean_x;
-    let residual_sum_of_squares: f64 = x
-        .iter()
-        .zip(y)
-        .map(|(xi, yi)| (yi - slope * xi - intercept).powi(2))
-        .sum();
-    let r2 = if m.syy == 0.0 {
-        1.0
-    } else {
-        1.0 - residual_sum_of_squares / m.syy
-    };
-    Some(LeastSquares {
-        slope,
-        intercept,
-        r2,
-    })
+    let residual_sum_of_squares: f64 = x.iter().zip(y).map(|(xi, yi)| (yi - slope * xi - intercept).powi(2)).sum();
+    let r2 = if m.syy == 0.0 { 1.0 } else { 1.0 - residual_sum_of_squares / m.syy };
+    Some(LeastSquares { slope, intercept, r2 })
 }
 
 /// `mean_i = a * kappa_hat^(i-1)` fitted to per-LSC means, i = 1 outermost.
@@ -133,11 +115,7 @@ pub fn exp_decay_fit(means: &[f64]) -> Option<DecayFit> {
     let exponents: Vec<f64> = (0..means.len()).map(|i| i as f64).collect();
     let log_means: Vec<f64> = means.iter().map(|m| m.ln()).collect();
     let line = least_squares(&exponents, &log_means)?;
-    Some(DecayFit {
-        a: line.intercept.exp(),
-        kappa_hat: line.slope.exp(),
-        r2: line.r2,
-    })
+    Some(DecayFit { a: line.intercept.exp(), kappa_hat: line.slope.exp(), r2: line.r2 })
 }
 
 /// Spread of a set of values, the width of an oscillation band.
@@ -165,10 +143,7 @@ pub fn range_and_std(values: &[f64]) -> Option<Oscillation> {
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
-    Some(Oscillation {
-        range: max - min,
-        std: variance.sqrt(),
-    })
+    Some(Oscillation { range: max - min, std: variance.sqrt() })
 }
 
 #[cfg(test)]
@@ -176,47 +151,25 @@ mod tests {
     use super::*;
 
     fn assert_close(actual: f64, expected: f64, tolerance: f64) {
-        assert!(
-            (actual - expected).abs() <= tolerance,
-            "{actual} is not within {tolerance} of {expected}"
-        );
+        assert!((actual - expected).abs() <= tolerance, "{actual} is not within {tolerance} of {expected}");
     }
 
     #[test]
     fn average_ranks_share_ties() {
-        assert_eq!(
-            average_ranks(&[10.0, 30.0, 20.0, 30.0, 5.0]),
-            vec![2.0, 4.5, 3.0, 4.5, 1.0]
-        );
+        assert_eq!(average_ranks(&[10.0, 30.0, 20.0, 30.0, 5.0]), vec![2.0, 4.5, 3.0, 4.5, 1.0]);
     }
 
     #[test]
     fn spearman_matches_hand_computation() {
         // Monotone but nonlinear: perfect rank agreement.
-        assert_close(
-            spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 8.0, 27.0, 64.0]).unwrap(),
-            1.0,
-            1e-12,
-        );
-        assert_close(
-            spearman(&[1.0, 2.0, 3.0], &[9.0, 4.0, 1.0]).unwrap(),
-            -1.0,
-            1e-12,
-        );
+        assert_close(spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 8.0, 27.0, 64.0]).unwrap(), 1.0, 1e-12);
+        assert_close(spearman(&[1.0, 2.0, 3.0], &[9.0, 4.0, 1.0]).unwrap(), -1.0, 1e-12);
         // No ties: rho = 1 - 6 sum d^2 / (n (n^2 - 1)); ranks of y are 2,1,4,3,5, d^2 sum = 4,
         // rho = 1 - 24 / 120 = 0.8.
-        assert_close(
-            spearman(&[1.0, 2.0, 3.0, 4.0, 5.0], &[2.0, 1.0, 4.0, 3.0, 5.0]).unwrap(),
-            0.8,
-            1e-12,
-        );
+        assert_close(spearman(&[1.0, 2.0, 3.0, 4.0, 5.0], &[2.0, 1.0, 4.0, 3.0, 5.0]).unwrap(), 0.8, 1e-12);
         // Ties: x ranks 1,2,3,4; y = [1,2,2,3] ranks 1,2.5,2.5,4. Deviations from 2.5:
         // x -1.5,-0.5,0.5,1.5; y -1.5,0,0,1.5. cov 4.5, Sxx 5, Syy 4.5 -> 4.5 / sqrt(22.5).
-        assert_close(
-            spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 2.0, 2.0, 3.0]).unwrap(),
-            4.5 / 22.5_f64.sqrt(),
-            1e-12,
-        );
+        assert_close(spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 2.0, 2.0, 3.0]).unwrap(), 4.5 / 22.5_f64.sqrt(), 1e-12);
         assert_eq!(spearman(&[1.0, 2.0, 3.0], &[5.0, 5.0, 5.0]), None);
         assert_eq!(spearman(&[1.0], &[1.0]), None);
         assert_eq!(spearman(&[1.0, 2.0], &[1.0]), None);

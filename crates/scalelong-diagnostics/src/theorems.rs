@@ -104,23 +104,17 @@ fn thm31_rows(run: &RunRecords) -> Vec<CheckRow> {
         .into_iter()
         .filter(|(lsc, _)| coefs.contains_key(lsc))
         .filter_map(|(lsc, layer)| {
-            let squared_norms: Vec<f64> =
-                series_values(records, "feature_l2", Some(&layer), Some(lsc), None)
-                    .into_iter()
-                    .map(|norm| norm * norm)
-                    .collect();
+            let squared_norms: Vec<f64> = series_values(records, "feature_l2", Some(&layer), Some(lsc), None)
+                .into_iter()
+                .map(|norm| norm * norm)
+                .collect();
             let settled = &squared_norms[squared_norms.len() / TRANSIENT_DIVISOR..];
             // A single value has no oscillation to measure.
             if settled.len() < 2 {
                 return None;
             }
             let tail_sum: f64 = coefs.range(lsc..).map(|(_, c)| c * c).sum();
-            check_row(
-                run,
-                format!("LSC {lsc} ({layer})"),
-                range_and_std(settled)?.range,
-                tail_sum * xt_sq_norm,
-            )
+            check_row(run, format!("LSC {lsc} ({layer})"), range_and_std(settled)?.range, tail_sum * xt_sq_norm)
         })
         .collect()
 }
@@ -145,27 +139,18 @@ fn thm33_rows(run: &RunRecords) -> Vec<CheckRow> {
         return Vec::new();
     }
     let coef_square_sum: f64 = coefs.values().map(|c| c * c).sum();
-    let bins: BTreeSet<u32> = records
-        .iter()
-        .filter(|r| r.quantity == "grad_norm_bin")
-        .filter_map(|r| r.t_bin)
-        .collect();
+    let bins: BTreeSet<u32> =
+        records.iter().filter(|r| r.quantity == "grad_norm_bin").filter_map(|r| r.t_bin).collect();
     let mean_squared_grad_norm = |group: &str, bin: u32| {
         let norms = series_values(records, "grad_norm_bin", Some(group), None, Some(bin));
         mean(&norms.iter().map(|norm| norm * norm).collect::<Vec<f64>>())
     };
     bins.into_iter()
         .filter_map(|bin| {
-            let measured =
-                mean_squared_grad_norm("enc", bin)? + mean_squared_grad_norm("dec", bin)?;
+            let measured = mean_squared_grad_norm("enc", bin)? + mean_squared_grad_norm("dec", bin)?;
             let probe_loss = mean_of(records, "probe_loss", None, None, Some(bin))?;
             let xt_sq_norm = mean_of(records, "xt_sq_norm", None, None, Some(bin))?;
-            check_row(
-                run,
-                format!("bin {bin}"),
-                measured,
-                probe_loss * xt_sq_norm * coef_square_sum,
-            )
+            check_row(run, format!("bin {bin}"), measured, probe_loss * xt_sq_norm * coef_square_sum)
         })
         .collect()
 }
@@ -177,8 +162,7 @@ fn thm33_rows(run: &RunRecords) -> Vec<CheckRow> {
 pub fn check_thm34(runs: &[RunRecords]) -> TheoremCheck {
     assess(
         "Thm 3.4",
-        "the sensitivity ||eps(x_t + delta) - eps(x_t)|| / ||delta|| grows with sum_i c_i * M0^i"
-            .to_string(),
+        "the sensitivity ||eps(x_t + delta) - eps(x_t)|| / ||delta|| grows with sum_i c_i * M0^i".to_string(),
         runs.iter().flat_map(thm34_row).collect(),
     )
 }
@@ -191,25 +175,12 @@ fn thm34_row(run: &RunRecords) -> Option<CheckRow> {
     }
     let m0 = mean_of(records, "m0", None, None, None)?;
     let robustness = mean_of(records, "robustness", None, None, None)?;
-    let amplification: f64 = coefs
-        .iter()
-        .map(|(&lsc, c)| c * m0.powf(f64::from(lsc)))
-        .sum();
-    check_row(
-        run,
-        "whole probe batch".to_string(),
-        robustness,
-        amplification,
-    )
+    let amplification: f64 = coefs.iter().map(|(&lsc, c)| c * m0.powf(f64::from(lsc))).sum();
+    check_row(run, "whole probe batch".to_string(), robustness, amplification)
 }
 
 /// A row of `run`, or `None` when a value is not finite (it cannot be ranked).
-fn check_row(
-    run: &RunRecords,
-    layer_or_bin: String,
-    measured: f64,
-    predicted: f64,
-) -> Option<CheckRow> {
+fn check_row(run: &RunRecords, layer_or_bin: String, measured: f64, predicted: f64) -> Option<CheckRow> {
     (measured.is_finite() && predicted.is_finite()).then(|| CheckRow {
         run_id: run.run_id.clone(),
         strategy: run.strategy.clone(),
@@ -236,10 +207,7 @@ fn decoder_layers(records: &[Record], quantity: &str) -> BTreeMap<u32, String> {
         .iter()
         .filter(|r| r.quantity == quantity)
         .filter_map(|r| {
-            let layer = r
-                .layer
-                .as_deref()
-                .filter(|layer| layer.starts_with("dec."))?;
+            let layer = r.layer.as_deref().filter(|layer| layer.starts_with("dec."))?;
             Some((r.lsc?, layer.to_string()))
         })
         .collect()
@@ -249,12 +217,7 @@ fn decoder_layers(records: &[Record], quantity: &str) -> BTreeMap<u32, String> {
 fn skip_coefficients(records: &[Record]) -> BTreeMap<u32, f64> {
     decoder_layers(records, "coef")
         .into_iter()
-        .filter_map(|(lsc, layer)| {
-            Some((
-                lsc,
-                mean_of(records, "coef", Some(&layer), Some(lsc), None)?,
-            ))
-        })
+        .filter_map(|(lsc, layer)| Some((lsc, mean_of(records, "coef", Some(&layer), Some(lsc), None)?)))
         .collect()
 }
 
@@ -266,13 +229,8 @@ fn assess(theorem: &'static str, claim: String, rows: Vec<CheckRow>) -> TheoremC
     let rank_correlation = spearman(&predicted, &measured);
     let strategy_order_measured = strategy_order(&rows, |row| row.measured);
     let strategy_order_predicted = strategy_order(&rows, |row| row.predicted);
-    let (verdict, explanation) = judge(
-        rows.len(),
-        varies(&predicted),
-        rank_correlation,
-        &strategy_order_measured,
-        &strategy_order_predicted,
-    );
+    let (verdict, explanation) =
+        judge(rows.len(), varies(&predicted), rank_correlation, &strategy_order_measured, &strategy_order_predicted);
     TheoremCheck {
         theorem,
         claim,
@@ -298,10 +256,7 @@ fn varies(values: &[f64]) -> bool {
 fn strategy_order(rows: &[CheckRow], value: impl Fn(&CheckRow) -> f64) -> Vec<(String, f64)> {
     let mut values_by_strategy: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for row in rows {
-        values_by_strategy
-            .entry(&row.strategy)
-            .or_default()
-            .push(value(row));
+        values_by_strategy.entry(&row.strategy).or_default().push(value(row));
     }
     let mut order: Vec<(String, f64)> = values_by_strategy
         .into_iter()
@@ -326,11 +281,7 @@ fn judge(
             format!(
                 "{n_rows} rows from {n_strategies} strategies with {} predictions; an ordering test \
                  needs at least 4 rows, 2 strategies and varying predictions.",
-                if predicted_varies {
-                    "varying"
-                } else {
-                    "constant"
-                }
+                if predicted_varies { "varying" } else { "constant" }
             ),
         );
     }
@@ -358,10 +309,7 @@ fn judge(
     let order_comparison = if orders_match {
         "matches the bound's order".to_string()
     } else {
-        format!(
-            "does not match the bound's order {}",
-            strategy_names(predicted_order).join(" > ")
-        )
+        format!("does not match the bound's order {}", strategy_names(predicted_order).join(" > "))
     };
     let reversal = if extremes_reversed {
         format!(
@@ -405,12 +353,7 @@ mod tests {
         // Predicted order A > B > C; measured means A 3.5, B 1, C 2. Spearman over the rows
         // (4,4), (3,3), (2,1), (1,2): 1 - 6 * 2 / (4 * 15) = 0.8. The extremes A and C keep their
         // order, so neither rule 2 nor rule 3 applies.
-        let rows = vec![
-            row("A", 4.0, 4.0),
-            row("A", 3.0, 3.0),
-            row("B", 2.0, 1.0),
-            row("C", 1.0, 2.0),
-        ];
+        let rows = vec![row("A", 4.0, 4.0), row("A", 3.0, 3.0), row("B", 2.0, 1.0), row("C", 1.0, 2.0)];
         let check = assess("test", String::new(), rows);
         assert_eq!(check.verdict, Verdict::Inconclusive);
         assert_eq!(
@@ -420,11 +363,7 @@ mod tests {
         );
         assert_eq!(
             check.strategy_order_predicted,
-            vec![
-                ("A".to_string(), 3.5),
-                ("B".to_string(), 2.0),
-                ("C".to_string(), 1.0)
-            ]
+            vec![("A".to_string(), 3.5), ("B".to_string(), 2.0), ("C".to_string(), 1.0)]
         );
     }
 
@@ -433,18 +372,12 @@ mod tests {
         // Within each strategy the measurement rises with the prediction, so Spearman is positive
         // (d^2 sums to 16 over A's rows and 32 over B's: 1 - 6 * 48 / (8 * 63) = 3/7), but B, the
         // strategy with the smaller bound, measures higher on average (4.55 against 3.5).
-        let mut rows: Vec<CheckRow> = (1..=6)
-            .map(|k| row("A", 9.0 + k as f64, k as f64))
-            .collect();
+        let mut rows: Vec<CheckRow> = (1..=6).map(|k| row("A", 9.0 + k as f64, k as f64)).collect();
         rows.extend([row("B", 1.0, 4.5), row("B", 2.0, 4.6)]);
         let check = assess("test", String::new(), rows);
         assert!((check.spearman.unwrap() - 3.0 / 7.0).abs() < 1e-12);
         assert_eq!(check.verdict, Verdict::Refuted);
-        assert!(
-            check.explanation.contains("A (largest bound) measures"),
-            "{}",
-            check.explanation
-        );
+        assert!(check.explanation.contains("A (largest bound) measures"), "{}", check.explanation);
     }
 
     #[test]
@@ -463,35 +396,20 @@ mod tests {
         let check = assess("test", String::new(), rows);
         assert!((check.spearman.unwrap() + 23.0 / 35.0).abs() < 1e-12);
         assert_eq!(check.verdict, Verdict::Refuted);
-        assert_eq!(
-            check.explanation,
-            "Spearman -0.66 over 6 rows; measured order A > B matches the bound's order."
-        );
+        assert_eq!(check.explanation, "Spearman -0.66 over 6 rows; measured order A > B matches the bound's order.");
     }
 
     #[test]
     fn constant_predictions_are_inconclusive() {
-        let rows = vec![
-            row("A", 1.0, 1.0),
-            row("A", 1.0, 2.0),
-            row("B", 1.0, 3.0),
-            row("B", 1.0, 4.0),
-        ];
+        let rows = vec![row("A", 1.0, 1.0), row("A", 1.0, 2.0), row("B", 1.0, 3.0), row("B", 1.0, 4.0)];
         let check = assess("test", String::new(), rows);
         assert_eq!(check.verdict, Verdict::Inconclusive);
-        assert!(
-            check.explanation.contains("constant predictions"),
-            "{}",
-            check.explanation
-        );
+        assert!(check.explanation.contains("constant predictions"), "{}", check.explanation);
     }
 
     #[test]
     fn verdict_displays_and_serialises_in_lowercase() {
         assert_eq!(Verdict::Refuted.to_string(), "refuted");
-        assert_eq!(
-            serde_json::to_string(&Verdict::Supported).unwrap(),
-            "\"supported\""
-        );
+        assert_eq!(serde_json::to_string(&Verdict::Supported).unwrap(), "\"supported\"");
     }
 }

@@ -2,8 +2,8 @@
 
 use burn::prelude::*;
 use scalelong_data::synthetic;
-use scalelong_diagnostics::records::Record;
 use scalelong_diagnostics::recorder::{DiagnosticsConfig, Recorder};
+use scalelong_diagnostics::records::Record;
 use scalelong_model::diffusion::ScheduleConfig;
 use scalelong_model::uvit::UViTConfig;
 use scalelong_model::{ForwardTrace, ModelConfig, SkipScaling};
@@ -37,12 +37,20 @@ fn close(a: f64, b: f64) -> bool {
 fn recorded_norms_coefficients_and_bins_match_a_direct_computation() {
     let device = Device::flex().autodiff();
     device.seed(9);
-    let config = ModelConfig::Uvit(UViTConfig { img_size: 8, patch_size: 2, embed_dim: 16, depth: 6, num_heads: 2, ..UViTConfig::default() });
+    let config = ModelConfig::Uvit(UViTConfig {
+        img_size: 8,
+        patch_size: 2,
+        embed_dim: 16,
+        depth: 6,
+        num_heads: 2,
+        ..UViTConfig::default()
+    });
     let kappa = 0.5;
     let net = config.init(SkipScaling::Constant { kappa }, &device);
     let images = synthetic(32, 1, 8, 4);
     let schedule = ScheduleConfig::default().build();
-    let diagnostics = DiagnosticsConfig { every: 1, t_bins: 4, probe_per_bin: 3, robustness_delta: 1e-2, gradient_bins_every: 1 };
+    let diagnostics =
+        DiagnosticsConfig { every: 1, t_bins: 4, probe_per_bin: 3, robustness_delta: 1e-2, gradient_bins_every: 1 };
     let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
     let rows = recorder.record(1, &net, &net);
 
@@ -56,7 +64,11 @@ fn recorded_norms_coefficients_and_bins_match_a_direct_computation() {
     let n = trace.fusions.len();
 
     // Feature norms of every block, overall and in one bin.
-    let blocks = trace.encoder.iter().enumerate().map(|(k, h)| (format!("enc.{k}"), h.clone()))
+    let blocks = trace
+        .encoder
+        .iter()
+        .enumerate()
+        .map(|(k, h)| (format!("enc.{k}"), h.clone()))
         .chain(trace.decoder.iter().enumerate().map(|(k, h)| (format!("dec.{k}"), h.clone())));
     for (layer, h) in blocks {
         let norms = row_norms(&h);
@@ -74,7 +86,8 @@ fn recorded_norms_coefficients_and_bins_match_a_direct_computation() {
         let c = kappa.powi(fusion.lsc as i32 - 1);
         assert_eq!(find(&rows, "coef", Some(&layer), None).value.unwrap(), c);
         assert_eq!(find(&rows, "coef", Some(&layer), None).lsc, Some((n - k) as u32));
-        let ratios: Vec<f64> = row_norms(&fusion.skip).iter().zip(row_norms(&fusion.main)).map(|(s, m)| c * s / m).collect();
+        let ratios: Vec<f64> =
+            row_norms(&fusion.skip).iter().zip(row_norms(&fusion.main)).map(|(s, m)| c * s / m).collect();
         assert!(close(find(&rows, "skip_ratio", Some(&layer), None).value.unwrap(), mean(&ratios)), "{layer}");
     }
 
@@ -91,11 +104,19 @@ fn recorded_norms_coefficients_and_bins_match_a_direct_computation() {
 #[test]
 fn learnable_scaling_records_gate_statistics_and_their_decay_fit() {
     let device = Device::flex().autodiff();
-    let config = ModelConfig::Uvit(UViTConfig { img_size: 8, patch_size: 2, embed_dim: 16, depth: 6, num_heads: 2, ..UViTConfig::default() });
+    let config = ModelConfig::Uvit(UViTConfig {
+        img_size: 8,
+        patch_size: 2,
+        embed_dim: 16,
+        depth: 6,
+        num_heads: 2,
+        ..UViTConfig::default()
+    });
     let net = config.init(SkipScaling::Learnable { shared: false, reduction: 4 }, &device);
     let images = synthetic(16, 1, 8, 4);
     let schedule = ScheduleConfig::default().build();
-    let diagnostics = DiagnosticsConfig { every: 1, t_bins: 2, probe_per_bin: 2, robustness_delta: 1e-2, gradient_bins_every: 1 };
+    let diagnostics =
+        DiagnosticsConfig { every: 1, t_bins: 2, probe_per_bin: 2, robustness_delta: 1e-2, gradient_bins_every: 1 };
     let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
     let rows = recorder.record(1, &net, &net);
     for k in 0..3 {
@@ -123,11 +144,19 @@ fn recording_is_off_when_every_is_zero() {
 #[test]
 fn per_bin_gradient_norms_come_on_every_configured_record() {
     let device = Device::flex().autodiff();
-    let config = ModelConfig::Uvit(UViTConfig { img_size: 8, patch_size: 2, embed_dim: 16, depth: 2, num_heads: 2, ..UViTConfig::default() });
+    let config = ModelConfig::Uvit(UViTConfig {
+        img_size: 8,
+        patch_size: 2,
+        embed_dim: 16,
+        depth: 2,
+        num_heads: 2,
+        ..UViTConfig::default()
+    });
     let net = config.init(SkipScaling::Original, &device);
     let images = synthetic(8, 1, 8, 4);
     let schedule = ScheduleConfig::default().build();
-    let diagnostics = DiagnosticsConfig { every: 3, t_bins: 2, probe_per_bin: 1, robustness_delta: 1e-2, gradient_bins_every: 2 };
+    let diagnostics =
+        DiagnosticsConfig { every: 3, t_bins: 2, probe_per_bin: 1, robustness_delta: 1e-2, gradient_bins_every: 2 };
     let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
     let bins = |step| recorder.record(step, &net, &net).iter().filter(|r| r.quantity == "grad_norm_bin").count();
     assert_eq!(bins(3), 0, "the first record skips them");

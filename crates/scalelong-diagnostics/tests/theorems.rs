@@ -3,9 +3,7 @@
 use std::f64::consts::FRAC_1_SQRT_2;
 
 use scalelong_diagnostics::records::{Record, RunRecords};
-use scalelong_diagnostics::theorems::{
-    TheoremCheck, Verdict, check_thm31, check_thm33, check_thm34,
-};
+use scalelong_diagnostics::theorems::{TheoremCheck, Verdict, check_thm31, check_thm33, check_thm34};
 
 /// Long skips per synthetic UNet; decoder block K consumes LSC `N_LSC - K`.
 const N_LSC: u32 = 4;
@@ -90,28 +88,16 @@ fn synthetic_run(strategy: &str, coefs: &[f64], seed: u32, relation: Relation) -
         let layer = format!("dec.{}", N_LSC - lsc);
         let coef = coefs[lsc as usize - 1];
         // The checks use the mean coefficient, as an LS gate moves during training.
-        builder.series("coef", Some(&layer), Some(lsc), None, |step| {
-            coef * (1.0 + 0.1 * alternating(step))
-        });
+        builder.series("coef", Some(&layer), Some(lsc), None, |step| coef * (1.0 + 0.1 * alternating(step)));
         let range = relation.measured(tail_square_sum(coefs, lsc) * xt_sq_norm);
         // The squared norm alternates between 10 and 10 + range, after an initialisation
         // transient in the first 10% of steps that would swamp every range if not skipped.
         builder.series("feature_l2", Some(&layer), Some(lsc), None, |step| {
-            if step <= STEPS / 10 {
-                1000.0
-            } else {
-                (10.0 + range * (step % 2) as f64).sqrt()
-            }
+            if step <= STEPS / 10 { 1000.0 } else { (10.0 + range * (step % 2) as f64).sqrt() }
         });
         // Decoys: the encoder block producing the skip, and a per-bin value of the decoder block.
         let wild = |step: u64| 1e3 * step as f64 * f64::from(lsc);
-        builder.series(
-            "feature_l2",
-            Some(&format!("enc.{}", lsc - 1)),
-            Some(lsc),
-            None,
-            wild,
-        );
+        builder.series("feature_l2", Some(&format!("enc.{}", lsc - 1)), Some(lsc), None, wild);
         builder.series("feature_l2", Some(&layer), Some(lsc), Some(0), wild);
     }
 
@@ -120,8 +106,7 @@ fn synthetic_run(strategy: &str, coefs: &[f64], seed: u32, relation: Relation) -
         let probe_loss = 1.0 / f64::from(bin + 1);
         builder.series("xt_sq_norm", None, None, Some(bin), |_| bin_xt_sq_norm);
         builder.series("probe_loss", None, None, Some(bin), |_| probe_loss);
-        let squared_grad_norm =
-            relation.measured(probe_loss * bin_xt_sq_norm * tail_square_sum(coefs, 1));
+        let squared_grad_norm = relation.measured(probe_loss * bin_xt_sq_norm * tail_square_sum(coefs, 1));
         // enc holds a quarter of the squared norm and dec the rest; both alternate, so the mean of
         // the norms squared would differ from the mean of the squared norms.
         for (group, share) in [("enc", 0.25), ("dec", 0.75)] {
@@ -135,9 +120,7 @@ fn synthetic_run(strategy: &str, coefs: &[f64], seed: u32, relation: Relation) -
     let m0 = 1.5 + 0.1 * f64::from(seed);
     let amplification: f64 = coefs.iter().zip(1..).map(|(c, i)| c * m0.powi(i)).sum();
     builder.series("m0", None, None, None, |_| m0);
-    builder.series("robustness", None, None, None, |_| {
-        relation.measured(amplification)
-    });
+    builder.series("robustness", None, None, None, |_| relation.measured(amplification));
     builder.series("robustness", None, None, Some(0), |_| 1e9);
 
     RunRecords {
@@ -153,9 +136,7 @@ fn sweep(names: &[&str], relation: Relation) -> Vec<RunRecords> {
     strategies()
         .into_iter()
         .filter(|(strategy, _)| names.contains(strategy))
-        .flat_map(|(strategy, coefs)| {
-            SEEDS.map(|seed| synthetic_run(strategy, &coefs, seed, relation))
-        })
+        .flat_map(|(strategy, coefs)| SEEDS.map(|seed| synthetic_run(strategy, &coefs, seed, relation)))
         .collect()
 }
 
@@ -169,10 +150,7 @@ fn names(order: &[(String, f64)]) -> Vec<&str> {
 
 /// Runs `check` on the sweep that follows the bound, asserts it is Supported with the bound's
 /// strategy order, and returns it for theorem-specific assertions.
-fn assert_supported(
-    check: fn(&[RunRecords]) -> TheoremCheck,
-    expected_rows: usize,
-) -> TheoremCheck {
+fn assert_supported(check: fn(&[RunRecords]) -> TheoremCheck, expected_rows: usize) -> TheoremCheck {
     let result = check(&full_sweep(Relation::Proportional));
     assert_eq!(result.verdict, Verdict::Supported, "{}", result.explanation);
     assert_eq!(result.rows.len(), expected_rows);
@@ -180,10 +158,7 @@ fn assert_supported(
     // decides their measured order.
     assert!(result.spearman.unwrap() > 0.99, "{:?}", result.spearman);
     let fit = result.fit.unwrap();
-    assert!(
-        (fit.slope - 2.0).abs() < 1e-9 && fit.intercept.abs() < 1e-9,
-        "{fit:?}"
-    );
+    assert!((fit.slope - 2.0).abs() < 1e-9 && fit.intercept.abs() < 1e-9, "{fit:?}");
     assert_eq!(names(&result.strategy_order_predicted), BOUND_ORDER);
     assert_eq!(names(&result.strategy_order_measured), BOUND_ORDER);
     assert_eq!(
@@ -200,21 +175,12 @@ fn assert_refuted(check: fn(&[RunRecords]) -> TheoremCheck) {
     let result = check(&full_sweep(Relation::Reversed));
     assert_eq!(result.verdict, Verdict::Refuted, "{}", result.explanation);
     assert!(result.spearman.unwrap() < -0.99, "{:?}", result.spearman);
-    assert!(
-        result.explanation.contains("1 (largest bound) measures"),
-        "{}",
-        result.explanation
-    );
+    assert!(result.explanation.contains("1 (largest bound) measures"), "{}", result.explanation);
 }
 
 fn assert_inconclusive_for_one_strategy(check: fn(&[RunRecords]) -> TheoremCheck) {
     let result = check(&sweep(&["1"], Relation::Proportional));
-    assert_eq!(
-        result.verdict,
-        Verdict::Inconclusive,
-        "{}",
-        result.explanation
-    );
+    assert_eq!(result.verdict, Verdict::Inconclusive, "{}", result.explanation);
     assert!(!result.rows.is_empty());
 }
 
@@ -229,18 +195,12 @@ fn row_values(check: &TheoremCheck, run_id: &str, layer_or_bin: &str) -> (f64, f
 }
 
 fn assert_close(actual: f64, expected: f64) {
-    assert!(
-        (actual - expected).abs() <= 1e-9 * expected.abs(),
-        "{actual} is not close to {expected}"
-    );
+    assert!((actual - expected).abs() <= 1e-9 * expected.abs(), "{actual} is not close to {expected}");
 }
 
 #[test]
 fn thm31_supported_when_ranges_follow_the_bound() {
-    let result = assert_supported(
-        check_thm31,
-        BOUND_ORDER.len() * SEEDS.len() * N_LSC as usize,
-    );
+    let result = assert_supported(check_thm31, BOUND_ORDER.len() * SEEDS.len() * N_LSC as usize);
     // Original strategy, seed 0: S_1 = 4 LSCs * 1^2, ||x_t||^2 = 3 -> 12; measured 2 * 12.
     let (measured, predicted) = row_values(&result, "1-seed0", "LSC 1 (dec.3)");
     assert_close(predicted, 12.0);
@@ -262,10 +222,7 @@ fn thm31_inconclusive_for_one_strategy() {
 
 #[test]
 fn thm33_supported_when_gradients_follow_the_bound() {
-    let result = assert_supported(
-        check_thm33,
-        BOUND_ORDER.len() * SEEDS.len() * T_BINS as usize,
-    );
+    let result = assert_supported(check_thm33, BOUND_ORDER.len() * SEEDS.len() * T_BINS as usize);
     // 1/sqrt2, seed 0, bin 2: loss 1/3, ||x_t||^2 = 4, sum c^2 = 4 * 1/2 -> 8/3.
     let (measured, predicted) = row_values(&result, "1/sqrt2-seed0", "bin 2");
     assert_close(predicted, 8.0 / 3.0);

@@ -55,7 +55,8 @@ fn call<const O: usize>(f: &dyn Fn() -> Tensor<O>, path: Path, train: bool) {
 }
 
 // (batch, c_in, c_out, size): the UNet's 3x3 convolutions.
-const CONVS: &[(usize, usize, usize, usize)] = &[(64, 16, 16, 32), (64, 32, 16, 32), (64, 48, 16, 32), (64, 32, 32, 16), (64, 64, 32, 16), (64, 32, 32, 8)];
+const CONVS: &[(usize, usize, usize, usize)] =
+    &[(64, 16, 16, 32), (64, 32, 16, 32), (64, 48, 16, 32), (64, 32, 32, 16), (64, 64, 32, 16), (64, 32, 32, 8)];
 // (batch, channels, size, groups): the UNet's group norms.
 const NORMS: &[(usize, usize, usize, usize)] = &[(64, 16, 32, 8), (64, 48, 32, 8), (64, 32, 16, 8), (64, 64, 8, 8)];
 
@@ -222,6 +223,12 @@ fn layer_norm_probe() {
             let _ = ops::layer_norm(&norm, x.clone()).into_data();
         }
         let d = t.elapsed().as_secs_f64() / 200.0;
-        eprintln!("round {round}: fused {:.3} ms, burn {:.3} ms; with into_data: burn {:.3} ms fused {:.3} ms", a * 1e3, b * 1e3, c * 1e3, d * 1e3);
+        eprintln!(
+            "round {round}: fused {:.3} ms, burn {:.3} ms; with into_data: burn {:.3} ms fused {:.3} ms",
+            a * 1e3,
+            b * 1e3,
+            c * 1e3,
+            d * 1e3
+        );
     }
 }

@@ -83,7 +83,11 @@ fn ab(case: &str, rounds: usize) {
                 m
             });
         };
-        if reference { scalelong_model::ops::with_reference_ops(|| go(state)) } else { go(state) }
+        if reference {
+            scalelong_model::ops::with_reference_ops(|| go(state))
+        } else {
+            go(state)
+        }
         start.elapsed().as_secs_f64()
     };
     run(&mut fused, false);
@@ -156,7 +160,8 @@ pub fn forward_macs(config: &ModelConfig, scaling: SkipScaling) -> u64 {
             };
             // qkv + proj (4 C^2 per position), q k^T and attn v (2 HW C per position).
             let attn = |hw: u64, c: u64| hw * 4 * c * c + 2 * hw * hw * c;
-            let attn_at = |level: usize, hw: u64, cc: u64| if level == last && c.attention_heads > 0 { attn(hw, cc) } else { 0 };
+            let attn_at =
+                |level: usize, hw: u64, cc: u64| if level == last && c.attention_heads > 0 { attn(hw, cc) } else { 0 };
             let mut macs = c.base_channels as u64 * t + t * t; // time MLP
             let mut hw = (c.img_size * c.img_size) as u64;
             macs += conv3(hw, c.in_channels as u64, ch(0));
@@ -229,7 +234,11 @@ fn peak_gflops() -> f64 {
             if avx2 {
                 let start = Instant::now();
                 // SAFETY: each loop runs only where its features were detected.
-                let flops: f64 = rayon::broadcast(|_| unsafe { if avx512 { fma_chains_avx512(ITERS) } else { fma_chains_avx2(ITERS) } }).iter().sum();
+                let flops: f64 = rayon::broadcast(|_| unsafe {
+                    if avx512 { fma_chains_avx512(ITERS) } else { fma_chains_avx2(ITERS) }
+                })
+                .iter()
+                .sum();
                 return flops / start.elapsed().as_secs_f64() / 1e9;
             }
         }
@@ -289,7 +298,10 @@ fn print_summary() {
         };
         let eps = examples / median;
         let gflops = flops / median / 1e9;
-        println!("{op:<8} {case:<20} {median:>10.4} {eps:>11.1} {gflops:>9.2} {:>6.1}%", 100.0 * gflops / peak_gflops());
+        println!(
+            "{op:<8} {case:<20} {median:>10.4} {eps:>11.1} {gflops:>9.2} {:>6.1}%",
+            100.0 * gflops / peak_gflops()
+        );
         let (preset, strategy) = case.split_once(':').unwrap();
         println!(
             "BENCH_JSON {{\"impl\":\"burn\",\"preset\":\"{preset}\",\"strategy\":\"{strategy}\",\"op\":\"{op}\",\"batch\":{BATCH},\
@@ -343,12 +355,24 @@ fn step(model: DiffusionNet, optim: &mut ModuleOptimizer, batch: &NoisedBatch) -
 }
 
 /// One step with the recorder as train.rs uses it when `recorder.is_due(step)`.
-fn step_recorded(model: DiffusionNet, optim: &mut ModuleOptimizer, batch: &NoisedBatch, recorder: &Recorder, n: u64) -> DiffusionNet {
+fn step_recorded(
+    model: DiffusionNet,
+    optim: &mut ModuleOptimizer,
+    batch: &NoisedBatch,
+    recorder: &Recorder,
+    n: u64,
+) -> DiffusionNet {
     step_recorded_timed(model, optim, batch, recorder, n).0
 }
 
 /// [`step_recorded`], also returning the seconds spent on the recording alone.
-fn step_recorded_timed(model: DiffusionNet, optim: &mut ModuleOptimizer, batch: &NoisedBatch, recorder: &Recorder, n: u64) -> (DiffusionNet, f64) {
+fn step_recorded_timed(
+    model: DiffusionNet,
+    optim: &mut ModuleOptimizer,
+    batch: &NoisedBatch,
+    recorder: &Recorder,
+    n: u64,
+) -> (DiffusionNet, f64) {
     let (model, grads, _) = forward_backward(model, batch);
     let due = recorder.is_due(n);
     let started = Instant::now();
@@ -383,9 +407,9 @@ fn sample(bencher: divan::Bencher, case: &str) {
     let device = Device::flex();
     let Setup { model, batch, .. } = setup(&config, scaling, &device);
     let _ = model.forward(batch.x_t.clone(), batch.model_time.clone(), None); // warm-up
-    bencher.counter(divan::counter::ItemsCount::new(BATCH)).bench_local(|| {
-        timed("sample", case, || model.forward(batch.x_t.clone(), batch.model_time.clone(), None))
-    });
+    bencher
+        .counter(divan::counter::ItemsCount::new(BATCH))
+        .bench_local(|| timed("sample", case, || model.forward(batch.x_t.clone(), batch.model_time.clone(), None)));
 }
 
 fn diag(bencher: divan::Bencher, case: &str, on: bool) {
@@ -430,8 +454,17 @@ fn ab_diag(case: &str, rounds: usize) {
     let Setup { optim: optim_off, .. } = setup(&config, scaling, &device);
     let [c, h, _] = config.image_shape();
     let images = scalelong_data::synthetic(64, c, h, 0);
-    let on = Recorder::new(&DiagnosticsConfig { every: DIAG_EVERY, ..DiagnosticsConfig::default() }, &images, &schedule, 0, &device).unwrap();
-    let off = Recorder::new(&DiagnosticsConfig { every: 0, ..DiagnosticsConfig::default() }, &images, &schedule, 0, &device).unwrap();
+    let on = Recorder::new(
+        &DiagnosticsConfig { every: DIAG_EVERY, ..DiagnosticsConfig::default() },
+        &images,
+        &schedule,
+        0,
+        &device,
+    )
+    .unwrap();
+    let off =
+        Recorder::new(&DiagnosticsConfig { every: 0, ..DiagnosticsConfig::default() }, &images, &schedule, 0, &device)
+            .unwrap();
     let mut with = (Some(model.clone()), optim, &on);
     let mut without = (Some(model), optim_off, &off);
     // Per step over ten steps, and the recording's own seconds.

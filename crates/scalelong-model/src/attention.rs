@@ -2,9 +2,9 @@
 //! every U-ViT block and by the conv UNet at its lowest resolution.
 
 use crate::init::linear;
+use crate::ops::{linear_module, qkv_attention};
 use burn::nn::Linear;
 use burn::prelude::*;
-use crate::ops::{linear_module, qkv_attention};
 
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -18,11 +18,7 @@ pub struct Attention {
 impl Attention {
     pub fn new(dim: usize, heads: usize, qkv_bias: bool, init: crate::init::LinearInit, device: &Device) -> Self {
         assert!(dim % heads == 0, "attention width {dim} is not divisible by {heads} heads");
-        Self {
-            qkv: linear(dim, 3 * dim, qkv_bias, init, device),
-            proj: linear(dim, dim, true, init, device),
-            heads,
-        }
+        Self { qkv: linear(dim, 3 * dim, qkv_bias, init, device), proj: linear(dim, dim, true, init, device), heads }
     }
 
     /// # Shapes

@@ -13,9 +13,7 @@ pub fn timestep_embedding(timesteps: Tensor<1>, dim: usize) -> Tensor<2> {
     let device = timesteps.device();
     let [batch] = timesteps.dims();
     let half = dim / 2;
-    let freqs: Vec<f32> = (0..half)
-        .map(|j| (-(MAX_PERIOD.ln()) * j as f64 / half as f64).exp() as f32)
-        .collect();
+    let freqs: Vec<f32> = (0..half).map(|j| (-(MAX_PERIOD.ln()) * j as f64 / half as f64).exp() as f32).collect();
     let freqs = Tensor::<1>::from_floats(freqs.as_slice(), &device).reshape([1, half]); // [1, h]
     let args = timesteps.reshape([batch, 1]) * freqs; // [B, h]
     let mut parts = vec![args.clone().cos(), args.sin()]; // 2 x [B, h]

@@ -19,9 +19,7 @@ pub fn linear(d_in: usize, d_out: usize, bias: bool, init: LinearInit, device: &
     match init {
         LinearInit::TorchDefault => config.init(device),
         LinearInit::TruncNormal { std } => {
-            let mut layer = config
-                .with_initializer(Initializer::Normal { mean: 0.0, std })
-                .init(device);
+            let mut layer = config.with_initializer(Initializer::Normal { mean: 0.0, std }).init(device);
             // A fresh trainable parameter: mapping the drawn bias to zeros would drop its
             // require-grad flag and freeze it.
             if layer.bias.is_some() {

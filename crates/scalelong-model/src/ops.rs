@@ -299,7 +299,24 @@ unsafe fn gemm_strided(
 ) {
     unsafe {
         gemm::gemm(
-            m, n, k, dst.0, dst.2, dst.1, accumulate, lhs.0, lhs.2, lhs.1, rhs.0, rhs.2, rhs.1, 1.0, beta, false, false, false,
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2,
+            dst.1,
+            accumulate,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.0,
+            rhs.2,
+            rhs.1,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
             gemm::Parallelism::None,
         );
     }
@@ -322,7 +339,14 @@ unsafe fn matmul(
 ) {
     unsafe {
         if let Some(isa) = isa.filter(|_| dst.2 == 1 && rhs.2 == 1 && beta == 1.0) {
-            direct_gemm::gemm_raw(isa, (m, n, k), (dst.0, dst.1 as usize), accumulate, (lhs.0, lhs.1 as usize, lhs.2 as usize), (rhs.0, rhs.1 as usize));
+            direct_gemm::gemm_raw(
+                isa,
+                (m, n, k),
+                (dst.0, dst.1 as usize),
+                accumulate,
+                (lhs.0, lhs.1 as usize, lhs.2 as usize),
+                (rhs.0, rhs.1 as usize),
+            );
         } else {
             gemm_strided((m, n, k), dst, accumulate, lhs, rhs, beta);
         }
@@ -397,7 +421,9 @@ fn attention_forward(qkv: FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) 
         }
     };
     // SAFETY: `scores_of` writes its whole chunk.
-    let (scores, _) = unsafe { par_filled(s.batch * heads * l * l, l * l, || vec![0.0f32; if isa.is_some() { dh * l } else { 0 }], scores_of) };
+    let (scores, _) = unsafe {
+        par_filled(s.batch * heads * l * l, l * l, || vec![0.0f32; if isa.is_some() { dh * l } else { 0 }], scores_of)
+    };
     let probs = new_tensor(scores, &[s.batch, heads, l, l]);
     let p = probs.storage::<f32>();
     let head_out = |dst: Shared, bh: usize| {
@@ -417,7 +443,9 @@ fn attention_forward(qkv: FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) 
         }
     };
     // SAFETY: the (b, h) blocks are disjoint and cover the output.
-    let out = unsafe { filled_through(s.batch * l * d, |dst| (0..s.batch * heads).into_par_iter().for_each(|bh| head_out(dst, bh))) };
+    let out = unsafe {
+        filled_through(s.batch * l * d, |dst| (0..s.batch * heads).into_par_iter().for_each(|bh| head_out(dst, bh)))
+    };
     (new_tensor(out, &[s.batch, l, d]), probs)
 }
 
@@ -460,20 +488,59 @@ fn attention_backward(qkv: &FlexTensor, probs: &FlexTensor, heads: usize, grad: 
                 // columns of head h in image b) are written by this task alone; v_t is [dh, l].
                 unsafe {
                     // dv = p^T dy
-                    matmul(isa, (l, dh, l), (dst.0.add(base + 2 * d), d3 as isize, 1), false, (p_bh, 1, l as isize), dy_bh, 1.0);
+                    matmul(
+                        isa,
+                        (l, dh, l),
+                        (dst.0.add(base + 2 * d), d3 as isize, 1),
+                        false,
+                        (p_bh, 1, l as isize),
+                        dy_bh,
+                        1.0,
+                    );
                     // dp = dy v^T
                     if isa.is_some() {
                         transpose_block(&x[base + 2 * d..], l, dh, d3, 1.0, v_t);
-                        matmul(isa, (l, l, dh), (ds.as_mut_ptr(), l as isize, 1), false, dy_bh, (v_t.as_ptr(), l as isize, 1), 1.0);
+                        matmul(
+                            isa,
+                            (l, l, dh),
+                            (ds.as_mut_ptr(), l as isize, 1),
+                            false,
+                            dy_bh,
+                            (v_t.as_ptr(), l as isize, 1),
+                            1.0,
+                        );
                     } else {
-                        gemm_strided((l, l, dh), (ds.as_mut_ptr(), l as isize, 1), false, dy_bh, (x.as_ptr().add(base + 2 * d), 1, d3 as isize), 1.0);
+                        gemm_strided(
+                            (l, l, dh),
+                            (ds.as_mut_ptr(), l as isize, 1),
+                            false,
+                            dy_bh,
+                            (x.as_ptr().add(base + 2 * d), 1, d3 as isize),
+                            1.0,
+                        );
                     }
                 }
                 softmax_grad_rows(ds, &p[bh * l * l..(bh + 1) * l * l], l, scale);
                 unsafe {
                     // dq = ds k, dk = ds^T q
-                    matmul(isa, (l, dh, l), (dst.0.add(base), d3 as isize, 1), false, (ds.as_ptr(), l as isize, 1), (x.as_ptr().add(base + d), d3 as isize, 1), 1.0);
-                    matmul(isa, (l, dh, l), (dst.0.add(base + d), d3 as isize, 1), false, (ds.as_ptr(), 1, l as isize), (x.as_ptr().add(base), d3 as isize, 1), 1.0);
+                    matmul(
+                        isa,
+                        (l, dh, l),
+                        (dst.0.add(base), d3 as isize, 1),
+                        false,
+                        (ds.as_ptr(), l as isize, 1),
+                        (x.as_ptr().add(base + d), d3 as isize, 1),
+                        1.0,
+                    );
+                    matmul(
+                        isa,
+                        (l, dh, l),
+                        (dst.0.add(base + d), d3 as isize, 1),
+                        false,
+                        (ds.as_ptr(), 1, l as isize),
+                        (x.as_ptr().add(base), d3 as isize, 1),
+                        1.0,
+                    );
                 }
             },
         );
@@ -487,7 +554,11 @@ fn attention_backward(qkv: &FlexTensor, probs: &FlexTensor, heads: usize, grad: 
 fn attention_autodiff(qkv: FloatTensor<Ad>, heads: usize) -> FloatTensor<Ad> {
     let (primitive, node) = qkv.into_parts();
     let primitive = contiguous(primitive);
-    match AttentionBackward.prepare::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>([node]).compute_bound().stateful() {
+    match AttentionBackward
+        .prepare::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>([node])
+        .compute_bound()
+        .stateful()
+    {
         OpsKind::Tracked(prep) => {
             let (out, probs) = attention_forward(primitive.clone(), heads);
             prep.finish(AttentionState { qkv: primitive, probs, heads }, out)
@@ -495,7 +566,6 @@ fn attention_autodiff(qkv: FloatTensor<Ad>, heads: usize) -> FloatTensor<Ad> {
         OpsKind::UnTracked(prep) => prep.finish(attention_forward(primitive, heads).0),
     }
 }
-
 
 // =============================================================================================
 // Helpers shared by the kernels below.
@@ -605,22 +675,28 @@ fn pad_images(x: &[f32], g: &ConvGeom) -> Vec<f32> {
     // SAFETY: each image's chunk is written whole: per channel `pad` zero rows, the rows (zero
     // margins around the image row), `pad` zero rows; then the `kw` floats of slack.
     unsafe {
-        par_filled(g.batch * len, len, || (), |_, b, dst| {
-            let src = &x[b * img..(b + 1) * img];
-            let (planes, slack) = dst.split_at_mut(g.c_in * g.hp() * wp);
-            for (plane, channel) in planes.chunks_exact_mut(g.hp() * wp).zip(src.chunks_exact(g.h * g.w)) {
-                let (top, rest) = plane.split_at_mut(pad * wp);
-                let (rows, bottom) = rest.split_at_mut(g.h * wp);
-                top.fill(zero);
-                bottom.fill(zero);
-                for (row, image_row) in rows.chunks_exact_mut(wp).zip(channel.chunks_exact(g.w)) {
-                    row[..pad].fill(zero);
-                    row[pad..pad + g.w].write_copy_of_slice(image_row);
-                    row[pad + g.w..].fill(zero);
+        par_filled(
+            g.batch * len,
+            len,
+            || (),
+            |_, b, dst| {
+                let src = &x[b * img..(b + 1) * img];
+                let (planes, slack) = dst.split_at_mut(g.c_in * g.hp() * wp);
+                for (plane, channel) in planes.chunks_exact_mut(g.hp() * wp).zip(src.chunks_exact(g.h * g.w)) {
+                    let (top, rest) = plane.split_at_mut(pad * wp);
+                    let (rows, bottom) = rest.split_at_mut(g.h * wp);
+                    top.fill(zero);
+                    bottom.fill(zero);
+                    for (row, image_row) in rows.chunks_exact_mut(wp).zip(channel.chunks_exact(g.w)) {
+                        row[..pad].fill(zero);
+                        row[pad..pad + g.w].write_copy_of_slice(image_row);
+                        row[pad + g.w..].fill(zero);
+                    }
                 }
-            }
-            slack.fill(zero);
-        }).0
+                slack.fill(zero);
+            },
+        )
+        .0
     }
 }
 
@@ -638,7 +714,11 @@ unsafe fn par_filled<S, R: Send>(
     fill: impl Fn(&mut S, usize, &mut [std::mem::MaybeUninit<f32>]) -> R + Sync + Send,
 ) -> (Vec<f32>, Vec<R>) {
     let mut out = Vec::with_capacity(len);
-    let results = out.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().map_init(init, |state, (i, dst)| fill(state, i, dst)).collect();
+    let results = out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .map_init(init, |state, (i, dst)| fill(state, i, dst))
+        .collect();
     // SAFETY: every element was written (the caller's contract).
     unsafe { out.set_len(len) };
     (out, results)
@@ -705,7 +785,16 @@ fn gemm_conv_image(src: &[f32], g: &ConvGeom, taps: Taps, bias: Option<&[f32]>, 
     // accumulate.
     if let Some(bias) = bias {
         // SAFETY: writes all of ext [c_out, q] (read_dst false).
-        unsafe { gemm_strided((g.c_out, q, 1), (ext.as_mut_ptr(), q as isize, 1), false, (bias.as_ptr(), 1, 1), (ones.as_ptr(), q as isize, 1), 1.0) };
+        unsafe {
+            gemm_strided(
+                (g.c_out, q, 1),
+                (ext.as_mut_ptr(), q as isize, 1),
+                false,
+                (bias.as_ptr(), 1, 1),
+                (ones.as_ptr(), q as isize, 1),
+                1.0,
+            )
+        };
     }
     for i in 0..g.kh {
         for j in 0..g.kw {
@@ -743,7 +832,13 @@ fn crop_extended(ext: &[f32], g: &ConvGeom, dst: &mut [std::mem::MaybeUninit<f32
 /// images (`g.padded_len()` floats each) if `padded`; else the images themselves, which are
 /// padded here unless the kernel reads them as they are (AVX-512, same-size convolutions).
 /// Also returns the padded images when it made them.
-fn convolve_images(x: &[f32], padded: bool, g: &ConvGeom, taps: Taps, bias: Option<&[f32]>) -> (Vec<f32>, Option<Vec<f32>>) {
+fn convolve_images(
+    x: &[f32],
+    padded: bool,
+    g: &ConvGeom,
+    taps: Taps,
+    bias: Option<&[f32]>,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let q = g.q();
     let img_out = g.c_out * g.ho() * g.wo();
     let direct = isa().map(|isa| direct_conv::PackedKernel::new(taps, g, isa, padded));
@@ -920,7 +1015,16 @@ impl Backward<Flex, 3> for ConvBackward {
         let weight = contiguous(weight);
         if let Some(node) = node_x {
             // dx = conv(dy padded by kh - 1 - pad, flipped transposed kernel).
-            let t = ConvGeom { batch: g.batch, c_in: g.c_out, h: g.ho(), w: g.wo(), c_out: g.c_in, kh: g.kh, kw: g.kw, pad: g.kh - 1 - g.pad };
+            let t = ConvGeom {
+                batch: g.batch,
+                c_in: g.c_out,
+                h: g.ho(),
+                w: g.wo(),
+                c_out: g.c_in,
+                kh: g.kh,
+                kw: g.kw,
+                pad: g.kh - 1 - g.pad,
+            };
             let (dx, _) = convolve_images(grad.storage(), false, &t, backward_taps(weight.storage(), &g), None); // [B, C_in, H, W]
             let dx = match phases_of {
                 Some(chw) => new_tensor(from_phases(&dx, g.batch, chw), &[g.batch, chw[0], chw[1], chw[2]]),
@@ -969,7 +1073,9 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, padding: usize) 
             let geom = conv_geom(&x, &w, padding);
             let (out, input) = conv_flex(&x, &w, &b, padding);
             match ConvBackward.prepare::<NoCheckpointing>([node_x, node_w, node_b]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => ad_tensor(prep.finish(ConvState { input, weight: w, geom, phases_of: None }, out)),
+                OpsKind::Tracked(prep) => {
+                    ad_tensor(prep.finish(ConvState { input, weight: w, geom, phases_of: None }, out))
+                }
                 OpsKind::UnTracked(prep) => ad_tensor(prep.finish(out)),
             }
         }
@@ -996,7 +1102,11 @@ pub fn conv2d_stride2_reference(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>
 /// - output: `[B, C_out, H / 2, W / 2]`
 pub fn conv2d_stride2(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
-    assert!(weight.dims()[2..] == [3, 3] && h % 2 == 0 && w % 2 == 0, "conv2d_stride2: a 3x3 kernel on even sizes, got {:?} on {h}x{w}", weight.dims());
+    assert!(
+        weight.dims()[2..] == [3, 3] && h % 2 == 0 && w % 2 == 0,
+        "conv2d_stride2: a 3x3 kernel on even sizes, got {:?} on {h}x{w}",
+        weight.dims()
+    );
     match route3(x, weight, bias) {
         Route3::Flex(x, w, b) => flex_tensor(conv_stride2_flex(&contiguous(x), &w, &b).0),
         Route3::Autodiff(x, w, b) => {
@@ -1020,7 +1130,11 @@ pub fn conv2d_stride2(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>) -> Tenso
 
 /// Returns the output, the phase images (kept for the weight gradient), the phase kernel and the
 /// geometry of the stride-1 convolution on the phases.
-fn conv_stride2_flex(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> (FlexTensor, Vec<f32>, FlexTensor, ConvGeom) {
+fn conv_stride2_flex(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+) -> (FlexTensor, Vec<f32>, FlexTensor, ConvGeom) {
     let [batch, c, h, w] = dims::<4>(x);
     let [c_out, ..] = dims::<4>(weight);
     let (weight, bias) = (contiguous(weight.clone()), contiguous(bias.clone()));
@@ -1037,25 +1151,31 @@ fn to_phases(x: &[f32], g: &ConvGeom, [c, h, w]: [usize; 3]) -> Vec<f32> {
     let (ph, pw, len) = (g.h, g.w, g.padded_len());
     // SAFETY: each image's chunk is written whole: every phase position, then the slack.
     unsafe {
-        par_filled(g.batch * len, len, || (), |_, b, dst| {
-            let img = &x[b * c * h * w..][..c * h * w];
-            let (planes, slack) = dst.split_at_mut(g.c_in * ph * pw);
-            for (k, plane) in planes.chunks_exact_mut(ph * pw).enumerate() {
-                let (ch, a, bb) = (k / 4, k / 2 % 2, k % 2);
-                for (u, row) in plane.chunks_exact_mut(pw).enumerate() {
-                    // Padded row 2u + a is image row 2u + a - 1.
-                    let y = (2 * u + a).checked_sub(1).filter(|&y| y < h);
-                    for (v, out) in row.iter_mut().enumerate() {
-                        let x_ = (2 * v + bb).checked_sub(1).filter(|&x_| x_ < w);
-                        out.write(match (y, x_) {
-                            (Some(y), Some(x_)) => img[(ch * h + y) * w + x_],
-                            _ => 0.0,
-                        });
+        par_filled(
+            g.batch * len,
+            len,
+            || (),
+            |_, b, dst| {
+                let img = &x[b * c * h * w..][..c * h * w];
+                let (planes, slack) = dst.split_at_mut(g.c_in * ph * pw);
+                for (k, plane) in planes.chunks_exact_mut(ph * pw).enumerate() {
+                    let (ch, a, bb) = (k / 4, k / 2 % 2, k % 2);
+                    for (u, row) in plane.chunks_exact_mut(pw).enumerate() {
+                        // Padded row 2u + a is image row 2u + a - 1.
+                        let y = (2 * u + a).checked_sub(1).filter(|&y| y < h);
+                        for (v, out) in row.iter_mut().enumerate() {
+                            let x_ = (2 * v + bb).checked_sub(1).filter(|&x_| x_ < w);
+                            out.write(match (y, x_) {
+                                (Some(y), Some(x_)) => img[(ch * h + y) * w + x_],
+                                _ => 0.0,
+                            });
+                        }
                     }
                 }
-            }
-            slack.fill(std::mem::MaybeUninit::new(0.0));
-        }).0
+                slack.fill(std::mem::MaybeUninit::new(0.0));
+            },
+        )
+        .0
     }
 }
 
@@ -1120,11 +1240,22 @@ pub fn conv2d_module(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
     };
     match (pad, &conv.bias) {
         (Some(pad), Some(bias))
-            if conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1 && pad < conv.kernel_size[0] && pad < conv.kernel_size[1] =>
+            if conv.stride == [1, 1]
+                && conv.dilation == [1, 1]
+                && conv.groups == 1
+                && pad < conv.kernel_size[0]
+                && pad < conv.kernel_size[1] =>
         {
             conv2d(x, conv.weight.val(), bias.val(), pad)
         }
-        (Some(1), Some(bias)) if conv.stride == [2, 2] && conv.dilation == [1, 1] && conv.groups == 1 && conv.kernel_size == [3, 3] && x.dims()[2] % 2 == 0 && x.dims()[3] % 2 == 0 => {
+        (Some(1), Some(bias))
+            if conv.stride == [2, 2]
+                && conv.dilation == [1, 1]
+                && conv.groups == 1
+                && conv.kernel_size == [3, 3]
+                && x.dims()[2] % 2 == 0
+                && x.dims()[3] % 2 == 0 =>
+        {
             conv2d_stride2(x, conv.weight.val(), bias.val())
         }
         _ => conv.forward(x),
@@ -1141,7 +1272,6 @@ fn row_block(m: usize) -> usize {
     m.div_ceil(rayon::current_num_threads()).max(1)
 }
 
-
 /// `x [M, K] W [K, N] + b [N]`, all contiguous.
 fn linear_flex(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let ([m, k], [_, n]) = (dims::<2>(x), dims::<2>(w));
@@ -1152,7 +1282,17 @@ fn linear_flex(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     out.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
         // SAFETY: dst is this block's [r, N]; the block's rows of x [r, K] and all of W [K, N]
         // are inside their slices.
-        unsafe { matmul(isa, (dst.len() / n, n, k), (dst.as_mut_ptr(), n as isize, 1), true, (x.as_ptr().add(i * rows * k), k as isize, 1), (w.as_ptr(), n as isize, 1), 1.0) };
+        unsafe {
+            matmul(
+                isa,
+                (dst.len() / n, n, k),
+                (dst.as_mut_ptr(), n as isize, 1),
+                true,
+                (x.as_ptr().add(i * rows * k), k as isize, 1),
+                (w.as_ptr(), n as isize, 1),
+                1.0,
+            )
+        };
     });
     new_tensor(out, &[m, n])
 }
@@ -1199,7 +1339,17 @@ impl Backward<Flex, 3> for LinearBackward {
                 };
                 // SAFETY: dst is this block's [r, K], written whole by the product (which does
                 // not read it); dy's block [r, N] and W^T [N, K] are inside their slices.
-                unsafe { matmul(isa, (dst.len() / k, k, n), (dst.as_mut_ptr().cast(), k as isize, 1), false, (dy[i * rows * n..].as_ptr(), n as isize, 1), rhs, 1.0) };
+                unsafe {
+                    matmul(
+                        isa,
+                        (dst.len() / k, k, n),
+                        (dst.as_mut_ptr().cast(), k as isize, 1),
+                        false,
+                        (dy[i * rows * n..].as_ptr(), n as isize, 1),
+                        rhs,
+                        1.0,
+                    )
+                };
             };
             // SAFETY: `rows_of_dx` writes its whole block.
             let (dx, _) = unsafe { par_filled(m * k, rows * k, || (), rows_of_dx) };
@@ -1224,7 +1374,14 @@ impl Backward<Flex, 3> for LinearBackward {
                 dw.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
                     // SAFETY: dst is [r, N]; x^T's rows i*rows.. are x's columns (strides 1, K).
                     unsafe {
-                        gemm_strided((dst.len() / n, n, m), (dst.as_mut_ptr(), n as isize, 1), false, (x.as_ptr().add(i * rows), 1, k as isize), (dy.as_ptr(), n as isize, 1), 1.0);
+                        gemm_strided(
+                            (dst.len() / n, n, m),
+                            (dst.as_mut_ptr(), n as isize, 1),
+                            false,
+                            (x.as_ptr().add(i * rows), 1, k as isize),
+                            (dy.as_ptr(), n as isize, 1),
+                            1.0,
+                        );
                     }
                 });
                 dw
@@ -1241,7 +1398,8 @@ impl Backward<Flex, 3> for LinearBackward {
                 }
                 sum
             });
-            grads.register::<Flex>(node.id, new_tensor(sum_partials(partials.collect::<Vec<_>>().into_iter(), n), &[n]));
+            grads
+                .register::<Flex>(node.id, new_tensor(sum_partials(partials.collect::<Vec<_>>().into_iter(), n), &[n]));
         }
     }
 }
@@ -1321,7 +1479,8 @@ vectorised_fn! {
 fn gelu_flex(x: &FlexTensor) -> FlexTensor {
     let xs = x.storage::<f32>();
     // SAFETY: gelu_chunk writes its whole chunk.
-    let (out, _) = unsafe { par_filled(xs.len(), CHUNK, || (), |_, i, dst| gelu_chunk(dst, &xs[i * CHUNK..][..dst.len()])) };
+    let (out, _) =
+        unsafe { par_filled(xs.len(), CHUNK, || (), |_, i, dst| gelu_chunk(dst, &xs[i * CHUNK..][..dst.len()])) };
     new_tensor(out, x.layout().shape())
 }
 
@@ -1336,8 +1495,9 @@ impl Backward<Flex, 1> for GeluBackward {
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
             let grad = contiguous(grad);
             let mut dx = vec![0.0f32; grad.storage::<f32>().len()];
-            (dx.par_chunks_mut(CHUNK).zip(x.storage::<f32>().par_chunks(CHUNK).zip(grad.storage::<f32>().par_chunks(CHUNK))))
-                .for_each(|(dst, (xs, gs))| gelu_grad_chunk(dst, xs, gs));
+            (dx.par_chunks_mut(CHUNK)
+                .zip(x.storage::<f32>().par_chunks(CHUNK).zip(grad.storage::<f32>().par_chunks(CHUNK))))
+            .for_each(|(dst, (xs, gs))| gelu_grad_chunk(dst, xs, gs));
             new_tensor(dx, grad.layout().shape())
         });
     }
@@ -1405,7 +1565,8 @@ fn upsample_flex(x: &FlexTensor) -> FlexTensor {
     let [b, c, h, w] = dims::<4>(x);
     let rows = rows_per_task(w);
     let mut out = vec![0.0f32; 4 * x.storage::<f32>().len()];
-    (out.par_chunks_mut(4 * w * rows).zip(x.storage::<f32>().par_chunks(w * rows))).for_each(|(dst, src)| upsample_rows(dst, src, w));
+    (out.par_chunks_mut(4 * w * rows).zip(x.storage::<f32>().par_chunks(w * rows)))
+        .for_each(|(dst, src)| upsample_rows(dst, src, w));
     new_tensor(out, &[b, c, 2 * h, 2 * w])
 }
 
@@ -1421,7 +1582,8 @@ impl Backward<Flex, 1> for UpsampleBackward {
             let grad = contiguous(grad);
             let rows = rows_per_task(w);
             let mut dx = vec![0.0f32; b * c * h * w];
-            (dx.par_chunks_mut(w * rows).zip(grad.storage::<f32>().par_chunks(4 * w * rows))).for_each(|(dst, src)| downsum_rows(dst, src, w));
+            (dx.par_chunks_mut(w * rows).zip(grad.storage::<f32>().par_chunks(4 * w * rows)))
+                .for_each(|(dst, src)| downsum_rows(dst, src, w));
             new_tensor(dx, &[b, c, h, w])
         });
     }
@@ -1512,7 +1674,14 @@ vectorised_fn! {
 fn group_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], g: &NormGeom) -> (Vec<f32>, Vec<(f32, f32)>) {
     let n = g.group_len();
     // SAFETY: group_norm_run writes its whole group.
-    unsafe { par_filled(x.len(), n, || (), |_, run, dst| group_norm_run(dst, &x[run * n..][..n], gamma, beta, g, run % g.groups * g.per_group())) }
+    unsafe {
+        par_filled(
+            x.len(),
+            n,
+            || (),
+            |_, run, dst| group_norm_run(dst, &x[run * n..][..n], gamma, beta, g, run % g.groups * g.per_group()),
+        )
+    }
 }
 
 vectorised_fn! {
@@ -1567,7 +1736,14 @@ vectorised_fn! {
 }
 
 /// Returns (dx, dgamma, dbeta).
-fn group_norm_backward(x: &[f32], gamma: &[f32], beta: &[f32], stats: &[(f32, f32)], dout: &[f32], g: &NormGeom) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn group_norm_backward(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    stats: &[(f32, f32)],
+    dout: &[f32],
+    g: &NormGeom,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (n, cg) = (g.group_len(), g.per_group());
     let mut dx = vec![0.0f32; x.len()];
     let sums: Vec<Vec<(f32, f32)>> = (dx.par_chunks_mut(n).zip(x.par_chunks(n).zip(dout.par_chunks(n))).enumerate())
@@ -1611,7 +1787,8 @@ impl Backward<Flex, 3> for GroupNormBackward {
         let [node_x, node_g, node_b] = ops.parents;
         let grad = contiguous(grads.consume::<Flex>(&ops.node));
         let shape: Vec<usize> = x.layout().shape().iter().copied().collect();
-        let (dx, dgamma, dbeta) = group_norm_backward(x.storage(), gamma.storage(), beta.storage(), &stats, grad.storage(), &geom);
+        let (dx, dgamma, dbeta) =
+            group_norm_backward(x.storage(), gamma.storage(), beta.storage(), &stats, grad.storage(), &geom);
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, new_tensor(dx, &shape));
         }
@@ -1645,7 +1822,9 @@ pub fn group_norm(norm: &burn::nn::GroupNorm, x: Tensor<4>, silu: bool) -> Tenso
             let (out, stats) = group_norm_forward(x.storage(), gm.storage(), bt.storage(), &geom);
             let out = new_tensor(out, &shape);
             match GroupNormBackward.prepare::<NoCheckpointing>([node_x, node_g, node_b]).compute_bound().stateful() {
-                OpsKind::Tracked(prep) => ad_tensor(prep.finish(GroupNormState { x, gamma: gm, beta: bt, stats, geom }, out)),
+                OpsKind::Tracked(prep) => {
+                    ad_tensor(prep.finish(GroupNormState { x, gamma: gm, beta: bt, stats, geom }, out))
+                }
                 OpsKind::UnTracked(prep) => ad_tensor(prep.finish(out)),
             }
         }
@@ -1683,13 +1862,14 @@ vectorised_fn! {
 fn layer_norm_backward(x: &[f32], gamma: &[f32], dout: &[f32], d: usize, eps: f64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut dx = vec![0.0f32; x.len()];
     let block = rows_per_task(d) * d;
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = (dx.par_chunks_mut(block).zip(x.par_chunks(block).zip(dout.par_chunks(block))))
-        .map(|(dst, (xs, ds))| {
-            let (mut dg, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
-            layer_norm_grad_rows(dst, xs, ds, gamma, &mut dg, &mut db, d, eps);
-            (dg, db)
-        })
-        .collect();
+    let partials: Vec<(Vec<f32>, Vec<f32>)> =
+        (dx.par_chunks_mut(block).zip(x.par_chunks(block).zip(dout.par_chunks(block))))
+            .map(|(dst, (xs, ds))| {
+                let (mut dg, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
+                layer_norm_grad_rows(dst, xs, ds, gamma, &mut dg, &mut db, d, eps);
+                (dg, db)
+            })
+            .collect();
     let (dgs, dbs): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
     (dx, sum_partials(dgs.into_iter(), d), sum_partials(dbs.into_iter(), d))
 }
@@ -1734,7 +1914,9 @@ impl Backward<Flex, 3> for LayerNormBackward {
 /// flex's fused forward kernel and one fused backward node.
 pub fn layer_norm<const D: usize>(norm: &burn::nn::LayerNorm, x: Tensor<D>) -> Tensor<D> {
     let Some(beta) = &norm.beta else { return layer_norm_reference(norm, x) };
-    let forward = |x: FlexTensor, gm: FlexTensor, bt: FlexTensor| <Flex as ModuleOps<Flex>>::layer_norm(x, gm, Some(bt), LAYER_NORM_EPS);
+    let forward = |x: FlexTensor, gm: FlexTensor, bt: FlexTensor| {
+        <Flex as ModuleOps<Flex>>::layer_norm(x, gm, Some(bt), LAYER_NORM_EPS)
+    };
     match route3(x, norm.gamma.val(), beta.val()) {
         Route3::Flex(x, gm, bt) => flex_tensor(forward(contiguous(x), gm, bt)),
         Route3::Autodiff(x, gm, bt) => {

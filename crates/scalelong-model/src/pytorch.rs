@@ -26,8 +26,8 @@ use crate::network::{DiffusionNet, ModelConfig};
 use crate::skip_scaling::SkipScaling;
 use crate::uvit::UViTConfig;
 use burn::store::{
-    ApplyError, ApplyResult, BurnToPyTorchAdapter, ChainAdapter, FloatCastAdapter, KeyRemapper, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
-    PytorchStore, SafetensorsStore,
+    ApplyError, ApplyResult, BurnToPyTorchAdapter, ChainAdapter, FloatCastAdapter, KeyRemapper, ModuleSnapshot,
+    ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
 };
 use burn::tensor::DType;
 use std::collections::BTreeMap;
@@ -59,7 +59,13 @@ pub enum ExchangeError {
     Infer { path: PathBuf, message: String },
 }
 
-fn mismatch_message(path: &Path, missing: &[String], unexpected: &[String], misshaped: &[(String, Vec<usize>, Vec<usize>)], other: &[String]) -> String {
+fn mismatch_message(
+    path: &Path,
+    missing: &[String],
+    unexpected: &[String],
+    misshaped: &[(String, Vec<usize>, Vec<usize>)],
+    other: &[String],
+) -> String {
     let mut msg = format!("{}: the checkpoint does not match the model; nothing was loaded", path.display());
     let mut section = |title: &str, lines: Vec<String>| {
         if !lines.is_empty() {
@@ -137,7 +143,8 @@ impl Reader {
             WeightsFormat::Safetensors if file.key.is_some() => {
                 return Err(ExchangeError::Read {
                     path: path.into(),
-                    message: "a safetensors file holds one flat set of tensors; a key applies to .pth files only".into(),
+                    message: "a safetensors file holds one flat set of tensors; a key applies to .pth files only"
+                        .into(),
                 });
             }
             WeightsFormat::Safetensors => {
@@ -186,7 +193,9 @@ impl Reader {
 
 /// Every tensor of a checkpoint file with its shape, under the file's own (reference) names.
 pub fn tensor_shapes(file: &CheckpointFile) -> Result<BTreeMap<String, Vec<usize>>, ExchangeError> {
-    Reader::open(file, KeyRemapper::new())?.shapes().map_err(|message| ExchangeError::Read { path: file.path.clone(), message })
+    Reader::open(file, KeyRemapper::new())?
+        .shapes()
+        .map_err(|message| ExchangeError::Read { path: file.path.clone(), message })
 }
 
 fn is_shared_gate(net: &DiffusionNet) -> bool {
@@ -241,7 +250,11 @@ pub fn load_weights(mut net: DiffusionNet, file: &CheckpointFile) -> Result<Diff
             ApplyError::ShapeMismatch { path, expected, found } => {
                 // Shapes in the reference's layout: a Linear weight is [out, in] there.
                 let torch_layout = |s: Vec<usize>| if s.len() == 2 { vec![s[1], s[0]] } else { s };
-                misshaped.push((reference_name(&path, uvit, shared), torch_layout(expected.to_vec()), torch_layout(found.to_vec())));
+                misshaped.push((
+                    reference_name(&path, uvit, shared),
+                    torch_layout(expected.to_vec()),
+                    torch_layout(found.to_vec()),
+                ));
             }
             error => other.push(error.to_string()),
         }
@@ -250,9 +263,14 @@ pub fn load_weights(mut net: DiffusionNet, file: &CheckpointFile) -> Result<Diff
     let unexpected: Vec<String> = result.unused.iter().map(|p| reference_name(p, uvit, shared)).collect();
     // Nothing matched and every tensor of the file shares a first name: a nested state dict.
     let first = |name: &String| name.split('.').next().map(str::to_string);
-    if result.applied.is_empty() && !unexpected.is_empty() && unexpected.iter().all(|n| first(n) == first(&unexpected[0])) {
+    if result.applied.is_empty()
+        && !unexpected.is_empty()
+        && unexpected.iter().all(|n| first(n) == first(&unexpected[0]))
+    {
         let prefix = first(&unexpected[0]).unwrap_or_default();
-        other.push(format!("every tensor of the file is under `{prefix}.`: a state dict nested in a dict; give its key ({prefix})"));
+        other.push(format!(
+            "every tensor of the file is under `{prefix}.`: a state dict nested in a dict; give its key ({prefix})"
+        ));
     }
     if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() && other.is_empty() {
         Ok(net)
@@ -293,11 +311,13 @@ pub fn save_safetensors(net: &DiffusionNet, path: &Path) -> Result<(), ExchangeE
 
 /// What the shapes of a U-ViT checkpoint say: its config (with `heads` attention heads, or one
 /// head per [`REFERENCE_HEAD_DIM`] channels), and the LS strategy when the file holds gates.
-pub fn infer_uvit(shapes: &BTreeMap<String, Vec<usize>>, heads: Option<usize>) -> Result<(UViTConfig, Option<SkipScaling>), String> {
+pub fn infer_uvit(
+    shapes: &BTreeMap<String, Vec<usize>>,
+    heads: Option<usize>,
+) -> Result<(UViTConfig, Option<SkipScaling>), String> {
     let shape = |name: &str| shapes.get(name).ok_or_else(|| format!("no tensor {name}; is this a U-ViT state dict?"));
-    let count = |prefix: &str| {
-        (0..).take_while(|k| shapes.keys().any(|n| n.starts_with(&format!("{prefix}.{k}.")))).count()
-    };
+    let count =
+        |prefix: &str| (0..).take_while(|k| shapes.keys().any(|n| n.starts_with(&format!("{prefix}.{k}.")))).count();
     let patch = shape("patch_embed.proj.weight")?; // [D, C, p, p]
     let (embed_dim, in_chans, patch_size) = (patch[0], patch[1], patch[2]);
     let tokens = shape("pos_embed")?[1];
@@ -307,13 +327,19 @@ pub fn infer_uvit(shapes: &BTreeMap<String, Vec<usize>>, heads: Option<usize>) -
     }
     let (in_blocks, out_blocks) = (count("in_blocks"), count("out_blocks"));
     if in_blocks == 0 || in_blocks != out_blocks || !shapes.contains_key("mid_block.norm1.weight") {
-        return Err(format!("expected as many in_blocks as out_blocks and a mid_block; found {in_blocks} and {out_blocks}"));
+        return Err(format!(
+            "expected as many in_blocks as out_blocks and a mid_block; found {in_blocks} and {out_blocks}"
+        ));
     }
     let hidden = shape("in_blocks.0.mlp.fc1.weight")?[0];
     let num_heads = match heads {
         Some(h) => h,
         None if embed_dim % REFERENCE_HEAD_DIM == 0 => embed_dim / REFERENCE_HEAD_DIM,
-        None => return Err(format!("embed_dim {embed_dim} is not a multiple of {REFERENCE_HEAD_DIM}; give the number of attention heads")),
+        None => {
+            return Err(format!(
+                "embed_dim {embed_dim} is not a multiple of {REFERENCE_HEAD_DIM}; give the number of attention heads"
+            ));
+        }
     };
     let config = UViTConfig {
         img_size: side * patch_size,
@@ -356,7 +382,9 @@ pub fn resolve_config(
     let has_gates = shapes.keys().any(|n| n.starts_with("se.") || n.contains(".gate."));
     let model = match given_model {
         Some(model) => model,
-        None if shapes.contains_key("patch_embed.proj.weight") => ModelConfig::Uvit(infer_uvit(&shapes, heads).map_err(infer_error)?.0),
+        None if shapes.contains_key("patch_embed.proj.weight") => {
+            ModelConfig::Uvit(infer_uvit(&shapes, heads).map_err(infer_error)?.0)
+        }
         None => {
             return Err(infer_error(
                 "only a U-ViT's config can be read from tensor shapes (a conv UNet's attention heads and norm groups leave none); give the model".into(),
@@ -371,7 +399,9 @@ pub fn resolve_config(
         (Some(s), _) => s,
         (None, Some(s)) => s,
         (None, None) if has_gates => {
-            return Err(infer_error("the file holds LS gates; give the strategy (ls or ls-nonshared) and its reduction".into()));
+            return Err(infer_error(
+                "the file holds LS gates; give the strategy (ls or ls-nonshared) and its reduction".into(),
+            ));
         }
         (None, None) => {
             return Err(infer_error(

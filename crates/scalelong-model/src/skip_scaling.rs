@@ -53,9 +53,7 @@ impl SkipScaling {
     /// Checks the invariants a config can break.
     pub fn validate(self) -> Result<Self, SkipScalingError> {
         match self {
-            Self::Constant { kappa } if !(kappa > 0.0 && kappa <= 1.0) => {
-                Err(SkipScalingError::KappaOutOfRange(kappa))
-            }
+            Self::Constant { kappa } if !(kappa > 0.0 && kappa <= 1.0) => Err(SkipScalingError::KappaOutOfRange(kappa)),
             Self::Learnable { reduction: 0, .. } => Err(SkipScalingError::ZeroReduction),
             other => Ok(other),
         }
@@ -151,9 +149,7 @@ impl TryFrom<SkipScalingSpec> for SkipScaling {
                 _ => return Err(SkipScalingError::UnknownName(name)),
             },
             SkipScalingSpec::Constant { cs } => Self::Constant { kappa: cs },
-            SkipScalingSpec::Learnable { ls } => {
-                Self::Learnable { shared: ls.shared, reduction: ls.reduction }
-            }
+            SkipScalingSpec::Learnable { ls } => Self::Learnable { shared: ls.shared, reduction: ls.reduction },
         };
         scaling.validate()
     }
@@ -165,9 +161,7 @@ impl From<SkipScaling> for SkipScalingSpec {
             SkipScaling::Original => Self::Name("1".into()),
             SkipScaling::InvSqrt2 => Self::Name("1/sqrt2".into()),
             SkipScaling::Constant { kappa } => Self::Constant { cs: kappa },
-            SkipScaling::Learnable { shared, reduction } => {
-                Self::Learnable { ls: LearnableSpec { shared, reduction } }
-            }
+            SkipScaling::Learnable { shared, reduction } => Self::Learnable { ls: LearnableSpec { shared, reduction } },
         }
     }
 }

@@ -116,7 +116,10 @@ impl UNetConfig {
     pub fn validate(&self) -> Result<(), String> {
         let down = 1usize << self.levels().saturating_sub(1);
         let checks = [
-            (!self.channel_mult.is_empty() && self.channel_mult.iter().all(|&m| m > 0), "channel_mult must be a non-empty list of positive integers"),
+            (
+                !self.channel_mult.is_empty() && self.channel_mult.iter().all(|&m| m > 0),
+                "channel_mult must be a non-empty list of positive integers",
+            ),
             (self.base_channels > 0 && self.in_channels > 0, "base_channels and in_channels must be positive"),
             (self.res_blocks > 0, "res_blocks must be at least 1"),
             (self.img_size % down == 0, "img_size must be divisible by 2^(levels - 1)"),

@@ -74,7 +74,10 @@ impl UViTConfig {
     /// Checks what would otherwise fail deep inside a forward pass.
     pub fn validate(&self) -> Result<(), String> {
         let checks = [
-            (self.patch_size > 0 && self.img_size % self.patch_size == 0, "img_size must be a positive multiple of patch_size"),
+            (
+                self.patch_size > 0 && self.img_size % self.patch_size == 0,
+                "img_size must be a positive multiple of patch_size",
+            ),
             (self.depth >= 2, "depth must be at least 2 (one long skip)"),
             (self.num_heads > 0 && self.embed_dim % self.num_heads == 0, "embed_dim must be divisible by num_heads"),
             (self.in_chans > 0, "in_chans must be positive"),
@@ -133,9 +136,7 @@ impl UViTConfig {
                     .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                     .init(device)
             }),
-            se: (0..scaling.gate_count(n))
-                .map(|_| SeGate::new(self.tokens(), reduction, device))
-                .collect(),
+            se: (0..scaling.gate_count(n)).map(|_| SeGate::new(self.tokens(), reduction, device)).collect(),
             scaling,
             patch_size: self.patch_size,
             in_chans: self.in_chans,
@@ -159,7 +160,8 @@ impl PatchEmbed {
     pub fn forward(&self, x: Tensor<4>, p: usize) -> Tensor<3> {
         let [batch, c, height, width] = x.dims();
         let (gh, gw, d) = (height / p, width / p, self.proj.weight.dims()[0]);
-        let patches = x.reshape([batch, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([batch, gh * gw, c * p * p]); // [B, hw, C p p]
+        let patches =
+            x.reshape([batch, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([batch, gh * gw, c * p * p]); // [B, hw, C p p]
         let weight = self.proj.weight.val().reshape([d, c * p * p]).transpose(); // [C p p, D]
         let bias = self.proj.bias.as_ref().map_or_else(|| Tensor::zeros([d], &patches.device()), |b| b.val());
         ops::linear(patches, weight, bias) // [B, hw, D]

@@ -13,9 +13,7 @@ fn samplers_are_deterministic_for_a_seed_and_differ_across_seeds() {
     let net = tiny_uvit(8, 2).init(SkipScaling::Constant { kappa: 0.5 }, &device);
     let schedule = ScheduleConfig::default().build();
     for sampler in [SamplerConfig::Ddim { steps: 5 }, SamplerConfig::Ddpm { steps: 5 }] {
-        let run = |seed| {
-            to_vec(schedule.sample(sampler, [2, 1, 8, 8], seed, &device, |x, t| net.forward(x, t, None)))
-        };
+        let run = |seed| to_vec(schedule.sample(sampler, [2, 1, 8, 8], seed, &device, |x, t| net.forward(x, t, None)));
         let (a, b, c) = (run(11), run(11), run(12));
         assert_eq!(a, b, "{sampler:?} with one seed");
         assert_ne!(a, c, "{sampler:?} across seeds");

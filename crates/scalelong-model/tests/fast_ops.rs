@@ -73,11 +73,19 @@ fn qkv_attention_equals_the_composition() {
 }
 
 /// Forward and the gradients of `<y, w>` w.r.t. every input, fast vs reference, on autodiff.
-fn check_with_params<const O: usize>(name: &str, inputs: Vec<Tensor<4>>, params: Vec<Tensor<1>>, f: impl Fn(&[Tensor<4>], &[Tensor<1>]) -> Tensor<O>, tol: f32) {
+fn check_with_params<const O: usize>(
+    name: &str,
+    inputs: Vec<Tensor<4>>,
+    params: Vec<Tensor<1>>,
+    f: impl Fn(&[Tensor<4>], &[Tensor<1>]) -> Tensor<O>,
+    tol: f32,
+) {
     let ad = Device::flex().autodiff();
     ad.seed(11);
-    let inputs: Vec<Tensor<4>> = inputs.into_iter().map(|t| Tensor::from_data(t.into_data(), &ad).require_grad()).collect();
-    let params: Vec<Tensor<1>> = params.into_iter().map(|t| Tensor::from_data(t.into_data(), &ad).require_grad()).collect();
+    let inputs: Vec<Tensor<4>> =
+        inputs.into_iter().map(|t| Tensor::from_data(t.into_data(), &ad).require_grad()).collect();
+    let params: Vec<Tensor<1>> =
+        params.into_iter().map(|t| Tensor::from_data(t.into_data(), &ad).require_grad()).collect();
     assert!(ops::fused_path_available(&inputs[0]), "{name}: the fused path must be taken on autodiff flex");
     let fast = f(&inputs, &params);
     let reference = ops::with_reference_ops(|| f(&inputs, &params));
@@ -86,10 +94,20 @@ fn check_with_params<const O: usize>(name: &str, inputs: Vec<Tensor<4>>, params:
     let g_fast = (fast * w.clone()).sum().backward();
     let g_ref = (reference * w).sum().backward();
     for (i, t) in inputs.iter().enumerate() {
-        assert_close(&format!("{name} grad input {i}"), to_vec(t.grad(&g_fast).unwrap()), to_vec(t.grad(&g_ref).unwrap()), tol);
+        assert_close(
+            &format!("{name} grad input {i}"),
+            to_vec(t.grad(&g_fast).unwrap()),
+            to_vec(t.grad(&g_ref).unwrap()),
+            tol,
+        );
     }
     for (i, t) in params.iter().enumerate() {
-        assert_close(&format!("{name} grad param {i}"), to_vec(t.grad(&g_fast).unwrap()), to_vec(t.grad(&g_ref).unwrap()), tol);
+        assert_close(
+            &format!("{name} grad param {i}"),
+            to_vec(t.grad(&g_fast).unwrap()),
+            to_vec(t.grad(&g_ref).unwrap()),
+            tol,
+        );
     }
     // The inference backend takes the fused forward too.
     let flex = Device::flex();
@@ -109,7 +127,17 @@ fn conv2d_equals_burns_conv2d() {
     // (batch, c_in, c_out, size, kernel, padding); tolerance 1e-5 relative (f32 summation order).
     // Channel counts around the direct kernels' tiles (5 and 4 output channels, 3 x 9 and 8 x 1
     // in the weight gradient) and 16-channel vectors, grids around their 16 to 64 positions.
-    let cases = [(2, 3, 5, 7, 3, 1), (3, 16, 8, 8, 3, 1), (2, 6, 4, 5, 1, 0), (1, 4, 3, 6, 3, 0), (2, 2, 2, 9, 5, 2), (1, 7, 11, 12, 3, 1), (2, 20, 9, 6, 1, 0), (1, 11, 5, 7, 3, 1), (1, 16, 4, 17, 3, 1)];
+    let cases = [
+        (2, 3, 5, 7, 3, 1),
+        (3, 16, 8, 8, 3, 1),
+        (2, 6, 4, 5, 1, 0),
+        (1, 4, 3, 6, 3, 0),
+        (2, 2, 2, 9, 5, 2),
+        (1, 7, 11, 12, 3, 1),
+        (2, 20, 9, 6, 1, 0),
+        (1, 11, 5, 7, 3, 1),
+        (1, 16, 4, 17, 3, 1),
+    ];
     for (b, ci, co, hw, k, p) in cases {
         on_every_kernel_set(|kernels| {
             check_with_params(
@@ -144,7 +172,9 @@ fn conv2d_stride2_equals_burns_strided_conv2d() {
 fn gelu_equals_burns_gelu() {
     // Tolerance 1e-6 relative to the largest value: the polynomial erf is within 1.5e-7.
     for shape in [[2, 5, 8], [3, 65, 256], [1, 1, 3]] {
-        on_every_kernel_set(|kernels| check(&format!("gelu {shape:?}{kernels}"), shape, ops::gelu, ops::gelu_reference, 1e-6));
+        on_every_kernel_set(|kernels| {
+            check(&format!("gelu {shape:?}{kernels}"), shape, ops::gelu, ops::gelu_reference, 1e-6)
+        });
     }
 }
 
@@ -152,7 +182,15 @@ fn gelu_equals_burns_gelu() {
 fn upsample_equals_the_expand_composition() {
     // Copies and sums of four: equal to burn's up to the order of the four additions.
     for shape in [[2, 3, 4, 5], [1, 1, 1, 1], [3, 2, 8, 8]] {
-        on_every_kernel_set(|kernels| check(&format!("upsample {shape:?}{kernels}"), shape, ops::upsample_nearest2x, ops::upsample_nearest2x_reference, 1e-6));
+        on_every_kernel_set(|kernels| {
+            check(
+                &format!("upsample {shape:?}{kernels}"),
+                shape,
+                ops::upsample_nearest2x,
+                ops::upsample_nearest2x_reference,
+                1e-6,
+            )
+        });
     }
 }
 
@@ -161,7 +199,9 @@ fn linear_equals_burns_linear() {
     // (batch, tokens, in, out); tolerance 1e-5 relative (f32 summation order). Row counts around
     // the direct kernel's 6-row tiles, widths around its 16 columns.
     // 8 x 130 tokens: a weight gradient longer than the kernel's inner block of 256.
-    for (b, l, k, n) in [(2, 5, 8, 24), (3, 65, 64, 192), (1, 1, 3, 2), (4, 17, 256, 64), (1, 7, 33, 17), (8, 130, 16, 20)] {
+    for (b, l, k, n) in
+        [(2, 5, 8, 24), (3, 65, 64, 192), (1, 1, 3, 2), (4, 17, 256, 64), (1, 7, 33, 17), (8, 130, 16, 20)]
+    {
         on_every_kernel_set(|kernels| {
             check_with_params(
                 &format!("linear b{b} l{l} {k}->{n}{kernels}"),
@@ -228,7 +268,10 @@ fn layer_norm_equals_burns() {
 }
 
 /// Every parameter gradient of `model`, in visiting order, flattened.
-fn parameter_grads(model: &scalelong_model::DiffusionNet, grads: &burn::optim::GradientsParams) -> Vec<(String, Vec<f32>)> {
+fn parameter_grads(
+    model: &scalelong_model::DiffusionNet,
+    grads: &burn::optim::GradientsParams,
+) -> Vec<(String, Vec<f32>)> {
     use burn::module::{Module, ModuleVisitor, Param};
     struct Collect<'a> {
         grads: &'a burn::optim::GradientsParams,
@@ -319,9 +362,24 @@ fn uvit_patch_embedding_equals_the_strided_convolution() {
         assert_close(&format!("{name} forward"), to_vec(fast.clone()), to_vec(reference.clone()), 1e-5);
         let w = Tensor::<3>::random(fast.dims(), Distribution::Normal(0.0, 1.0), &ad);
         let (g_fast, g_ref) = ((fast * w.clone()).sum().backward(), (reference * w).sum().backward());
-        assert_close(&format!("{name} input gradient"), to_vec(x.grad(&g_fast).unwrap()), to_vec(x.grad(&g_ref).unwrap()), 1e-5);
+        assert_close(
+            &format!("{name} input gradient"),
+            to_vec(x.grad(&g_fast).unwrap()),
+            to_vec(x.grad(&g_ref).unwrap()),
+            1e-5,
+        );
         let (kernel, bias) = (embed.proj.weight.val(), embed.proj.bias.as_ref().unwrap().val());
-        assert_close(&format!("{name} kernel gradient"), to_vec(kernel.grad(&g_fast).unwrap()), to_vec(kernel.grad(&g_ref).unwrap()), 1e-5);
-        assert_close(&format!("{name} bias gradient"), to_vec(bias.grad(&g_fast).unwrap()), to_vec(bias.grad(&g_ref).unwrap()), 1e-5);
+        assert_close(
+            &format!("{name} kernel gradient"),
+            to_vec(kernel.grad(&g_fast).unwrap()),
+            to_vec(kernel.grad(&g_ref).unwrap()),
+            1e-5,
+        );
+        assert_close(
+            &format!("{name} bias gradient"),
+            to_vec(bias.grad(&g_fast).unwrap()),
+            to_vec(bias.grad(&g_ref).unwrap()),
+            1e-5,
+        );
     }
 }

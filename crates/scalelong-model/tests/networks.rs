@@ -53,7 +53,11 @@ fn constant_kappa_one_is_the_original_network() {
 /// `skip_linear`; the skip channels of the UNet ResBlock's first conv and shortcut). `skip_share`
 /// is the skip's share of the fused input's features, from a trace.
 fn perturb_skip_reader(net: DiffusionNet, k: usize, skip_share: f64, device: &Device) -> DiffusionNet {
-    fn bump<const D: usize>(param: Param<Tensor<D>>, ranges: [std::ops::Range<usize>; D], device: &Device) -> Param<Tensor<D>> {
+    fn bump<const D: usize>(
+        param: Param<Tensor<D>>,
+        ranges: [std::ops::Range<usize>; D],
+        device: &Device,
+    ) -> Param<Tensor<D>> {
         param.map(|w| {
             let shape: [usize; D] = std::array::from_fn(|d| ranges[d].len());
             let noise = Tensor::<D>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), device);
@@ -71,7 +75,8 @@ fn perturb_skip_reader(net: DiffusionNet, k: usize, skip_share: f64, device: &De
             let res = &mut n.decoder[k].res;
             let [out, c_in, kh, kw] = res.conv1.weight.dims();
             let skip_channels = (c_in as f64 * skip_share).round() as usize;
-            res.conv1.weight = bump(res.conv1.weight.clone(), [0..out, c_in - skip_channels..c_in, 0..kh, 0..kw], device);
+            res.conv1.weight =
+                bump(res.conv1.weight.clone(), [0..out, c_in - skip_channels..c_in, 0..kh, 0..kw], device);
             if let Some(short) = res.shortcut.as_mut() {
                 short.weight = bump(short.weight.clone(), [0..out, c_in - skip_channels..c_in, 0..1, 0..1], device);
             }
@@ -122,7 +127,9 @@ fn learnable_gates_lie_in_the_unit_interval_start_near_half_and_get_gradients() 
                 let per_gate = fusion.skip.dims()[1] / g; // features one gate value scales
                 match &config {
                     // One gate per token, broadcast over the width.
-                    ModelConfig::Uvit(c) => assert_eq!((g, per_gate), (1 + (c.img_size / c.patch_size).pow(2), c.embed_dim)),
+                    ModelConfig::Uvit(c) => {
+                        assert_eq!((g, per_gate), (1 + (c.img_size / c.patch_size).pow(2), c.embed_dim))
+                    }
                     // One gate per channel, broadcast over the 8x8 or 4x4 positions.
                     ModelConfig::Unet(_) => assert!(per_gate == 64 || per_gate == 16, "{per_gate}"),
                 }
@@ -141,7 +148,8 @@ fn learnable_gates_lie_in_the_unit_interval_start_near_half_and_get_gradients() 
             };
             // A tiny gate's hidden ReLUs can all be off for a batch, so layer1 may see no gradient;
             // the output bias always does, and layer1 must somewhere.
-            let nonzero = |t: Option<Tensor<1>>| to_vec(t.expect("gate parameters receive a gradient")).iter().any(|v| *v != 0.0);
+            let nonzero =
+                |t: Option<Tensor<1>>| to_vec(t.expect("gate parameters receive a gradient")).iter().any(|v| *v != 0.0);
             for gate in &gates {
                 assert!(nonzero(gate.layer2.bias.as_ref().unwrap().val().grad(&grads)));
             }
@@ -172,7 +180,10 @@ fn one_adamw_step_lowers_the_loss_for_every_strategy_on_both_models() {
             let x0 = batch([4, 1, 8, 8], &device).clamp(-1.0, 1.0);
             let noised = schedule.q_sample(x0, batch([4, 1, 8, 8], &device), &[10, 200, 500, 900]);
             let loss = |net: &DiffusionNet| {
-                noise_prediction_loss(net.forward(noised.x_t.clone(), noised.model_time.clone(), None), noised.noise.clone())
+                noise_prediction_loss(
+                    net.forward(noised.x_t.clone(), noised.model_time.clone(), None),
+                    noised.noise.clone(),
+                )
             };
             let before = loss(&net);
             let grads = GradientsParams::from_grads(before.backward(), &net);
@@ -223,7 +234,8 @@ fn uvit_reference_param_count(c: &scalelong_model::uvit::UViTConfig, gates: usiz
     let tokens = 1 + (c.img_size / c.patch_size).pow(2);
     let patch = c.patch_size * c.patch_size * c.in_chans;
     let hidden = (d as f64 * c.mlp_ratio) as usize;
-    let block = 4 * d + 3 * d * d + if c.qkv_bias { 3 * d } else { 0 } + d * d + d + d * hidden + hidden + hidden * d + d;
+    let block =
+        4 * d + 3 * d * d + if c.qkv_bias { 3 * d } else { 0 } + d * d + d + d * hidden + hidden + hidden * d + d;
     let n = c.depth / 2;
     let se_hidden = (tokens / 16).max(1);
     patch * d + d // patch_embed.proj

@@ -28,7 +28,10 @@ fn preset_parameter_counts_equal_the_pytorch_twins() {
                 .unwrap_or_else(|e| panic!("{name}: strategy {strategy:?}: {e}"));
             let expected = count.as_u64().expect("a count") as usize;
             let actual = config.init(scaling, &device).num_params();
-            assert_eq!(actual, expected, "{name} with strategy {strategy}: Rust has {actual}, the PyTorch twin {expected}");
+            assert_eq!(
+                actual, expected,
+                "{name} with strategy {strategy}: Rust has {actual}, the PyTorch twin {expected}"
+            );
         }
     }
 }

@@ -6,7 +6,9 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
-use scalelong_model::pytorch::{CheckpointFile, ExchangeError, infer_uvit, load_weights, resolve_config, save_safetensors, tensor_shapes};
+use scalelong_model::pytorch::{
+    CheckpointFile, ExchangeError, infer_uvit, load_weights, resolve_config, save_safetensors, tensor_shapes,
+};
 use scalelong_model::{DiffusionNet, ModelConfig, SkipScaling};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -83,7 +85,8 @@ fn max_relative_error(got: &[f32], expected: &[f32]) -> f32 {
 fn load_fixture(name: &str, file: &str, device: &Device) -> DiffusionNet {
     let f = fixture(name);
     device.seed(7);
-    load_weights(f.model.init(f.strategy, device), &CheckpointFile::new(dir().join(file))).unwrap_or_else(|e| panic!("{e}"))
+    load_weights(f.model.init(f.strategy, device), &CheckpointFile::new(dir().join(file)))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -117,9 +120,12 @@ fn torch_save_files_load_like_the_safetensors() {
     assert!(max_relative_error(&got, &expected) < 1e-4, "uvit_1.nested.pth");
     let err = load_weights(f.model.init(f.strategy, &device), &nested).unwrap_err().to_string();
     assert!(err.contains("give its key (model)"), "{err}");
-    let err = load_weights(f.model.init(f.strategy, &device), &CheckpointFile::new(dir().join("uvit_1.safetensors")).with_key(Some("model".into())))
-        .unwrap_err()
-        .to_string();
+    let err = load_weights(
+        f.model.init(f.strategy, &device),
+        &CheckpointFile::new(dir().join("uvit_1.safetensors")).with_key(Some("model".into())),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("a key applies to .pth files only"), "{err}");
 }
 
@@ -185,7 +191,9 @@ fn a_renamed_a_missing_and_a_misshaped_tensor_are_all_named() {
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
-        .map(|(n, b, s)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(n, b, s)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+        })
         .collect();
     let path = std::env::temp_dir().join(format!("scalelong-broken-{}.safetensors", std::process::id()));
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
@@ -215,7 +223,13 @@ fn a_uvit_config_and_ls_form_are_read_from_the_shapes() {
         let shared = |s: Option<SkipScaling>| s.map(|s| matches!(s, SkipScaling::Learnable { shared: true, .. }));
         assert_eq!(shared(learnable), shared(Some(f.strategy)).filter(|_| name != "uvit_1"), "{name}");
         // Inferred config and strategy load and compute what the reference computes.
-        let (model, strategy) = resolve_config(&CheckpointFile::new(&path), None, (name == "uvit_1").then_some(SkipScaling::Original), Some(2)).unwrap();
+        let (model, strategy) = resolve_config(
+            &CheckpointFile::new(&path),
+            None,
+            (name == "uvit_1").then_some(SkipScaling::Original),
+            Some(2),
+        )
+        .unwrap();
         let device = Device::flex();
         let net = load_weights(model.init(strategy, &device), &CheckpointFile::new(&path)).unwrap();
         let (got, expected) = outputs(name, &net, &device);
@@ -225,6 +239,12 @@ fn a_uvit_config_and_ls_form_are_read_from_the_shapes() {
     let err = resolve_config(&CheckpointFile::new(dir().join("uvit_cs.safetensors")), None, None, Some(2)).unwrap_err();
     assert!(err.to_string().contains("give the strategy"), "{err}");
     // An LS file with a fixed strategy is refused.
-    let err = resolve_config(&CheckpointFile::new(dir().join("uvit_ls.safetensors")), None, Some(SkipScaling::Original), Some(2)).unwrap_err();
+    let err = resolve_config(
+        &CheckpointFile::new(dir().join("uvit_ls.safetensors")),
+        None,
+        Some(SkipScaling::Original),
+        Some(2),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("holds LS gates"), "{err}");
 }

@@ -36,7 +36,13 @@ pub fn folder(run: &Path) -> PathBuf {
     run.join("checkpoint")
 }
 
-pub fn save(run: &Path, state: &CheckpointState, model: &DiffusionNet, ema: &DiffusionNet, optimizer: &ModuleOptimizer) -> Result<()> {
+pub fn save(
+    run: &Path,
+    state: &CheckpointState,
+    model: &DiffusionNet,
+    ema: &DiffusionNet,
+    optimizer: &ModuleOptimizer,
+) -> Result<()> {
     let tmp = run.join("checkpoint.tmp");
     let old = run.join("checkpoint.old");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -75,7 +81,9 @@ fn corrupt(dir: &Path, file: &str) -> String {
 
 /// `dir/file` (a burn record) into `net`.
 fn load_network(dir: &Path, file: &str, net: DiffusionNet) -> Result<DiffusionNet> {
-    let record = ModuleRecord::from_bytes(read(dir, file)?).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| corrupt(dir, file))?;
+    let record = ModuleRecord::from_bytes(read(dir, file)?)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+        .with_context(|| corrupt(dir, file))?;
     net.try_load_record(record).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| corrupt(dir, file))
 }
 
@@ -93,7 +101,11 @@ pub fn load(dir: &Path, model: DiffusionNet, ema: DiffusionNet, optimizer: Modul
 
 /// One network of a run folder's latest checkpoint (`weights` is `model` or `ema`), built from the
 /// config it was saved with; the optimizer state is not read.
-pub fn load_latest_weights(run: &Path, weights: &str, device: &burn::prelude::Device) -> Result<(CheckpointState, DiffusionNet)> {
+pub fn load_latest_weights(
+    run: &Path,
+    weights: &str,
+    device: &burn::prelude::Device,
+) -> Result<(CheckpointState, DiffusionNet)> {
     let dir = latest(run).with_context(|| format!("{}: no checkpoint (is this a run folder?)", run.display()))?;
     let state: CheckpointState = read_json(&dir.join("state.json"))?;
     let model_config = state.config.model.resolve().with_context(|| format!("{}", dir.join("state.json").display()))?;
@@ -122,7 +134,14 @@ mod tests {
     #[test]
     fn a_reloaded_network_has_the_same_ids_and_gradients() {
         let device = Device::flex().autodiff();
-        let config = ModelConfig::Uvit(UViTConfig { img_size: 8, patch_size: 2, embed_dim: 16, depth: 4, num_heads: 2, ..UViTConfig::default() });
+        let config = ModelConfig::Uvit(UViTConfig {
+            img_size: 8,
+            patch_size: 2,
+            embed_dim: 16,
+            depth: 4,
+            num_heads: 2,
+            ..UViTConfig::default()
+        });
         let model = config.init(SkipScaling::Learnable { shared: true, reduction: 16 }, &device);
         let bytes = model.clone().into_record().into_bytes().unwrap().to_vec();
         let loaded = config

@@ -94,8 +94,9 @@ impl ModelSection {
         let table = toml::Table::try_from(model)?;
         let differing = |name: &str| -> Option<toml::Table> {
             let base = toml::Table::try_from(preset(name)?).ok()?;
-            (base.get("arch") == table.get("arch"))
-                .then(|| table.iter().filter(|(k, v)| base.get(*k) != Some(v)).map(|(k, v)| (k.clone(), v.clone())).collect())
+            (base.get("arch") == table.get("arch")).then(|| {
+                table.iter().filter(|(k, v)| base.get(*k) != Some(v)).map(|(k, v)| (k.clone(), v.clone())).collect()
+            })
         };
         let (name, overrides) = PRESETS
             .iter()

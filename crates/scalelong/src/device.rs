@@ -9,7 +9,9 @@ use burn::prelude::Device;
 
 pub fn parse(spec: &str) -> Result<Device> {
     let (kind, index) = match spec.split_once(':') {
-        Some((k, i)) => (k, Some(i.parse::<usize>().map_err(|_| anyhow::anyhow!("--device {spec}: the index must be a number"))?)),
+        Some((k, i)) => {
+            (k, Some(i.parse::<usize>().map_err(|_| anyhow::anyhow!("--device {spec}: the index must be a number"))?))
+        }
         None => (spec, None),
     };
     match kind {
@@ -35,7 +37,9 @@ fn wgpu(index: Option<usize>) -> Result<Device> {
 
 #[cfg(not(feature = "wgpu"))]
 fn wgpu(_: Option<usize>) -> Result<Device> {
-    bail!("--device wgpu: this binary was built without wgpu; rebuild it with `cargo build --release -p scalelong --features wgpu`")
+    bail!(
+        "--device wgpu: this binary was built without wgpu; rebuild it with `cargo build --release -p scalelong --features wgpu`"
+    )
 }
 
 /// `cuda` is `cuda:0`; `cuda:i` the i-th CUDA device (as `CUDA_VISIBLE_DEVICES` leaves them).
@@ -59,7 +63,8 @@ fn cuda(_: Option<usize>) -> Result<Device> {
 /// cannot be loaded), so that the caller's error says what is missing.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn list(device_type: burn::tensor::DeviceType) -> Vec<Device> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Device::enumerate(device_type).into_vec())).unwrap_or_default()
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Device::enumerate(device_type).into_vec()))
+        .unwrap_or_default()
 }
 
 /// The device `index` of `listed`, or `None` for the backend's own default when no index is given;

@@ -25,7 +25,13 @@ pub struct Diagnosed {
 
 /// Diagnoses each input (a run folder, or a checkpoint file imported with `import_args`) into
 /// `<out>/<id>/`; writes `<out>/sweep.json` last, once every run folder is complete.
-pub fn diagnose(inputs: &[PathBuf], import_args: &ImportArgs, weights: Weights, out: &Path, device: &Device) -> Result<Vec<Diagnosed>> {
+pub fn diagnose(
+    inputs: &[PathBuf],
+    import_args: &ImportArgs,
+    weights: Weights,
+    out: &Path,
+    device: &Device,
+) -> Result<Vec<Diagnosed>> {
     if inputs.is_empty() {
         bail!("diagnose: give at least one run folder or checkpoint file");
     }
@@ -54,11 +60,13 @@ pub fn diagnose(inputs: &[PathBuf], import_args: &ImportArgs, weights: Weights, 
         let (state, net) = load_latest_weights(&source, weights.name(), device)?;
         let config = state.config;
         let model = config.model.resolve()?;
-        let test_set = load_images(&config, &model, Split::Test).with_context(|| format!("the test split for {}", input.display()))?;
+        let test_set = load_images(&config, &model, Split::Test)
+            .with_context(|| format!("the test split for {}", input.display()))?;
         let mut settings = config.diagnostics.clone();
         settings.every = settings.every.max(1);
         let schedule = config.diffusion.schedule.build();
-        let recorder = Recorder::new(&settings, &test_set, &schedule, config.seed, device).map_err(anyhow::Error::msg)?;
+        let recorder =
+            Recorder::new(&settings, &test_set, &schedule, config.seed, device).map_err(anyhow::Error::msg)?;
         let rows = recorder.snapshot(state.step, &net);
 
         std::fs::create_dir_all(&dir)?;
@@ -78,7 +86,8 @@ pub fn diagnose(inputs: &[PathBuf], import_args: &ImportArgs, weights: Weights, 
     let runs: Vec<serde_json::Value> =
         entries.iter().map(|(id, s)| serde_json::json!({ "id": id, "overrides": { "strategy": s } })).collect();
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("diagnose");
-    let sweep = serde_json::json!({ "name": name, "base_config": null, "axes": { "strategy": strategies }, "runs": runs });
+    let sweep =
+        serde_json::json!({ "name": name, "base_config": null, "axes": { "strategy": strategies }, "runs": runs });
     write_json_atomic(&out.join("sweep.json"), &sweep)?;
     Ok(done)
 }

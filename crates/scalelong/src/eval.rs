@@ -51,7 +51,13 @@ impl Default for EvalConfig {
     fn default() -> Self {
         // One classifier epoch on Fashion-MNIST (60k at 32x32) took 177 s on the 2-core machine
         // under a load of ~4 for a test accuracy of 0.875; two took 415 s for 0.893.
-        Self { heldout_images: 512, t_bins: 10, fd_samples: 256, classifier_epochs: 1, cache_dir: PathBuf::from("runs/.cache") }
+        Self {
+            heldout_images: 512,
+            t_bins: 10,
+            fd_samples: 256,
+            classifier_epochs: 1,
+            cache_dir: PathBuf::from("runs/.cache"),
+        }
     }
 }
 
@@ -116,20 +122,39 @@ pub fn evaluate(
         let generated = generate_samples(ema, model_config, schedule, sampler, n, &device);
         let real = image_batch(test_set, &(0..n).collect::<Vec<_>>(), &device);
         let stats = |images: Tensor<4>| -> Result<FeatureStats> {
-            let features = classifier.model.features(images).into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let features = classifier
+                .model
+                .features(images)
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
             Ok(FeatureStats::from_rows(&features, classifier::FEATURE_DIM))
         };
         let fd = frechet_distance(&stats(generated)?, &stats(real)?);
         (Some(fd), Some(classifier.info.test_accuracy), n as u64)
     };
-    Ok(EvalLine { step, heldout_loss: heldout.mean, heldout_loss_bins: heldout.bins, fd, classifier_accuracy, n_samples })
+    Ok(EvalLine {
+        step,
+        heldout_loss: heldout.mean,
+        heldout_loss_bins: heldout.bins,
+        fd,
+        classifier_accuracy,
+        n_samples,
+    })
 }
 
 /// `count` EMA samples, `SAMPLE_BATCH` at a time, batch `i` from the noise seed `FD_SEED + i`.
 ///
 /// # Shapes
 /// - output: `[count, C, H, W]`
-fn generate_samples(ema: &DiffusionNet, model_config: &ModelConfig, schedule: &NoiseSchedule, sampler: SamplerConfig, count: usize, device: &Device) -> Tensor<4> {
+fn generate_samples(
+    ema: &DiffusionNet,
+    model_config: &ModelConfig,
+    schedule: &NoiseSchedule,
+    sampler: SamplerConfig,
+    count: usize,
+    device: &Device,
+) -> Tensor<4> {
     let [c, h, w] = model_config.image_shape();
     let batches = (0..count).step_by(SAMPLE_BATCH).enumerate().map(|(i, start)| {
         let shape = [SAMPLE_BATCH.min(count - start), c, h, w];
@@ -157,17 +182,31 @@ mod tests {
     #[test]
     fn evaluate_writes_the_run_folder_line_and_repeats_itself() {
         let device = Device::flex().autodiff();
-        let model_config = ModelConfig::Uvit(UViTConfig { img_size: 8, patch_size: 2, embed_dim: 16, depth: 2, num_heads: 2, ..UViTConfig::default() });
+        let model_config = ModelConfig::Uvit(UViTConfig {
+            img_size: 8,
+            patch_size: 2,
+            embed_dim: 16,
+            depth: 2,
+            num_heads: 2,
+            ..UViTConfig::default()
+        });
         device.seed(3);
         let ema = model_config.init(SkipScaling::Original, &device).valid();
         let schedule = ScheduleConfig::default().build();
         // Synthetic labels count the shapes: 3 classes.
         let (train_set, test_set) = (scalelong_data::synthetic(96, 1, 8, 1), scalelong_data::synthetic(80, 1, 8, 2));
         let cache_dir = std::env::temp_dir().join(format!("scalelong-eval-evaluate-{}", std::process::id()));
-        let config = EvalConfig { heldout_images: 12, t_bins: 3, fd_samples: 70, classifier_epochs: 1, cache_dir: cache_dir.clone() };
+        let config = EvalConfig {
+            heldout_images: 12,
+            t_bins: 3,
+            fd_samples: 70,
+            classifier_epochs: 1,
+            cache_dir: cache_dir.clone(),
+        };
         config.validate(schedule.steps()).unwrap();
         let sampler = SamplerConfig::Ddim { steps: 2 };
-        let line = evaluate(7, &ema, &model_config, &schedule, sampler, &test_set, &train_set, &config, &device).unwrap();
+        let line =
+            evaluate(7, &ema, &model_config, &schedule, sampler, &test_set, &train_set, &config, &device).unwrap();
 
         assert_eq!(line.heldout_loss_bins.len(), 3);
         assert_eq!(line.n_samples, 70, "more than one sampling batch");
@@ -178,10 +217,12 @@ mod tests {
         assert_eq!(keys, ["classifier_accuracy", "fd", "heldout_loss", "heldout_loss_bins", "n_samples", "step"]);
         assert_eq!(json["step"], 7);
 
-        let again = evaluate(7, &ema, &model_config, &schedule, sampler, &test_set, &train_set, &config, &device).unwrap();
+        let again =
+            evaluate(7, &ema, &model_config, &schedule, sampler, &test_set, &train_set, &config, &device).unwrap();
         assert_eq!(again, line, "the same weights evaluate to the same line");
         let skipped = EvalConfig { fd_samples: 0, ..config };
-        let line = evaluate(7, &ema, &model_config, &schedule, sampler, &test_set, &train_set, &skipped, &device).unwrap();
+        let line =
+            evaluate(7, &ema, &model_config, &schedule, sampler, &test_set, &train_set, &skipped, &device).unwrap();
         assert_eq!((line.fd, line.classifier_accuracy, line.n_samples), (None, None, 0));
         assert_eq!(serde_json::to_value(&line).unwrap()["fd"], serde_json::Value::Null);
         std::fs::remove_dir_all(&cache_dir).unwrap();

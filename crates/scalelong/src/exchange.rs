@@ -10,8 +10,8 @@ use crate::config::{ModelSection, RunConfig};
 use crate::run_folder::{RunState, Status, write_json_atomic};
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
-use scalelong_model::pytorch::{CheckpointFile, load_weights, resolve_config, save_safetensors};
 use scalelong_model::SkipScaling;
+use scalelong_model::pytorch::{CheckpointFile, load_weights, resolve_config, save_safetensors};
 use std::path::{Path, PathBuf};
 
 /// How to build the network a checkpoint file is loaded into (the `import` flags).
@@ -90,7 +90,10 @@ pub fn import(checkpoint: &Path, args: &ImportArgs, out: &Path, device: &Device)
             // Defaults, the preset, then `--set` (which may change the preset's fields).
             let mut table = toml::Table::new();
             if let Some(preset) = preset {
-                table.insert("model".into(), toml::Value::Table(toml::Table::from_iter([("preset".into(), preset.into())])));
+                table.insert(
+                    "model".into(),
+                    toml::Value::Table(toml::Table::from_iter([("preset".into(), preset.into())])),
+                );
             }
             for item in &args.overrides {
                 crate::config::apply_override(&mut table, item)?;
@@ -121,7 +124,13 @@ pub fn import(checkpoint: &Path, args: &ImportArgs, out: &Path, device: &Device)
 }
 
 /// Writes a run's weights under the reference's names; returns the file written.
-pub fn export(run: &Path, format: ExportFormat, weights: Weights, out: Option<PathBuf>, device: &Device) -> Result<PathBuf> {
+pub fn export(
+    run: &Path,
+    format: ExportFormat,
+    weights: Weights,
+    out: Option<PathBuf>,
+    device: &Device,
+) -> Result<PathBuf> {
     let (_, net) = checkpoint::load_latest_weights(run, weights.name(), device)?;
     let ExportFormat::Safetensors = format;
     let out = out.unwrap_or_else(|| run.join(format!("{}.safetensors", weights.name())));

@@ -171,7 +171,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Import { checkpoint, args, out } => {
             let config = exchange::import(&checkpoint, &args, &out, &burn::prelude::Device::flex())?;
-            println!("{}: {} ({}) imported from {}", out.display(), config.model.describe(), config.strategy, checkpoint.display());
+            println!(
+                "{}: {} ({}) imported from {}",
+                out.display(),
+                config.model.describe(),
+                config.strategy,
+                checkpoint.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { run, format, weights, out } => {

@@ -105,19 +105,13 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
     let models = analysis::models(&sweep);
     let summary = tables::summary_rows(&sweep);
     let stable_lr = tables::stable_lr_rows(&sweep, &summary);
-    let model_checks: Vec<ModelChecks> = models
-        .iter()
-        .map(|model| analysis::theorem_checks(&sweep, model))
-        .collect();
+    let model_checks: Vec<ModelChecks> = models.iter().map(|model| analysis::theorem_checks(&sweep, model)).collect();
     let gate_fits: Vec<GateFit> = models
         .iter()
         .flat_map(|model| analysis::groups_of_model(&sweep, model))
         .filter_map(|group| analysis::gate_fit(&group))
         .collect();
-    let has_ls_runs = sweep
-        .runs
-        .iter()
-        .any(|run| matches!(run.strategy, SkipScaling::Learnable { .. }));
+    let has_ls_runs = sweep.runs.iter().any(|run| matches!(run.strategy, SkipScaling::Learnable { .. }));
     let claims = claims::assess_claims(&summary, &model_checks, &gate_fits, has_ls_runs);
 
     let loss_figure = figures::loss_figure(&sweep, &palette)?;
@@ -157,9 +151,8 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         table_paths.extend(paths);
         Ok(names)
     };
-    let theorem_rows_recorded = model_checks
-        .iter()
-        .any(|model| model.checks.iter().any(|check| !check.rows.is_empty()));
+    let theorem_rows_recorded =
+        model_checks.iter().any(|model| model.checks.iter().any(|check| !check.rows.is_empty()));
     let table_files = TableFiles {
         summary: write_table(tables::summary_frame(&summary)?, "summary")?,
         stable_lr: match &stable_lr {
@@ -203,10 +196,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
     Ok(ReportSummary {
         html: html_path,
         figures: figure_paths,
-        samples: samples
-            .iter()
-            .map(|sample| out_dir.join(&sample.relative_path))
-            .collect(),
+        samples: samples.iter().map(|sample| out_dir.join(&sample.relative_path)).collect(),
         tables: table_paths,
         run_count: sweep.runs.len(),
     })
@@ -237,9 +227,7 @@ fn copy_samples(sweep: &SweepData, samples_dir: &Path) -> Result<Vec<SampleImage
 }
 
 fn extension(path: &Path) -> String {
-    path.extension()
-        .map(|extension| extension.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    path.extension().map(|extension| extension.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// A number with four significant digits and no trailing zeros (`0.5`, `12.35`, `2.5e-5`), in

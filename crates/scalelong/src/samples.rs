@@ -34,7 +34,14 @@ pub fn write_grid(
 }
 
 /// `count` samples, `[count, C, H, W]` in [-1, 1], on the inference backend.
-pub fn generate(ema: &DiffusionNet, model: &ModelConfig, schedule: &NoiseSchedule, config: &RunConfig, count: usize, device: &Device) -> Tensor<4> {
+pub fn generate(
+    ema: &DiffusionNet,
+    model: &ModelConfig,
+    schedule: &NoiseSchedule,
+    config: &RunConfig,
+    count: usize,
+    device: &Device,
+) -> Tensor<4> {
     let [c, h, w] = model.image_shape();
     let device = device.clone().inner();
     schedule.sample(config.diffusion.sampler, [count, c, h, w], SAMPLE_SEED, &device, |x, t| ema.forward(x, t, None))
@@ -54,7 +61,8 @@ pub fn encode_grid(pixels: &[f32], [n, c, h, w]: [usize; 4]) -> Result<Vec<u8>> 
             for x in 0..w {
                 for ch in 0..out_channels {
                     let v = pixels[((i * c + ch.min(c - 1)) * h + y) * w + x];
-                    grid[((gy + y) * gw + gx + x) * out_channels + ch] = ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+                    grid[((gy + y) * gw + gx + x) * out_channels + ch] =
+                        ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
                 }
             }
         }

@@ -49,12 +49,15 @@ pub struct PlannedRun {
 
 impl SweepPlan {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read sweep file", path.display()))?;
-        let file: SweepFile = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("{}: cannot read sweep file", path.display()))?;
+        let file: SweepFile =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
         let base_config = path.parent().unwrap_or(Path::new(".")).join(&file.base);
         let base_text = std::fs::read_to_string(&base_config)
             .with_context(|| format!("{}: base = {:?}: cannot read", path.display(), file.base))?;
-        let base: toml::Table = toml::from_str(&base_text).map_err(|e| anyhow::anyhow!("{}: {e}", base_config.display()))?;
+        let base: toml::Table =
+            toml::from_str(&base_text).map_err(|e| anyhow::anyhow!("{}: {e}", base_config.display()))?;
 
         let shared: Vec<String> = file.set.iter().map(|(k, v)| format!("{k}={}", inline(v))).collect();
         let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();

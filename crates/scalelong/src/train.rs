@@ -67,7 +67,10 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
             // Only the length may change on resume: extending a run is how a run is continued.
             let same = RunConfig { steps: config.steps, ..ckpt.state.config.clone() } == *config;
             if !same {
-                bail!("{}: the checkpoint was made with a different config; resume with the same one (only steps may change)", dir.display());
+                bail!(
+                    "{}: the checkpoint was made with a different config; resume with the same one (only steps may change)",
+                    dir.display()
+                );
             }
             optimizer = ckpt.optimizer;
             ema.model = ckpt.ema;
@@ -83,8 +86,10 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
     let mut metrics = JsonlLog::open(&run.join("metrics.jsonl"))?;
     let mut diagnostics = JsonlLog::open(&run.join("diagnostics.jsonl"))?;
     let mut evaluations = JsonlLog::open(&run.join("eval.jsonl"))?;
-    let recorder = Recorder::new(&config.diagnostics, &train_set, &schedule, config.seed, device).map_err(anyhow::Error::msg)?;
-    let mut loader = Loader::starting_at(train_set.clone(), config.batch_size, config.seed, config.data.random_flip, start)?;
+    let recorder =
+        Recorder::new(&config.diagnostics, &train_set, &schedule, config.seed, device).map_err(anyhow::Error::msg)?;
+    let mut loader =
+        Loader::starting_at(train_set.clone(), config.batch_size, config.seed, config.data.random_flip, start)?;
     let mut progress = Progress::new(start, config.steps);
     let save = |step: u64, model: &DiffusionNet, ema: &Ema, optimizer: &ModuleOptimizer| {
         checkpoint::save(run, &CheckpointState { step, config: config.clone() }, model, &ema.model, optimizer)
@@ -108,7 +113,8 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
         let grad_norm = global_grad_norm(&model, &grads);
 
         if !loss_value.is_finite() || !grad_norm.is_finite() {
-            let message = format!("non-finite {} at step {step}", if loss_value.is_finite() { "gradient" } else { "loss" });
+            let message =
+                format!("non-finite {} at step {step}", if loss_value.is_finite() { "gradient" } else { "loss" });
             Status { state: RunState::Diverged, step, message: Some(message.clone()) }.write(run)?;
             progress.finish(&message);
             return Ok(Outcome::Diverged { step });
@@ -147,7 +153,17 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
         if last || (config.checkpoint_every > 0 && step % config.checkpoint_every == 0) {
             if let Some(test_set) = &test_set {
                 let sampler = config.diffusion.sampler;
-                let line = eval::evaluate(step, &ema.model, &model_config, &schedule, sampler, test_set, &train_set, &config.eval, device)?;
+                let line = eval::evaluate(
+                    step,
+                    &ema.model,
+                    &model_config,
+                    &schedule,
+                    sampler,
+                    test_set,
+                    &train_set,
+                    &config.eval,
+                    device,
+                )?;
                 progress.log(&format!("eval step {step}: held-out loss {:.4} FD {:?}", line.heldout_loss, line.fd));
                 evaluations.append(&[line])?;
             }
@@ -204,7 +220,10 @@ pub fn load_images(config: &RunConfig, model: &ModelConfig, split: Split) -> Res
         bail!(
             "data: images are {}x{}x{} (CxHxW) after padding to a multiple of {}, but the model expects {c}x{h}x{w}; \
              set data.pad_to_multiple or the model's img_size / channels",
-            set.channels, set.height, set.width, config.data.pad_to_multiple
+            set.channels,
+            set.height,
+            set.width,
+            config.data.pad_to_multiple
         );
     }
     if set.len() < config.batch_size {

@@ -49,7 +49,8 @@ fn a_torch_checkpoint_imports_exports_bit_exactly_and_is_diagnosed_and_reported(
     // A .pth without --model: the U-ViT config and the shared LS gate come from the shapes.
     let printed = run_ok_tiny(&["import", &fixture("uvit_ls.pth"), "--heads", "2", "--out", "imported"], &dir.0);
     assert!(printed.contains("LS"), "{printed}");
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("imported/config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("imported/config.json")).unwrap()).unwrap();
     assert_eq!(config["model"]["embed_dim"], 8, "{config}");
 
     // Export gives back the reference's state dict, name for name and bit for bit.
@@ -58,15 +59,32 @@ fn a_torch_checkpoint_imports_exports_bit_exactly_and_is_diagnosed_and_reported(
     assert_eq!(tensors(&dir.join("back.safetensors")), tensors(Path::new(&fixture("uvit_ls.safetensors"))));
 
     // Diagnose the import and, imported on the way, two more strategies; then report all three.
-    run_ok_tiny(&["import", &fixture("uvit_cs.safetensors"), "--strategy", "cs", "--heads", "2", "--out", "uvit_cs"], &dir.0);
-    run_ok_tiny(&["diagnose", "imported", "uvit_cs", &fixture("uvit_ls-nonshared.safetensors"), "--heads", "2", "--out", "diag"], &dir.0);
-    let sweep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("diag/sweep.json")).unwrap()).unwrap();
+    run_ok_tiny(
+        &["import", &fixture("uvit_cs.safetensors"), "--strategy", "cs", "--heads", "2", "--out", "uvit_cs"],
+        &dir.0,
+    );
+    run_ok_tiny(
+        &[
+            "diagnose",
+            "imported",
+            "uvit_cs",
+            &fixture("uvit_ls-nonshared.safetensors"),
+            "--heads",
+            "2",
+            "--out",
+            "diag",
+        ],
+        &dir.0,
+    );
+    let sweep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("diag/sweep.json")).unwrap()).unwrap();
     let ids: Vec<&str> = sweep["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["imported", "uvit_cs", "uvit_ls-nonshared"]);
     for id in &ids {
         let records = jsonl(&dir.join("diag").join(id).join("diagnostics.jsonl"));
         let has = |q: &str| records.iter().any(|r| r["quantity"] == q);
-        for quantity in ["feature_l2", "skip_ratio", "coef", "robustness", "probe_loss", "grad_norm_bin", "weight_norm"] {
+        for quantity in ["feature_l2", "skip_ratio", "coef", "robustness", "probe_loss", "grad_norm_bin", "weight_norm"]
+        {
             assert!(has(quantity), "{id}: no {quantity}");
         }
         assert_eq!(has("gate_mean"), *id != "uvit_cs", "{id}: gate statistics exactly for LS");
@@ -74,7 +92,9 @@ fn a_torch_checkpoint_imports_exports_bit_exactly_and_is_diagnosed_and_reported(
         assert!(records.iter().all(|r| r["step"] == 0), "{id}: imports are at step 0");
     }
     let report = run_ok(&["report", "diag", "--out", "report"], &dir.0);
-    let html = std::fs::read_to_string(PathBuf::from(report.trim()).canonicalize().unwrap_or(dir.join("report/index.html"))).unwrap();
+    let html =
+        std::fs::read_to_string(PathBuf::from(report.trim()).canonicalize().unwrap_or(dir.join("report/index.html")))
+            .unwrap();
     for id in ids {
         assert!(html.contains(id), "the report names {id}");
     }
@@ -83,7 +103,13 @@ fn a_torch_checkpoint_imports_exports_bit_exactly_and_is_diagnosed_and_reported(
 #[test]
 fn a_conv_unet_imports_from_a_preset_with_overrides_and_exports_bit_exactly() {
     let dir = TempDir::new("exchange-unet");
-    let sizes = ["model.img_size=8", "model.base_channels=4", "model.channel_mult=[1, 2]", "model.attention_heads=2", "model.norm_groups=2"];
+    let sizes = [
+        "model.img_size=8",
+        "model.base_channels=4",
+        "model.channel_mult=[1, 2]",
+        "model.attention_heads=2",
+        "model.norm_groups=2",
+    ];
     let mut args = vec!["import", "--model", "unet-small", "--strategy", "ls-nonshared", "--out", "unet"];
     let file = fixture("unet_ls-nonshared.safetensors");
     args.push(&file);
@@ -117,8 +143,28 @@ fn bad_imports_say_what_is_wrong() {
     let cases: [(Vec<String>, &str); 4] = [
         (vec!["import".into(), "missing.pth".into(), "--out".into(), "a".into()], "missing.pth: no such file"),
         (vec!["import".into(), fixture("uvit_cs.json"), "--out".into(), "a".into()], "unknown checkpoint format"),
-        (vec!["import".into(), fixture("uvit_cs.safetensors"), "--heads".into(), "2".into(), "--out".into(), "a".into()], "give the strategy"),
-        (vec!["import".into(), fixture("unet_1.safetensors"), "--strategy".into(), "1".into(), "--out".into(), "a".into()], "give the model"),
+        (
+            vec![
+                "import".into(),
+                fixture("uvit_cs.safetensors"),
+                "--heads".into(),
+                "2".into(),
+                "--out".into(),
+                "a".into(),
+            ],
+            "give the strategy",
+        ),
+        (
+            vec![
+                "import".into(),
+                fixture("unet_1.safetensors"),
+                "--strategy".into(),
+                "1".into(),
+                "--out".into(),
+                "a".into(),
+            ],
+            "give the model",
+        ),
     ];
     for (args, expected) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -126,7 +172,10 @@ fn bad_imports_say_what_is_wrong() {
         assert!(!out.status.success() && stderr(&out).contains(expected), "{args:?}: {}", stderr(&out));
     }
     // The right UNet preset with the wrong widths: every mismatch listed, nothing written.
-    let out = scalelong(&["import", &fixture("unet_1.safetensors"), "--model", "unet-small", "--strategy", "1", "--out", "b"], &dir.0);
+    let out = scalelong(
+        &["import", &fixture("unet_1.safetensors"), "--model", "unet-small", "--strategy", "1", "--out", "b"],
+        &dir.0,
+    );
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("wrong shape") && err.contains("encoder.0.weight"), "{err}");
     assert!(!dir.join("b/checkpoint").exists(), "a failed import leaves no checkpoint");

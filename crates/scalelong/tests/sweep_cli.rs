@@ -33,14 +33,21 @@ fn sweep_args<'a>(sweep: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
 
 /// Each run of the sweep completed, with one metrics line per step: trained exactly once.
 fn assert_complete(dir: &TempDir, steps: u64) {
-    let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs/tiny/sweep.json")).unwrap()).unwrap();
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("runs/tiny/sweep.json")).unwrap()).unwrap();
     let runs = plan["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 6);
     for run in runs {
         let folder = dir.join("runs/tiny").join(run["id"].as_str().unwrap());
-        let status: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(folder.join("status.json")).unwrap()).unwrap();
+        let status: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(folder.join("status.json")).unwrap()).unwrap();
         assert_eq!(status["state"], "completed", "{}", folder.display());
-        assert_eq!(steps_of(&jsonl(&folder.join("metrics.jsonl"))), (1..=steps).collect::<Vec<_>>(), "{}", folder.display());
+        assert_eq!(
+            steps_of(&jsonl(&folder.join("metrics.jsonl"))),
+            (1..=steps).collect::<Vec<_>>(),
+            "{}",
+            folder.display()
+        );
     }
 }
 
@@ -61,7 +68,9 @@ fn a_tiny_sweep_runs_through_the_report() {
     let report = scalelong(&["report", "runs/tiny", "--out", "reports/tiny"], &dir.0);
     assert!(report.status.success(), "{}", stderr(&report));
     let html = std::fs::read_to_string(dir.join("reports/tiny/index.html")).unwrap();
-    for reference in html.split(['"', '\'']).filter(|s| s.ends_with(".png") || s.ends_with(".csv") || s.ends_with(".parquet")) {
+    for reference in
+        html.split(['"', '\'']).filter(|s| s.ends_with(".png") || s.ends_with(".csv") || s.ends_with(".parquet"))
+    {
         assert!(dir.join("reports/tiny").join(reference).exists(), "{reference} referenced but missing");
     }
     for strategy in ["1", "CS(0.5)", "LS"] {

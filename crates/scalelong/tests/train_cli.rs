@@ -13,7 +13,18 @@ fn trains_writes_everything_and_resumes_exactly() {
     let whole = train(&dir, &config, "whole", &[]);
     assert!(whole.status.success(), "{}", stderr(&whole));
     let run = dir.join("whole");
-    for file in ["config.json", "status.json", "metrics.jsonl", "diagnostics.jsonl", "eval.jsonl", "samples/step_0000008.png", "checkpoint/model.bpk", "checkpoint/ema.bpk", "checkpoint/optimizer.bin", "checkpoint/state.json"] {
+    for file in [
+        "config.json",
+        "status.json",
+        "metrics.jsonl",
+        "diagnostics.jsonl",
+        "eval.jsonl",
+        "samples/step_0000008.png",
+        "checkpoint/model.bpk",
+        "checkpoint/ema.bpk",
+        "checkpoint/optimizer.bin",
+        "checkpoint/state.json",
+    ] {
         assert!(run.join(file).exists(), "{file} missing");
     }
     let png = std::fs::read(run.join("samples/step_0000008.png")).unwrap();
@@ -30,7 +41,10 @@ fn trains_writes_everything_and_resumes_exactly() {
     let first = train(&dir, &config, "split", &["--set", "steps=3"]);
     assert!(first.status.success(), "{}", stderr(&first));
     let again = train(&dir, &config, "split", &[]);
-    assert!(!again.status.success() && stderr(&again).contains("--resume"), "a second start without --resume must refuse");
+    assert!(
+        !again.status.success() && stderr(&again).contains("--resume"),
+        "a second start without --resume must refuse"
+    );
     let resumed = train(&dir, &config, "split", &["--resume"]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     let split = jsonl(&dir.join("split/metrics.jsonl"));
@@ -44,7 +58,8 @@ fn trains_writes_everything_and_resumes_exactly() {
 #[test]
 fn a_killed_run_resumes_from_its_last_checkpoint_with_no_corrupt_file() {
     let dir = TempDir::new("kill");
-    let text = TINY_CONFIG.replace("steps = 8", "steps = 100000").replace("checkpoint_every = 3", "checkpoint_every = 4");
+    let text =
+        TINY_CONFIG.replace("steps = 8", "steps = 100000").replace("checkpoint_every = 3", "checkpoint_every = 4");
     let config = write_config(&dir, "long.toml", &text);
     let out = dir.join("run");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_scalelong"))
@@ -61,7 +76,8 @@ fn a_killed_run_resumes_from_its_last_checkpoint_with_no_corrupt_file() {
     child.wait().unwrap();
 
     // Every complete file parses; a torn last log line is the only damage allowed.
-    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap()).unwrap();
     let saved = state["step"].as_u64().unwrap();
     assert!(saved >= 4 && saved % 4 == 0);
     serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out.join("status.json")).unwrap()).unwrap();
@@ -136,7 +152,8 @@ fn a_huge_learning_rate_marks_the_run_diverged_and_keeps_the_last_good_checkpoin
     let config = write_config(&dir, "tiny.toml", &TINY_CONFIG.replace("steps = 8", "steps = 400"));
     let output = train(&dir, &config, "run", &["--set", "optimizer.lr=1e30", "--set", "warmup_steps=0"]);
     assert_eq!(output.status.code(), Some(3), "exit status 3 means diverged: {}", stderr(&output));
-    let status: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run/status.json")).unwrap()).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/status.json")).unwrap()).unwrap();
     assert_eq!(status["state"], "diverged");
     let step = status["step"].as_u64().unwrap();
     assert!(step >= 1 && status["message"].as_str().unwrap().contains("non-finite"));
@@ -152,7 +169,9 @@ fn recording_diagnostics_every_step_changes_no_loss() {
     let with = train(&dir, &config, "with", &["--set", "diagnostics.every=1"]);
     let without = train(&dir, &config, "without", &["--set", "diagnostics.every=0"]);
     assert!(with.status.success() && without.status.success());
-    let losses = |run: &str| jsonl(&dir.join(run).join("metrics.jsonl")).iter().map(|m| m["loss"].as_f64().unwrap()).collect::<Vec<_>>();
+    let losses = |run: &str| {
+        jsonl(&dir.join(run).join("metrics.jsonl")).iter().map(|m| m["loss"].as_f64().unwrap()).collect::<Vec<_>>()
+    };
     assert_eq!(losses("with"), losses("without"), "bit-identical on the flex backend");
     assert!(jsonl(&dir.join("with/diagnostics.jsonl")).len() > 8);
     assert!(std::fs::read_to_string(dir.join("without/diagnostics.jsonl")).unwrap().is_empty());

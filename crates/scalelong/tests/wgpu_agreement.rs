@@ -49,7 +49,8 @@ const TENSOR_RTOL: f64 = 0.05;
 /// The wgpu device, or `None` (after a notice) where this machine has none and `CI` is unset.
 fn wgpu_device() -> Option<Device> {
     if Device::enumerate(DeviceType::Wgpu).is_empty() {
-        let why = "no wgpu adapter (no Vulkan driver: install the GPU's, or Debian's mesa-vulkan-drivers and libvulkan1)";
+        let why =
+            "no wgpu adapter (no Vulkan driver: install the GPU's, or Debian's mesa-vulkan-drivers and libvulkan1)";
         assert!(std::env::var_os("CI").is_none(), "CI must run the wgpu agreement test, but there is {why}");
         eprintln!("skipped: {why}");
         return None;
@@ -120,14 +121,21 @@ fn agree(name: &str, config: ModelConfig, scaling: SkipScaling, wgpu: &Device) {
         .zip(&wgpu_w)
         .zip(&initial_weights)
         .map(|((f, w), w0)| {
-            let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>().sqrt();
+            let dist = |a: &[f32], b: &[f32]| {
+                a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>().sqrt()
+            };
             (dist(f, w), dist(f, w0))
         })
         .collect();
     let total = |pick: fn(&(f64, f64)) -> f64| norms.iter().map(|n| pick(n).powi(2)).sum::<f64>().sqrt();
     let update_rel = total(|n| n.0) / total(|n| n.1);
-    let worst = norms.iter().enumerate().max_by(|a, b| (a.1.0 / a.1.1.max(1e-30)).total_cmp(&(b.1.0 / b.1.1.max(1e-30)))).unwrap();
-    let max_abs = flex_w.iter().flatten().zip(wgpu_w.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = norms
+        .iter()
+        .enumerate()
+        .max_by(|a, b| (a.1.0 / a.1.1.max(1e-30)).total_cmp(&(b.1.0 / b.1.1.max(1e-30))))
+        .unwrap();
+    let max_abs =
+        flex_w.iter().flatten().zip(wgpu_w.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     let loss_rel_text: Vec<String> = loss_rel.iter().map(|r| format!("{r:.1e}")).collect();
     eprintln!(
         "{name}: losses flex {flex_losses:.6?} wgpu {wgpu_losses:.6?}, relative differences [{}]; after {STEPS} steps \
@@ -140,9 +148,16 @@ fn agree(name: &str, config: ModelConfig, scaling: SkipScaling, wgpu: &Device) {
     );
     assert!(total(|n| n.1) > 0.0, "{name}: the steps moved the weights");
     for (step, rel) in loss_rel.iter().enumerate() {
-        assert!(*rel <= LOSS_RTOL, "{name}: step {} loss differs by {rel:.1e} (relative) between flex and wgpu", step + 1);
+        assert!(
+            *rel <= LOSS_RTOL,
+            "{name}: step {} loss differs by {rel:.1e} (relative) between flex and wgpu",
+            step + 1
+        );
     }
-    assert!(update_rel <= UPDATE_RTOL, "{name}: weights after {STEPS} steps differ by {update_rel:.1e} of the update between flex and wgpu");
+    assert!(
+        update_rel <= UPDATE_RTOL,
+        "{name}: weights after {STEPS} steps differ by {update_rel:.1e} of the update between flex and wgpu"
+    );
     for (k, (diff, update)) in norms.iter().enumerate() {
         assert!(
             *diff <= TENSOR_RTOL * update + 1e-7,
@@ -155,7 +170,14 @@ fn agree(name: &str, config: ModelConfig, scaling: SkipScaling, wgpu: &Device) {
 fn uvit_and_unet_train_the_same_on_wgpu_and_flex() {
     let Some(wgpu) = wgpu_device() else { return };
     // 2 long skips, LS gates (the fused attention runs on flex, the reference on wgpu).
-    let uvit = ModelConfig::Uvit(UViTConfig { img_size: SIZE, patch_size: 4, embed_dim: 32, depth: 4, num_heads: 2, ..UViTConfig::default() });
+    let uvit = ModelConfig::Uvit(UViTConfig {
+        img_size: SIZE,
+        patch_size: 4,
+        embed_dim: 32,
+        depth: 4,
+        num_heads: 2,
+        ..UViTConfig::default()
+    });
     agree("uvit", uvit, SkipScaling::Learnable { shared: true, reduction: 16 }, &wgpu);
     // Conv, group norm, attention at the lowest level; constant scaling.
     let unet = ModelConfig::Unet(UNetConfig {
@@ -177,11 +199,18 @@ fn the_binary_trains_on_wgpu() {
         return;
     }
     let dir = TempDir::new("wgpu-train");
-    let config = write_config(&dir, "tiny.toml", &common::TINY_CONFIG.replace("steps = 8", "steps = 2").replace("checkpoint_every = 3", "checkpoint_every = 0"));
+    let config = write_config(
+        &dir,
+        "tiny.toml",
+        &common::TINY_CONFIG.replace("steps = 8", "steps = 2").replace("checkpoint_every = 3", "checkpoint_every = 0"),
+    );
     let started = Instant::now();
     let output = common::train(&dir, &config, "run", &["--device", "wgpu"]);
     assert!(output.status.success(), "train --device wgpu failed:\n{}", common::stderr(&output));
-    eprintln!("scalelong train --device wgpu, 2 steps with diagnostics, samples and evaluation: {:.2?}", started.elapsed());
+    eprintln!(
+        "scalelong train --device wgpu, 2 steps with diagnostics, samples and evaluation: {:.2?}",
+        started.elapsed()
+    );
     let metrics = common::jsonl(&dir.join("run/metrics.jsonl"));
     assert_eq!(metrics.len(), 2);
     assert!(metrics.iter().all(|m| m["loss"].as_f64().is_some_and(f64::is_finite)));

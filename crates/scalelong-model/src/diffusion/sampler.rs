@@ -38,9 +38,7 @@ impl SamplerConfig {
 
 /// Gaussian noise from a seeded stream, identical on every backend.
 pub fn seeded_noise(shape: [usize; 4], rng: &mut ChaCha8Rng, device: &Device) -> Tensor<4> {
-    let values: Vec<f32> = (0..shape.iter().product::<usize>())
-        .map(|_| StandardNormal.sample(rng))
-        .collect();
+    let values: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| StandardNormal.sample(rng)).collect();
     Tensor::<1>::from_floats(values.as_slice(), device).reshape(shape)
 }
 
@@ -48,9 +46,8 @@ impl NoiseSchedule {
     /// The strided steps a sampler visits, from most to least noisy.
     pub fn sampling_steps(&self, count: usize) -> Vec<usize> {
         let count = count.clamp(1, self.steps());
-        let mut steps: Vec<usize> = (0..count)
-            .map(|i| ((i as f64 + 0.5) * self.steps() as f64 / count as f64) as usize)
-            .collect();
+        let mut steps: Vec<usize> =
+            (0..count).map(|i| ((i as f64 + 0.5) * self.steps() as f64 / count as f64) as usize).collect();
         steps.dedup();
         steps.reverse();
         steps
@@ -75,9 +72,7 @@ impl NoiseSchedule {
             let abar_prev = steps.get(i + 1).map_or(1.0, |&p| self.alpha_bar[p]);
             let time = Tensor::<1>::full([shape[0]], self.model_time[k] as f32, device);
             let eps_hat = eps(x.clone(), time); // [B, C, H, W]
-            let x0 = (x.clone() - eps_hat.mul_scalar((1.0 - abar).sqrt()))
-                .div_scalar(abar.sqrt())
-                .clamp(-1.0, 1.0);
+            let x0 = (x.clone() - eps_hat.mul_scalar((1.0 - abar).sqrt())).div_scalar(abar.sqrt()).clamp(-1.0, 1.0);
             // The noise implied by the clipped x_0 keeps the update consistent with it.
             let eps_hat = (x - x0.clone().mul_scalar(abar.sqrt())).div_scalar((1.0 - abar).sqrt());
             let sigma = eta * ((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)).sqrt();

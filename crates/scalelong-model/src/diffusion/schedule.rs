@@ -47,7 +47,8 @@ impl ScheduleConfig {
                 NoiseSchedule::from_betas(betas)
             }
             Self::Cosine { steps, s } => {
-                let f = |k: usize| ((k as f64 / steps as f64 + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2).cos().powi(2);
+                let f =
+                    |k: usize| ((k as f64 / steps as f64 + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2).cos().powi(2);
                 let betas = (0..steps).map(|k| (1.0 - f(k + 1) / f(k)).min(0.999));
                 NoiseSchedule::from_betas(betas)
             }

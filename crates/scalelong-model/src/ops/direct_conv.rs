@@ -58,7 +58,9 @@ impl PackedKernel {
             for c in 0..g.c_in {
                 for i in 0..g.kh {
                     for j in 0..g.kw {
-                        let w = taps.data[o * taps.row_stride as usize + c * taps.col_stride as usize + taps.offset(i, j, g.kh, g.kw)];
+                        let w = taps.data[o * taps.row_stride as usize
+                            + c * taps.col_stride as usize
+                            + taps.offset(i, j, g.kh, g.kw)];
                         data[((blk * t + i * g.kw + j) * g.c_in + c) * rows + r] = w;
                     }
                 }
@@ -92,7 +94,14 @@ impl PackedKernel {
     /// [`PackedKernel::reads_padded`] says), every element written. The AVX2 tile computes the
     /// extended grid into `ext` (`[C_out, Ho Wp]`), which is then cropped; the AVX-512 tile
     /// stores each vector's output positions straight into `dst`.
-    pub(super) fn convolve(&self, src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, ext: &mut [f32], dst: &mut [MaybeUninit<f32>]) {
+    pub(super) fn convolve(
+        &self,
+        src: &[f32],
+        g: &ConvGeom,
+        bias: Option<&[f32]>,
+        ext: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
+    ) {
         let image = if self.reads_padded() { g.padded_len() } else { g.c_in * g.h * g.w };
         assert!(src.len() >= image && dst.len() >= self.c_out * g.ho() * g.wo());
         #[cfg(target_arch = "x86_64")]
@@ -119,7 +128,14 @@ impl PackedKernel {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn convolve_avx2(k: &PackedKernel, offsets: &[usize], src: &[f32], g: &ConvGeom, bias: Option<&[f32]>, ext: &mut [f32]) {
+unsafe fn convolve_avx2(
+    k: &PackedKernel,
+    offsets: &[usize],
+    src: &[f32],
+    g: &ConvGeom,
+    bias: Option<&[f32]>,
+    ext: &mut [f32],
+) {
     let (q, plane, t) = (g.q(), g.hp() * g.wp(), offsets.len());
     // Whole tiles read up to position q - 1 at the largest offset, which `padded_len`'s slack
     // covers (as for the GEMM path); the last positions go through the scalar loop.
@@ -131,7 +147,19 @@ unsafe fn convolve_avx2(k: &PackedKernel, offsets: &[usize], src: &[f32], g: &Co
         for p in (0..main).step_by(PIXELS) {
             // SAFETY: reads src[c plane + p + offset + 0..16] for c < c_in, within padded_len;
             // writes ext[(o0 + r) q + p + 0..16] for r < rows, within c_out q.
-            unsafe { tile(src.as_ptr().add(p), plane, offsets, k.c_in, w.as_ptr(), &init, ext.as_mut_ptr().add(o0 * q + p), q, rows) };
+            unsafe {
+                tile(
+                    src.as_ptr().add(p),
+                    plane,
+                    offsets,
+                    k.c_in,
+                    w.as_ptr(),
+                    &init,
+                    ext.as_mut_ptr().add(o0 * q + p),
+                    q,
+                    rows,
+                )
+            };
         }
         for p in main..q {
             for r in 0..rows {
@@ -157,7 +185,17 @@ unsafe fn convolve_avx2(k: &PackedKernel, offsets: &[usize], src: &[f32], g: &Co
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(src: *const f32, plane: usize, offsets: &[usize], c_in: usize, w: *const f32, init: &[f32; ROWS], out: *mut f32, out_stride: usize, rows: usize) {
+unsafe fn tile(
+    src: *const f32,
+    plane: usize,
+    offsets: &[usize],
+    c_in: usize,
+    w: *const f32,
+    init: &[f32; ROWS],
+    out: *mut f32,
+    out_stride: usize,
+    rows: usize,
+) {
     use std::arch::x86_64::*;
     unsafe {
         let mut acc: [[__m256; 2]; ROWS] = std::array::from_fn(|r| [_mm256_set1_ps(init[r]); 2]);
@@ -244,7 +282,8 @@ impl Grid512 {
         assert!(g.is_same(), "Grid512::same: {g:?} changes the size");
         let (h, w, pad) = (g.h as isize, g.w as isize, g.pad as isize);
         let n = g.h * g.w;
-        let taps: Vec<(isize, isize)> = (0..g.kh as isize).flat_map(|i| (0..g.kw as isize).map(move |j| (i - pad, j - pad))).collect();
+        let taps: Vec<(isize, isize)> =
+            (0..g.kh as isize).flat_map(|i| (0..g.kw as isize).map(move |j| (i - pad, j - pad))).collect();
         let vectors = n.div_ceil(16);
         let inside = |p: usize, (di, dj): (isize, isize)| {
             (0..16.min(n - p))
@@ -267,18 +306,27 @@ impl Grid512 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn convolve_avx512(k: &PackedKernel, src: &[f32], grid: &Grid512, out_plane: usize, bias: Option<&[f32]>, dst: &mut [MaybeUninit<f32>]) {
+unsafe fn convolve_avx512(
+    k: &PackedKernel,
+    src: &[f32],
+    grid: &Grid512,
+    out_plane: usize,
+    bias: Option<&[f32]>,
+    dst: &mut [MaybeUninit<f32>],
+) {
     let (n, t) = (grid.len, grid.offsets.len());
     let out = dst.as_mut_ptr().cast::<f32>();
     for (blk, w) in k.data.chunks_exact(k.c_in * t * ROWS_512).enumerate() {
         let o0 = blk * ROWS_512;
         let rows = ROWS_512.min(k.c_out - o0);
-        let init: [f32; ROWS_512] = std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[o0 + r]) } else { 0.0 });
+        let init: [f32; ROWS_512] =
+            std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[o0 + r]) } else { 0.0 });
         for (i, p) in (0..n).step_by(16 * VECS_512).enumerate() {
             let v0 = VECS_512 * i;
             let store = |v: usize| grid.stores.get(v0 + v).copied().unwrap_or((0, 0));
             let loads = &grid.loads[v0 * t..];
-            let (src, w, init, out) = (src.as_ptr().wrapping_add(p), w.as_ptr(), &init, out.wrapping_add(o0 * out_plane));
+            let (src, w, init, out) =
+                (src.as_ptr().wrapping_add(p), w.as_ptr(), &init, out.wrapping_add(o0 * out_plane));
             // SAFETY: reads src[c plane + p + offset + lane] for the lanes `loads` lets through,
             // which the grid keeps inside the image; writes channels o0..o0 + rows of dst at
             // the output positions `stores` gives, within c_out Ho Wo. The last run of positions
@@ -287,8 +335,30 @@ unsafe fn convolve_avx512(k: &PackedKernel, src: &[f32], grid: &Grid512, out_pla
                 match (n - p).div_ceil(16) {
                     1 => tile512::<1>(src, grid, k.c_in, w, init, out, out_plane, rows, loads, [store(0)]),
                     2 => tile512::<2>(src, grid, k.c_in, w, init, out, out_plane, rows, loads, [store(0), store(1)]),
-                    3 => tile512::<3>(src, grid, k.c_in, w, init, out, out_plane, rows, loads, [store(0), store(1), store(2)]),
-                    _ => tile512::<4>(src, grid, k.c_in, w, init, out, out_plane, rows, loads, [store(0), store(1), store(2), store(3)]),
+                    3 => tile512::<3>(
+                        src,
+                        grid,
+                        k.c_in,
+                        w,
+                        init,
+                        out,
+                        out_plane,
+                        rows,
+                        loads,
+                        [store(0), store(1), store(2)],
+                    ),
+                    _ => tile512::<4>(
+                        src,
+                        grid,
+                        k.c_in,
+                        w,
+                        init,
+                        out,
+                        out_plane,
+                        rows,
+                        loads,
+                        [store(0), store(1), store(2), store(3)],
+                    ),
                 }
             };
         }
@@ -307,7 +377,18 @@ unsafe fn convolve_avx512(k: &PackedKernel, src: &[f32], grid: &Grid512, out_pla
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile512<const V: usize>(src: *const f32, grid: &Grid512, c_in: usize, w: *const f32, init: &[f32; ROWS_512], out: *mut f32, out_plane: usize, rows: usize, loads: &[u16], stores: [(u16, usize); V]) {
+unsafe fn tile512<const V: usize>(
+    src: *const f32,
+    grid: &Grid512,
+    c_in: usize,
+    w: *const f32,
+    init: &[f32; ROWS_512],
+    out: *mut f32,
+    out_plane: usize,
+    rows: usize,
+    loads: &[u16],
+    stores: [(u16, usize); V],
+) {
     use std::arch::x86_64::*;
     let t = grid.offsets.len();
     unsafe {
@@ -387,7 +468,15 @@ unsafe fn weight_grad_avx2(src: &[f32], g: &ConvGeom, ext: &[f32], dw: &mut [f32
 /// own instance, so the sums stay in registers); unused entries are 0.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn grad_tile_dispatch(no: usize, nc: usize, dy: *const f32, dy_stride: usize, x: *const f32, x_stride: usize, n: usize) -> [[f32; GRAD_IN]; GRAD_OUT] {
+unsafe fn grad_tile_dispatch(
+    no: usize,
+    nc: usize,
+    dy: *const f32,
+    dy_stride: usize,
+    x: *const f32,
+    x_stride: usize,
+    n: usize,
+) -> [[f32; GRAD_IN]; GRAD_OUT] {
     macro_rules! dispatch {
         ($(($o:literal, $c:literal)),*) => {
             match (no, nc) {
@@ -405,7 +494,13 @@ unsafe fn grad_tile_dispatch(no: usize, nc: usize, dy: *const f32, dy_stride: us
 /// AVX2 and FMA present; rows `o < O` of `dy` and `c < C` of `x` readable for `n` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn grad_tile<const O: usize, const C: usize>(dy: *const f32, dy_stride: usize, x: *const f32, x_stride: usize, n: usize) -> [[f32; GRAD_IN]; GRAD_OUT] {
+unsafe fn grad_tile<const O: usize, const C: usize>(
+    dy: *const f32,
+    dy_stride: usize,
+    x: *const f32,
+    x_stride: usize,
+    n: usize,
+) -> [[f32; GRAD_IN]; GRAD_OUT] {
     use std::arch::x86_64::*;
     let main = n / 8 * 8;
     let mut sums = [[0.0f32; GRAD_IN]; GRAD_OUT];
@@ -477,7 +572,8 @@ impl WeightGrad512 {
         // Rows of `cols` positions, `plane` floats per channel, and where row 0 starts in the
         // padded grid (the unpadded image's rows sit inside its zero margins, which `xt` keeps
         // from its creation).
-        let (rows, cols, plane, start) = if padded { (g.hp(), g.wp(), g.hp() * g.wp(), 0) } else { (g.h, g.w, g.h * g.w, g.pad * g.wp() + g.pad) };
+        let (rows, cols, plane, start) =
+            if padded { (g.hp(), g.wp(), g.hp() * g.wp(), 0) } else { (g.h, g.w, g.h * g.w, g.pad * g.wp() + g.pad) };
         assert!(src.len() >= c_in * plane && dy.len() >= g.c_out * out_plane);
         // Channels-last copy, row by row: 16 x 16 blocks transposed in registers, the rest one
         // by one.
@@ -490,7 +586,14 @@ impl WeightGrad512 {
                     // SAFETY: AVX-512 checked; channels c0..c0 + 16 of src at row y, columns
                     // x0..x0 + 16, and positions at + x0..at + x0 + 16 of xt at channels
                     // c0..c0 + 16 are inside the buffers.
-                    unsafe { transpose16(src.as_ptr().add(c0 * plane + y * cols + x0), plane, self.xt.as_mut_ptr().add((at + x0) * c_in + c0), c_in) };
+                    unsafe {
+                        transpose16(
+                            src.as_ptr().add(c0 * plane + y * cols + x0),
+                            plane,
+                            self.xt.as_mut_ptr().add((at + x0) * c_in + c0),
+                            c_in,
+                        )
+                    };
                 }
             }
             for x in 0..cols {
@@ -554,12 +657,21 @@ impl WeightGrad512 {
 /// tap rows `c_in` apart).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn grad_tile_cl<const O: usize, const T: usize>(xt: *const f32, c_in: usize, offsets: [usize; T], dy: *const f32, g: &ConvGeom, acc: *mut f32, mask: u16) {
+unsafe fn grad_tile_cl<const O: usize, const T: usize>(
+    xt: *const f32,
+    c_in: usize,
+    offsets: [usize; T],
+    dy: *const f32,
+    g: &ConvGeom,
+    acc: *mut f32,
+    mask: u16,
+) {
     use std::arch::x86_64::*;
     let (wp, ho, wo) = (g.wp(), g.ho(), g.wo());
     unsafe {
         let at = |o: usize, t: usize| acc.add((o * T + t) * c_in);
-        let mut sums: [[__m512; T]; O] = std::array::from_fn(|o| std::array::from_fn(|t| _mm512_maskz_loadu_ps(mask, at(o, t))));
+        let mut sums: [[__m512; T]; O] =
+            std::array::from_fn(|o| std::array::from_fn(|t| _mm512_maskz_loadu_ps(mask, at(o, t))));
         for y in 0..ho {
             for x in 0..wo {
                 let (p, i) = (y * wp + x, y * wo + x);

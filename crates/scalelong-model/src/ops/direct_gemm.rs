@@ -20,7 +20,17 @@ const COLS: usize = 16;
 ///
 /// Panics unless the CPU has `isa`, or when a slice is too short.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm(isa: Isa, m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: &[f32], a_strides: (usize, usize), b: &[f32]) {
+pub(super) fn gemm(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+) {
     assert!(isa.detected(), "this CPU lacks {isa:?}");
     assert!(dst.len() >= m * n && b.len() >= k * n);
     if m == 0 || n == 0 {
@@ -28,7 +38,16 @@ pub(super) fn gemm(isa: Isa, m: usize, n: usize, k: usize, dst: &mut [f32], accu
     }
     assert!(k == 0 || a.len() > (m - 1) * a_strides.0 + (k - 1) * a_strides.1);
     // SAFETY: the instruction set checked; the asserts bound every element addressed.
-    unsafe { gemm_raw(isa, (m, n, k), (dst.as_mut_ptr(), n), accumulate, (a.as_ptr(), a_strides.0, a_strides.1), (b.as_ptr(), n)) }
+    unsafe {
+        gemm_raw(
+            isa,
+            (m, n, k),
+            (dst.as_mut_ptr(), n),
+            accumulate,
+            (a.as_ptr(), a_strides.0, a_strides.1),
+            (b.as_ptr(), n),
+        )
+    }
 }
 
 /// [`gemm`] on pointers with strides: `dst` (row stride), `a` (row and column strides), `b`
@@ -72,7 +91,13 @@ const INNER_BLOCK: usize = 256;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_block((m, n, k): (usize, usize, usize), (dst, drs): (*mut f32, usize), accumulate: bool, (a, ars, acs): (*const f32, usize, usize), (b, brs): (*const f32, usize)) {
+unsafe fn gemm_block(
+    (m, n, k): (usize, usize, usize),
+    (dst, drs): (*mut f32, usize),
+    accumulate: bool,
+    (a, ars, acs): (*const f32, usize, usize),
+    (b, brs): (*const f32, usize),
+) {
     let main = n / COLS * COLS;
     // SAFETY (whole body): rows r0..r0 + rows of a and dst, columns n0..n0 + 16 of b and dst,
     // and the tail columns, all addressed within the caller's bounds.
@@ -107,7 +132,17 @@ unsafe fn gemm_block((m, n, k): (usize, usize, usize), (dst, drs): (*mut f32, us
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(k: usize, a: *const f32, ars: usize, acs: usize, b: *const f32, brs: usize, dst: *mut f32, drs: usize, accumulate: bool) {
+unsafe fn tile<const R: usize>(
+    k: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    brs: usize,
+    dst: *mut f32,
+    drs: usize,
+    accumulate: bool,
+) {
     use std::arch::x86_64::*;
     unsafe {
         let mut acc: [[__m256; 2]; R] = [[_mm256_setzero_ps(); 2]; R];
@@ -143,7 +178,13 @@ const ROWS_512: usize = 12;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn gemm_block512((m, n, k): (usize, usize, usize), (dst, drs): (*mut f32, usize), accumulate: bool, (a, ars, acs): (*const f32, usize, usize), (b, brs): (*const f32, usize)) {
+unsafe fn gemm_block512(
+    (m, n, k): (usize, usize, usize),
+    (dst, drs): (*mut f32, usize),
+    accumulate: bool,
+    (a, ars, acs): (*const f32, usize, usize),
+    (b, brs): (*const f32, usize),
+) {
     // SAFETY (whole body): rows r0..r0 + rows of a and dst, the masked-in columns n0.. of b and
     // dst, all addressed within the caller's bounds.
     unsafe {
@@ -176,7 +217,18 @@ unsafe fn gemm_block512((m, n, k): (usize, usize, usize), (dst, drs): (*mut f32,
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile512<const R: usize, const V: usize>(k: usize, a: *const f32, ars: usize, acs: usize, b: *const f32, brs: usize, dst: *mut f32, drs: usize, accumulate: bool, masks: [u16; V]) {
+unsafe fn tile512<const R: usize, const V: usize>(
+    k: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    brs: usize,
+    dst: *mut f32,
+    drs: usize,
+    accumulate: bool,
+    masks: [u16; V],
+) {
     use std::arch::x86_64::*;
     unsafe {
         let mut acc: [[__m512; V]; R] = [[_mm512_setzero_ps(); V]; R];
@@ -195,7 +247,8 @@ unsafe fn tile512<const R: usize, const V: usize>(k: usize, a: *const f32, ars: 
         for (r, row) in acc.iter().enumerate() {
             let d = dst.add(r * drs);
             for (v, &sum) in row.iter().enumerate() {
-                let out = if accumulate { _mm512_add_ps(_mm512_maskz_loadu_ps(masks[v], d.add(16 * v)), sum) } else { sum };
+                let out =
+                    if accumulate { _mm512_add_ps(_mm512_maskz_loadu_ps(masks[v], d.add(16 * v)), sum) } else { sum };
                 _mm512_mask_storeu_ps(d.add(16 * v), masks[v], out);
             }
         }

@@ -97,18 +97,9 @@ const LANES: usize = 8;
 pub fn sum3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
     assert!(a.len() == b.len() && b.len() == c.len(), "sum3: slices of unequal length");
     let mut acc = [0.0f32; LANES];
-    let (ca, cb, cc) = (
-        a.chunks_exact(LANES),
-        b.chunks_exact(LANES),
-        c.chunks_exact(LANES),
-    );
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .zip(cc.remainder())
-        .map(|((&x, &y), &z)| f(x, y, z))
-        .sum();
+    let (ca, cb, cc) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
+    let tail: f32 =
+        ca.remainder().iter().zip(cb.remainder()).zip(cc.remainder()).map(|((&x, &y), &z)| f(x, y, z)).sum();
     for ((xa, xb), xc) in ca.zip(cb).zip(cc) {
         for l in 0..LANES {
             acc[l] += f(xa[l], xb[l], xc[l]);
@@ -134,10 +125,7 @@ pub fn sum(a: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 pub fn max(a: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = a.chunks_exact(LANES);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for x in chunks {
         for l in 0..LANES {
             acc[l] = acc[l].max(x[l]);
@@ -182,29 +170,17 @@ mod tests {
         let plain: f64 = a.iter().zip(&b).map(|(&x, &y)| (x * y) as f64).sum();
         assert!((sum2(&a, &b, |x, y| x * y) as f64 - plain).abs() < 1e-4);
         let c: Vec<f32> = (0..1003).map(|i| i as f32 / 1003.0).collect();
-        let plain3: f64 = a
-            .iter()
-            .zip(&b)
-            .zip(&c)
-            .map(|((&x, &y), &z)| (x * y - z) as f64)
-            .sum();
+        let plain3: f64 = a.iter().zip(&b).zip(&c).map(|((&x, &y), &z)| (x * y - z) as f64).sum();
         assert!((sum3(&a, &b, &c, |x, y, z| x * y - z) as f64 - plain3).abs() < 1e-4);
         assert_eq!(max(&a), a.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
-        assert_eq!(
-            max(&a[..5]),
-            a[..5].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
-        );
+        assert_eq!(max(&a[..5]), a[..5].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
         assert!((sum(&a, |x| x) as f64 - a.iter().map(|&x| x as f64).sum::<f64>()).abs() < 1e-4);
         vectorised_fn! {
             fn lane_sum(a: &[f32]) -> f32 {
                 sum(a, |x| x)
             }
         }
-        assert_eq!(
-            lane_sum(&a),
-            sum(&a, |x| x),
-            "the same result from either copy"
-        );
+        assert_eq!(lane_sum(&a), sum(&a, |x| x), "the same result from either copy");
     }
 
     /// erf in f64 by its Taylor series (converges fast for |x| <= 4 in f64 with enough terms).

@@ -46,10 +46,7 @@ impl Block {
             norm1: LayerNormConfig::new(c.dim).init(device),
             attn: Attention::new(c.dim, c.heads, c.qkv_bias, init, device),
             norm2: LayerNormConfig::new(c.dim).init(device),
-            mlp: Mlp {
-                fc1: linear(c.dim, hidden, true, init, device),
-                fc2: linear(hidden, c.dim, true, init, device),
-            },
+            mlp: Mlp { fc1: linear(c.dim, hidden, true, init, device), fc2: linear(hidden, c.dim, true, init, device) },
             skip_linear: c.fuses_skip.then(|| linear(2 * c.dim, c.dim, true, init, device)),
         }
     }

@@ -70,7 +70,8 @@ pub struct Classifier {
 
 impl Classifier {
     fn new([channels, height, width]: [usize; 3], n_classes: usize, device: &Device) -> Self {
-        let conv = |c_in, c_out| Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Same).init(device);
+        let conv =
+            |c_in, c_out| Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Same).init(device);
         Self {
             conv1: conv(channels, 32),
             conv2: conv(32, 64),
@@ -103,7 +104,9 @@ impl Classifier {
     /// - output: `[N, FEATURE_DIM]`
     pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
         let n = images.dims()[0];
-        let batches = (0..n).step_by(BATCH).map(|start| self.feature_layer(images.clone().narrow(0, start, BATCH.min(n - start))));
+        let batches = (0..n)
+            .step_by(BATCH)
+            .map(|start| self.feature_layer(images.clone().narrow(0, start, BATCH.min(n - start))));
         Tensor::cat(batches.collect(), 0)
     }
 
@@ -113,7 +116,8 @@ impl Classifier {
         for start in (0..set.len()).step_by(BATCH) {
             let indices: Vec<usize> = (start..(start + BATCH).min(set.len())).collect();
             let predicted = self.logits(image_batch(set, &indices, device)).argmax(1); // [B, 1]
-            let predicted = predicted.into_data().convert::<i64>().try_to_vec::<i64>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let predicted =
+                predicted.into_data().convert::<i64>().try_to_vec::<i64>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
             correct += indices.iter().zip(&predicted).filter(|&(&i, &p)| i64::from(set.labels[i]) == p).count();
         }
         Ok(correct as f64 / set.len() as f64)
@@ -161,13 +165,25 @@ pub struct LoadedClassifier {
 /// # Errors
 /// Fewer than 2 classes in the training labels, images smaller than 4x4, `epochs == 0`, a cache
 /// file that cannot be read or decoded (the message names it), or an I/O error.
-pub fn load_or_train(train_set: &ImageSet, test_set: &ImageSet, epochs: usize, cache_dir: &Path, device: &Device) -> Result<LoadedClassifier> {
+pub fn load_or_train(
+    train_set: &ImageSet,
+    test_set: &ImageSet,
+    epochs: usize,
+    cache_dir: &Path,
+    device: &Device,
+) -> Result<LoadedClassifier> {
     let identity = cache_identity(train_set, test_set, epochs)?;
-    std::fs::create_dir_all(cache_dir).with_context(|| format!("{}: cannot create the cache folder", cache_dir.display()))?;
+    std::fs::create_dir_all(cache_dir)
+        .with_context(|| format!("{}: cannot create the cache folder", cache_dir.display()))?;
     let path = |extension: &str| cache_dir.join(format!("classifier-{}.{extension}", identity.key));
     let (record_path, info_path, lock_path) = (path("bpk"), path("json"), path("lock"));
     // Held until this function returns (dropping the file releases the lock).
-    let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("{}: cannot open", lock_path.display()))?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("{}: cannot open", lock_path.display()))?;
     lock.lock().with_context(|| format!("{}: cannot lock", lock_path.display()))?;
     let device = device.clone().inner();
 
@@ -175,7 +191,12 @@ pub fn load_or_train(train_set: &ImageSet, test_set: &ImageSet, epochs: usize, c
         Some(info) if info.identity == identity => false,
         found => {
             if let Some(info) = found {
-                eprintln!("{}: describes another data set or recipe ({:?}); retraining for {:?}", info_path.display(), info.identity, identity);
+                eprintln!(
+                    "{}: describes another data set or recipe ({:?}); retraining for {:?}",
+                    info_path.display(),
+                    info.identity,
+                    identity
+                );
             }
             train_and_cache(train_set, test_set, &identity, &record_path, &info_path, &device)?;
             true
@@ -183,7 +204,9 @@ pub fn load_or_train(train_set: &ImageSet, test_set: &ImageSet, epochs: usize, c
     };
     let info = read_info(&info_path)?.with_context(|| format!("{}: vanished while locked", info_path.display()))?;
     let bytes = std::fs::read(&record_path).with_context(|| corrupt_cache(&record_path, &info_path))?;
-    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| corrupt_cache(&record_path, &info_path))?;
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+        .with_context(|| corrupt_cache(&record_path, &info_path))?;
     let model = Classifier::new(identity.image_shape, identity.n_classes, &device)
         .try_load_record(record)
         .map_err(|e| anyhow::anyhow!("{e:?}"))
@@ -207,7 +230,14 @@ fn read_info(path: &Path) -> Result<Option<ClassifierInfo>> {
 
 /// Trains the classifier, measures its test accuracy and writes the cache: the record first, the
 /// JSON (which marks a complete cache) last.
-fn train_and_cache(train_set: &ImageSet, test_set: &ImageSet, identity: &CacheIdentity, record_path: &Path, info_path: &Path, device: &Device) -> Result<()> {
+fn train_and_cache(
+    train_set: &ImageSet,
+    test_set: &ImageSet,
+    identity: &CacheIdentity,
+    record_path: &Path,
+    info_path: &Path,
+    device: &Device,
+) -> Result<()> {
     eprintln!(
         "training the FD classifier on {} images for {} epoch(s), cached as {}",
         train_set.len(),
@@ -217,7 +247,8 @@ fn train_and_cache(train_set: &ImageSet, test_set: &ImageSet, identity: &CacheId
     let started = Instant::now();
     let model = train(train_set, identity, device);
     let train_seconds = started.elapsed().as_secs_f64();
-    let info = ClassifierInfo { test_accuracy: model.accuracy(test_set, device)?, train_seconds, identity: identity.clone() };
+    let info =
+        ClassifierInfo { test_accuracy: model.accuracy(test_set, device)?, train_seconds, identity: identity.clone() };
     eprintln!("FD classifier: test accuracy {:.4} after {train_seconds:.0} s", info.test_accuracy);
     let bytes = model.into_record().into_bytes().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     write_atomic(record_path, &bytes.to_vec())?;
@@ -259,14 +290,19 @@ pub fn check_epochs(epochs: usize) -> Result<()> {
 fn cache_identity(train_set: &ImageSet, test_set: &ImageSet, epochs: usize) -> Result<CacheIdentity> {
     let image_shape = [train_set.channels, train_set.height, train_set.width];
     if [test_set.channels, test_set.height, test_set.width] != image_shape {
-        bail!("FD classifier: train images are {image_shape:?} (CxHxW) but test images {:?}", [test_set.channels, test_set.height, test_set.width]);
+        bail!(
+            "FD classifier: train images are {image_shape:?} (CxHxW) but test images {:?}",
+            [test_set.channels, test_set.height, test_set.width]
+        );
     }
     if image_shape[1] < 4 || image_shape[2] < 4 {
         bail!("FD classifier: images of {image_shape:?} (CxHxW) are smaller than the 4x4 its two poolings need");
     }
     let n_classes = train_set.labels.iter().max().map_or(0, |&m| m as usize + 1);
     if n_classes < 2 {
-        bail!("FD classifier: the training labels hold {n_classes} class(es); it needs at least 2 (set eval.fd_samples = 0 for unlabelled data)");
+        bail!(
+            "FD classifier: the training labels hold {n_classes} class(es); it needs at least 2 (set eval.fd_samples = 0 for unlabelled data)"
+        );
     }
     check_epochs(epochs)?;
     let fingerprint = fingerprint(&[train_set, test_set]);
@@ -352,7 +388,8 @@ mod tests {
         let trained = load_or_train(&train_set, &test_set, EPOCHS, &dir, &device).unwrap();
         assert!(trained.trained_now);
         assert!(trained.info.test_accuracy > 0.9, "test accuracy {}", trained.info.test_accuracy);
-        let [record_path, info_path] = ["bpk", "json"].map(|ext| dir.join(format!("classifier-{}.{ext}", trained.info.identity.key)));
+        let [record_path, info_path] =
+            ["bpk", "json"].map(|ext| dir.join(format!("classifier-{}.{ext}", trained.info.identity.key)));
         assert!(record_path.is_file() && info_path.is_file());
 
         let loaded = load_or_train(&train_set, &test_set, EPOCHS, &dir, &device).unwrap();
@@ -369,14 +406,27 @@ mod tests {
         let mut foreign = trained.info.clone();
         foreign.identity.n_classes = 7;
         write_json_atomic(&info_path, &foreign).unwrap();
-        assert!(load_or_train(&train_set, &test_set, EPOCHS, &dir, &device).unwrap().trained_now, "a foreign JSON is retrained");
+        assert!(
+            load_or_train(&train_set, &test_set, EPOCHS, &dir, &device).unwrap().trained_now,
+            "a foreign JSON is retrained"
+        );
 
         std::fs::write(&record_path, b"not a burn record").unwrap();
-        let error = format!("{:#}", load_or_train(&train_set, &test_set, EPOCHS, &dir, &device).err().expect("a corrupt record is an error"));
-        assert!(error.contains(&record_path.display().to_string()) && error.contains(&format!("delete {}", info_path.display())), "{error}");
+        let error = format!(
+            "{:#}",
+            load_or_train(&train_set, &test_set, EPOCHS, &dir, &device).err().expect("a corrupt record is an error")
+        );
+        assert!(
+            error.contains(&record_path.display().to_string())
+                && error.contains(&format!("delete {}", info_path.display())),
+            "{error}"
+        );
 
         std::fs::write(&info_path, b"{").unwrap();
-        let error = format!("{:#}", load_or_train(&train_set, &test_set, EPOCHS, &dir, &device).err().expect("a corrupt JSON is an error"));
+        let error = format!(
+            "{:#}",
+            load_or_train(&train_set, &test_set, EPOCHS, &dir, &device).err().expect("a corrupt JSON is an error")
+        );
         assert!(error.contains(&info_path.display().to_string()), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -398,7 +448,9 @@ mod tests {
     fn unlabelled_data_is_an_error_pointing_at_fd_samples() {
         let mut set = bars(8, 4);
         set.labels.fill(0);
-        let error = load_or_train(&set, &set, 1, &scratch_dir("unlabelled"), &Device::flex()).err().expect("one class cannot train");
+        let error = load_or_train(&set, &set, 1, &scratch_dir("unlabelled"), &Device::flex())
+            .err()
+            .expect("one class cannot train");
         assert!(error.to_string().contains("eval.fd_samples = 0"), "{error}");
     }
 }
@@ -417,7 +469,9 @@ mod measurement {
     #[ignore = "a measurement on the real data: minutes of CPU"]
     fn measure_fashion_mnist_classifier() {
         let epochs = std::env::var("SCALELONG_CLASSIFIER_EPOCHS")
-            .map_or(crate::eval::EvalConfig::default().classifier_epochs, |v| v.parse().expect("SCALELONG_CLASSIFIER_EPOCHS: a number"));
+            .map_or(crate::eval::EvalConfig::default().classifier_epochs, |v| {
+                v.parse().expect("SCALELONG_CLASSIFIER_EPOCHS: a number")
+            });
         let load = |split| fashion_mnist(split).expect("Fashion-MNIST (run `just data`)").pad_to_multiple(32);
         let (train_set, test_set) = (load(Split::Train), load(Split::Test));
         let dir = std::env::temp_dir().join(format!("scalelong-eval-measure-{}", std::process::id()));

@@ -51,7 +51,14 @@ pub fn check_bins(t_bins: usize, schedule_steps: usize) -> Result<()> {
 /// `t_bins` (512 images in 10 bins: 510, 51 a bin) and capped at the test set's size. `device`
 /// may carry autodiff; the loss is computed without it (on `device.inner()`, where the EMA
 /// weights live).
-pub fn heldout_loss(net: &DiffusionNet, schedule: &NoiseSchedule, test_set: &ImageSet, images: usize, t_bins: usize, device: &Device) -> Result<HeldoutLoss> {
+pub fn heldout_loss(
+    net: &DiffusionNet,
+    schedule: &NoiseSchedule,
+    test_set: &ImageSet,
+    images: usize,
+    t_bins: usize,
+    device: &Device,
+) -> Result<HeldoutLoss> {
     check_bins(t_bins, schedule.steps())?;
     let per_bin = images.min(test_set.len()) / t_bins;
     if per_bin == 0 {
@@ -71,7 +78,10 @@ pub fn heldout_loss(net: &DiffusionNet, schedule: &NoiseSchedule, test_set: &Ima
         let noise = seeded_noise(x0.dims(), &mut rng, &device);
         let noised = schedule.q_sample(x0, noise, &steps[start..start + indices.len()]);
         let predicted = net.forward(noised.x_t, noised.model_time, None);
-        let batch_losses = per_sample_loss(predicted, noised.noise).into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let batch_losses = per_sample_loss(predicted, noised.noise)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         losses.extend(batch_losses.into_iter().map(f64::from));
     }
     let bins: Vec<f64> = losses.chunks(per_bin).map(|bin| bin.iter().sum::<f64>() / per_bin as f64).collect();
@@ -81,13 +91,20 @@ pub fn heldout_loss(net: &DiffusionNet, schedule: &NoiseSchedule, test_set: &Ima
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scalelong_model::ModelConfig;
     use scalelong_model::SkipScaling;
     use scalelong_model::diffusion::ScheduleConfig;
     use scalelong_model::uvit::UViTConfig;
-    use scalelong_model::ModelConfig;
 
     fn tiny_net(seed: u64, device: &Device) -> DiffusionNet {
-        let config = ModelConfig::Uvit(UViTConfig { img_size: 8, patch_size: 2, embed_dim: 16, depth: 2, num_heads: 2, ..UViTConfig::default() });
+        let config = ModelConfig::Uvit(UViTConfig {
+            img_size: 8,
+            patch_size: 2,
+            embed_dim: 16,
+            depth: 2,
+            num_heads: 2,
+            ..UViTConfig::default()
+        });
         device.seed(seed);
         config.init(SkipScaling::Original, device)
     }

@@ -71,17 +71,10 @@ pub fn groups_of_model<'a>(sweep: &'a SweepData, model: &'a str) -> Vec<Group<'a
     strategies(sweep)
         .into_iter()
         .filter_map(|(_, label)| {
-            let runs: Vec<&RunData> = sweep
-                .runs
-                .iter()
-                .filter(|run| run.model == model && run.strategy_label == label)
-                .collect();
+            let runs: Vec<&RunData> =
+                sweep.runs.iter().filter(|run| run.model == model && run.strategy_label == label).collect();
             let strategy_label = runs.first()?.strategy_label.as_str();
-            Some(Group {
-                model,
-                strategy_label,
-                runs,
-            })
+            Some(Group { model, strategy_label, runs })
         })
         .collect()
 }
@@ -137,26 +130,18 @@ pub fn window_band(points: &[(u64, f64)], window: usize) -> Vec<BandPoint> {
 
 /// Smoothed training loss, mean over the group's runs with their min..max as band.
 pub fn loss_band(group: &Group) -> Vec<BandPoint> {
-    let per_run: Vec<Vec<(u64, f64)>> = group
-        .runs
-        .iter()
-        .map(|run| moving_average(&run.losses, LOSS_SMOOTHING_WINDOW))
-        .collect();
+    let per_run: Vec<Vec<(u64, f64)>> =
+        group.runs.iter().map(|run| moving_average(&run.losses, LOSS_SMOOTHING_WINDOW)).collect();
     band_over_seeds(&per_run)
 }
 
 /// `feature_l2` of the last decoder block (the one consuming LSC 1), mean over the group's runs,
 /// with its sliding-window oscillation band; empty when no run recorded it.
 pub fn outer_feature_norm_band(group: &Group) -> Vec<BandPoint> {
-    let per_run: Vec<Vec<(u64, f64)>> = group
-        .runs
-        .iter()
-        .filter_map(|run| per_lsc_series(&run.diagnostics, "feature_l2").remove(&1))
-        .collect();
-    let seed_mean: Vec<(u64, f64)> = band_over_seeds(&per_run)
-        .into_iter()
-        .map(|point| (point.step, point.mean))
-        .collect();
+    let per_run: Vec<Vec<(u64, f64)>> =
+        group.runs.iter().filter_map(|run| per_lsc_series(&run.diagnostics, "feature_l2").remove(&1)).collect();
+    let seed_mean: Vec<(u64, f64)> =
+        band_over_seeds(&per_run).into_iter().map(|point| (point.step, point.mean)).collect();
     window_band(&seed_mean, OSCILLATION_WINDOW)
 }
 
@@ -197,20 +182,13 @@ pub fn lsc_grid(group: &Group, quantity: LscQuantity) -> LscGrid {
         .collect();
     let steps: BTreeSet<u64> = cells.keys().map(|(_, step)| *step).collect();
     let lscs: BTreeSet<u32> = cells.keys().map(|(lsc, _)| *lsc).collect();
-    LscGrid {
-        steps: steps.into_iter().collect(),
-        lscs: lscs.into_iter().collect(),
-        cells,
-    }
+    LscGrid { steps: steps.into_iter().collect(), lscs: lscs.into_iter().collect(), cells }
 }
 
 /// `gate_mean` per LSC against step, mean over the group's runs; empty for non-LS groups.
 pub fn gate_curves(group: &Group) -> BTreeMap<u32, Vec<(u64, f64)>> {
-    let per_run: Vec<BTreeMap<u32, Vec<(u64, f64)>>> = group
-        .runs
-        .iter()
-        .map(|run| per_lsc_series(&run.diagnostics, "gate_mean"))
-        .collect();
+    let per_run: Vec<BTreeMap<u32, Vec<(u64, f64)>>> =
+        group.runs.iter().map(|run| per_lsc_series(&run.diagnostics, "gate_mean")).collect();
     mean_per_lsc(&per_run)
 }
 
@@ -252,10 +230,8 @@ pub fn gate_fit(group: &Group) -> Option<GateFit> {
         return None;
     }
     let contiguous_from_one = last_values.keys().copied().eq(1..=last_values.len() as u32);
-    let final_means: Vec<f64> = last_values
-        .values()
-        .map(|values| mean(values).expect("every LSC holds a value"))
-        .collect();
+    let final_means: Vec<f64> =
+        last_values.values().map(|values| mean(values).expect("every LSC holds a value")).collect();
     Some(GateFit {
         model: group.model.to_string(),
         strategy_label: group.strategy_label.to_string(),
@@ -283,10 +259,7 @@ pub fn theorem_checks(sweep: &SweepData, model: &str) -> ModelChecks {
             records: run.diagnostics.clone(),
         })
         .collect();
-    ModelChecks {
-        model: model.to_string(),
-        checks: [check_thm31(&runs), check_thm33(&runs), check_thm34(&runs)],
-    }
+    ModelChecks { model: model.to_string(), checks: [check_thm31(&runs), check_thm33(&runs), check_thm34(&runs)] }
 }
 
 /// Per LSC, the series of `quantity` on the decoder block consuming it (t_bin null).
@@ -323,10 +296,7 @@ fn decoder_gradient_series(records: &[Record]) -> BTreeMap<u32, Vec<(u64, f64)>>
         .filter(|&block| block < lsc_count)
         .map(|block| {
             let layer = format!("dec.{block}");
-            (
-                lsc_count - block,
-                series(records, "grad_norm", Some(&layer), None, None),
-            )
+            (lsc_count - block, series(records, "grad_norm", Some(&layer), None, None))
         })
         .filter(|(_, points)| !points.is_empty())
         .collect()
@@ -342,14 +312,6 @@ fn mean_per_lsc(per_run: &[BTreeMap<u32, Vec<(u64, f64)>>]) -> BTreeMap<u32, Vec
     }
     series_by_lsc
         .into_iter()
-        .map(|(lsc, runs)| {
-            (
-                lsc,
-                band_over_seeds(&runs)
-                    .into_iter()
-                    .map(|point| (point.step, point.mean))
-                    .collect(),
-            )
-        })
+        .map(|(lsc, runs)| (lsc, band_over_seeds(&runs).into_iter().map(|point| (point.step, point.mean)).collect()))
         .collect()
 }

@@ -46,11 +46,7 @@ pub fn assess_claims(
 ) -> Vec<Claim> {
     vec![
         faster_training(summary),
-        theorem_claim(
-            "(b) Smaller feature-norm oscillation for smaller coefficients (Thm 3.1)",
-            model_checks,
-            0,
-        ),
+        theorem_claim("(b) Smaller feature-norm oscillation for smaller coefficients (Thm 3.1)", model_checks, 0),
         theorem_claim("(c) Gradient scale follows the bound (Thm 3.3)", model_checks, 1),
         theorem_claim("(d) Robustness to perturbed inputs (Thm 3.4)", model_checks, 2),
         gate_decay(gate_fits, has_ls_runs),
@@ -67,25 +63,12 @@ pub fn paragraph(claims: &[Claim]) -> String {
         count(Outcome::Held),
         count(Outcome::DidNotHold),
         count(Outcome::Inconclusive),
-        if count(Outcome::Inconclusive) == 1 {
-            "was"
-        } else {
-            "were"
-        },
+        if count(Outcome::Inconclusive) == 1 { "was" } else { "were" },
         count(Outcome::NotMeasured),
-        if count(Outcome::NotMeasured) == 1 {
-            "was"
-        } else {
-            "were"
-        },
+        if count(Outcome::NotMeasured) == 1 { "was" } else { "were" },
     );
     for claim in claims {
-        text.push_str(&format!(
-            " {} {}: {}.",
-            claim.name,
-            claim.outcome.phrase(),
-            claim.evidence
-        ));
+        text.push_str(&format!(" {} {}: {}.", claim.name, claim.outcome.phrase(), claim.evidence));
     }
     text
 }
@@ -96,12 +79,7 @@ fn faster_training(summary: &[SummaryRow]) -> Claim {
     let name = "(a) Faster training";
     let scaled: Vec<&SummaryRow> = summary
         .iter()
-        .filter(|row| {
-            matches!(
-                row.strategy,
-                SkipScaling::Constant { .. } | SkipScaling::Learnable { .. }
-            )
-        })
+        .filter(|row| matches!(row.strategy, SkipScaling::Constant { .. } | SkipScaling::Learnable { .. }))
         .collect();
     let comparable: Vec<&SummaryRow> = scaled.iter().copied().filter(|row| row.target_loss.is_some()).collect();
     if comparable.is_empty() {
@@ -110,11 +88,7 @@ fn faster_training(summary: &[SummaryRow]) -> Claim {
         } else {
             "no CS or LS run has a strategy-1 run with the same other settings and logged losses to compare with"
         };
-        return Claim {
-            name,
-            outcome: Outcome::NotMeasured,
-            evidence: evidence.to_string(),
-        };
+        return Claim { name, outcome: Outcome::NotMeasured, evidence: evidence.to_string() };
     }
     let mut by_strategy: BTreeMap<&str, (Vec<f64>, usize)> = BTreeMap::new();
     for row in &comparable {
@@ -180,30 +154,17 @@ fn theorem_claim(name: &'static str, model_checks: &[ModelChecks], index: usize)
     let evidence = checked
         .iter()
         .map(|(model, check)| {
-            format!(
-                "{} {} for {model} ({})",
-                check.theorem,
-                check.verdict,
-                check.explanation.trim_end_matches('.')
-            )
+            format!("{} {} for {model} ({})", check.theorem, check.verdict, check.explanation.trim_end_matches('.'))
         })
         .collect::<Vec<_>>()
         .join("; ");
-    Claim {
-        name,
-        outcome,
-        evidence,
-    }
+    Claim { name, outcome, evidence }
 }
 
 /// (e): every fitted LS gate profile decays (see [`DECAY_KAPPA_MAX`], [`DECAY_R2_MIN`]).
 fn gate_decay(gate_fits: &[GateFit], has_ls_runs: bool) -> Claim {
     let name = "(e) LS gates decay exponentially with the LSC index";
-    let not_measured = |evidence: &str| Claim {
-        name,
-        outcome: Outcome::NotMeasured,
-        evidence: evidence.to_string(),
-    };
+    let not_measured = |evidence: &str| Claim { name, outcome: Outcome::NotMeasured, evidence: evidence.to_string() };
     if !has_ls_runs {
         return not_measured("the sweep has no LS run");
     }

@@ -115,14 +115,9 @@ pub fn heatmap_figures(sweep: &SweepData) -> Result<Vec<Figure>> {
             if grids.iter().all(|grid| grid.is_empty()) {
                 continue;
             }
-            let panels: Vec<(String, _)> = groups
-                .iter()
-                .zip(&grids)
-                .map(|(group, grid)| (group.strategy_label.to_string(), grid))
-                .collect();
-            let png = render_png(heatmap_figure_size(panels.len()), |root| {
-                draw_heatmaps(root, &panels, name)
-            })?;
+            let panels: Vec<(String, _)> =
+                groups.iter().zip(&grids).map(|(group, grid)| (group.strategy_label.to_string(), grid)).collect();
+            let png = render_png(heatmap_figure_size(panels.len()), |root| draw_heatmaps(root, &panels, name))?;
             figures.push(Figure {
                 file_name: format!("{file_stem}_{model_index}.png"),
                 title: format!("Per-LSC {name}, {model}"),
@@ -143,9 +138,8 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
     let mut figures = Vec::new();
     for (model_index, model) in models(sweep).into_iter().enumerate() {
         for group in groups_of_model(sweep, model) {
-            let Some(gates) = gate_fits
-                .iter()
-                .find(|fit| fit.model == model && fit.strategy_label == group.strategy_label)
+            let Some(gates) =
+                gate_fits.iter().find(|fit| fit.model == model && fit.strategy_label == group.strategy_label)
             else {
                 continue;
             };
@@ -161,12 +155,7 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
                         colour: sequential_colour(index as f64 / (lsc_count - 1) as f64),
                         points: points
                             .iter()
-                            .map(|&(step, mean)| BandPoint {
-                                step,
-                                mean,
-                                low: mean,
-                                high: mean,
-                            })
+                            .map(|&(step, mean)| BandPoint { step, mean, low: mean, high: mean })
                             .collect(),
                     })
                     .collect(),
@@ -181,9 +170,7 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
                         format_number(fit.r2)
                     ),
                     colour: sequential_colour(0.6),
-                    points: lscs
-                        .map(|lsc| (lsc as f64, fit.a * fit.kappa_hat.powi(lsc as i32 - 1)))
-                        .collect(),
+                    points: lscs.map(|lsc| (lsc as f64, fit.a * fit.kappa_hat.powi(lsc as i32 - 1))).collect(),
                 });
             }
             let against_lsc = ScatterPanel {
@@ -278,7 +265,5 @@ pub fn theorem_figure(
 /// `text` with every character other than ASCII letters, digits and `-` replaced by `_`, for file
 /// names.
 fn slug(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
-        .collect()
+    text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }

@@ -36,14 +36,7 @@ pub struct SweepFixture {
 
 impl Default for SweepFixture {
     fn default() -> Self {
-        Self {
-            ls_loss_speed: 1.5,
-            diagnostics: true,
-            eval: true,
-            samples: true,
-            lrs: vec![2e-4],
-            diverged: Vec::new(),
-        }
+        Self { ls_loss_speed: 1.5, diagnostics: true, eval: true, samples: true, lrs: vec![2e-4], diverged: Vec::new() }
     }
 }
 
@@ -61,18 +54,9 @@ impl SweepFixture {
         for ls in [false, true] {
             for &lr in &self.lrs {
                 for seed in SEEDS {
-                    let lr_part = if self.lrs.len() > 1 {
-                        format!("_lr{lr}")
-                    } else {
-                        String::new()
-                    };
+                    let lr_part = if self.lrs.len() > 1 { format!("_lr{lr}") } else { String::new() };
                     let strategy = if ls { "ls" } else { "1" };
-                    runs.push(FixtureRun {
-                        id: format!("uvit-small_{strategy}{lr_part}_seed{seed}"),
-                        ls,
-                        seed,
-                        lr,
-                    });
+                    runs.push(FixtureRun { id: format!("uvit-small_{strategy}{lr_part}_seed{seed}"), ls, seed, lr });
                 }
             }
         }
@@ -110,11 +94,7 @@ impl SweepFixture {
 
     fn write_run(&self, dir: &Path, run: &FixtureRun) {
         std::fs::create_dir_all(dir).unwrap();
-        let strategy = if run.ls {
-            json!({"ls": {"shared": true, "reduction": 16}})
-        } else {
-            json!("1")
-        };
+        let strategy = if run.ls { json!({"ls": {"shared": true, "reduction": 16}}) } else { json!("1") };
         write_json(
             &dir.join("config.json"),
             &json!({
@@ -132,10 +112,7 @@ impl SweepFixture {
             Some(_) => ("diverged", json!("non-finite loss")),
             None => ("completed", Value::Null),
         };
-        write_json(
-            &dir.join("status.json"),
-            &json!({"state": state, "step": last_step, "message": message}),
-        );
+        write_json(&dir.join("status.json"), &json!({"state": state, "step": last_step, "message": message}));
 
         let rate = BASELINE_LOSS_RATE * if run.ls { self.ls_loss_speed } else { 1.0 };
         let metrics = (1..=last_step / LOG_EVERY).map(|index| {
@@ -180,11 +157,7 @@ impl SweepFixture {
 /// values grow with the predicted ones.
 fn diagnostics(run: &FixtureRun, last_step: u64) -> Vec<Value> {
     let coefficient = |lsc: u32| {
-        if run.ls {
-            GATE_A * GATE_KAPPA.powi(lsc as i32 - 1)
-        } else {
-            1.0
-        }
+        if run.ls { GATE_A * GATE_KAPPA.powi(lsc as i32 - 1) } else { 1.0 }
     };
     let tail_square_sum = |lsc: u32| (lsc..=LSC_COUNT).map(|j| coefficient(j).powi(2)).sum::<f64>();
     let square_sum = tail_square_sum(1);
@@ -197,11 +170,7 @@ fn diagnostics(run: &FixtureRun, last_step: u64) -> Vec<Value> {
         };
     for step in (DIAGNOSTICS_EVERY..=last_step).step_by(DIAGNOSTICS_EVERY as usize) {
         let progress = step as f64 / STEPS as f64;
-        let alternating = if (step / DIAGNOSTICS_EVERY).is_multiple_of(2) {
-            1.0
-        } else {
-            -1.0
-        };
+        let alternating = if (step / DIAGNOSTICS_EVERY).is_multiple_of(2) { 1.0 } else { -1.0 };
         for block in 0..LSC_COUNT {
             let lsc = LSC_COUNT - block;
             let layer = Some(format!("dec.{block}"));
@@ -218,35 +187,14 @@ fn diagnostics(run: &FixtureRun, last_step: u64) -> Vec<Value> {
                 coefficient(lsc) * (1.0 + 0.5 * (2.0 * PI * progress).sin().abs()),
             );
             if run.ls {
-                record(
-                    step,
-                    "gate_mean",
-                    layer,
-                    Some(lsc),
-                    None,
-                    coefficient(lsc) * (1.0 - 0.05 * (1.0 - progress)),
-                );
+                record(step, "gate_mean", layer, Some(lsc), None, coefficient(lsc) * (1.0 - 0.05 * (1.0 - progress)));
             }
-            record(
-                step,
-                "feature_l2",
-                Some(format!("enc.{block}")),
-                Some(block + 1),
-                None,
-                3.0,
-            );
+            record(step, "feature_l2", Some(format!("enc.{block}")), Some(block + 1), None, 3.0);
         }
         record(step, "xt_sq_norm", None, None, None, 10.0);
         record(step, "m0", None, None, None, M0);
         let amplification: f64 = (1..=LSC_COUNT).map(|lsc| coefficient(lsc) * M0.powi(lsc as i32)).sum();
-        record(
-            step,
-            "robustness",
-            None,
-            None,
-            None,
-            2.0 * amplification * (1.0 + 0.01 * run.seed as f64),
-        );
+        record(step, "robustness", None, None, None, 2.0 * amplification * (1.0 + 0.01 * run.seed as f64));
         for bin in 0..T_BINS {
             let probe_loss = 0.2 + 0.3 * f64::from(bin);
             let xt_sq_norm = 4.0 + 3.0 * f64::from(bin);
@@ -254,22 +202,8 @@ fn diagnostics(run: &FixtureRun, last_step: u64) -> Vec<Value> {
             let group_norm = (probe_loss * xt_sq_norm * square_sum).sqrt();
             record(step, "probe_loss", None, None, Some(bin), probe_loss);
             record(step, "xt_sq_norm", None, None, Some(bin), xt_sq_norm);
-            record(
-                step,
-                "grad_norm_bin",
-                Some("enc".to_string()),
-                None,
-                Some(bin),
-                group_norm,
-            );
-            record(
-                step,
-                "grad_norm_bin",
-                Some("dec".to_string()),
-                None,
-                Some(bin),
-                group_norm,
-            );
+            record(step, "grad_norm_bin", Some("enc".to_string()), None, Some(bin), group_norm);
+            record(step, "grad_norm_bin", Some("dec".to_string()), None, Some(bin), group_norm);
         }
     }
     records
@@ -278,9 +212,8 @@ fn diagnostics(run: &FixtureRun, last_step: u64) -> Vec<Value> {
 /// A 16x16 grey gradient, brighter for later steps.
 fn write_sample_png(path: &Path, step: u64) {
     let (width, height) = (16u32, 16u32);
-    let pixels: Vec<u8> = (0..width * height)
-        .map(|index| ((index * 255 / (width * height)) as u64 * step / STEPS) as u8)
-        .collect();
+    let pixels: Vec<u8> =
+        (0..width * height).map(|index| ((index * 255 / (width * height)) as u64 * step / STEPS) as u8).collect();
     let file = std::fs::File::create(path).unwrap();
     let mut encoder = png::Encoder::new(file, width, height);
     encoder.set_color(png::ColorType::Grayscale);

@@ -56,11 +56,8 @@ pub fn render(content: &ReportContent) -> String {
         escape(&sweep.name)
     ));
     page.push_str(&format!("<h1>ScaleLong report: {}</h1>\n", escape(&sweep.name)));
-    let strategies: Vec<String> = content
-        .strategies
-        .iter()
-        .map(|(_, label)| format!("{}{}", swatch(content, label), escape(label)))
-        .collect();
+    let strategies: Vec<String> =
+        content.strategies.iter().map(|(_, label)| format!("{}{}", swatch(content, label), escape(label))).collect();
     page.push_str(&format!(
         "<p class=\"meta\">{} runs read from <code>{}</code>. Models: {}. Strategies: {}.{}</p>\n",
         sweep.runs.len(),
@@ -70,35 +67,21 @@ pub fn render(content: &ReportContent) -> String {
         if sweep.not_started.is_empty() {
             String::new()
         } else {
-            format!(
-                " Listed in sweep.json but not started: {}.",
-                escape(&sweep.not_started.join(", "))
-            )
+            format!(" Listed in sweep.json but not started: {}.", escape(&sweep.not_started.join(", ")))
         }
     ));
 
     page.push_str("<h2>What held in this sweep</h2>\n");
-    page.push_str(&format!(
-        "<p id=\"claims\">{}</p>\n",
-        escape(&paragraph(content.claims))
-    ));
+    page.push_str(&format!("<p id=\"claims\">{}</p>\n", escape(&paragraph(content.claims))));
 
     summary_section(content, &mut page);
 
     page.push_str("<h2>1. Training loss</h2>\n");
     optional_figure(&mut page, content.loss_figure.as_ref(), "No run logged a training loss");
     page.push_str("<h2>2. Hidden-feature norm (the paper's Figure 1)</h2>\n");
-    optional_figure(
-        &mut page,
-        content.feature_norm_figure.as_ref(),
-        "The feature norm of the last decoder block was",
-    );
+    optional_figure(&mut page, content.feature_norm_figure.as_ref(), "The feature norm of the last decoder block was");
     page.push_str("<h2>3. Per-LSC feature and gradient norms</h2>\n");
-    figures_or_note(
-        &mut page,
-        content.heatmap_figures,
-        "Per-LSC feature and gradient norms were",
-    );
+    figures_or_note(&mut page, content.heatmap_figures, "Per-LSC feature and gradient norms were");
     gates_section(content, &mut page);
     theorems_section(content, &mut page);
     samples_section(content, &mut page);
@@ -128,11 +111,7 @@ fn summary_section(content: &ReportContent, page: &mut String) {
             vec![
                 Cell::Text(row.run_id.clone()),
                 Cell::Text(row.model.clone()),
-                Cell::Html(format!(
-                    "{}{}",
-                    swatch(content, &row.strategy_label),
-                    escape(&row.strategy_label)
-                )),
+                Cell::Html(format!("{}{}", swatch(content, &row.strategy_label), escape(&row.strategy_label))),
                 Cell::Text(row.seed.to_string()),
                 Cell::Number(Some(row.lr)),
                 Cell::Text(row.status.clone()),
@@ -165,9 +144,7 @@ fn summary_section(content: &ReportContent, page: &mut String) {
     page.push_str(&table_links(&content.table_files.summary));
     page.push_str("<h3>Largest stable learning rate</h3>\n");
     match content.stable_lr {
-        None => page.push_str(&note(
-            "The sweep has no optimizer.lr axis, so the largest stable learning rate was",
-        )),
+        None => page.push_str(&note("The sweep has no optimizer.lr axis, so the largest stable learning rate was")),
         Some(stable_rows) => {
             page.push_str(
                 "<p>The largest learning rate at which every run of the strategy completed without diverging.</p>\n",
@@ -177,27 +154,13 @@ fn summary_section(content: &ReportContent, page: &mut String) {
                 .map(|row| {
                     vec![
                         Cell::Text(row.model.clone()),
-                        Cell::Html(format!(
-                            "{}{}",
-                            swatch(content, &row.strategy_label),
-                            escape(&row.strategy_label)
-                        )),
-                        row.largest_stable_lr
-                            .map_or(Cell::Text("none".to_string()), |lr| Cell::Number(Some(lr))),
-                        Cell::Text(
-                            row.lrs_tried
-                                .iter()
-                                .map(|lr| format_number(*lr))
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                        ),
+                        Cell::Html(format!("{}{}", swatch(content, &row.strategy_label), escape(&row.strategy_label))),
+                        row.largest_stable_lr.map_or(Cell::Text("none".to_string()), |lr| Cell::Number(Some(lr))),
+                        Cell::Text(row.lrs_tried.iter().map(|lr| format_number(*lr)).collect::<Vec<_>>().join(", ")),
                     ]
                 })
                 .collect();
-            page.push_str(&table(
-                &["model", "strategy", "largest stable lr", "learning rates run"],
-                &rows,
-            ));
+            page.push_str(&table(&["model", "strategy", "largest stable lr", "learning rates run"], &rows));
             page.push_str(&table_links(&content.table_files.stable_lr));
         }
     }
@@ -219,36 +182,15 @@ fn gates_section(content: &ReportContent, page: &mut String) {
         .map(|gates| {
             vec![
                 Cell::Text(gates.model.clone()),
-                Cell::Html(format!(
-                    "{}{}",
-                    swatch(content, &gates.strategy_label),
-                    escape(&gates.strategy_label)
-                )),
-                Cell::Text(
-                    gates
-                        .final_means
-                        .iter()
-                        .map(|gate| format_number(*gate))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                ),
+                Cell::Html(format!("{}{}", swatch(content, &gates.strategy_label), escape(&gates.strategy_label))),
+                Cell::Text(gates.final_means.iter().map(|gate| format_number(*gate)).collect::<Vec<_>>().join(", ")),
                 Cell::Number(gates.fit.map(|fit| fit.a)),
                 Cell::Number(gates.fit.map(|fit| fit.kappa_hat)),
                 Cell::Number(gates.fit.map(|fit| fit.r2)),
             ]
         })
         .collect();
-    page.push_str(&table(
-        &[
-            "model",
-            "strategy",
-            "final mean gate, LSC 1..N",
-            "a",
-            "kappa_hat",
-            "R^2",
-        ],
-        &rows,
-    ));
+    page.push_str(&table(&["model", "strategy", "final mean gate, LSC 1..N", "a", "kappa_hat", "R^2"], &rows));
     page.push_str(&table_links(&content.table_files.gate_fits));
     for figure in content.gate_figures {
         page.push_str(&figure_html(figure));
@@ -265,11 +207,7 @@ fn theorems_section(content: &ReportContent, page: &mut String) {
     page.push_str(&table_links(&content.table_files.theorem_rows));
     for (model_checks, figures) in content.model_checks.iter().zip(content.theorem_figures) {
         for (check, figure) in model_checks.checks.iter().zip(figures) {
-            page.push_str(&format!(
-                "<h3>{} on {}</h3>\n",
-                escape(check.theorem),
-                escape(&model_checks.model)
-            ));
+            page.push_str(&format!("<h3>{} on {}</h3>\n", escape(check.theorem), escape(&model_checks.model)));
             if check.rows.is_empty() {
                 page.push_str(&note(&format!("The diagnostics {} needs were", check.theorem)));
                 continue;
@@ -323,10 +261,7 @@ fn samples_section(content: &ReportContent, page: &mut String) {
             .iter()
             .map(|(_, label)| label.as_str())
             .filter(|label| {
-                content
-                    .samples
-                    .iter()
-                    .any(|sample| sample.model == *model && sample.strategy_label == *label)
+                content.samples.iter().any(|sample| sample.model == *model && sample.strategy_label == *label)
             })
             .collect();
         if columns.is_empty() {
@@ -355,10 +290,8 @@ fn samples_section(content: &ReportContent, page: &mut String) {
                 Cell::Html(images)
             })
             .collect();
-        let headers: Vec<String> = columns
-            .iter()
-            .map(|label| format!("{}{}", swatch(content, label), escape(label)))
-            .collect();
+        let headers: Vec<String> =
+            columns.iter().map(|label| format!("{}{}", swatch(content, label), escape(label))).collect();
         page.push_str(&format!("<h3>{}</h3>\n<table class=\"samples\"><tr>", escape(model)));
         for header in headers {
             page.push_str(&format!("<th>{header}</th>"));
@@ -389,10 +322,7 @@ fn figures_or_note(page: &mut String, figures: &[Figure], missing_subject: &str)
 
 /// `<subject> not recorded in this sweep.`
 fn note(subject: &str) -> String {
-    format!(
-        "<p class=\"note\">{} not recorded in this sweep.</p>\n",
-        escape(subject)
-    )
+    format!("<p class=\"note\">{} not recorded in this sweep.</p>\n", escape(subject))
 }
 
 fn figure_html(figure: &Figure) -> String {
@@ -410,10 +340,8 @@ fn table_links(files: &[String]) -> String {
     if files.is_empty() {
         return String::new();
     }
-    let links: Vec<String> = files
-        .iter()
-        .map(|file| format!("<a href=\"{}\">{}</a>", escape(file), escape(file)))
-        .collect();
+    let links: Vec<String> =
+        files.iter().map(|file| format!("<a href=\"{}\">{}</a>", escape(file), escape(file))).collect();
     format!("<p class=\"meta\">As files: {}.</p>\n", links.join(", "))
 }
 
@@ -437,19 +365,13 @@ fn table(headers: &[&str], rows: &[Vec<Cell>]) -> String {
 fn cell_html(cell: &Cell) -> String {
     match cell {
         Cell::Text(text) => format!("<td>{}</td>", escape(text)),
-        Cell::Number(value) => format!(
-            "<td class=\"number\">{}</td>",
-            value.map(format_number).unwrap_or_default()
-        ),
+        Cell::Number(value) => format!("<td class=\"number\">{}</td>", value.map(format_number).unwrap_or_default()),
         Cell::Html(html) => format!("<td>{html}</td>"),
     }
 }
 
 fn swatch(content: &ReportContent, label: &str) -> String {
-    format!(
-        "<span class=\"swatch\" style=\"background:{}\"></span>",
-        content.palette.css(label)
-    )
+    format!("<span class=\"swatch\" style=\"background:{}\"></span>", content.palette.css(label))
 }
 
 fn data_uri(png: &[u8]) -> String {
@@ -457,8 +379,5 @@ fn data_uri(png: &[u8]) -> String {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

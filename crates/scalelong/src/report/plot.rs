@@ -40,13 +40,8 @@ const OTHER_COLOURS: [RGBColor; 6] = [
     RGBColor(127, 127, 127),
 ];
 /// Viridis at five evenly spaced points: perceptually even and readable in grey.
-const VIRIDIS: [RGBColor; 5] = [
-    RGBColor(68, 1, 84),
-    RGBColor(59, 82, 139),
-    RGBColor(33, 145, 140),
-    RGBColor(94, 201, 98),
-    RGBColor(253, 231, 37),
-];
+const VIRIDIS: [RGBColor; 5] =
+    [RGBColor(68, 1, 84), RGBColor(59, 82, 139), RGBColor(33, 145, 140), RGBColor(94, 201, 98), RGBColor(253, 231, 37)];
 const MISSING_CELL: RGBColor = RGBColor(220, 220, 220);
 const GRID_LINE: RGBColor = RGBColor(225, 225, 225);
 const NOTE_GREY: RGBColor = RGBColor(110, 110, 110);
@@ -84,10 +79,7 @@ impl Palette {
     }
 
     pub fn colour(&self, label: &str) -> RGBColor {
-        self.0
-            .iter()
-            .find(|(name, _)| name == label)
-            .map_or(BLACK, |(_, colour)| *colour)
+        self.0.iter().find(|(name, _)| name == label).map_or(BLACK, |(_, colour)| *colour)
     }
 
     /// The colour as CSS `#rrggbb`.
@@ -164,9 +156,7 @@ fn register_font() -> Result<()> {
 pub fn draw_empty_panel(area: &Area, title: &str) -> Result<()> {
     let (width, height) = area.dim_in_pixel();
     let body = panel_body(area, title, &[])?;
-    let note_style = TextStyle::from((FONT, 15))
-        .color(&NOTE_GREY)
-        .pos(Pos::new(HPos::Center, VPos::Center));
+    let note_style = TextStyle::from((FONT, 15)).color(&NOTE_GREY).pos(Pos::new(HPos::Center, VPos::Center));
     body.draw_text(
         "not recorded in this sweep",
         &note_style,
@@ -212,10 +202,7 @@ fn panel_body<'a>(area: &Area<'a>, title: &str, legend: &[LegendEntry]) -> Resul
     for (entry, (x, row)) in legend.iter().zip(positions) {
         let y = (TITLE_HEIGHT + row * LEGEND_ROW_HEIGHT + LEGEND_ROW_HEIGHT / 2) as i32;
         match entry.mark {
-            Mark::Line => header.draw(&PathElement::new(
-                vec![(x, y), (x + 20, y)],
-                entry.colour.stroke_width(2),
-            ))?,
+            Mark::Line => header.draw(&PathElement::new(vec![(x, y), (x + 20, y)], entry.colour.stroke_width(2)))?,
             Mark::Dot => header.draw(&Circle::new((x + 10, y), 4, entry.colour.filled()))?,
         }
         header.draw_text(entry.label, &label_style, (x + LEGEND_MARK_WIDTH, y))?;
@@ -263,11 +250,7 @@ impl Ranged for TickedRange {
 
     /// The ticks for bold lines and labels; no light lines.
     fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
-        if hint.weight().allow_light_points() {
-            Vec::new()
-        } else {
-            self.ticks.clone()
-        }
+        if hint.weight().allow_light_points() { Vec::new() } else { self.ticks.clone() }
     }
 
     fn range(&self) -> Range<f64> {
@@ -286,14 +269,8 @@ fn chart<'a, 'b>(area: &'a Area<'b>, x: &Axis, y: &Axis, grid_lines: bool) -> Re
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(
-            TickedRange {
-                range: x.range.clone(),
-                ticks: x.ticks.clone(),
-            },
-            TickedRange {
-                range: y.range.clone(),
-                ticks: y.ticks.clone(),
-            },
+            TickedRange { range: x.range.clone(), ticks: x.ticks.clone() },
+            TickedRange { range: y.range.clone(), ticks: y.ticks.clone() },
         )?;
     let x_label = |coordinate: &f64| (x.label)(*coordinate);
     let y_label = |coordinate: &f64| (y.label)(*coordinate);
@@ -333,25 +310,13 @@ pub fn draw_band_panel(area: &Area, panel: &BandPanel, y_desc: &str) -> Result<(
     let legend: Vec<LegendEntry> = panel
         .curves
         .iter()
-        .map(|curve| LegendEntry {
-            label: &curve.label,
-            colour: curve.colour,
-            mark: Mark::Line,
-        })
+        .map(|curve| LegendEntry { label: &curve.label, colour: curve.colour, mark: Mark::Line })
         .collect();
     let body = panel_body(area, &panel.title, &legend)?;
     let x = Axis::fitted(Scale::Linear, "step", points().map(|point| point.step as f64));
-    let y = Axis::fitted(
-        Scale::Linear,
-        y_desc,
-        points().flat_map(|point| [point.low, point.high, point.mean]),
-    );
+    let y = Axis::fitted(Scale::Linear, y_desc, points().flat_map(|point| [point.low, point.high, point.mean]));
     let mut chart = chart(&body, &x, &y, true)?;
-    for curve in panel
-        .curves
-        .iter()
-        .filter(|curve| curve.points.iter().any(|point| point.high > point.low))
-    {
+    for curve in panel.curves.iter().filter(|curve| curve.points.iter().any(|point| point.high > point.low)) {
         let upper = curve.points.iter().map(|point| (point.step as f64, point.high));
         let lower = curve.points.iter().rev().map(|point| (point.step as f64, point.low));
         chart.draw_series(std::iter::once(Polygon::new(
@@ -403,9 +368,7 @@ fn draw_heatmap_panel(area: &Area, title: &str, grid: &LscGrid, log_scale: &Rang
         range: 0.0..columns as f64,
         ticks: (0..columns).step_by(stride).map(|column| column as f64 + 0.5).collect(),
         label: Box::new(|coordinate| {
-            grid.steps
-                .get(coordinate.max(0.0) as usize)
-                .map_or(String::new(), u64::to_string)
+            grid.steps.get(coordinate.max(0.0) as usize).map_or(String::new(), u64::to_string)
         }),
         desc: "step".to_string(),
     };
@@ -419,19 +382,12 @@ fn draw_heatmap_panel(area: &Area, title: &str, grid: &LscGrid, log_scale: &Rang
     let span = log_scale.end - log_scale.start;
     chart.draw_series(grid.steps.iter().enumerate().flat_map(|(column, step)| {
         grid.lscs.iter().map(move |&lsc| {
-            let colour = match grid
-                .cells
-                .get(&(lsc, *step))
-                .and_then(|value| Scale::Log.plotted(*value))
-            {
+            let colour = match grid.cells.get(&(lsc, *step)).and_then(|value| Scale::Log.plotted(*value)) {
                 Some(log_value) => sequential_colour((log_value - log_scale.start) / span),
                 None => MISSING_CELL,
             };
             let row = f64::from(lsc);
-            Rectangle::new(
-                [(column as f64, row - 0.5), (column as f64 + 1.0, row + 0.5)],
-                colour.filled(),
-            )
+            Rectangle::new([(column as f64, row - 0.5), (column as f64 + 1.0, row + 0.5)], colour.filled())
         })
     }))?;
     Ok(())
@@ -440,12 +396,7 @@ fn draw_heatmap_panel(area: &Area, title: &str, grid: &LscGrid, log_scale: &Rang
 fn draw_colour_bar(area: &Area, log_scale: &Range<f64>, value_desc: &str) -> Result<()> {
     // An empty header keeps the bar level with the heatmaps beside it.
     let body = panel_body(area, "", &[])?;
-    let x = Axis {
-        range: 0.0..1.0,
-        ticks: Vec::new(),
-        label: Box::new(|_| String::new()),
-        desc: String::new(),
-    };
+    let x = Axis { range: 0.0..1.0, ticks: Vec::new(), label: Box::new(|_| String::new()), desc: String::new() };
     let y = Axis {
         range: log_scale.clone(),
         ticks: Scale::Log.ticks(log_scale),
@@ -457,10 +408,7 @@ fn draw_colour_bar(area: &Area, log_scale: &Range<f64>, value_desc: &str) -> Res
     let span = log_scale.end - log_scale.start;
     chart.draw_series((0..STRIPS).map(|strip| {
         let fraction = |index: usize| index as f64 / STRIPS as f64;
-        let (bottom, top) = (
-            log_scale.start + fraction(strip) * span,
-            log_scale.start + fraction(strip + 1) * span,
-        );
+        let (bottom, top) = (log_scale.start + fraction(strip) * span, log_scale.start + fraction(strip + 1) * span);
         Rectangle::new([(0.0, bottom), (1.0, top)], sequential_colour(fraction(strip)).filled())
     }))?;
     Ok(())
@@ -507,11 +455,7 @@ impl Scale {
                     _ => &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
                 };
                 let ticks: Vec<f64> = (range.start.floor() as i32..=range.end.ceil() as i32)
-                    .flat_map(|power| {
-                        mantissas
-                            .iter()
-                            .map(move |mantissa| (mantissa * 10f64.powi(power)).log10())
-                    })
+                    .flat_map(|power| mantissas.iter().map(move |mantissa| (mantissa * 10f64.powi(power)).log10()))
                     .filter(|tick| range.contains(tick))
                     .collect();
                 // Less than a factor of 2 wide: round values are too sparse, use even steps.
@@ -569,11 +513,7 @@ pub fn draw_scatter_panel(area: &Area, panel: &ScatterPanel) -> Result<()> {
     let legend: Vec<LegendEntry> = panel
         .lines
         .iter()
-        .map(|series| LegendEntry {
-            label: &series.label,
-            colour: series.colour,
-            mark: Mark::Line,
-        })
+        .map(|series| LegendEntry { label: &series.label, colour: series.colour, mark: Mark::Line })
         .chain(panel.dots.iter().map(|series| LegendEntry {
             label: &series.label,
             colour: series.colour,
@@ -588,11 +528,7 @@ pub fn draw_scatter_panel(area: &Area, panel: &ScatterPanel) -> Result<()> {
         chart.draw_series(LineSeries::new(points, series.colour.stroke_width(2)))?;
     }
     for (series, points) in panel.dots.iter().zip(dots) {
-        chart.draw_series(
-            points
-                .into_iter()
-                .map(|point| Circle::new(point, 4, series.colour.filled())),
-        )?;
+        chart.draw_series(points.into_iter().map(|point| Circle::new(point, 4, series.colour.filled())))?;
     }
     Ok(())
 }
@@ -601,16 +537,10 @@ pub fn draw_scatter_panel(area: &Area, panel: &ScatterPanel) -> Result<()> {
 fn padded_range(values: impl Iterator<Item = f64>) -> Range<f64> {
     let (low, high) = values
         .filter(|value| value.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), value| {
-            (low.min(value), high.max(value))
-        });
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), value| (low.min(value), high.max(value)));
     if low > high {
         return 0.0..1.0;
     }
-    let padding = if high > low {
-        0.05 * (high - low)
-    } else {
-        0.05 * low.abs().max(1e-3)
-    };
+    let padding = if high > low { 0.05 * (high - low) } else { 0.05 * low.abs().max(1e-3) };
     low - padding..high + padding
 }

@@ -122,22 +122,13 @@ pub fn read_sweep(sweep_dir: &Path) -> Result<SweepData> {
             not_started.push(entry.id);
         }
     }
-    Ok(SweepData {
-        name: sweep_file.name,
-        axes: sweep_file.axes.into_keys().collect(),
-        runs,
-        not_started,
-    })
+    Ok(SweepData { name: sweep_file.name, axes: sweep_file.axes.into_keys().collect(), runs, not_started })
 }
 
 fn read_run(run_dir: &Path, entry: SweepRunEntry) -> Result<RunData> {
     let config: ConfigView = read_json(&run_dir.join("config.json"))?;
     let status_path = run_dir.join("status.json");
-    let status = if status_path.is_file() {
-        Some(read_json::<Status>(&status_path)?)
-    } else {
-        None
-    };
+    let status = if status_path.is_file() { Some(read_json::<Status>(&status_path)?) } else { None };
     let metrics_path = run_dir.join("metrics.jsonl");
     let losses = read_jsonl_if_present::<MetricsLine>(&metrics_path)?
         .into_iter()
@@ -147,11 +138,7 @@ fn read_run(run_dir: &Path, entry: SweepRunEntry) -> Result<RunData> {
         .into_iter()
         .collect();
     let diagnostics_path = run_dir.join("diagnostics.jsonl");
-    let diagnostics = if diagnostics_path.is_file() {
-        read_records(&diagnostics_path)?
-    } else {
-        Vec::new()
-    };
+    let diagnostics = if diagnostics_path.is_file() { read_records(&diagnostics_path)? } else { Vec::new() };
     let last_eval = read_jsonl_if_present::<EvalLine>(&run_dir.join("eval.jsonl"))?.pop();
     let mut comparison_axes = entry.overrides;
     comparison_axes.remove(STRATEGY_AXIS);
@@ -178,13 +165,10 @@ fn model_label(model: &BTreeMap<String, Value>) -> String {
         Some(other) => other.to_string(),
         None => "custom".to_string(),
     };
-    let overrides = model
-        .iter()
-        .filter(|(key, _)| *key != "preset")
-        .map(|(key, value)| match value {
-            Value::String(text) => format!("{key}={text}"),
-            other => format!("{key}={other}"),
-        });
+    let overrides = model.iter().filter(|(key, _)| *key != "preset").map(|(key, value)| match value {
+        Value::String(text) => format!("{key}={text}"),
+        other => format!("{key}={other}"),
+    });
     std::iter::once(preset).chain(overrides).collect::<Vec<_>>().join(" ")
 }
 
@@ -196,9 +180,7 @@ fn newest_sample(samples_dir: &Path) -> Result<Option<(u64, PathBuf)>> {
     let entries = std::fs::read_dir(samples_dir).with_context(|| format!("{}: cannot list", samples_dir.display()))?;
     let mut newest = None;
     for entry in entries {
-        let path = entry
-            .with_context(|| format!("{}: cannot list", samples_dir.display()))?
-            .path();
+        let path = entry.with_context(|| format!("{}: cannot list", samples_dir.display()))?.path();
         let step = path
             .file_name()
             .and_then(|name| name.to_str())
@@ -224,11 +206,7 @@ fn read_jsonl_if_present<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let mut line = Vec::new();
     for line_number in 1.. {
         line.clear();
-        if reader
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("{}: cannot read", path.display()))?
-            == 0
-        {
+        if reader.read_until(b'\n', &mut line).with_context(|| format!("{}: cannot read", path.display()))? == 0 {
             break;
         }
         if line.iter().all(u8::is_ascii_whitespace) {

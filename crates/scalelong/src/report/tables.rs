@@ -54,9 +54,7 @@ pub fn summary_rows(sweep: &SweepData) -> Vec<SummaryRow> {
             let baseline = baselines.get(run.comparison_key.as_str());
             let target = baseline.and_then(|baseline| final_smoothed_loss(baseline));
             let run_steps = target.and_then(|target| steps_to_target(run, target));
-            let baseline_steps = baseline
-                .zip(target)
-                .and_then(|(baseline, target)| steps_to_target(baseline, target));
+            let baseline_steps = baseline.zip(target).and_then(|(baseline, target)| steps_to_target(baseline, target));
             let eval = run.last_eval.as_ref();
             SummaryRow {
                 run_id: run.id.clone(),
@@ -66,10 +64,7 @@ pub fn summary_rows(sweep: &SweepData) -> Vec<SummaryRow> {
                 seed: run.seed,
                 lr: run.lr,
                 status: status_text(run),
-                completed: run
-                    .status
-                    .as_ref()
-                    .is_some_and(|status| status.state == RunState::Completed),
+                completed: run.status.as_ref().is_some_and(|status| status.state == RunState::Completed),
                 final_loss: final_loss(&run.losses),
                 heldout_loss: eval.and_then(|eval| eval.heldout_loss),
                 fd: eval.and_then(|eval| eval.fd),
@@ -98,17 +93,12 @@ fn status_text(run: &RunData) -> String {
 
 fn final_loss(losses: &[(u64, f64)]) -> Option<f64> {
     let count = ((losses.len() as f64 * FINAL_LOSS_FRACTION).ceil() as usize).max(1);
-    let tail: Vec<f64> = losses[losses.len().saturating_sub(count)..]
-        .iter()
-        .map(|(_, loss)| *loss)
-        .collect();
+    let tail: Vec<f64> = losses[losses.len().saturating_sub(count)..].iter().map(|(_, loss)| *loss).collect();
     scalelong_diagnostics::stats::mean(&tail)
 }
 
 fn final_smoothed_loss(run: &RunData) -> Option<f64> {
-    moving_average(&run.losses, LOSS_SMOOTHING_WINDOW)
-        .last()
-        .map(|(_, loss)| *loss)
+    moving_average(&run.losses, LOSS_SMOOTHING_WINDOW).last().map(|(_, loss)| *loss)
 }
 
 fn steps_to_target(run: &RunData, target: f64) -> Option<u64> {
@@ -139,10 +129,7 @@ pub fn stable_lr_rows(sweep: &SweepData, summary: &[SummaryRow]) -> Option<Vec<S
         for (_, label) in strategies(sweep) {
             // Learning rates as bit patterns: equal f64 values group together.
             let mut completed_by_lr: BTreeMap<u64, bool> = BTreeMap::new();
-            for row in summary
-                .iter()
-                .filter(|row| row.model == model && row.strategy_label == label)
-            {
+            for row in summary.iter().filter(|row| row.model == model && row.strategy_label == label) {
                 *completed_by_lr.entry(row.lr.to_bits()).or_insert(true) &= row.completed;
             }
             if completed_by_lr.is_empty() {
@@ -155,12 +142,7 @@ pub fn stable_lr_rows(sweep: &SweepData, summary: &[SummaryRow]) -> Option<Vec<S
                 .filter(|(_, completed)| **completed)
                 .map(|(bits, _)| f64::from_bits(*bits))
                 .max_by(f64::total_cmp);
-            rows.push(StableLrRow {
-                model: model.to_string(),
-                strategy_label: label,
-                largest_stable_lr,
-                lrs_tried,
-            });
+            rows.push(StableLrRow { model: model.to_string(), strategy_label: label, largest_stable_lr, lrs_tried });
         }
     }
     Some(rows)
@@ -197,12 +179,10 @@ pub fn theorem_rows_frame(model_checks: &[ModelChecks]) -> PolarsResult<DataFram
     let rows: Vec<(&str, &str, &scalelong_diagnostics::theorems::CheckRow)> = model_checks
         .iter()
         .flat_map(|model| {
-            model.checks.iter().flat_map(move |check| {
-                check
-                    .rows
-                    .iter()
-                    .map(move |row| (model.model.as_str(), check.theorem, row))
-            })
+            model
+                .checks
+                .iter()
+                .flat_map(move |check| check.rows.iter().map(move |row| (model.model.as_str(), check.theorem, row)))
         })
         .collect();
     df! {
@@ -229,11 +209,7 @@ pub fn gate_fit_frame(fits: &[GateFit]) -> PolarsResult<DataFrame> {
 
 /// Numbers joined by `; ` (a list inside one CSV cell).
 fn join_numbers(values: &[f64]) -> String {
-    values
-        .iter()
-        .map(|value| format!("{value}"))
-        .collect::<Vec<_>>()
-        .join("; ")
+    values.iter().map(|value| format!("{value}")).collect::<Vec<_>>().join("; ")
 }
 
 /// Writes `<out_dir>/<stem>.csv` and `<out_dir>/<stem>.parquet`; returns both paths.
@@ -243,11 +219,7 @@ pub fn write_table(frame: &mut DataFrame, out_dir: &Path, stem: &str) -> Result<
     let create = |path: &Path| File::create(path).with_context(|| format!("{}: cannot create", path.display()));
     // Both anyhow and polars offer `with_context` on a polars result, hence the explicit error.
     let write_error = |path: &Path, error: PolarsError| anyhow!("{}: cannot write: {error}", path.display());
-    CsvWriter::new(create(&csv_path)?)
-        .finish(frame)
-        .map_err(|error| write_error(&csv_path, error))?;
-    ParquetWriter::new(create(&parquet_path)?)
-        .finish(frame)
-        .map_err(|error| write_error(&parquet_path, error))?;
+    CsvWriter::new(create(&csv_path)?).finish(frame).map_err(|error| write_error(&csv_path, error))?;
+    ParquetWriter::new(create(&parquet_path)?).finish(frame).map_err(|error| write_error(&parquet_path, error))?;
     Ok([csv_path, parquet_path])
 }

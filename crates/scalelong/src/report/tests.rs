@@ -52,9 +52,7 @@ fn attribute_values<'a>(page: &'a str, attribute: &str) -> Vec<&'a str> {
 
 fn text_column(frame: &DataFrame, name: &str) -> Vec<String> {
     let column = frame.column(name).unwrap().str().unwrap();
-    (0..column.len())
-        .map(|index| column.get(index).unwrap().to_string())
-        .collect()
+    (0..column.len()).map(|index| column.get(index).unwrap().to_string()).collect()
 }
 
 fn number_column(frame: &DataFrame, name: &str) -> Vec<Option<f64>> {
@@ -77,9 +75,8 @@ fn every_link_and_image_resolves_and_every_figure_decodes() {
     // Figures 1 and 2, two heatmaps, one gate figure, three theorem checks, four sample grids.
     assert_eq!(sources.len(), 12, "{sources:?}");
     for source in &sources {
-        let encoded = source
-            .strip_prefix("data:image/png;base64,")
-            .unwrap_or_else(|| panic!("not a PNG data URI: {source:.60}"));
+        let encoded =
+            source.strip_prefix("data:image/png;base64,").unwrap_or_else(|| panic!("not a PNG data URI: {source:.60}"));
         let (width, height) = decode_png(&BASE64.decode(encoded).unwrap());
         assert!(width > 0 && height > 0);
     }
@@ -99,12 +96,7 @@ fn every_link_and_image_resolves_and_every_figure_decodes() {
     // The newest sample grid (step 100) is the one copied, not the one at step 50.
     let copied = std::fs::read(report_dir.join("samples/uvit-small_1_seed0.png")).unwrap();
     let newest = std::fs::read(
-        summary
-            .html
-            .ancestors()
-            .nth(3)
-            .unwrap()
-            .join("runs/fixture/uvit-small_1_seed0/samples/step_0000100.png"),
+        summary.html.ancestors().nth(3).unwrap().join("runs/fixture/uvit-small_1_seed0/samples/step_0000100.png"),
     )
     .unwrap();
     assert_eq!(copied, newest);
@@ -122,9 +114,8 @@ fn summary_tables_hold_one_row_per_run() {
         .unwrap()
         .finish()
         .unwrap();
-    let parquet = ParquetReader::new(std::fs::File::open(report_dir.join("summary.parquet")).unwrap())
-        .finish()
-        .unwrap();
+    let parquet =
+        ParquetReader::new(std::fs::File::open(report_dir.join("summary.parquet")).unwrap()).finish().unwrap();
     for frame in [&csv, &parquet] {
         assert_eq!(frame.height(), expected_ids.len());
         let ids = text_column(frame, "run_id");
@@ -142,10 +133,7 @@ fn summary_tables_hold_one_row_per_run() {
             other => panic!("unexpected strategy {other}"),
         }
     }
-    assert_eq!(
-        number_column(&parquet, "fd"),
-        vec![Some(15.0), Some(15.0), Some(12.0), Some(12.0)]
-    );
+    assert_eq!(number_column(&parquet, "fd"), vec![Some(15.0), Some(15.0), Some(12.0), Some(12.0)]);
 }
 
 #[test]
@@ -153,51 +141,22 @@ fn claims_paragraph_follows_the_numbers() {
     let (_, fast_page) = report_of(&SweepFixture::default(), "claims-fast");
     let fast = claims_paragraph(&fast_page);
     assert!(fast.contains("(a) Faster training held"), "{fast}");
-    assert!(
-        fast.contains("(b) Smaller feature-norm oscillation for smaller coefficients (Thm 3.1) held"),
-        "{fast}"
-    );
-    assert!(
-        fast.contains("(c) Gradient scale follows the bound (Thm 3.3) held"),
-        "{fast}"
-    );
-    assert!(
-        fast.contains("(d) Robustness to perturbed inputs (Thm 3.4) held"),
-        "{fast}"
-    );
-    assert!(
-        fast.contains("(e) LS gates decay exponentially with the LSC index held"),
-        "{fast}"
-    );
-    assert!(
-        fast.contains(&format!("kappa_hat {}", format_number(GATE_KAPPA))),
-        "{fast}"
-    );
+    assert!(fast.contains("(b) Smaller feature-norm oscillation for smaller coefficients (Thm 3.1) held"), "{fast}");
+    assert!(fast.contains("(c) Gradient scale follows the bound (Thm 3.3) held"), "{fast}");
+    assert!(fast.contains("(d) Robustness to perturbed inputs (Thm 3.4) held"), "{fast}");
+    assert!(fast.contains("(e) LS gates decay exponentially with the LSC index held"), "{fast}");
+    assert!(fast.contains(&format!("kappa_hat {}", format_number(GATE_KAPPA))), "{fast}");
 
-    let slow = SweepFixture {
-        ls_loss_speed: 0.5,
-        ..SweepFixture::default()
-    };
+    let slow = SweepFixture { ls_loss_speed: 0.5, ..SweepFixture::default() };
     let (_, slow_page) = report_of(&slow, "claims-slow");
     let slow = claims_paragraph(&slow_page);
     assert!(slow.contains("(a) Faster training did not hold"), "{slow}");
-    assert!(
-        slow.contains(&format!(
-            "LS no speed-up, {} run(s) never reached the target",
-            SEEDS.len()
-        )),
-        "{slow}"
-    );
+    assert!(slow.contains(&format!("LS no speed-up, {} run(s) never reached the target", SEEDS.len())), "{slow}");
 }
 
 #[test]
 fn missing_pieces_are_noted_instead_of_failing() {
-    let bare = SweepFixture {
-        diagnostics: false,
-        eval: false,
-        samples: false,
-        ..SweepFixture::default()
-    };
+    let bare = SweepFixture { diagnostics: false, eval: false, samples: false, ..SweepFixture::default() };
     let (summary, page) = report_of(&bare, "missing");
     // Only the loss figure remains.
     assert_eq!(summary.figures.len(), 1, "{:?}", summary.figures);
@@ -216,10 +175,7 @@ fn missing_pieces_are_noted_instead_of_failing() {
         claims.contains("(b) Smaller feature-norm oscillation for smaller coefficients (Thm 3.1) was not measured"),
         "{claims}"
     );
-    assert!(
-        claims.contains("(e) LS gates decay exponentially with the LSC index was not measured"),
-        "{claims}"
-    );
+    assert!(claims.contains("(e) LS gates decay exponentially with the LSC index was not measured"), "{claims}");
     assert!(claims.contains("(a) Faster training held"), "{claims}");
     let csv = std::fs::read_to_string(summary.html.parent().unwrap().join("summary.csv")).unwrap();
     // Blank held-out loss, FD and accuracy: three empty fields in a row.
@@ -240,10 +196,7 @@ fn learning_rate_axis_gives_the_largest_stable_rate() {
             .finish()
             .unwrap();
     assert_eq!(text_column(&stable, "strategy"), vec!["1", "LS"]);
-    assert_eq!(
-        number_column(&stable, "largest_stable_lr"),
-        vec![Some(2e-4), Some(1e-4)]
-    );
+    assert_eq!(number_column(&stable, "largest_stable_lr"), vec![Some(2e-4), Some(1e-4)]);
 }
 
 #[test]
@@ -251,27 +204,18 @@ fn bad_input_is_an_error_naming_the_file() {
     let root = scratch_dir("bad-input");
     let missing = root.join("runs").join("nowhere");
     let error = write_report(&missing, &root.join("out")).unwrap_err();
-    assert!(
-        format!("{error:#}").contains(&missing.display().to_string()),
-        "{error:#}"
-    );
+    assert!(format!("{error:#}").contains(&missing.display().to_string()), "{error:#}");
 
     let sweep_dir = SweepFixture::default().write(&root);
     std::fs::write(sweep_dir.join("sweep.json"), "{\"name\": \"fixture\", \"runs\": [").unwrap();
     let error = write_report(&sweep_dir, &root.join("out")).unwrap_err();
-    assert!(
-        format!("{error:#}").contains(&sweep_dir.join("sweep.json").display().to_string()),
-        "{error:#}"
-    );
+    assert!(format!("{error:#}").contains(&sweep_dir.join("sweep.json").display().to_string()), "{error:#}");
 
     let sweep_dir = SweepFixture::default().write(&scratch_dir("bad-config"));
     let config = sweep_dir.join("uvit-small_ls_seed1").join("config.json");
     std::fs::write(&config, "{\"seed\": 1, \"strategy\": \"no-such-strategy\"}").unwrap();
     let error = write_report(&sweep_dir, &root.join("out")).unwrap_err();
-    assert!(
-        format!("{error:#}").contains(&config.display().to_string()),
-        "{error:#}"
-    );
+    assert!(format!("{error:#}").contains(&config.display().to_string()), "{error:#}");
 }
 
 #[test]
@@ -309,11 +253,7 @@ fn chromium(page: &Path, profile: &Path, extra: &[&str]) -> String {
         .arg(format!("file://{}", page.display()))
         .output()
         .expect("chromium runs");
-    assert!(
-        output.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -327,10 +267,7 @@ fn span_text<'a>(dom: &'a str, id: &str) -> &'a str {
 #[test]
 fn report_renders_in_headless_chromium_with_every_image_decoded() {
     if !Path::new(CHROMIUM).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{CHROMIUM} is required on CI (apt-get install -y chromium)"
-        );
+        assert!(std::env::var_os("CI").is_none(), "{CHROMIUM} is required on CI (apt-get install -y chromium)");
         eprintln!("skipped: {CHROMIUM} not found (apt-get install -y chromium to run this test)");
         return;
     }
@@ -345,10 +282,7 @@ fn report_renders_in_headless_chromium_with_every_image_decoded() {
     chromium(
         &summary.html,
         &root.join("profile-screenshot"),
-        &[
-            &format!("--screenshot={}", screenshot.display()),
-            "--window-size=1400,4000",
-        ],
+        &[&format!("--screenshot={}", screenshot.display()), "--window-size=1400,4000"],
     );
     let (width, height) = decode_png(&std::fs::read(&screenshot).unwrap());
     assert_eq!((width, height), (1400, 4000));
