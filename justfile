@@ -25,16 +25,24 @@ train config *args: data build
     {{bin}} train --config {{config}} {{args}}
 
 # The cargo features of every build: burn's wgpu backend besides flex (`--device wgpu`, and its
-# agreement test, which runs on lavapipe without a GPU). `test` and `build` share them, so burn is
+# agreement suite, which runs on lavapipe without a GPU). `test` and `build` share them, so burn is
 # compiled once for both; `features := ""` builds flex only (a few minutes less on a fresh machine).
-features := "scalelong/wgpu"
+features := "scalelong-tests/wgpu"
+feature_flags := if features == "" { "" } else { "--features " + features }
 
-# Every test of the workspace (with `features` set, the wgpu agreement test too).
+# Every test of the workspace: each crate's own, then the end-to-end suites of tests/ (on a
+# `scalelong` built for them; with `features` set, the wgpu agreement suite too).
 test:
-    cargo test --workspace {{ if features == "" { "" } else { "--features " + features } }}
+    cargo test --workspace {{feature_flags}}
 
+# The `scalelong` binary (the workspace's only one), in the profile tests and sweeps share.
 build:
-    cargo build --bin scalelong {{ if features == "" { "" } else { "--features " + features } }}
+    cargo build --workspace --bins {{feature_flags}}
+
+# What CI checks besides the tests: formatting and lints (warnings are errors).
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets {{feature_flags}} -- -D warnings
 
 # Fetch Fashion-MNIST into data/ (skipped when already there)
 data:

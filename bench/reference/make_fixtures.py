@@ -12,7 +12,7 @@ safetensors files are written by hand). Running it twice writes byte-identical f
 
 For every architecture in {uvit, unet} and strategy in {"1", "1/sqrt2", "cs", "ls",
 "ls-nonshared"} (file names use `1`, `inv-sqrt2`, `cs`, `ls`, `ls-nonshared`) it writes into
-crates/scalelong-model/tests/fixtures/pytorch/:
+tests/fixtures/pytorch/:
 
     <arch>_<strategy>.safetensors     the model's state_dict, torch names and layouts (Linear
                                       weight [out, in], LayerNorm weight/bias), float32, sorted
@@ -58,7 +58,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import models  # noqa: E402
 
-OUT_DIR = os.path.normpath(os.path.join(HERE, "..", "..", "crates", "scalelong-model", "tests", "fixtures", "pytorch"))
+OUT_DIR = os.path.normpath(os.path.join(HERE, "..", "..", "tests", "fixtures", "pytorch"))
 
 # The Rust ModelConfig of each architecture, field for field (serde tag "arch"); the Python
 # constructors take the same keyword names. Tiny, so the whole folder stays small.

@@ -1,7 +1,4 @@
-//! Analysis of the diagnostics a training run records: reading `diagnostics.jsonl`, the statistics
-//! used on it, and empirical checks of ScaleLong's theorems.
+//! Recording diagnostics during training (docs/run-folder.md, `diagnostics.jsonl`): the burn side
+//! of the diagnostics; their analysis is `scalelong-analysis`.
 
 pub mod recorder;
-pub mod records;
-pub mod stats;
-pub mod theorems;

@@ -8,42 +8,22 @@
 //! and an estimate of M0; on the training batch it records gradient norms, weight norms and
 //! relative updates per parameter group. With `every = 0` it does nothing and allocates nothing.
 //!
-//! M0 (Thm 3.4, the largest gain of an encoder/decoder pair) is estimated by finite differences:
+//! What each record tests is in docs/method.md §4. M0 (Thm 3.4, the largest gain of an encoder/decoder pair) is estimated by finite differences:
 //! for the perturbed and clean probe passes, the gain of LSC i is
 //! ||Δ decoder output consuming i|| / ||Δ encoder output producing i||, and M0 is the largest gain.
 
-use crate::records::Record;
-use crate::stats::exp_decay_fit;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use scalelong_analysis::stats::exp_decay_fit;
 use scalelong_data::ImageSet;
 use scalelong_model::diffusion::{NoiseSchedule, per_sample_loss, seeded_noise};
 use scalelong_model::{Coefficient, DiffusionNet, ForwardTrace};
-use serde::{Deserialize, Serialize};
+pub use scalelong_schema::DiagnosticsConfig;
+use scalelong_schema::Record;
 use std::collections::BTreeMap;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DiagnosticsConfig {
-    /// Record every this many optimizer steps; 0 turns recording off.
-    pub every: u64,
-    pub t_bins: usize,
-    pub probe_per_bin: usize,
-    /// Standard deviation of the robustness perturbation δ, relative to the RMS of x_t.
-    pub robustness_delta: f64,
-    /// The per-bin gradient norms (Thm 3.3) take one backward pass per bin, most of a record's
-    /// cost: they are measured on every this-many-th record only.
-    pub gradient_bins_every: u64,
-}
-
-impl Default for DiagnosticsConfig {
-    fn default() -> Self {
-        Self { every: 0, t_bins: 10, probe_per_bin: 2, robustness_delta: 1e-2, gradient_bins_every: 5 }
-    }
-}
 
 /// The fixed probe batch, on the inference backend.
 struct Probe {

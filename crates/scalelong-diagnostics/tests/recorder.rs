@@ -3,10 +3,10 @@
 use burn::prelude::*;
 use scalelong_data::synthetic;
 use scalelong_diagnostics::recorder::{DiagnosticsConfig, Recorder};
-use scalelong_diagnostics::records::Record;
-use scalelong_model::diffusion::ScheduleConfig;
+use scalelong_model::diffusion::{NoiseSchedule, ScheduleConfig};
 use scalelong_model::uvit::UViTConfig;
 use scalelong_model::{ForwardTrace, ModelConfig, SkipScaling};
+use scalelong_schema::Record;
 
 fn values(t: Tensor<2>) -> (usize, Vec<f64>) {
     let [_, f] = t.dims();
@@ -48,7 +48,7 @@ fn recorded_norms_coefficients_and_bins_match_a_direct_computation() {
     let kappa = 0.5;
     let net = config.init(SkipScaling::Constant { kappa }, &device);
     let images = synthetic(32, 1, 8, 4);
-    let schedule = ScheduleConfig::default().build();
+    let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     let diagnostics =
         DiagnosticsConfig { every: 1, t_bins: 4, probe_per_bin: 3, robustness_delta: 1e-2, gradient_bins_every: 1 };
     let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
@@ -114,7 +114,7 @@ fn learnable_scaling_records_gate_statistics_and_their_decay_fit() {
     });
     let net = config.init(SkipScaling::Learnable { shared: false, reduction: 4 }, &device);
     let images = synthetic(16, 1, 8, 4);
-    let schedule = ScheduleConfig::default().build();
+    let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     let diagnostics =
         DiagnosticsConfig { every: 1, t_bins: 2, probe_per_bin: 2, robustness_delta: 1e-2, gradient_bins_every: 1 };
     let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
@@ -135,7 +135,7 @@ fn learnable_scaling_records_gate_statistics_and_their_decay_fit() {
 fn recording_is_off_when_every_is_zero() {
     let device = Device::flex().autodiff();
     let images = synthetic(4, 1, 8, 4);
-    let schedule = ScheduleConfig::default().build();
+    let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     let recorder = Recorder::new(&DiagnosticsConfig::default(), &images, &schedule, 0, &device).unwrap();
     assert!(recorder.probe().is_none());
     assert!(!(1..100).any(|s| recorder.is_due(s)));
@@ -154,7 +154,7 @@ fn per_bin_gradient_norms_come_on_every_configured_record() {
     });
     let net = config.init(SkipScaling::Original, &device);
     let images = synthetic(8, 1, 8, 4);
-    let schedule = ScheduleConfig::default().build();
+    let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     let diagnostics =
         DiagnosticsConfig { every: 3, t_bins: 2, probe_per_bin: 1, robustness_delta: 1e-2, gradient_bins_every: 2 };
     let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();

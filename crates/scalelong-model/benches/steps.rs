@@ -44,8 +44,9 @@ const CASES: &[&str] = &[
 ];
 
 fn main() {
+    scalelong_kernels::tune_allocator();
     // `SCALELONG_BENCH_AB=cases` (comma-separated `op::preset:strategy`, op train or sample):
-    // instead of divan, alternate the fused ops of scalelong_model::ops with the plain burn
+    // instead of divan, alternate the fused ops of scalelong_kernels with the plain burn
     // compositions they replace, step by step in this one process, and print the ratios.
     if let Ok(cases) = std::env::var("SCALELONG_BENCH_AB") {
         let rounds = std::env::var("SCALELONG_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(6);
@@ -84,7 +85,7 @@ fn ab(case: &str, rounds: usize) {
             });
         };
         if reference {
-            scalelong_model::ops::with_reference_ops(|| go(state))
+            scalelong_kernels::testing::with_reference_ops(|| go(state))
         } else {
             go(state)
         }
@@ -219,70 +220,17 @@ fn peak_rss_kb() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// This machine's fp32 peak in GFLOP/s on rayon's threads, measured once: 12 independent FMA
-/// chains per thread on the widest vectors the CPU has, about 0.2 s. Measured rather than
-/// nominal (clock x lanes x units), since a shared VM's clock is not its label's (this machine
-/// read 228 for 2 cores, where 166 had been assumed). NaN without AVX2 and FMA.
-fn peak_gflops() -> f64 {
-    static PEAK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *PEAK.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            const ITERS: usize = 20_000_000;
-            let (avx512, avx2) = (has!("avx512f"), has!("avx2") && has!("fma"));
-            if avx2 {
-                let start = Instant::now();
-                // SAFETY: each loop runs only where its features were detected.
-                let flops: f64 = rayon::broadcast(|_| unsafe {
-                    if avx512 { fma_chains_avx512(ITERS) } else { fma_chains_avx2(ITERS) }
-                })
-                .iter()
-                .sum();
-                return flops / start.elapsed().as_secs_f64() / 1e9;
-            }
-        }
-        f64::NAN
-    })
-}
-
-/// Runs `iters` steps of 12 independent FMA chains; returns the FLOPs done.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn fma_chains_avx2(iters: usize) -> f64 {
-    use std::arch::x86_64::*;
-    let (mut acc, b, c) = ([_mm256_set1_ps(1.0); 12], _mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-    for _ in 0..iters {
-        for a in acc.iter_mut() {
-            *a = _mm256_fmadd_ps(*a, b, c);
-        }
-    }
-    std::hint::black_box(acc);
-    (iters * 12 * 8 * 2) as f64
-}
-
-/// [`fma_chains_avx2`] on 16-lane vectors.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn fma_chains_avx512(iters: usize) -> f64 {
-    use std::arch::x86_64::*;
-    let (mut acc, b, c) = ([_mm512_set1_ps(1.0); 12], _mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-    for _ in 0..iters / 2 {
-        for a in acc.iter_mut() {
-            *a = _mm512_fmadd_ps(*a, b, c);
-        }
-    }
-    std::hint::black_box(acc);
-    (iters / 2 * 12 * 16 * 2) as f64
-}
-
 fn print_summary() {
     let times = TIMES.lock().unwrap();
     if times.is_empty() {
         return;
     }
     println!();
-    println!("fp32 peak measured on {} threads: {:.0} GFLOP/s", rayon::current_num_threads(), peak_gflops());
+    println!(
+        "fp32 peak measured on {} threads: {:.0} GFLOP/s",
+        rayon::current_num_threads(),
+        scalelong_kernels::testing::peak_gflops()
+    );
     println!("{:<8} {:<20} {:>10} {:>11} {:>9} {:>7}", "op", "case", "median s", "examples/s", "GFLOP/s", "% peak");
     for ((op, case), samples) in times.iter() {
         let mut s = samples.clone();
@@ -300,7 +248,7 @@ fn print_summary() {
         let gflops = flops / median / 1e9;
         println!(
             "{op:<8} {case:<20} {median:>10.4} {eps:>11.1} {gflops:>9.2} {:>6.1}%",
-            100.0 * gflops / peak_gflops()
+            100.0 * gflops / scalelong_kernels::testing::peak_gflops()
         );
         let (preset, strategy) = case.split_once(':').unwrap();
         println!(
@@ -308,7 +256,7 @@ fn print_summary() {
              \"samples\":{},\"median_s\":{median:.6},\"examples_per_s\":{eps:.3},\"gflops\":{gflops:.3},\"peak_fraction\":{:.4},\
              \"fwd_gflop_per_example\":{:.6},\"peak_rss_kb\":{}}}",
             s.len(),
-            gflops / peak_gflops(),
+            gflops / scalelong_kernels::testing::peak_gflops(),
             fwd_flops / 1e9,
             peak_rss_kb().unwrap_or(0)
         );
@@ -330,7 +278,7 @@ fn setup(config: &ModelConfig, scaling: SkipScaling, device: &Device) -> Setup {
     let model = config.init(scaling, device);
     let [c, h, w] = config.image_shape();
     let shape = [BATCH, c, h, w];
-    let schedule = ScheduleConfig::default().build();
+    let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     let x0 = Tensor::<4>::random(shape, Distribution::Uniform(-1.0, 1.0), device);
     let noise = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
     let steps: Vec<usize> = (0..BATCH).map(|i| (i * 997 + 13) % schedule.steps()).collect();

@@ -1,10 +1,10 @@
 //! Multi-head self-attention over tokens, the reference code's `Attention` (math mode), used by
 //! every U-ViT block and by the conv UNet at its lowest resolution.
 
-use crate::init::linear;
-use crate::ops::{linear_module, qkv_attention};
+use crate::init::{LinearInit, linear};
 use burn::nn::Linear;
 use burn::prelude::*;
+use scalelong_kernels::{Fused, qkv_attention};
 
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -16,20 +16,18 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(dim: usize, heads: usize, qkv_bias: bool, init: crate::init::LinearInit, device: &Device) -> Self {
+    pub fn new(dim: usize, heads: usize, qkv_bias: bool, init: LinearInit, device: &Device) -> Self {
         assert!(dim % heads == 0, "attention width {dim} is not divisible by {heads} heads");
         Self { qkv: linear(dim, 3 * dim, qkv_bias, init, device), proj: linear(dim, dim, true, init, device), heads }
     }
 
+    /// The head split, `softmax(q k^T / sqrt(Dh)) v` and the head merge run as one fused op.
+    ///
     /// # Shapes
     /// - x: `[B, L, D]`
     /// - output: `[B, L, D]`
-    ///
-    /// The head split, `softmax(q k^T / sqrt(Dh)) v` and the head merge run as one fused op
-    /// ([`crate::ops::qkv_attention`], equal to the composition in
-    /// [`crate::ops::qkv_attention_reference`]).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let qkv = linear_module(&self.qkv, x); // [B, L, 3D], laid out (3, H, Dh)
-        linear_module(&self.proj, qkv_attention(qkv, self.heads)) // [B, L, D]
+        let qkv = self.qkv.fused(x); // [B, L, 3D], laid out (3, H, Dh)
+        self.proj.fused(qkv_attention(qkv, self.heads)) // [B, L, D]
     }
 }

@@ -1,11 +1,12 @@
 //! The learnable-scaling (LS) gate: a squeeze-and-excitation calibration net that turns a pooled
 //! skip into one coefficient per pooled position, as the reference code's `Attentionlayer` does.
-//! The U-ViT pools over channels (one gate per token), the conv UNet over space (one per channel).
+//! The U-ViT pools over channels (one gate per token), the conv UNet over space (one per channel)
+//! (docs/method.md §3.4).
 
-use crate::ops;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid};
+use scalelong_kernels::Fused;
 
 /// `sigmoid(layer2(relu(layer1(pooled))))`, `width -> width / reduction -> width`, both with
 /// bias and PyTorch's default Linear init (the reference creates it after its own init pass), so
@@ -30,7 +31,6 @@ impl SeGate {
     /// - pooled: `[B, width]`
     /// - output: `[B, width]`, every entry in (0, 1)
     pub fn forward(&self, pooled: Tensor<2>) -> Tensor<2> {
-        // The fused linear op, like every other linear layer of the networks.
-        sigmoid(ops::linear_module(&self.layer2, relu(ops::linear_module(&self.layer1, pooled))))
+        sigmoid(self.layer2.fused(relu(self.layer1.fused(pooled))))
     }
 }

@@ -4,7 +4,11 @@
 //! A newcomer's map: [`skip_scaling`] is the method itself; [`unet`] and [`uvit`] apply it in their
 //! `forward`, step 5/4 "decoder"; [`trace`] is what a forward pass exposes to the diagnostics;
 //! [`diffusion`] holds schedules, `q_sample`, the loss and the samplers; [`presets`] names sizes;
-//! [`pytorch`] exchanges weights with the PyTorch reference.
+//! [`pytorch`] exchanges weights with the PyTorch reference. The fast CPU kernels every layer runs
+//! on live in `scalelong-kernels` (layers are called as `self.conv1.fused(x)`), so this crate has
+//! no `unsafe`.
+
+#![forbid(unsafe_code)]
 
 pub mod attention;
 pub mod diffusion;
@@ -12,7 +16,6 @@ pub mod embeddings;
 pub mod gate;
 pub mod init;
 pub mod network;
-pub mod ops;
 pub mod presets;
 pub mod pytorch;
 pub mod skip_scaling;
@@ -21,5 +24,5 @@ pub mod unet;
 pub mod uvit;
 
 pub use network::{DiffusionNet, ModelConfig};
-pub use skip_scaling::SkipScaling;
+pub use skip_scaling::{ScaleSkip, SkipScaling};
 pub use trace::{Coefficient, ForwardTrace, FusionTrace};

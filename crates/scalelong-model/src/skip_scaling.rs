@@ -1,243 +1,44 @@
-//! How each long skip connection (LSC) is scaled before it is fused with the main path.
-//!
-//! LSC index `i` runs from 1 (the OUTERMOST skip: first encoder block -> last decoder block) to
-//! `N` (the innermost, next to the middle block). Decoder block `k` (0-based, execution order)
-//! consumes LSC `N - k`.
-//!
-//! # In a config
-//!
-//! | TOML                                   | strategy                                  |
-//! |----------------------------------------|-------------------------------------------|
-//! | `strategy = "1"`                       | [`SkipScaling::Original`]                 |
-//! | `strategy = "1/sqrt2"`                 | [`SkipScaling::InvSqrt2`]                 |
-//! | `strategy = "cs"` / `{ cs = 0.7 }`     | [`SkipScaling::Constant`], kappa 0.5 / 0.7 |
-//! | `strategy = "ls"`                      | [`SkipScaling::Learnable`], shared, r = 16 |
-//! | `strategy = "ls-nonshared"`            | learnable, one gate module per LSC        |
-//! | `strategy = { ls = { shared = false, reduction = 8 } }` | learnable, explicit fields |
+//! How a network scales the skip it pops: [`SkipScaling`] (the strategy a config names, defined
+//! with the run's schema) applied to tensors, in one place for both networks (docs/method.md §2-3).
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
+use crate::gate::SeGate;
+use crate::trace::Coefficient;
+use burn::prelude::*;
 
-/// The reference code's default kappa for constant scaling.
-pub const DEFAULT_KAPPA: f64 = 0.5;
-/// The reference code's SE reduction ratio (`Attentionlayer(dim, r=16)`).
-pub const DEFAULT_REDUCTION: usize = 16;
+pub use scalelong_schema::strategy::{
+    DEFAULT_KAPPA, DEFAULT_REDUCTION, SkipScaling, SkipScalingError, lsc_of_decoder_block,
+};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "SkipScalingSpec", into = "SkipScalingSpec")]
-pub enum SkipScaling {
-    /// Every LSC carries coefficient 1 (the standard UNet).
-    Original,
-    /// Every LSC carries 2^-1/2, as Imagen and others do.
-    InvSqrt2,
-    /// CS: LSC `i` carries `kappa^(i-1)`, kappa in (0, 1].
-    Constant { kappa: f64 },
-    /// LS: an SE-style gate computed from the skip itself; `shared` uses one gate module for every
-    /// LSC (the reference default), otherwise one per LSC.
-    Learnable { shared: bool, reduction: usize },
+/// How a network applies its [`SkipScaling`] to the skip it pops: the one place a skip is scaled,
+/// for the U-ViT's tokens and the conv UNet's channels alike.
+pub trait ScaleSkip {
+    /// `coef_i * skip` for LSC `lsc`, and the coefficient applied. Fixed strategies multiply by
+    /// [`SkipScaling::coefficient`] (by nothing when that is exactly 1, so `1` costs nothing over a
+    /// plain UNet); LS multiplies by its `gate` computed from the skip itself: the skip averaged
+    /// over every axis after the second gives one gate per entry of axis 1, broadcast over the
+    /// rest (per token for the U-ViT, per channel for the conv UNet).
+    ///
+    /// # Shapes
+    /// - skip: `[B, G, ...]` (`[B, L, D]` tokens or `[B, C, H, W]` channels)
+    /// - output: as `skip`; a gate coefficient is `[B, G]`
+    fn scale<const D: usize>(self, skip: &Tensor<D>, lsc: usize, gate: Option<&SeGate>) -> (Tensor<D>, Coefficient);
 }
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum SkipScalingError {
-    #[error("strategy: kappa must lie in (0, 1], got {0}")]
-    KappaOutOfRange(f64),
-    #[error("strategy: reduction must be at least 1, got 0")]
-    ZeroReduction,
-    #[error(
-        "strategy: unknown name {0:?}; expected \"1\", \"1/sqrt2\", \"cs\", \"ls\", \"ls-nonshared\", {{ cs = kappa }} or {{ ls = {{ shared, reduction }} }}"
-    )]
-    UnknownName(String),
-}
-
-impl SkipScaling {
-    /// Checks the invariants a config can break.
-    pub fn validate(self) -> Result<Self, SkipScalingError> {
-        match self {
-            Self::Constant { kappa } if !(kappa > 0.0 && kappa <= 1.0) => Err(SkipScalingError::KappaOutOfRange(kappa)),
-            Self::Learnable { reduction: 0, .. } => Err(SkipScalingError::ZeroReduction),
-            other => Ok(other),
-        }
-    }
-
-    /// The fixed coefficient of LSC `i` (1-based, 1 = outermost); `None` for learnable scaling,
-    /// whose coefficient depends on the input.
-    pub fn coefficient(self, lsc: usize) -> Option<f64> {
-        assert!(lsc >= 1, "LSC indices are 1-based");
-        match self {
-            Self::Original => Some(1.0),
-            Self::InvSqrt2 => Some(std::f64::consts::FRAC_1_SQRT_2),
-            Self::Constant { kappa } => Some(kappa.powi(lsc as i32 - 1)),
-            Self::Learnable { .. } => None,
-        }
-    }
-
-    /// The coefficient on the skip consumed by decoder block `k` (0-based) of a network with
-    /// `n_skips` LSCs.
-    pub fn decoder_coefficient(self, k: usize, n_skips: usize) -> Option<f64> {
-        self.coefficient(lsc_of_decoder_block(k, n_skips))
-    }
-
-    /// Number of gate modules a network with `n_skips` LSCs holds.
-    pub fn gate_count(self, n_skips: usize) -> usize {
-        match self {
-            Self::Learnable { shared: true, .. } => 1,
-            Self::Learnable { shared: false, .. } => n_skips,
-            _ => 0,
-        }
-    }
-
-    /// The short name used in tables and figure legends.
-    pub fn label(self) -> String {
-        match self {
-            Self::Original => "1".into(),
-            Self::InvSqrt2 => "1/sqrt2".into(),
-            Self::Constant { kappa } => format!("CS({kappa})"),
-            Self::Learnable { shared: true, .. } => "LS".into(),
-            Self::Learnable { shared: false, .. } => "LS(non-shared)".into(),
-        }
-    }
-}
-
-/// LSC index (1-based) consumed by decoder block `k` (0-based) of a network with `n_skips` LSCs.
-pub fn lsc_of_decoder_block(k: usize, n_skips: usize) -> usize {
-    assert!(k < n_skips, "decoder block {k} of a network with {n_skips} skips");
-    n_skips - k
-}
-
-impl fmt::Display for SkipScaling {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.label())
-    }
-}
-
-/// What a user writes in a config; see the module docs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-enum SkipScalingSpec {
-    Name(String),
-    Constant { cs: f64 },
-    Learnable { ls: LearnableSpec },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LearnableSpec {
-    #[serde(default = "default_shared")]
-    shared: bool,
-    #[serde(default = "default_reduction")]
-    reduction: usize,
-}
-
-fn default_shared() -> bool {
-    true
-}
-fn default_reduction() -> usize {
-    DEFAULT_REDUCTION
-}
-
-impl TryFrom<SkipScalingSpec> for SkipScaling {
-    type Error = SkipScalingError;
-
-    fn try_from(spec: SkipScalingSpec) -> Result<Self, Self::Error> {
-        let scaling = match spec {
-            SkipScalingSpec::Name(name) => match name.to_ascii_lowercase().as_str() {
-                "1" | "original" => Self::Original,
-                "1/sqrt2" | "1/sqrt(2)" | "invsqrt2" => Self::InvSqrt2,
-                "cs" => Self::Constant { kappa: DEFAULT_KAPPA },
-                "ls" => Self::Learnable { shared: true, reduction: DEFAULT_REDUCTION },
-                "ls-nonshared" => Self::Learnable { shared: false, reduction: DEFAULT_REDUCTION },
-                _ => return Err(SkipScalingError::UnknownName(name)),
-            },
-            SkipScalingSpec::Constant { cs } => Self::Constant { kappa: cs },
-            SkipScalingSpec::Learnable { ls } => Self::Learnable { shared: ls.shared, reduction: ls.reduction },
-        };
-        scaling.validate()
-    }
-}
-
-impl From<SkipScaling> for SkipScalingSpec {
-    fn from(scaling: SkipScaling) -> Self {
-        match scaling {
-            SkipScaling::Original => Self::Name("1".into()),
-            SkipScaling::InvSqrt2 => Self::Name("1/sqrt2".into()),
-            SkipScaling::Constant { kappa } => Self::Constant { cs: kappa },
-            SkipScaling::Learnable { shared, reduction } => Self::Learnable { ls: LearnableSpec { shared, reduction } },
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn coefficients(s: SkipScaling, n: usize) -> Vec<f64> {
-        (1..=n).map(|i| s.coefficient(i).unwrap()).collect()
-    }
-
-    #[test]
-    fn cs_half_with_six_skips_halves_from_outermost_to_innermost() {
-        let c = coefficients(SkipScaling::Constant { kappa: 0.5 }, 6);
-        assert_eq!(c, vec![1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125]);
-    }
-
-    #[test]
-    fn fixed_strategies_for_every_depth() {
-        for n in 1..=8 {
-            assert!(coefficients(SkipScaling::Original, n).iter().all(|&c| c == 1.0));
-            let inv = coefficients(SkipScaling::InvSqrt2, n);
-            assert!(inv.iter().all(|&c| (c * c - 0.5).abs() < 1e-15));
-            let kappa = 0.7;
-            let cs = coefficients(SkipScaling::Constant { kappa }, n);
-            for (i, c) in cs.iter().enumerate() {
-                assert!((c - kappa.powi(i as i32)).abs() < 1e-15);
+impl ScaleSkip for SkipScaling {
+    fn scale<const D: usize>(self, skip: &Tensor<D>, lsc: usize, gate: Option<&SeGate>) -> (Tensor<D>, Coefficient) {
+        match (self.coefficient(lsc), gate) {
+            (Some(c), _) if c == 1.0 => (skip.clone(), Coefficient::Fixed(c)),
+            (Some(c), _) => (skip.clone().mul_scalar(c), Coefficient::Fixed(c)),
+            (None, Some(gate)) => {
+                let dims = skip.dims();
+                let (batch, width) = (dims[0], dims[1]);
+                // Innermost axis first, as the networks pooled before: the same sums in the same order.
+                let pooled = (2..D).rev().fold(skip.clone(), |t, axis| t.mean_dim(axis)).reshape([batch, width]); // [B, G]
+                let g = gate.forward(pooled); // [B, G]
+                let broadcast: [usize; D] = std::array::from_fn(|axis| if axis < 2 { dims[axis] } else { 1 });
+                (skip.clone() * g.clone().reshape(broadcast), Coefficient::Gate(g))
             }
-            // Decoder block k consumes LSC N - k: the first decoder block gets the innermost.
-            let first = SkipScaling::Constant { kappa }.decoder_coefficient(0, n).unwrap();
-            let last = SkipScaling::Constant { kappa }.decoder_coefficient(n - 1, n).unwrap();
-            assert!((first - kappa.powi(n as i32 - 1)).abs() < 1e-15);
-            assert_eq!(last, 1.0);
-            assert_eq!(SkipScaling::Learnable { shared: true, reduction: 4 }.coefficient(1), None);
+            (None, None) => panic!("learnable scaling needs the gate of LSC {lsc}, and the network built none"),
         }
-    }
-
-    #[derive(Deserialize, Serialize)]
-    struct Holder {
-        strategy: SkipScaling,
-    }
-
-    fn parse(text: &str) -> Result<SkipScaling, String> {
-        toml::from_str::<Holder>(text).map(|h| h.strategy).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn config_names_parse_and_round_trip() {
-        let cases = [
-            ("strategy = \"1\"", SkipScaling::Original),
-            ("strategy = \"1/sqrt2\"", SkipScaling::InvSqrt2),
-            ("strategy = \"cs\"", SkipScaling::Constant { kappa: 0.5 }),
-            ("strategy = { cs = 0.7 }", SkipScaling::Constant { kappa: 0.7 }),
-            ("strategy = \"ls\"", SkipScaling::Learnable { shared: true, reduction: 16 }),
-            ("strategy = \"ls-nonshared\"", SkipScaling::Learnable { shared: false, reduction: 16 }),
-            (
-                "strategy = { ls = { shared = false, reduction = 8 } }",
-                SkipScaling::Learnable { shared: false, reduction: 8 },
-            ),
-        ];
-        for (text, expected) in cases {
-            let parsed = parse(text).unwrap();
-            assert_eq!(parsed, expected, "{text}");
-            let back = toml::to_string(&Holder { strategy: parsed }).unwrap();
-            assert_eq!(parse(&back).unwrap(), expected, "round trip of {text}: {back}");
-        }
-    }
-
-    #[test]
-    fn bad_configs_name_the_problem() {
-        let err = parse("strategy = { cs = 1.5 }").unwrap_err();
-        assert!(err.contains("kappa must lie in (0, 1]") && err.contains("1.5"), "{err}");
-        assert!(parse("strategy = { cs = 0.0 }").unwrap_err().contains("kappa"));
-        let err = parse("strategy = { ls = { reduction = 0 } }").unwrap_err();
-        assert!(err.contains("reduction"), "{err}");
-        assert!(parse("strategy = \"2\"").unwrap_err().contains("unknown name"));
     }
 }

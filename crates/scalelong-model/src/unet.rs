@@ -2,8 +2,9 @@
 //!
 //! Every encoder block (the stem conv, each ResBlock, each Downsample) pushes its output as a skip;
 //! every decoder ResBlock pops one and fuses `cat([h, coef_i * skip_i], channels)`, as
-//! imagen-pytorch does. LS uses one channel SE gate per LSC (the skips differ in width, so a
-//! shared gate cannot exist: `shared` is ignored here, see [`SkipScaling::Learnable`]).
+//! imagen-pytorch does (docs/method.md §2). LS uses one channel SE gate per LSC (the skips differ
+//! in width, so a shared gate cannot exist: `shared` is ignored here, see
+//! [`SkipScaling::Learnable`]).
 
 mod resnet;
 mod sampling;
@@ -14,14 +15,14 @@ pub use sampling::{Downsample, SpatialAttention, Upsample};
 use crate::embeddings::timestep_embedding;
 use crate::gate::SeGate;
 use crate::init::{LinearInit, linear};
-use crate::ops;
-use crate::skip_scaling::{SkipScaling, lsc_of_decoder_block};
-use crate::trace::{Coefficient, ForwardTrace, FusionTrace, record};
+use crate::skip_scaling::{ScaleSkip, SkipScaling, lsc_of_decoder_block};
+use crate::trace::{ForwardTrace, FusionTrace, record};
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use resnet::{conv3x3, group_norm};
+use scalelong_kernels::{Fused, FusedSilu};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,7 +219,7 @@ impl UNet {
     pub fn forward(&self, x: Tensor<4>, timesteps: Tensor<1>, mut trace: Option<&mut ForwardTrace>) -> Tensor<4> {
         // 1. Time embedding, passed through SiLU once for every ResBlock's projection.
         let time = timestep_embedding(timesteps, self.base_channels); // [B, base]
-        let time = self.time_embed.fc2.forward(silu(self.time_embed.fc1.forward(time))); // [B, 4 base]
+        let time = self.time_embed.fc2.fused(silu(self.time_embed.fc1.fused(time))); // [B, 4 base]
         let time = silu(time);
 
         // 2. Encoder: every block pushes its output as a skip.
@@ -226,7 +227,7 @@ impl UNet {
         let mut skips = Vec::with_capacity(self.encoder.len());
         for block in &self.encoder {
             h = match block {
-                EncoderBlock::Stem(conv) => ops::conv2d_module(conv, h),
+                EncoderBlock::Stem(conv) => conv.fused(h),
                 EncoderBlock::Res(block) => {
                     let h = block.res.forward(h, time.clone());
                     match &block.attn {
@@ -252,10 +253,11 @@ impl UNet {
         let n = self.num_skips();
         for (k, block) in self.decoder.iter().enumerate() {
             let skip = skips.pop().expect("one skip per decoder block"); // [B, C_s, H, W]
-            let (scaled, coefficient) = self.scale_skip(&skip, block, k);
+            let lsc = lsc_of_decoder_block(k, n);
+            let (scaled, coefficient) = self.scaling.scale(&skip, lsc, block.gate.as_ref());
             record(&mut trace, |t| {
                 t.fusions.push(FusionTrace {
-                    lsc: lsc_of_decoder_block(k, n),
+                    lsc,
                     main: ForwardTrace::flat(&h),
                     skip: ForwardTrace::flat(&skip),
                     coefficient,
@@ -272,21 +274,6 @@ impl UNet {
         }
 
         // 5. Output.
-        ops::conv2d_module(&self.out_conv, ops::group_norm(&self.out_norm, h, true)) // [B, C, H, W]
-    }
-
-    fn scale_skip(&self, skip: &Tensor<4>, block: &DecoderBlock, k: usize) -> (Tensor<4>, Coefficient) {
-        match (self.scaling.decoder_coefficient(k, self.num_skips()), &block.gate) {
-            // Multiplying by exactly 1 is skipped so that `1` costs nothing over a plain UNet.
-            (Some(c), _) if c == 1.0 => (skip.clone(), Coefficient::Fixed(c)),
-            (Some(c), _) => (skip.clone().mul_scalar(c), Coefficient::Fixed(c)),
-            (None, Some(gate)) => {
-                let [b, c, _, _] = skip.dims();
-                let pooled = skip.clone().mean_dim(3).mean_dim(2).reshape([b, c]); // [B, C]
-                let g = gate.forward(pooled); // [B, C]
-                (skip.clone() * g.clone().reshape([b, c, 1, 1]), Coefficient::Gate(g))
-            }
-            (None, None) => unreachable!("learnable scaling builds a gate for every decoder block"),
-        }
+        self.out_conv.fused(self.out_norm.fused_silu(h)) // [B, C, H, W]
     }
 }

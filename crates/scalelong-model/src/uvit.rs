@@ -1,6 +1,7 @@
 //! U-ViT (Bao et al. 2023) with scaled long skips, computing what the ScaleLong reference
 //! `libs/uvit.py` computes, with its parameter names (`patch_embed.proj`, `pos_embed`,
-//! `in_blocks.K.attn.qkv`, `mid_block`, `out_blocks.K.skip_linear`, `se.layer1`, ...).
+//! `in_blocks.K.attn.qkv`, `mid_block`, `out_blocks.K.skip_linear`, `se.layer1`, ...); the skip
+//! fusion as docs/method.md §2 describes it.
 //!
 //! Differences in naming only, which an importer maps: burn's `Linear` stores `weight` as
 //! `[in, out]` (torch: `[out, in]`), `LayerNorm` calls weight/bias `gamma`/`beta`, and the LS
@@ -13,16 +14,15 @@ pub use block::{Block, BlockConfig, Mlp};
 use crate::embeddings::timestep_embedding;
 use crate::gate::SeGate;
 use crate::init::{LinearInit, linear};
-use crate::ops;
-use crate::skip_scaling::{SkipScaling, lsc_of_decoder_block};
-use crate::trace::{Coefficient, ForwardTrace, FusionTrace, record};
+use crate::skip_scaling::{ScaleSkip, SkipScaling, lsc_of_decoder_block};
+use crate::trace::{ForwardTrace, FusionTrace, record};
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::silu;
-use burn::tensor::module::linear as linear_op;
+use scalelong_kernels::Fused;
 use serde::{Deserialize, Serialize};
 
 /// Every field of the reference `UViT.__init__` this project uses; defaults are a CPU-sized
@@ -164,7 +164,7 @@ impl PatchEmbed {
             x.reshape([batch, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([batch, gh * gw, c * p * p]); // [B, hw, C p p]
         let weight = self.proj.weight.val().reshape([d, c * p * p]).transpose(); // [C p p, D]
         let bias = self.proj.bias.as_ref().map_or_else(|| Tensor::zeros([d], &patches.device()), |b| b.val());
-        ops::linear(patches, weight, bias) // [B, hw, D]
+        scalelong_kernels::linear(patches, weight, bias) // [B, hw, D]
     }
 }
 
@@ -212,7 +212,7 @@ impl UViT {
         // 1. Time token.
         let time = timestep_embedding(timesteps, dim); // [B, D]
         let time = match &self.time_embed {
-            Some(mlp) => mlp.fc2.forward(silu(mlp.fc1.forward(time))),
+            Some(mlp) => mlp.fc2.fused(silu(mlp.fc1.fused(time))),
             None => time,
         };
         let time = time.reshape([batch, 1, dim]); // [B, 1, D]
@@ -224,13 +224,13 @@ impl UViT {
         // 3. Encoder: every in-block pushes its output as a skip.
         let mut skips = Vec::with_capacity(self.in_blocks.len());
         for blk in &self.in_blocks {
-            h = block_forward(blk, h, None); // [B, L, D]
+            h = blk.forward(h, None); // [B, L, D]
             record(&mut trace, |t| t.encoder.push(ForwardTrace::flat(&h)));
             skips.push(h.clone());
         }
 
         // 4. Middle.
-        h = block_forward(&self.mid_block, h, None);
+        h = self.mid_block.forward(h, None);
         record(&mut trace, |t| t.middle = Some(ForwardTrace::flat(&h)));
 
         // 5. Decoder: block k pops LSC N - k and fuses coef * skip.
@@ -238,7 +238,8 @@ impl UViT {
         for (k, blk) in self.out_blocks.iter().enumerate() {
             let skip = skips.pop().expect("one skip per out-block"); // [B, L, D]
             let lsc = lsc_of_decoder_block(k, n);
-            let (scaled, coefficient) = self.scale_skip(&skip, k);
+            let gate = self.se.get(if self.se.len() == 1 { 0 } else { k }); // LS: shared, or one per LSC
+            let (scaled, coefficient) = self.scaling.scale(&skip, lsc, gate);
             record(&mut trace, |t| {
                 t.fusions.push(FusionTrace {
                     lsc,
@@ -247,56 +248,20 @@ impl UViT {
                     coefficient,
                 })
             });
-            h = block_forward(blk, h, Some(scaled)); // [B, L, D]
+            h = blk.forward(h, Some(scaled)); // [B, L, D]
             record(&mut trace, |t| t.decoder.push(ForwardTrace::flat(&h)));
         }
 
         // 6. Head: norm, per-token pixels, drop the time token, unpatchify, 3x3 conv.
-        let h = ops::linear_module(&self.decoder_pred, ops::layer_norm(&self.norm, h)); // [B, L, p*p*C]
+        let h = self.decoder_pred.fused(self.norm.fused(h)); // [B, L, p*p*C]
         let tokens = h.dims()[1];
         let h = h.narrow(1, 1, tokens - 1); // [B, hw, p*p*C]
         let img = unpatchify(h, self.patch_size, self.in_chans, height, width); // [B, C, H, W]
         match &self.final_layer {
-            Some(conv) => ops::conv2d_module(conv, img),
+            Some(conv) => conv.fused(img),
             None => img,
         }
     }
-
-    /// `coef * skip` for decoder block `k`, and the coefficient used.
-    fn scale_skip(&self, skip: &Tensor<3>, k: usize) -> (Tensor<3>, Coefficient) {
-        match self.scaling.decoder_coefficient(k, self.num_skips()) {
-            // Multiplying by exactly 1 is skipped so that `1` costs nothing over a plain UNet.
-            Some(c) if c == 1.0 => (skip.clone(), Coefficient::Fixed(c)),
-            Some(c) => (skip.clone().mul_scalar(c), Coefficient::Fixed(c)),
-            None => {
-                let gate_module = &self.se[if self.se.len() == 1 { 0 } else { k }];
-                let [batch, tokens, _] = skip.dims();
-                let pooled = skip.clone().mean_dim(2).reshape([batch, tokens]); // [B, L]
-                let gate = gate_module.forward(pooled); // [B, L]
-                let scaled = skip.clone() * gate.clone().reshape([batch, tokens, 1]); // [B, L, D]
-                (scaled, Coefficient::Gate(gate))
-            }
-        }
-    }
-}
-
-/// [`Block::forward`] with the fused ops of [`crate::ops`] (layer norms, attention) and the skip
-/// fusion `skip_linear(cat([x, skip]))` computed as `x W_x + skip W_skip + b` on the two halves of
-/// `skip_linear`'s weight, which saves the concatenation; equal to `Block::forward` within f32
-/// rounding (tests/fast_ops.rs).
-fn block_forward(blk: &Block, x: Tensor<3>, scaled_skip: Option<Tensor<3>>) -> Tensor<3> {
-    let x = match (&blk.skip_linear, scaled_skip) {
-        (Some(fuse), Some(skip)) => {
-            let weight = fuse.weight.val(); // burn layout [2D, D]: rows 0..D read x, D..2D the skip
-            let d = weight.dims()[1];
-            let bias = fuse.bias.as_ref().map(|b| b.val());
-            linear_op(x, weight.clone().narrow(0, 0, d), None) + linear_op(skip, weight.narrow(0, d, d), bias)
-        }
-        (None, None) => x,
-        _ => panic!("a block fuses a skip exactly when it was built with skip_linear"),
-    };
-    let x = x.clone() + blk.attn.forward(ops::layer_norm(&blk.norm1, x)); // [B, L, D]
-    x.clone() + blk.mlp.forward(ops::layer_norm(&blk.norm2, x)) // [B, L, D]
 }
 
 /// `'B (h w) (p1 p2 C) -> B C (h p1) (w p2)'`.

@@ -4,14 +4,14 @@ mod common;
 
 use common::*;
 use scalelong_model::SkipScaling;
-use scalelong_model::diffusion::{SamplerConfig, ScheduleConfig};
+use scalelong_model::diffusion::{NoiseSchedule, SamplerConfig, ScheduleConfig};
 
 #[test]
 fn samplers_are_deterministic_for_a_seed_and_differ_across_seeds() {
     let seeded = device(7);
     let device = seeded.clone().inner();
     let net = tiny_uvit(8, 2).init(SkipScaling::Constant { kappa: 0.5 }, &device);
-    let schedule = ScheduleConfig::default().build();
+    let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     for sampler in [SamplerConfig::Ddim { steps: 5 }, SamplerConfig::Ddpm { steps: 5 }] {
         let run = |seed| to_vec(schedule.sample(sampler, [2, 1, 8, 8], seed, &device, |x, t| net.forward(x, t, None)));
         let (a, b, c) = (run(11), run(11), run(12));
@@ -23,7 +23,7 @@ fn samplers_are_deterministic_for_a_seed_and_differ_across_seeds() {
 
 #[test]
 fn sampling_steps_run_from_most_to_least_noisy_without_repeats() {
-    let schedule = ScheduleConfig::default().build();
+    let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     let steps = schedule.sampling_steps(50);
     assert_eq!(steps.len(), 50);
     assert!(steps.windows(2).all(|w| w[0] > w[1]));
@@ -35,7 +35,7 @@ fn sampling_steps_run_from_most_to_least_noisy_without_repeats() {
 fn q_sample_mixes_signal_and_noise_by_alpha_bar() {
     let seeded = device(8);
     let device = seeded.clone().inner();
-    let schedule = ScheduleConfig::default().build();
+    let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     let x0 = batch([2, 1, 4, 4], &device);
     let noise = batch([2, 1, 4, 4], &device);
     let noised = schedule.q_sample(x0.clone(), noise.clone(), &[0, 999]);

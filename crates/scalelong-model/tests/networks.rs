@@ -6,7 +6,7 @@ use burn::module::{Module, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use common::*;
-use scalelong_model::diffusion::{ScheduleConfig, noise_prediction_loss};
+use scalelong_model::diffusion::{NoiseSchedule, ScheduleConfig, noise_prediction_loss};
 use scalelong_model::presets::{PRESETS, preset};
 use scalelong_model::{Coefficient, DiffusionNet, ForwardTrace, ModelConfig, SkipScaling};
 
@@ -172,7 +172,7 @@ fn param_tensors(net: &DiffusionNet) -> usize {
 
 #[test]
 fn one_adamw_step_lowers_the_loss_for_every_strategy_on_both_models() {
-    let schedule = ScheduleConfig::default().build();
+    let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     for config in tiny_models(8) {
         for scaling in STRATEGIES {
             let device = device(5);

@@ -8,22 +8,15 @@
 //! | `optimizer.bin` | AdamW moments and step counts |
 //! | `state.json` | step, config; the data order and the per-step noise are functions of (seed, step), so no RNG stream needs saving |
 
-use crate::config::RunConfig;
-use crate::run_folder::{read_json, write_atomic, write_json_atomic};
+use crate::config::ResolveModel;
 use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use scalelong_model::DiffusionNet;
-use serde::{Deserialize, Serialize};
+use scalelong_schema::{CheckpointState, read_json, write_atomic, write_json_atomic};
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CheckpointState {
-    pub step: u64,
-    pub config: RunConfig,
-}
 
 pub struct Checkpoint {
     pub state: CheckpointState,

@@ -8,13 +8,15 @@
 //! training batch and relative updates need a training step and are not recorded.
 
 use crate::checkpoint::load_latest_weights;
+use crate::config::ResolveModel;
 use crate::exchange::{ImportArgs, Weights, import};
-use crate::run_folder::{RunState, Status, write_atomic, write_json_atomic};
 use crate::train::load_images;
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
 use scalelong_data::Split;
 use scalelong_diagnostics::recorder::Recorder;
+use scalelong_model::diffusion::NoiseSchedule;
+use scalelong_schema::{RunState, Status, SweepManifest, SweepRun, write_atomic, write_json_atomic};
 use std::path::{Path, PathBuf};
 
 /// What one diagnosed input became.
@@ -64,7 +66,7 @@ pub fn diagnose(
             .with_context(|| format!("the test split for {}", input.display()))?;
         let mut settings = config.diagnostics.clone();
         settings.every = settings.every.max(1);
-        let schedule = config.diffusion.schedule.build();
+        let schedule = NoiseSchedule::new(&config.diffusion.schedule);
         let recorder =
             Recorder::new(&settings, &test_set, &schedule, config.seed, device).map_err(anyhow::Error::msg)?;
         let rows = recorder.snapshot(state.step, &net);
@@ -82,12 +84,15 @@ pub fn diagnose(
         entries.push((id.clone(), config.strategy.label()));
         done.push(Diagnosed { id, records: rows.len() });
     }
-    let strategies: Vec<&String> = entries.iter().map(|(_, s)| s).collect();
-    let runs: Vec<serde_json::Value> =
-        entries.iter().map(|(id, s)| serde_json::json!({ "id": id, "overrides": { "strategy": s } })).collect();
-    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("diagnose");
-    let sweep =
-        serde_json::json!({ "name": name, "base_config": null, "axes": { "strategy": strategies }, "runs": runs });
+    let strategy =
+        |label: &String| toml::Table::from_iter([("strategy".to_string(), toml::Value::from(label.as_str()))]);
+    let strategies: Vec<toml::Value> = entries.iter().map(|(_, s)| toml::Value::from(s.as_str())).collect();
+    let sweep = SweepManifest {
+        name: out.file_name().and_then(|n| n.to_str()).unwrap_or("diagnose").to_string(),
+        base_config: None,
+        axes: toml::Table::from_iter([("strategy".to_string(), toml::Value::Array(strategies))]),
+        runs: entries.iter().map(|(id, s)| SweepRun { id: id.clone(), overrides: strategy(s) }).collect(),
+    };
     write_json_atomic(&out.join("sweep.json"), &sweep)?;
     Ok(done)
 }

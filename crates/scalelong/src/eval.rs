@@ -15,7 +15,7 @@ mod classifier;
 mod frechet;
 mod heldout;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use burn::prelude::*;
 use classifier::load_or_train;
 use frechet::{FeatureStats, frechet_distance};
@@ -23,76 +23,12 @@ use heldout::heldout_loss;
 use scalelong_data::ImageSet;
 use scalelong_model::diffusion::{NoiseSchedule, SamplerConfig};
 use scalelong_model::{DiffusionNet, ModelConfig};
-use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use scalelong_schema::{EvalConfig, EvalLine};
 
 /// The seed of the sampling noise of the FD samples, shared by every run of a sweep.
 const FD_SEED: u64 = 0xfd5a_3e1e;
 /// Samples generated per call of the sampler: bounds memory (attention over a whole batch).
 const SAMPLE_BATCH: usize = 64;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EvalConfig {
-    /// Test images the held-out loss uses (the first ones), rounded down to a multiple of
-    /// `t_bins` and capped at the test set's size.
-    pub heldout_images: usize,
-    /// Timestep bins of the held-out loss, laid out like the diagnostics probe's.
-    pub t_bins: usize,
-    /// EMA samples (and test images) the FD compares; `0` skips the FD and the classifier.
-    pub fd_samples: usize,
-    /// Epochs of the FD classifier's training; part of its cache key.
-    pub classifier_epochs: usize,
-    /// Where the FD classifier is cached, shared by all runs (relative to the current folder).
-    pub cache_dir: PathBuf,
-}
-
-impl Default for EvalConfig {
-    fn default() -> Self {
-        // One classifier epoch on Fashion-MNIST (60k at 32x32) took 177 s on the 2-core machine
-        // under a load of ~4 for a test accuracy of 0.875; two took 415 s for 0.893.
-        Self {
-            heldout_images: 512,
-            t_bins: 10,
-            fd_samples: 256,
-            classifier_epochs: 1,
-            cache_dir: PathBuf::from("runs/.cache"),
-        }
-    }
-}
-
-impl EvalConfig {
-    /// Checks what can be checked without the data; the data-dependent checks (enough test
-    /// images, labels with 2 classes or more) fail in [`evaluate`] with a message naming the key.
-    pub fn validate(&self, schedule_steps: usize) -> Result<()> {
-        heldout::check_bins(self.t_bins, schedule_steps)?;
-        if self.heldout_images < self.t_bins {
-            bail!("eval.heldout_images: {} must be at least eval.t_bins ({})", self.heldout_images, self.t_bins);
-        }
-        if self.fd_samples == 1 {
-            bail!("eval.fd_samples: 1 sample has no covariance; use at least 2, or 0 to skip the FD");
-        }
-        if self.fd_samples > 0 {
-            classifier::check_epochs(self.classifier_epochs)?;
-        }
-        Ok(())
-    }
-}
-
-/// One line of `eval.jsonl`. A non-finite loss or FD (a diverged model) is written as `null`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalLine {
-    pub step: u64,
-    pub heldout_loss: f64,
-    /// Bin 0 = least noise.
-    pub heldout_loss_bins: Vec<f64>,
-    /// `None` when `fd_samples` is 0.
-    pub fd: Option<f64>,
-    /// The FD classifier's test accuracy, `None` when `fd_samples` is 0.
-    pub classifier_accuracy: Option<f64>,
-    /// Samples the FD compares (generated, and as many test images); 0 when skipped.
-    pub n_samples: u64,
-}
 
 /// Evaluates the EMA weights `ema` after `step` optimizer steps. `device` may be the training
 /// device (autodiff): inference runs on `device.inner()`, where the EMA lives. The first call of
@@ -137,6 +73,7 @@ pub fn evaluate(
         step,
         heldout_loss: heldout.mean,
         heldout_loss_bins: heldout.bins,
+        zero_predictor_loss: heldout.zero_predictor,
         fd,
         classifier_accuracy,
         n_samples,
@@ -192,7 +129,7 @@ mod tests {
         });
         device.seed(3);
         let ema = model_config.init(SkipScaling::Original, &device).valid();
-        let schedule = ScheduleConfig::default().build();
+        let schedule = NoiseSchedule::new(&ScheduleConfig::default());
         // Synthetic labels count the shapes: 3 classes.
         let (train_set, test_set) = (scalelong_data::synthetic(96, 1, 8, 1), scalelong_data::synthetic(80, 1, 8, 2));
         let cache_dir = std::env::temp_dir().join(format!("scalelong-eval-evaluate-{}", std::process::id()));
@@ -214,7 +151,19 @@ mod tests {
         let json: serde_json::Value = serde_json::to_value(&line).unwrap();
         let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort();
-        assert_eq!(keys, ["classifier_accuracy", "fd", "heldout_loss", "heldout_loss_bins", "n_samples", "step"]);
+        assert_eq!(
+            keys,
+            [
+                "classifier_accuracy",
+                "fd",
+                "heldout_loss",
+                "heldout_loss_bins",
+                "n_samples",
+                "step",
+                "zero_predictor_loss"
+            ]
+        );
+        assert!((line.zero_predictor_loss - 1.0).abs() < 0.2, "the mean squared noise: {}", line.zero_predictor_loss);
         assert_eq!(json["step"], 7);
 
         let again =
@@ -226,15 +175,5 @@ mod tests {
         assert_eq!((line.fd, line.classifier_accuracy, line.n_samples), (None, None, 0));
         assert_eq!(serde_json::to_value(&line).unwrap()["fd"], serde_json::Value::Null);
         std::fs::remove_dir_all(&cache_dir).unwrap();
-    }
-
-    #[test]
-    fn config_parses_with_defaults_and_rejects_unknown_keys() {
-        let config: EvalConfig = toml::from_str("fd_samples = 0").unwrap();
-        assert_eq!(config, EvalConfig { fd_samples: 0, ..EvalConfig::default() });
-        assert!(toml::from_str::<EvalConfig>("fd_sample = 0").is_err());
-        assert!(EvalConfig { t_bins: 0, ..EvalConfig::default() }.validate(1000).is_err());
-        assert!(EvalConfig { classifier_epochs: 0, ..EvalConfig::default() }.validate(1000).is_err());
-        EvalConfig::default().validate(1000).unwrap();
     }
 }

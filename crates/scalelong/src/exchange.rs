@@ -5,13 +5,13 @@
 //! step 0 with the imported weights as both model and EMA and a fresh optimizer), so everything
 //! that reads runs (`diagnose`, `export`, a resumed `train`) reads imports too.
 
-use crate::checkpoint::{self, CheckpointState};
-use crate::config::{ModelSection, RunConfig};
-use crate::run_folder::{RunState, Status, write_json_atomic};
+use crate::checkpoint;
+use crate::config::{ResolveModel, section_for};
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
 use scalelong_model::SkipScaling;
 use scalelong_model::pytorch::{CheckpointFile, load_weights, resolve_config, save_safetensors};
+use scalelong_schema::{CheckpointState, RunConfig, RunState, Status, write_json_atomic};
 use std::path::{Path, PathBuf};
 
 /// How to build the network a checkpoint file is loaded into (the `import` flags).
@@ -70,7 +70,7 @@ fn parse_strategy(text: &str) -> Result<SkipScaling> {
     // (`{ cs = 0.7 }`) goes through the config's own parser.
     let value = if text.trim_start().starts_with('{') {
         let mut table = toml::Table::new();
-        crate::config::apply_override(&mut table, &format!("strategy={text}"))?;
+        scalelong_schema::apply_override(&mut table, &format!("strategy={text}"))?;
         table["strategy"].clone()
     } else {
         toml::Value::String(text.trim().into())
@@ -85,7 +85,7 @@ pub fn import(checkpoint: &Path, args: &ImportArgs, out: &Path, device: &Device)
     }
     let is_file = |m: &str| m.ends_with(".toml") || Path::new(m).is_file();
     let mut config = match args.model.as_deref() {
-        Some(m) if is_file(m) => RunConfig::load(Path::new(m), &args.overrides)?,
+        Some(m) if is_file(m) => crate::config::load(Path::new(m), &args.overrides)?,
         preset => {
             // Defaults, the preset, then `--set` (which may change the preset's fields).
             let mut table = toml::Table::new();
@@ -96,9 +96,9 @@ pub fn import(checkpoint: &Path, args: &ImportArgs, out: &Path, device: &Device)
                 );
             }
             for item in &args.overrides {
-                crate::config::apply_override(&mut table, item)?;
+                scalelong_schema::apply_override(&mut table, item)?;
             }
-            RunConfig::from_table(table)?
+            crate::config::from_table(table)?
         }
     };
     let given_model = args.model.is_some().then(|| config.model.resolve()).transpose()?;
@@ -109,7 +109,7 @@ pub fn import(checkpoint: &Path, args: &ImportArgs, out: &Path, device: &Device)
     };
     let file = CheckpointFile::new(checkpoint).with_key(args.key.clone());
     let (model, strategy) = resolve_config(&file, given_model, given_strategy, args.heads)?;
-    config.model = ModelSection::for_config(&model)?;
+    config.model = section_for(&model)?;
     config.strategy = strategy;
     config.validate().context("the imported run's config")?;
 

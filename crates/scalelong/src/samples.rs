@@ -1,11 +1,10 @@
 //! Sample grids: EMA weights, fixed noise seed, written as PNG.
 
-use crate::config::RunConfig;
-use crate::run_folder::write_atomic;
 use anyhow::Result;
 use burn::prelude::*;
 use scalelong_model::diffusion::NoiseSchedule;
 use scalelong_model::{DiffusionNet, ModelConfig};
+use scalelong_schema::{RunConfig, write_atomic};
 use std::path::{Path, PathBuf};
 
 /// The seed of the sampling noise: fixed, so grids of one run (and of all strategies) compare.

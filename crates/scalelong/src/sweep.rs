@@ -4,12 +4,11 @@
 //! recorded and left; a per-run lock file lets several processes (`--shard i/n`, or a scheduler
 //! running the `--list` commands) share one sweep folder without running a run twice.
 
-use crate::config::{RunConfig, apply_override};
-use crate::run_folder::{RunState, Status, write_json_atomic};
 use crate::train::{self, Outcome};
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
-use serde::{Deserialize, Serialize};
+use scalelong_schema::{RunConfig, RunState, Status, SweepManifest, SweepRun, apply_override, write_json_atomic};
+use serde::Deserialize;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -26,7 +25,8 @@ pub struct SweepFile {
     pub set: toml::Table,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A sweep file expanded: every run with its resolved config.
+#[derive(Debug, Clone)]
 pub struct SweepPlan {
     pub name: String,
     pub base_config: PathBuf,
@@ -34,16 +34,13 @@ pub struct SweepPlan {
     pub runs: Vec<PlannedRun>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct PlannedRun {
     pub id: String,
     /// This run's value on each grid axis.
-    #[serde(rename = "overrides")]
     pub axis_values: toml::Table,
     /// `key=value` overrides in `--set` form: the shared ones, then this run's axis values.
-    #[serde(skip)]
     pub settings: Vec<String>,
-    #[serde(skip)]
     pub config: RunConfig,
 }
 
@@ -76,7 +73,7 @@ impl SweepPlan {
             for item in &settings {
                 apply_override(&mut table, item)?;
             }
-            let config = RunConfig::from_table(table).with_context(|| format!("{}: run {id}", path.display()))?;
+            let config = crate::config::from_table(table).with_context(|| format!("{}: run {id}", path.display()))?;
             let axis_values = combination.into_iter().collect();
             runs.push(PlannedRun { id, axis_values, settings, config });
         }
@@ -86,6 +83,20 @@ impl SweepPlan {
             bail!("{}: two runs would share the folder {:?}; make the grid values distinct", path.display(), w[0]);
         }
         Ok(Self { name: file.name, base_config, axes: file.grid, runs })
+    }
+
+    /// What `sweep.json` records of the plan.
+    pub fn manifest(&self) -> SweepManifest {
+        SweepManifest {
+            name: self.name.clone(),
+            base_config: Some(self.base_config.clone()),
+            axes: self.axes.clone(),
+            runs: self
+                .runs
+                .iter()
+                .map(|run| SweepRun { id: run.id.clone(), overrides: run.axis_values.clone() })
+                .collect(),
+        }
     }
 
     pub fn folder(&self, runs_root: &Path) -> PathBuf {
@@ -121,7 +132,7 @@ pub struct SweepSummary {
 pub fn run(plan: &SweepPlan, runs_root: &Path, shard: (usize, usize), device: &Device) -> Result<SweepSummary> {
     let folder = plan.folder(runs_root);
     std::fs::create_dir_all(&folder).with_context(|| format!("{}: cannot create", folder.display()))?;
-    write_json_atomic(&folder.join("sweep.json"), plan)?;
+    write_json_atomic(&folder.join("sweep.json"), &plan.manifest())?;
     let mut summary = SweepSummary::default();
     for (index, run) in plan.runs.iter().enumerate().filter(|(i, _)| i % shard.1 == shard.0) {
         let dir = folder.join(&run.id);
@@ -148,6 +159,34 @@ pub fn run(plan: &SweepPlan, runs_root: &Path, shard: (usize, usize), device: &D
         drop(lock);
     }
     Ok(summary)
+}
+
+/// Runs `scalelong <args>` in `jobs` processes at once, each on an equal share of this machine's
+/// threads (`RAYON_NUM_THREADS`). Every process walks the whole share of the sweep; the per-run
+/// locks hand each run to whichever process reaches it first, so the processes work off one queue
+/// and finish together. An error when any process fails.
+pub fn run_in_processes(args: &[String], jobs: usize) -> Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_job = (threads / jobs).max(1);
+    let exe = std::env::current_exe().context("cannot find this program's path to start the sweep's processes")?;
+    let children = (0..jobs)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(args)
+                .env("RAYON_NUM_THREADS", per_job.to_string())
+                .spawn()
+                .with_context(|| format!("cannot start {}", exe.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let failed = children
+        .into_iter()
+        .map(|mut child| child.wait().map(|status| status.success()).unwrap_or(false))
+        .filter(|ok| !ok)
+        .count();
+    if failed > 0 {
+        bail!("{failed} of the sweep's {jobs} processes failed (their errors are above)");
+    }
+    Ok(())
 }
 
 /// `"i/n"` with 0 <= i < n.

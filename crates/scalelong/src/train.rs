@@ -5,12 +5,11 @@
 //! checkpoint on their intervals. The data order and the per-step timesteps and noise are pure
 //! functions of (seed, step), which is what makes `--resume` exact.
 
-use crate::checkpoint::{self, CheckpointState};
-use crate::config::{LrSchedule, RunConfig};
+use crate::checkpoint;
+use crate::config::ResolveModel;
 use crate::ema::Ema;
 use crate::eval;
 use crate::progress::Progress;
-use crate::run_folder::{JsonlLog, RunState, Status, truncate_jsonl_after, write_json_atomic};
 use crate::samples;
 use anyhow::{Context, Result, bail};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -20,9 +19,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use scalelong_data::{ImageSet, Loader, Split};
 use scalelong_diagnostics::recorder::Recorder;
-use scalelong_model::diffusion::{noise_prediction_loss, seeded_noise};
+use scalelong_model::diffusion::{NoiseSchedule, noise_prediction_loss, seeded_noise};
 use scalelong_model::{DiffusionNet, ModelConfig};
-use serde::Serialize;
+use scalelong_schema::{
+    CheckpointState, JsonlLog, LrSchedule, MetricsLine, RunConfig, RunState, Status, truncate_jsonl_after,
+    write_json_atomic,
+};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,20 +36,10 @@ pub enum Outcome {
     Diverged { step: u64 },
 }
 
-#[derive(Serialize)]
-struct MetricsLine {
-    step: u64,
-    loss: f64,
-    lr: f64,
-    grad_norm: f64,
-    step_time_s: f64,
-    examples_per_s: f64,
-}
-
 /// Trains `config` into `run`. A run folder that already holds a run is an error unless `resume`.
 pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> Result<Outcome> {
     let model_config = config.model.resolve()?;
-    let schedule = config.diffusion.schedule.build();
+    let schedule = NoiseSchedule::new(&config.diffusion.schedule);
     let train_set = Arc::new(load_images(config, &model_config, Split::Train)?);
     let test_set = config.evaluate.then(|| load_images(config, &model_config, Split::Test)).transpose()?;
 

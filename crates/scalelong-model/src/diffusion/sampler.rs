@@ -7,34 +7,7 @@ use burn::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum SamplerConfig {
-    Ddim { steps: usize },
-    Ddpm { steps: usize },
-}
-
-impl Default for SamplerConfig {
-    fn default() -> Self {
-        Self::Ddim { steps: 50 }
-    }
-}
-
-impl SamplerConfig {
-    fn eta(self) -> f64 {
-        match self {
-            Self::Ddim { .. } => 0.0,
-            Self::Ddpm { .. } => 1.0,
-        }
-    }
-    fn steps(self) -> usize {
-        match self {
-            Self::Ddim { steps } | Self::Ddpm { steps } => steps,
-        }
-    }
-}
+pub use scalelong_schema::diffusion::SamplerConfig;
 
 /// Gaussian noise from a seeded stream, identical on every backend.
 pub fn seeded_noise(shape: [usize; 4], rng: &mut ChaCha8Rng, device: &Device) -> Tensor<4> {

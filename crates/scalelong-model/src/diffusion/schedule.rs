@@ -1,26 +1,7 @@
 //! Noise schedules as tables over `T` discrete steps: `alpha_bar[k]` (the signal fraction of
 //! `x_k`) and the time value the network is shown at step `k`.
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum ScheduleConfig {
-    /// DDPM: betas linear in `[beta_start, beta_end]`; the network sees `k`.
-    Linear { steps: usize, beta_start: f64, beta_end: f64 },
-    /// Improved DDPM: `alpha_bar(t) = cos^2((t/T + s)/(1 + s) * pi/2)`, betas clipped at 0.999;
-    /// the network sees `k`.
-    Cosine { steps: usize, s: f64 },
-    /// The reference code's VP-SDE (`beta(t) = beta_min + t (beta_max - beta_min)`, t in (0, 1]),
-    /// discretised at `t_k = (k + 1) / T`; the network sees `999 t_k` as in the reference.
-    VpSde { steps: usize, beta_min: f64, beta_max: f64 },
-}
-
-impl Default for ScheduleConfig {
-    fn default() -> Self {
-        Self::Linear { steps: 1000, beta_start: 1e-4, beta_end: 0.02 }
-    }
-}
+pub use scalelong_schema::diffusion::ScheduleConfig;
 
 #[derive(Debug, Clone)]
 pub struct NoiseSchedule {
@@ -28,33 +9,23 @@ pub struct NoiseSchedule {
     pub model_time: Vec<f64>,
 }
 
-impl ScheduleConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        let ok = match *self {
-            Self::Linear { steps, beta_start, beta_end } => {
-                steps >= 2 && 0.0 < beta_start && beta_start <= beta_end && beta_end < 1.0
-            }
-            Self::Cosine { steps, s } => steps >= 2 && s >= 0.0,
-            Self::VpSde { steps, beta_min, beta_max } => steps >= 2 && 0.0 < beta_min && beta_min <= beta_max,
-        };
-        if ok { Ok(()) } else { Err(format!("schedule: invalid parameters {self:?}")) }
-    }
-
-    pub fn build(&self) -> NoiseSchedule {
-        match *self {
-            Self::Linear { steps, beta_start, beta_end } => {
+impl NoiseSchedule {
+    /// The tables of `config`.
+    pub fn new(config: &ScheduleConfig) -> Self {
+        match *config {
+            ScheduleConfig::Linear { steps, beta_start, beta_end } => {
                 let betas = (0..steps).map(|k| beta_start + (beta_end - beta_start) * k as f64 / (steps - 1) as f64);
-                NoiseSchedule::from_betas(betas)
+                Self::from_betas(betas)
             }
-            Self::Cosine { steps, s } => {
+            ScheduleConfig::Cosine { steps, s } => {
                 let f =
                     |k: usize| ((k as f64 / steps as f64 + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2).cos().powi(2);
                 let betas = (0..steps).map(|k| (1.0 - f(k + 1) / f(k)).min(0.999));
-                NoiseSchedule::from_betas(betas)
+                Self::from_betas(betas)
             }
-            Self::VpSde { steps, beta_min, beta_max } => {
+            ScheduleConfig::VpSde { steps, beta_min, beta_max } => {
                 let t = |k: usize| (k + 1) as f64 / steps as f64;
-                NoiseSchedule {
+                Self {
                     alpha_bar: (0..steps)
                         .map(|k| (-(beta_min * t(k) + 0.5 * (beta_max - beta_min) * t(k).powi(2))).exp())
                         .collect(),
@@ -63,9 +34,7 @@ impl ScheduleConfig {
             }
         }
     }
-}
 
-impl NoiseSchedule {
     fn from_betas(betas: impl Iterator<Item = f64>) -> Self {
         let alpha_bar: Vec<f64> = betas
             .scan(1.0, |prod, beta| {
@@ -93,13 +62,13 @@ mod tests {
             ScheduleConfig::Cosine { steps: 1000, s: 0.008 },
             ScheduleConfig::VpSde { steps: 1000, beta_min: 0.1, beta_max: 20.0 },
         ] {
-            let s = config.build();
+            let s = NoiseSchedule::new(&config);
             assert_eq!(s.steps(), 1000);
             assert!(s.alpha_bar.iter().all(|&a| a > 0.0 && a < 1.0), "{config:?}");
             assert!(s.alpha_bar.windows(2).all(|w| w[1] < w[0]), "{config:?}");
             assert!(s.model_time.windows(2).all(|w| w[1] > w[0]));
         }
-        let vp = ScheduleConfig::VpSde { steps: 1000, beta_min: 0.1, beta_max: 20.0 }.build();
+        let vp = NoiseSchedule::new(&ScheduleConfig::VpSde { steps: 1000, beta_min: 0.1, beta_max: 20.0 });
         assert!((vp.model_time[999] - 999.0).abs() < 1e-9);
     }
 }

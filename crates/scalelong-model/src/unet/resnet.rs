@@ -2,10 +2,10 @@
 //! between, and a 1x1 conv on the residual path when the width changes.
 
 use crate::init::{LinearInit, linear};
-use crate::ops;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
+use scalelong_kernels::{Fused, FusedSilu};
 
 pub(crate) fn conv3x3(c_in: usize, c_out: usize, stride: usize, device: &Device) -> Conv2d {
     Conv2dConfig::new([c_in, c_out], [3, 3])
@@ -47,15 +47,13 @@ impl ResBlock {
     /// - x: `[B, C_in, H, W]`, time: `[B, T]` (already passed through SiLU)
     /// - output: `[B, C_out, H, W]`
     ///
-    /// GroupNorm + SiLU and the convolutions run as the fused ops of [`crate::ops`] (equal to
-    /// `conv(silu(norm(x)))` with burn's modules, see tests/fast_ops.rs).
     pub fn forward(&self, x: Tensor<4>, time: Tensor<2>) -> Tensor<4> {
-        let h = ops::conv2d_module(&self.conv1, ops::group_norm(&self.norm1, x.clone(), true)); // [B, C_out, H, W]
+        let h = self.conv1.fused(self.norm1.fused_silu(x.clone())); // [B, C_out, H, W]
         let [batch, c_out, _, _] = h.dims();
-        let h = h + self.time_proj.forward(time).reshape([batch, c_out, 1, 1]); // [B, C_out, H, W]
-        let h = ops::conv2d_module(&self.conv2, ops::group_norm(&self.norm2, h, true)); // [B, C_out, H, W]
+        let h = h + self.time_proj.fused(time).reshape([batch, c_out, 1, 1]); // [B, C_out, H, W]
+        let h = self.conv2.fused(self.norm2.fused_silu(h)); // [B, C_out, H, W]
         let residual = match &self.shortcut {
-            Some(conv) => ops::conv2d_module(conv, x),
+            Some(conv) => conv.fused(x),
             None => x,
         };
         residual + h

@@ -3,10 +3,10 @@
 use super::resnet::{conv3x3, group_norm};
 use crate::attention::Attention;
 use crate::init::LinearInit;
-use crate::ops;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
+use scalelong_kernels::{Fused, upsample_nearest2x};
 
 /// Halves the resolution with a stride-2 3x3 conv (ADM's `conv_resample`).
 #[derive(Module, Debug)]
@@ -20,7 +20,7 @@ impl Downsample {
     }
     /// `[B, C, H, W] -> [B, C, H/2, W/2]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        ops::conv2d_module(&self.conv, x) // [B, C, H/2, W/2]
+        self.conv.fused(x) // [B, C, H/2, W/2]
     }
 }
 
@@ -36,7 +36,7 @@ impl Upsample {
     }
     /// `[B, C, H, W] -> [B, C, 2H, 2W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        ops::conv2d_module(&self.conv, ops::upsample_nearest2x(x)) // [B, C, 2H, 2W]
+        self.conv.fused(upsample_nearest2x(x)) // [B, C, 2H, 2W]
     }
 }
 
@@ -57,7 +57,7 @@ impl SpatialAttention {
     /// `[B, C, H, W] -> [B, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let tokens = ops::group_norm(&self.norm, x.clone(), false).reshape([b, c, h * w]).swap_dims(1, 2); // [B, HW, C]
+        let tokens = self.norm.fused(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2); // [B, HW, C]
         let out = self.attn.forward(tokens).swap_dims(1, 2).reshape([b, c, h, w]); // [B, C, H, W]
         x + out
     }

@@ -3,9 +3,10 @@
 
 use crate::attention::Attention;
 use crate::init::{LinearInit, linear};
-use crate::ops::{gelu, linear_module};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
+use burn::tensor::module::linear as linear_op;
+use scalelong_kernels::{Fused, gelu};
 
 /// The reference's `Mlp`: `fc2(gelu(fc1(x)))` (exact erf GELU, as torch's `nn.GELU()`).
 #[derive(Module, Debug)]
@@ -16,7 +17,7 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear_module(&self.fc2, gelu(linear_module(&self.fc1, x)))
+        self.fc2.fused(gelu(self.fc1.fused(x)))
     }
 }
 
@@ -56,11 +57,25 @@ impl Block {
     /// - output: `[B, L, D]`
     pub fn forward(&self, x: Tensor<3>, scaled_skip: Option<Tensor<3>>) -> Tensor<3> {
         let x = match (&self.skip_linear, scaled_skip) {
-            (Some(fuse), Some(skip)) => linear_module(fuse, Tensor::cat(vec![x, skip], 2)), // [B, L, 2D] -> [B, L, D]
+            (Some(fuse), Some(skip)) => fuse_skip(fuse, x, skip), // [B, L, D]
             (None, None) => x,
             _ => panic!("a block fuses a skip exactly when it was built with skip_linear"),
         };
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x)); // [B, L, D]
-        x.clone() + self.mlp.forward(self.norm2.forward(x)) // [B, L, D]
+        let x = x.clone() + self.attn.forward(self.norm1.fused(x)); // [B, L, D]
+        x.clone() + self.mlp.forward(self.norm2.fused(x)) // [B, L, D]
     }
+}
+
+/// `skip_linear(cat([x, skip], -1))`, computed as `x W_x + skip W_skip + b` on the two halves of
+/// the weight, which saves the concatenation (equal within f32 rounding; the test in
+/// tests/networks.rs holds it to the concatenation).
+///
+/// # Shapes
+/// - x, skip: `[B, L, D]`
+/// - output: `[B, L, D]`
+fn fuse_skip(fuse: &Linear, x: Tensor<3>, skip: Tensor<3>) -> Tensor<3> {
+    let weight = fuse.weight.val(); // burn layout [2D, D]: rows 0..D read x, D..2D the skip
+    let d = weight.dims()[1];
+    let bias = fuse.bias.as_ref().map(|b| b.val());
+    linear_op(x, weight.clone().narrow(0, 0, d), None) + linear_op(skip, weight.narrow(0, d, d), bias)
 }

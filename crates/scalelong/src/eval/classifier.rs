@@ -27,7 +27,6 @@
 //!   waits, then loads what the first wrote.
 
 use super::image_batch;
-use crate::run_folder::{write_atomic, write_json_atomic};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -43,6 +42,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use scalelong_data::ImageSet;
+use scalelong_schema::{write_atomic, write_json_atomic};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::path::Path;

@@ -28,6 +28,9 @@ pub struct HeldoutLoss {
     pub mean: f64,
     /// Mean per timestep bin, bin 0 = least noise.
     pub bins: Vec<f64>,
+    /// The loss of predicting zero noise on the same samples: the mean squared noise (about 1),
+    /// the level a network that learned nothing sits at.
+    pub zero_predictor: f64,
 }
 
 /// The schedule step of every held-out sample: `t_bins * per_bin` steps, bin after bin (the
@@ -71,11 +74,13 @@ pub fn heldout_loss(
     let steps = grid_steps(schedule.steps(), t_bins, per_bin);
     let mut rng = ChaCha8Rng::seed_from_u64(HELDOUT_NOISE_SEED);
     let mut losses = Vec::with_capacity(steps.len());
+    let mut noise_squares = 0.0;
     // The noise stream is drawn batch after batch in sample order, so it is the same for any BATCH.
     for start in (0..steps.len()).step_by(BATCH) {
         let indices: Vec<usize> = (start..(start + BATCH).min(steps.len())).collect();
         let x0 = image_batch(test_set, &indices, &device); // [B, C, H, W]
         let noise = seeded_noise(x0.dims(), &mut rng, &device);
+        noise_squares += noise.clone().square().mean().into_scalar::<f32>() as f64 * indices.len() as f64;
         let noised = schedule.q_sample(x0, noise, &steps[start..start + indices.len()]);
         let predicted = net.forward(noised.x_t, noised.model_time, None);
         let batch_losses = per_sample_loss(predicted, noised.noise)
@@ -85,7 +90,8 @@ pub fn heldout_loss(
         losses.extend(batch_losses.into_iter().map(f64::from));
     }
     let bins: Vec<f64> = losses.chunks(per_bin).map(|bin| bin.iter().sum::<f64>() / per_bin as f64).collect();
-    Ok(HeldoutLoss { mean: bins.iter().sum::<f64>() / t_bins as f64, bins })
+    let zero_predictor = noise_squares / steps.len() as f64;
+    Ok(HeldoutLoss { mean: bins.iter().sum::<f64>() / t_bins as f64, bins, zero_predictor })
 }
 
 #[cfg(test)]
@@ -118,7 +124,7 @@ mod tests {
     #[test]
     fn same_weights_give_the_same_loss_and_different_weights_a_different_one() {
         let device = Device::flex();
-        let schedule = ScheduleConfig::default().build();
+        let schedule = NoiseSchedule::new(&ScheduleConfig::default());
         let test_set = scalelong_data::synthetic(70, 1, 8, 5);
         let net = tiny_net(1, &device);
         // 70 images in 4 bins: 17 a bin, 68 in all, more than one batch of BATCH.
@@ -136,7 +142,7 @@ mod tests {
     #[test]
     fn too_few_images_for_the_bins_is_an_error_naming_the_key() {
         let device = Device::flex();
-        let schedule = ScheduleConfig::default().build();
+        let schedule = NoiseSchedule::new(&ScheduleConfig::default());
         let test_set = scalelong_data::synthetic(3, 1, 8, 5);
         let error = heldout_loss(&tiny_net(1, &device), &schedule, &test_set, 512, 4, &device).unwrap_err();
         assert!(error.to_string().contains("eval.heldout_images"), "{error}");

@@ -1,0 +1,7 @@
+//! What the harness concludes from what runs recorded, without burn: small statistics
+//! ([`stats`]), intervals, verdicts and run outcomes ([`inference`]), and the checks of ScaleLong's
+//! bounds ([`theorems`], docs/method.md §4).
+
+pub mod inference;
+pub mod stats;
+pub mod theorems;

@@ -1,0 +1,318 @@
+//! The numbers behind the figures: smoothing, aggregation over seeds, per-LSC grids, the LS gate
+//! fits and the theorem checks, grouped by model and strategy.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use scalelong_analysis::stats::{DecayFit, exp_decay_fit, mean};
+use scalelong_analysis::theorems::RunRecords;
+use scalelong_analysis::theorems::{TheoremCheck, check_thm31, check_thm33, check_thm34};
+use scalelong_schema::SkipScaling;
+use scalelong_schema::{Record, series};
+
+use super::sweep_data::{RunData, SweepData};
+
+/// Logged points in the trailing moving average applied to training losses (figure and
+/// steps-to-target alike).
+pub const LOSS_SMOOTHING_WINDOW: usize = 5;
+/// Diagnostics records in the centred window whose min..max is the feature-norm oscillation band.
+pub const OSCILLATION_WINDOW: usize = 5;
+
+/// One x position of a curve with the band drawn around it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BandPoint {
+    pub step: u64,
+    pub mean: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// The runs of one model and one strategy (its seeds, and any other axis the sweep varies).
+pub struct Group<'a> {
+    pub model: &'a str,
+    pub strategy_label: &'a str,
+    pub runs: Vec<&'a RunData>,
+}
+
+/// Sort key placing strategies in docs/method.md §3's order: 1, 1/sqrt2, CS by kappa, LS, LS non-shared.
+pub fn strategy_rank(strategy: SkipScaling) -> (u8, f64) {
+    match strategy {
+        SkipScaling::Original => (0, 0.0),
+        SkipScaling::InvSqrt2 => (1, 0.0),
+        SkipScaling::Constant { kappa } => (2, kappa),
+        SkipScaling::Learnable { shared: true, .. } => (3, 0.0),
+        SkipScaling::Learnable { shared: false, .. } => (4, 0.0),
+    }
+}
+
+/// Every strategy of the sweep once, in [`strategy_rank`] order, labels distinct.
+pub fn strategies(sweep: &SweepData) -> Vec<(SkipScaling, String)> {
+    let mut strategies: Vec<(SkipScaling, String)> = Vec::new();
+    for run in &sweep.runs {
+        if !strategies.iter().any(|(_, label)| *label == run.strategy_label) {
+            strategies.push((run.strategy, run.strategy_label.clone()));
+        }
+    }
+    strategies.sort_by(|(a, _), (b, _)| {
+        let (rank_a, kappa_a) = strategy_rank(*a);
+        let (rank_b, kappa_b) = strategy_rank(*b);
+        rank_a.cmp(&rank_b).then(kappa_a.total_cmp(&kappa_b))
+    });
+    strategies
+}
+
+/// Model labels, sorted.
+pub fn models(sweep: &SweepData) -> Vec<&str> {
+    let models: BTreeSet<&str> = sweep.runs.iter().map(|run| run.model.as_str()).collect();
+    models.into_iter().collect()
+}
+
+/// The runs of `model`, one group per strategy in [`strategies`] order; strategies without runs of
+/// this model are left out.
+pub fn groups_of_model<'a>(sweep: &'a SweepData, model: &'a str) -> Vec<Group<'a>> {
+    strategies(sweep)
+        .into_iter()
+        .filter_map(|(_, label)| {
+            let runs: Vec<&RunData> =
+                sweep.runs.iter().filter(|run| run.model == model && run.strategy_label == label).collect();
+            let strategy_label = runs.first()?.strategy_label.as_str();
+            Some(Group { model, strategy_label, runs })
+        })
+        .collect()
+}
+
+/// Trailing moving average over `window` points (fewer at the start).
+pub fn moving_average(points: &[(u64, f64)], window: usize) -> Vec<(u64, f64)> {
+    (0..points.len())
+        .map(|end| {
+            let start = (end + 1).saturating_sub(window);
+            let values: Vec<f64> = points[start..=end].iter().map(|(_, value)| *value).collect();
+            (points[end].0, mean(&values).expect("a window holds at least one point"))
+        })
+        .collect()
+}
+
+/// Mean, min and max over the series at every step any of them has: a run that stopped early
+/// (diverged, still running) leaves the later steps to the others.
+pub fn band_over_seeds(per_seed: &[Vec<(u64, f64)>]) -> Vec<BandPoint> {
+    let mut values_by_step: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    for points in per_seed {
+        for &(step, value) in points {
+            values_by_step.entry(step).or_default().push(value);
+        }
+    }
+    values_by_step
+        .into_iter()
+        .map(|(step, values)| BandPoint {
+            step,
+            mean: mean(&values).expect("every step holds a value"),
+            low: values.iter().copied().fold(f64::INFINITY, f64::min),
+            high: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        })
+        .collect()
+}
+
+/// The series with a band spanning min..max over a centred window of `window` points (clipped at
+/// the ends), the oscillation envelope of the paper's Figure 1 (docs/method.md §4.2).
+pub fn window_band(points: &[(u64, f64)], window: usize) -> Vec<BandPoint> {
+    let half = window / 2;
+    (0..points.len())
+        .map(|index| {
+            let neighbours = &points[index.saturating_sub(half)..(index + half + 1).min(points.len())];
+            let values = neighbours.iter().map(|(_, value)| *value);
+            BandPoint {
+                step: points[index].0,
+                mean: points[index].1,
+                low: values.clone().fold(f64::INFINITY, f64::min),
+                high: values.fold(f64::NEG_INFINITY, f64::max),
+            }
+        })
+        .collect()
+}
+
+/// Smoothed training loss, mean over the group's runs with their min..max as band.
+pub fn loss_band(group: &Group) -> Vec<BandPoint> {
+    let per_run: Vec<Vec<(u64, f64)>> =
+        group.runs.iter().map(|run| moving_average(&run.losses, LOSS_SMOOTHING_WINDOW)).collect();
+    band_over_seeds(&per_run)
+}
+
+/// `feature_l2` of the last decoder block (the one consuming LSC 1), mean over the group's runs,
+/// with its sliding-window oscillation band; empty when no run recorded it.
+pub fn outer_feature_norm_band(group: &Group) -> Vec<BandPoint> {
+    let per_run: Vec<Vec<(u64, f64)>> =
+        group.runs.iter().filter_map(|run| per_lsc_series(&run.diagnostics, "feature_l2").remove(&1)).collect();
+    let seed_mean: Vec<(u64, f64)> =
+        band_over_seeds(&per_run).into_iter().map(|point| (point.step, point.mean)).collect();
+    window_band(&seed_mean, OSCILLATION_WINDOW)
+}
+
+/// What a per-LSC heatmap shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LscQuantity {
+    /// `feature_l2` of the decoder block consuming the LSC.
+    FeatureNorm,
+    /// `grad_norm` of parameter group `dec.K`, the block consuming LSC N - K.
+    GradientNorm,
+}
+
+/// Values per (LSC index, step), mean over the runs of a group.
+pub struct LscGrid {
+    pub steps: Vec<u64>,
+    pub lscs: Vec<u32>,
+    pub cells: BTreeMap<(u32, u64), f64>,
+}
+
+impl LscGrid {
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+}
+
+pub fn lsc_grid(group: &Group, quantity: LscQuantity) -> LscGrid {
+    let per_run: Vec<BTreeMap<u32, Vec<(u64, f64)>>> = group
+        .runs
+        .iter()
+        .map(|run| match quantity {
+            LscQuantity::FeatureNorm => per_lsc_series(&run.diagnostics, "feature_l2"),
+            LscQuantity::GradientNorm => decoder_gradient_series(&run.diagnostics),
+        })
+        .collect();
+    let cells: BTreeMap<(u32, u64), f64> = mean_per_lsc(&per_run)
+        .into_iter()
+        .flat_map(|(lsc, points)| points.into_iter().map(move |(step, value)| ((lsc, step), value)))
+        .collect();
+    let steps: BTreeSet<u64> = cells.keys().map(|(_, step)| *step).collect();
+    let lscs: BTreeSet<u32> = cells.keys().map(|(lsc, _)| *lsc).collect();
+    LscGrid { steps: steps.into_iter().collect(), lscs: lscs.into_iter().collect(), cells }
+}
+
+/// `gate_mean` per LSC against step, mean over the group's runs; empty for non-LS groups.
+pub fn gate_curves(group: &Group) -> BTreeMap<u32, Vec<(u64, f64)>> {
+    let per_run: Vec<BTreeMap<u32, Vec<(u64, f64)>>> =
+        group.runs.iter().map(|run| per_lsc_series(&run.diagnostics, "gate_mean")).collect();
+    mean_per_lsc(&per_run)
+}
+
+/// The LS gates of one model and LS strategy at the end of training, and their exponential fit.
+pub struct GateFit {
+    pub model: String,
+    pub strategy_label: String,
+    /// Mean over runs of each run's last `gate_mean`, for LSC 1, 2, ... in order.
+    pub final_means: Vec<f64>,
+    /// `None` when the recorded LSCs are not exactly 1..=n or a mean is not positive.
+    pub fit: Option<DecayFit>,
+}
+
+impl GateFit {
+    /// The paper's observation (docs/method.md §3.4): the gates decay with i (kappa_hat < 1) and the exponential describes
+    /// them well (R^2 >= 0.8).
+    pub fn shows_exponential_decay(&self) -> Option<bool> {
+        self.fit.map(|fit| fit.kappa_hat <= DECAY_KAPPA_MAX && fit.r2 >= DECAY_R2_MIN)
+    }
+}
+
+/// The largest fitted per-LSC factor that counts as a decay: above 0.9 the gates of 6-8 LSCs differ
+/// by less than half from outermost to innermost, which is a flat profile, not the paper's decay.
+pub const DECAY_KAPPA_MAX: f64 = 0.9;
+/// The smallest R^2 of the log-linear fit that counts as exponential.
+pub const DECAY_R2_MIN: f64 = 0.8;
+
+/// `None` for a group without gate records (not LS, or diagnostics not recorded).
+pub fn gate_fit(group: &Group) -> Option<GateFit> {
+    let mut last_values: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    for run in &group.runs {
+        for (lsc, points) in per_lsc_series(&run.diagnostics, "gate_mean") {
+            if let Some(&(_, last)) = points.last() {
+                last_values.entry(lsc).or_default().push(last);
+            }
+        }
+    }
+    if last_values.is_empty() {
+        return None;
+    }
+    let contiguous_from_one = last_values.keys().copied().eq(1..=last_values.len() as u32);
+    let final_means: Vec<f64> =
+        last_values.values().map(|values| mean(values).expect("every LSC holds a value")).collect();
+    Some(GateFit {
+        model: group.model.to_string(),
+        strategy_label: group.strategy_label.to_string(),
+        fit: contiguous_from_one.then(|| exp_decay_fit(&final_means)).flatten(),
+        final_means,
+    })
+}
+
+/// The three theorem checks over the runs of one model.
+pub struct ModelChecks {
+    pub model: String,
+    /// Thm 3.1, 3.3 and 3.4, in this order.
+    pub checks: [TheoremCheck; 3],
+}
+
+pub fn theorem_checks(sweep: &SweepData, model: &str) -> ModelChecks {
+    let runs: Vec<RunRecords> = sweep
+        .runs
+        .iter()
+        .filter(|run| run.model == model && !run.diagnostics.is_empty())
+        .map(|run| RunRecords {
+            run_id: run.id.clone(),
+            strategy: run.strategy_label.clone(),
+            depth: None,
+            records: run.diagnostics.clone(),
+        })
+        .collect();
+    ModelChecks { model: model.to_string(), checks: [check_thm31(&runs), check_thm33(&runs), check_thm34(&runs)] }
+}
+
+/// Per LSC, the series of `quantity` on the decoder block consuming it (t_bin null).
+fn per_lsc_series(records: &[Record], quantity: &str) -> BTreeMap<u32, Vec<(u64, f64)>> {
+    let layers: BTreeMap<u32, &str> = records
+        .iter()
+        .filter(|record| record.quantity == quantity && record.t_bin.is_none())
+        .filter_map(|record| {
+            let layer = record.layer.as_deref().filter(|layer| layer.starts_with("dec."))?;
+            Some((record.lsc?, layer))
+        })
+        .collect();
+    layers
+        .into_iter()
+        .map(|(lsc, layer)| (lsc, series(records, quantity, Some(layer), Some(lsc), None)))
+        .filter(|(_, points)| !points.is_empty())
+        .collect()
+}
+
+/// Per LSC, the `grad_norm` series of the parameter group `dec.K` of the block consuming it
+/// (LSC N - K). Gradient records carry no LSC index, so N is the largest LSC index any record
+/// names; without one the mapping is unknown and the result empty.
+fn decoder_gradient_series(records: &[Record]) -> BTreeMap<u32, Vec<(u64, f64)>> {
+    let Some(lsc_count) = records.iter().filter_map(|record| record.lsc).max() else {
+        return BTreeMap::new();
+    };
+    let decoder_blocks: BTreeSet<u32> = records
+        .iter()
+        .filter(|record| record.quantity == "grad_norm")
+        .filter_map(|record| record.layer.as_deref()?.strip_prefix("dec.")?.parse().ok())
+        .collect();
+    decoder_blocks
+        .into_iter()
+        .filter(|&block| block < lsc_count)
+        .map(|block| {
+            let layer = format!("dec.{block}");
+            (lsc_count - block, series(records, "grad_norm", Some(&layer), None, None))
+        })
+        .filter(|(_, points)| !points.is_empty())
+        .collect()
+}
+
+/// Per LSC, the mean over runs at every step (see [`band_over_seeds`]).
+fn mean_per_lsc(per_run: &[BTreeMap<u32, Vec<(u64, f64)>>]) -> BTreeMap<u32, Vec<(u64, f64)>> {
+    let mut series_by_lsc: BTreeMap<u32, Vec<Vec<(u64, f64)>>> = BTreeMap::new();
+    for run in per_run {
+        for (lsc, points) in run {
+            series_by_lsc.entry(*lsc).or_default().push(points.clone());
+        }
+    }
+    series_by_lsc
+        .into_iter()
+        .map(|(lsc, runs)| (lsc, band_over_seeds(&runs).into_iter().map(|point| (point.step, point.mean)).collect()))
+        .collect()
+}

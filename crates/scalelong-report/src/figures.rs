@@ -1,0 +1,269 @@
+//! The report's figures: which numbers go into which panel, with titles and captions. Each figure
+//! is a PNG in memory; the caller writes it beside the HTML and embeds it.
+
+use anyhow::Result;
+use scalelong_analysis::theorems::TheoremCheck;
+
+use super::analysis::{
+    BandPoint, GateFit, Group, LOSS_SMOOTHING_WINDOW, LscQuantity, OSCILLATION_WINDOW, gate_curves, groups_of_model,
+    loss_band, lsc_grid, models, outer_feature_norm_band,
+};
+use super::format_number;
+use super::plot::{
+    BandPanel, Curve, PANEL_SIZE, Palette, Scale, ScatterPanel, XySeries, draw_band_panel, draw_heatmaps,
+    draw_scatter_panel, figure_size, heatmap_figure_size, panel_areas, render_png, sequential_colour,
+};
+use super::sweep_data::SweepData;
+
+pub struct Figure {
+    /// File name inside the report's `figures/` folder.
+    pub file_name: String,
+    pub title: String,
+    pub caption: String,
+    pub png: Vec<u8>,
+}
+
+/// Figure 1: smoothed training loss of every strategy, one panel per model; `None` when no run
+/// logged a loss.
+pub fn loss_figure(sweep: &SweepData, palette: &Palette) -> Result<Option<Figure>> {
+    band_figure_per_model(sweep, palette, loss_band, "training loss").map(|png| {
+        png.map(|png| Figure {
+            file_name: "loss.png".to_string(),
+            title: "Training loss".to_string(),
+            caption: format!(
+                "Training loss against step, one panel per model. Each loss series is smoothed by a trailing \
+                 moving average over {LOSS_SMOOTHING_WINDOW} logged points; the line is the mean over the runs \
+                 of a strategy (its seeds), the band their min..max."
+            ),
+            png,
+        })
+    })
+}
+
+/// Figure 2, the analogue of the paper's Figure 1: the norm of the last decoder block's output
+/// against step; `None` when no run recorded it.
+pub fn feature_norm_figure(sweep: &SweepData, palette: &Palette) -> Result<Option<Figure>> {
+    band_figure_per_model(sweep, palette, outer_feature_norm_band, "||h|| (feature_l2)").map(|png| {
+        png.map(|png| Figure {
+            file_name: "feature_norm.png".to_string(),
+            title: "Hidden-feature norm and its oscillation (the paper's Figure 1)".to_string(),
+            caption: format!(
+                "feature_l2 of the last decoder block (the one consuming LSC 1, over the whole probe batch) \
+                 against step, one panel per model. Line: mean over the runs of a strategy; band: min..max of \
+                 that mean over a centred window of {OSCILLATION_WINDOW} diagnostics records."
+            ),
+            png,
+        })
+    })
+}
+
+/// One panel per model with one curve per strategy; `None` when every curve is empty.
+fn band_figure_per_model(
+    sweep: &SweepData,
+    palette: &Palette,
+    band_of: impl Fn(&Group) -> Vec<BandPoint>,
+    y_desc: &str,
+) -> Result<Option<Vec<u8>>> {
+    let panels: Vec<BandPanel> = models(sweep)
+        .into_iter()
+        .map(|model| BandPanel {
+            title: model.to_string(),
+            curves: groups_of_model(sweep, model)
+                .iter()
+                .map(|group| Curve {
+                    label: group.strategy_label.to_string(),
+                    colour: palette.colour(group.strategy_label),
+                    points: band_of(group),
+                })
+                .filter(|curve| !curve.points.is_empty())
+                .collect(),
+        })
+        .collect();
+    if panels.iter().all(|panel| panel.curves.is_empty()) {
+        return Ok(None);
+    }
+    render_png(figure_size(panels.len()), |root| {
+        for (area, panel) in panel_areas(root, panels.len()).iter().zip(&panels) {
+            draw_band_panel(area, panel, y_desc)?;
+        }
+        Ok(())
+    })
+    .map(Some)
+}
+
+/// Figure 3: per model, a feature-norm and a gradient-norm heatmap (LSC index x step), one panel
+/// per strategy with seeds averaged; figures without any value are left out.
+pub fn heatmap_figures(sweep: &SweepData) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    for (model_index, model) in models(sweep).into_iter().enumerate() {
+        let groups = groups_of_model(sweep, model);
+        for (quantity, name, file_stem, description) in [
+            (
+                LscQuantity::FeatureNorm,
+                "feature norm",
+                "feature_heatmap",
+                "feature_l2 of the decoder block consuming each LSC (whole probe batch)",
+            ),
+            (
+                LscQuantity::GradientNorm,
+                "gradient norm",
+                "gradient_heatmap",
+                "grad_norm of parameter group dec.K, shown on the LSC it consumes (N - K)",
+            ),
+        ] {
+            let grids: Vec<_> = groups.iter().map(|group| lsc_grid(group, quantity)).collect();
+            if grids.iter().all(|grid| grid.is_empty()) {
+                continue;
+            }
+            let panels: Vec<(String, _)> =
+                groups.iter().zip(&grids).map(|(group, grid)| (group.strategy_label.to_string(), grid)).collect();
+            let png = render_png(heatmap_figure_size(panels.len()), |root| draw_heatmaps(root, &panels, name))?;
+            figures.push(Figure {
+                file_name: format!("{file_stem}_{model_index}.png"),
+                title: format!("Per-LSC {name}, {model}"),
+                caption: format!(
+                    "{description}, against step; one panel per strategy, mean over its runs. The colour scale is \
+                     logarithmic and shared by the panels; grey cells were not recorded."
+                ),
+                png,
+            });
+        }
+    }
+    Ok(figures)
+}
+
+/// Figure 4: per model and LS strategy, the gates of every LSC over training and the final mean
+/// gate against LSC index with its exponential fit.
+pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    for (model_index, model) in models(sweep).into_iter().enumerate() {
+        for group in groups_of_model(sweep, model) {
+            let Some(gates) =
+                gate_fits.iter().find(|fit| fit.model == model && fit.strategy_label == group.strategy_label)
+            else {
+                continue;
+            };
+            let curves = gate_curves(&group);
+            let lsc_count = curves.len().max(2);
+            let over_training = BandPanel {
+                title: format!("{} gates over training", group.strategy_label),
+                curves: curves
+                    .iter()
+                    .enumerate()
+                    .map(|(index, (lsc, points))| Curve {
+                        label: format!("LSC {lsc}"),
+                        colour: sequential_colour(index as f64 / (lsc_count - 1) as f64),
+                        points: points
+                            .iter()
+                            .map(|&(step, mean)| BandPoint { step, mean, low: mean, high: mean })
+                            .collect(),
+                    })
+                    .collect(),
+            };
+            let mut lines = Vec::new();
+            if let Some(fit) = gates.fit {
+                let lscs = 1..=gates.final_means.len();
+                lines.push(XySeries {
+                    label: format!(
+                        "fit a*kappa_hat^(i-1): kappa_hat {}, R^2 {}",
+                        format_number(fit.kappa_hat),
+                        format_number(fit.r2)
+                    ),
+                    colour: sequential_colour(0.6),
+                    points: lscs.map(|lsc| (lsc as f64, fit.a * fit.kappa_hat.powi(lsc as i32 - 1))).collect(),
+                });
+            }
+            let against_lsc = ScatterPanel {
+                title: format!("{} final mean gate by LSC", group.strategy_label),
+                x_desc: "LSC i (1 = outermost)".to_string(),
+                y_desc: "mean gate".to_string(),
+                x_scale: Scale::Linear,
+                y_scale: Scale::Log,
+                dots: vec![XySeries {
+                    label: "mean gate, last record".to_string(),
+                    colour: sequential_colour(0.0),
+                    points: gates
+                        .final_means
+                        .iter()
+                        .enumerate()
+                        .map(|(index, mean)| ((index + 1) as f64, *mean))
+                        .collect(),
+                }],
+                lines,
+            };
+            let png = render_png((PANEL_SIZE.0 * 2, PANEL_SIZE.1), |root| {
+                let halves = panel_areas(root, 2);
+                draw_band_panel(&halves[0], &over_training, "gate_mean")?;
+                draw_scatter_panel(&halves[1], &against_lsc)
+            })?;
+            let fit_note = if gates.fit.is_some() {
+                "The line is the least-squares fit of ln(gate) on i - 1."
+            } else {
+                "No exponential could be fitted (the recorded LSCs are not 1..N or a mean is not positive)."
+            };
+            figures.push(Figure {
+                file_name: format!("gates_{model_index}_{}.png", slug(group.strategy_label)),
+                title: format!("{} gates, {model}", group.strategy_label),
+                caption: format!(
+                    "Left: gate_mean of each LSC against step, mean over the runs. Right: each run's last gate_mean \
+                     per LSC, averaged over the runs, on a log axis. {fit_note}"
+                ),
+                png,
+            });
+        }
+    }
+    Ok(figures)
+}
+
+/// Figure 5: measured against predicted values of one theorem check, log-log, coloured by strategy;
+/// `None` when the check has no row a log axis can show.
+pub fn theorem_figure(
+    model_index: usize,
+    model: &str,
+    check: &TheoremCheck,
+    palette: &Palette,
+) -> Result<Option<Figure>> {
+    if !check.rows.iter().any(|row| row.predicted > 0.0 && row.measured > 0.0) {
+        return Ok(None);
+    }
+    let mut labels: Vec<&str> = Vec::new();
+    for row in &check.rows {
+        if !labels.contains(&row.strategy.as_str()) {
+            labels.push(&row.strategy);
+        }
+    }
+    let panel = ScatterPanel {
+        title: format!("{} on {model}: {}", check.theorem, check.verdict),
+        x_desc: "predicted (bound, constants dropped)".to_string(),
+        y_desc: "measured".to_string(),
+        x_scale: Scale::Log,
+        y_scale: Scale::Log,
+        dots: labels
+            .iter()
+            .map(|label| XySeries {
+                label: label.to_string(),
+                colour: palette.colour(label),
+                points: check
+                    .rows
+                    .iter()
+                    .filter(|row| row.strategy == *label)
+                    .map(|row| (row.predicted, row.measured))
+                    .collect(),
+            })
+            .collect(),
+        lines: Vec::new(),
+    };
+    let png = render_png(PANEL_SIZE, |root| draw_scatter_panel(root, &panel))?;
+    Ok(Some(Figure {
+        file_name: format!("{}_{model_index}.png", slug(check.theorem)),
+        title: format!("{} on {model}", check.theorem),
+        caption: format!("Each dot is one row of the check: {}.", check.claim),
+        png,
+    }))
+}
+
+/// `text` with every character other than ASCII letters, digits and `-` replaced by `_`, for file
+/// names.
+fn slug(text: &str) -> String {
+    text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}

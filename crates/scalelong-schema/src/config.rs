@@ -1,0 +1,345 @@
+//! The run config, the schema of `config.json`: one TOML file, every default visible in
+//! [`RunConfig::default`] and the sections' defaults, `--set` overrides applied to the TOML before
+//! it is parsed so that every error names its dotted key.
+
+use crate::diffusion::{SamplerConfig, ScheduleConfig};
+use crate::strategy::SkipScaling;
+use anyhow::{Context, Result, bail};
+use scalelong_data::DatasetSpec;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub strategy: SkipScaling,
+    /// A preset name plus any of its fields to override, e.g. `{ preset = "uvit-small", depth = 16 }`.
+    pub model: ModelSection,
+    pub data: DataConfig,
+    pub steps: u64,
+    pub batch_size: usize,
+    pub optimizer: OptimizerConfig,
+    /// Linear learning-rate warm-up from 0 over this many steps, then constant (the reference's
+    /// "customized" schedule).
+    pub warmup_steps: u64,
+    /// Clip the global gradient norm to this value; `0` turns clipping off (the reference has none).
+    pub grad_clip: f64,
+    pub ema_decay: f64,
+    pub diffusion: DiffusionConfig,
+    pub log_every: u64,
+    /// `0`: only at the end.
+    pub sample_every: u64,
+    pub sample_count: usize,
+    /// `0`: only at the end.
+    pub checkpoint_every: u64,
+    pub diagnostics: DiagnosticsConfig,
+    /// Evaluate the EMA weights (held-out loss, FD) at every checkpoint and at the end.
+    pub evaluate: bool,
+    pub eval: EvalConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            strategy: SkipScaling::Original,
+            model: ModelSection::default(),
+            data: DataConfig::default(),
+            steps: 1000,
+            batch_size: 32,
+            optimizer: OptimizerConfig::default(),
+            warmup_steps: 100,
+            grad_clip: 0.0,
+            ema_decay: 0.999,
+            diffusion: DiffusionConfig::default(),
+            log_every: 10,
+            sample_every: 0,
+            sample_count: 16,
+            checkpoint_every: 0,
+            diagnostics: Default::default(),
+            evaluate: true,
+            eval: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSection {
+    pub preset: String,
+    /// Fields of the preset's config to change; checked against it when resolved.
+    #[serde(flatten)]
+    pub overrides: toml::Table,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self { preset: "uvit-small".into(), overrides: toml::Table::new() }
+    }
+}
+
+impl ModelSection {
+    /// `uvit-small depth=16`: the preset and its overridden fields.
+    pub fn describe(&self) -> String {
+        let mut text = self.preset.clone();
+        for (key, value) in &self.overrides {
+            text.push_str(&format!(" {key}={value}"));
+        }
+        text
+    }
+}
+
+/// Deserialises with errors that start with the dotted path of the offending key.
+pub fn from_table_named<T: for<'de> Deserialize<'de>>(table: toml::Table) -> Result<T> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().trim().to_string();
+        if path == "." { anyhow::anyhow!("{message}") } else { anyhow::anyhow!("{path}: {message}") }
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub dataset: DatasetSpec,
+    /// Zero-pad images (with the background value) to a multiple of this; 28x28 -> 32x32 with 32.
+    pub pad_to_multiple: usize,
+    pub random_flip: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { dataset: DatasetSpec::FashionMnist {}, pad_to_multiple: 32, random_flip: false }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub eps: f64,
+    /// The learning rate after warm-up.
+    pub schedule: LrSchedule,
+}
+
+impl Default for OptimizerConfig {
+    /// The reference's AdamW, constant after warm-up.
+    fn default() -> Self {
+        Self { lr: 2e-4, beta1: 0.99, beta2: 0.999, weight_decay: 0.03, eps: 1e-8, schedule: LrSchedule::Constant }
+    }
+}
+
+/// What the learning rate does after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum LrSchedule {
+    /// `optimizer.lr` until the end (the reference's schedule).
+    Constant,
+    /// Half a cosine from `optimizer.lr` down to `final_fraction * optimizer.lr` at the last step
+    /// (nanoGPT's schedule): a run of fixed length ends annealed instead of mid-descent.
+    Cosine { final_fraction: f64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiffusionConfig {
+    pub schedule: ScheduleConfig,
+    pub sampler: SamplerConfig,
+}
+
+/// What the training-time recorder measures and how often (docs/run-folder.md, `diagnostics.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnosticsConfig {
+    /// Record every this many optimizer steps; 0 turns recording off.
+    pub every: u64,
+    pub t_bins: usize,
+    pub probe_per_bin: usize,
+    /// Standard deviation of the robustness perturbation δ, relative to the RMS of x_t.
+    pub robustness_delta: f64,
+    /// The per-bin gradient norms (Thm 3.3) take one backward pass per bin, most of a record's
+    /// cost: they are measured on every this-many-th record only.
+    pub gradient_bins_every: u64,
+}
+
+impl Default for DiagnosticsConfig {
+    fn default() -> Self {
+        Self { every: 0, t_bins: 10, probe_per_bin: 2, robustness_delta: 1e-2, gradient_bins_every: 5 }
+    }
+}
+
+impl DiagnosticsConfig {
+    /// Checks what can be checked without the data (the probe's image count is checked when the
+    /// recorder is built).
+    pub fn validate(&self, schedule_steps: usize) -> Result<()> {
+        if self.every == 0 {
+            return Ok(());
+        }
+        if self.gradient_bins_every == 0 {
+            bail!("diagnostics.gradient_bins_every: must be at least 1");
+        }
+        if self.t_bins == 0 || self.probe_per_bin == 0 || self.t_bins > schedule_steps {
+            bail!(
+                "diagnostics.t_bins ({}) and diagnostics.probe_per_bin ({}) must be positive, t_bins at most the \
+                 schedule's steps ({schedule_steps})",
+                self.t_bins,
+                self.probe_per_bin
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Evaluation at every checkpoint and at the end (docs/run-folder.md, `eval.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Test images the held-out loss uses (the first ones), rounded down to a multiple of
+    /// `t_bins` and capped at the test set's size.
+    pub heldout_images: usize,
+    /// Timestep bins of the held-out loss, laid out like the diagnostics probe's.
+    pub t_bins: usize,
+    /// EMA samples (and test images) the FD compares; `0` skips the FD and the classifier.
+    pub fd_samples: usize,
+    /// Epochs of the FD classifier's training; part of its cache key.
+    pub classifier_epochs: usize,
+    /// Where the FD classifier is cached, shared by all runs (relative to the current folder).
+    pub cache_dir: PathBuf,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        // One classifier epoch on Fashion-MNIST (60k at 32x32) took 177 s on the 2-core machine
+        // under a load of ~4 for a test accuracy of 0.875; two took 415 s for 0.893.
+        Self {
+            heldout_images: 512,
+            t_bins: 10,
+            fd_samples: 256,
+            classifier_epochs: 1,
+            cache_dir: PathBuf::from("runs/.cache"),
+        }
+    }
+}
+
+impl EvalConfig {
+    /// Checks what can be checked without the data; the data-dependent checks (enough test
+    /// images, labels with 2 classes or more) fail at evaluation with a message naming the key.
+    pub fn validate(&self, schedule_steps: usize) -> Result<()> {
+        if self.t_bins == 0 || self.t_bins > schedule_steps {
+            bail!("eval.t_bins: {} must lie in 1..={schedule_steps} (the schedule's steps)", self.t_bins);
+        }
+        if self.heldout_images < self.t_bins {
+            bail!("eval.heldout_images: {} must be at least eval.t_bins ({})", self.heldout_images, self.t_bins);
+        }
+        if self.fd_samples == 1 {
+            bail!("eval.fd_samples: 1 sample has no covariance; use at least 2, or 0 to skip the FD");
+        }
+        if self.fd_samples > 0 && self.classifier_epochs == 0 {
+            bail!("eval.classifier_epochs: must be at least 1 while eval.fd_samples > 0");
+        }
+        Ok(())
+    }
+}
+
+impl RunConfig {
+    /// Reads `path`, applies `key=value` overrides (dotted keys, TOML values; a bare word is
+    /// taken as a string), and checks the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for item in overrides {
+            apply_override(&mut table, item)?;
+        }
+        Self::from_table(table).with_context(|| format!("config {}", path.display()))
+    }
+
+    pub fn from_table(table: toml::Table) -> Result<Self> {
+        let config: Self = from_table_named(table)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field that can be checked without the data and without resolving the model
+    /// preset (`scalelong::config::validate` adds that): each error names its dotted key.
+    pub fn validate(&self) -> Result<()> {
+        self.diffusion.schedule.validate().map_err(anyhow::Error::msg)?;
+        self.eval.validate(self.diffusion.schedule.steps())?;
+        self.diagnostics.validate(self.diffusion.schedule.steps())?;
+        let checks = [
+            (self.steps > 0, "steps: must be at least 1"),
+            (self.batch_size > 0, "batch_size: must be at least 1"),
+            (self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite(), "optimizer.lr: must be a positive number"),
+            ((0.0..1.0).contains(&self.optimizer.beta1), "optimizer.beta1: must lie in [0, 1)"),
+            ((0.0..1.0).contains(&self.optimizer.beta2), "optimizer.beta2: must lie in [0, 1)"),
+            (self.optimizer.weight_decay >= 0.0, "optimizer.weight_decay: must be >= 0"),
+            (
+                match self.optimizer.schedule {
+                    LrSchedule::Constant => true,
+                    LrSchedule::Cosine { final_fraction } => (0.0..=1.0).contains(&final_fraction),
+                },
+                "optimizer.schedule.final_fraction: must lie in [0, 1]",
+            ),
+            ((0.0..1.0).contains(&self.ema_decay), "ema_decay: must lie in [0, 1)"),
+            (self.grad_clip >= 0.0, "grad_clip: must be >= 0 (0 = off)"),
+            (self.log_every > 0, "log_every: must be at least 1"),
+            (self.sample_count > 0, "sample_count: must be at least 1"),
+        ];
+        if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
+            bail!("{msg}");
+        }
+        Ok(())
+    }
+}
+
+/// `a.b.c=value` into the table, creating intermediate tables.
+pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+    let (key, raw) = item.split_once('=').with_context(|| format!("--set {item:?}: expected key=value"))?;
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("parsed one key"),
+        Err(_) => toml::Value::String(raw.trim().to_string()),
+    };
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let (last, parents) = parts.split_last().expect("split yields one part");
+    let mut node = table;
+    for part in parents {
+        node = node
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("--set {key}: {part} is not a table"))?;
+    }
+    node.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_config_parses_with_defaults_and_rejects_unknown_keys() {
+        let config: EvalConfig = toml::from_str("fd_samples = 0").unwrap();
+        assert_eq!(config, EvalConfig { fd_samples: 0, ..EvalConfig::default() });
+        assert!(toml::from_str::<EvalConfig>("fd_sample = 0").is_err());
+        assert!(EvalConfig { t_bins: 0, ..EvalConfig::default() }.validate(1000).is_err());
+        assert!(EvalConfig { classifier_epochs: 0, ..EvalConfig::default() }.validate(1000).is_err());
+        EvalConfig::default().validate(1000).unwrap();
+    }
+
+    #[test]
+    fn overrides_name_their_key_in_errors() {
+        let mut table = toml::Table::new();
+        apply_override(&mut table, "optimizer.lr=abc").unwrap();
+        let error = RunConfig::from_table(table).unwrap_err().to_string();
+        assert!(error.starts_with("optimizer.lr:"), "{error}");
+        let mut table = toml::Table::new();
+        apply_override(&mut table, "optimizer.schedule={ kind = \"cosine\", final_fraction = 2.0 }").unwrap();
+        let error = RunConfig::from_table(table).unwrap_err().to_string();
+        assert!(error.contains("optimizer.schedule.final_fraction"), "{error}");
+        assert!(apply_override(&mut toml::Table::new(), "no-equals-sign").is_err());
+    }
+}

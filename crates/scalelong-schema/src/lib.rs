@@ -1,0 +1,33 @@
+//! The run folder's one schema (docs/run-folder.md): the types every file a run or a sweep writes
+//! is written and read with, and the one way each is written and read. No burn: the report and
+//! the analysis build without it.
+//!
+//! | file | type |
+//! |---|---|
+//! | `config.json` | [`RunConfig`] (with [`SkipScaling`], [`ScheduleConfig`], [`SamplerConfig`], ...) |
+//! | `status.json` | [`Status`] |
+//! | `metrics.jsonl` | [`MetricsLine`] |
+//! | `eval.jsonl` | [`EvalLine`] |
+//! | `diagnostics.jsonl` | [`Record`] |
+//! | `checkpoint/state.json` | [`CheckpointState`] |
+//! | `sweep.json` | [`SweepManifest`] |
+//!
+//! Whole files go through [`write_json_atomic`] / [`read_json`], logs through [`JsonlLog`] and
+//! [`read_jsonl`] (which tolerates the torn last line of a killed writer).
+
+pub mod config;
+pub mod diffusion;
+pub mod files;
+pub mod io;
+pub mod records;
+pub mod strategy;
+
+pub use config::{
+    DataConfig, DiagnosticsConfig, DiffusionConfig, EvalConfig, LrSchedule, ModelSection, OptimizerConfig, RunConfig,
+    apply_override,
+};
+pub use diffusion::{SamplerConfig, ScheduleConfig};
+pub use files::{CheckpointState, EvalLine, MetricsLine, RunState, Status, SweepManifest, SweepRun};
+pub use io::{JsonlLog, read_json, read_jsonl, truncate_jsonl_after, write_atomic, write_json_atomic};
+pub use records::{Record, series, series_values};
+pub use strategy::SkipScaling;

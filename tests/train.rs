@@ -1,0 +1,176 @@
+//! `scalelong train` end to end: outputs, exact resume, SIGKILL, bad input (tiny synthetic runs).
+
+use scalelong_tests::*;
+use std::time::{Duration, Instant};
+
+#[test]
+fn trains_writes_everything_and_resumes_exactly() {
+    let dir = TempDir::new("resume");
+    let config = write_config(&dir, "tiny.toml", TINY_CONFIG);
+
+    let whole = train(&dir, &config, "whole", &[]);
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    let run = dir.join("whole");
+    for file in [
+        "config.json",
+        "status.json",
+        "metrics.jsonl",
+        "diagnostics.jsonl",
+        "eval.jsonl",
+        "samples/step_0000008.png",
+        "checkpoint/model.bpk",
+        "checkpoint/ema.bpk",
+        "checkpoint/optimizer.bin",
+        "checkpoint/state.json",
+    ] {
+        assert!(run.join(file).exists(), "{file} missing");
+    }
+    let png = std::fs::read(run.join("samples/step_0000008.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let metrics = jsonl(&run.join("metrics.jsonl"));
+    assert_eq!(steps_of(&metrics), (1..=8).collect::<Vec<_>>());
+    for key in ["loss", "lr", "grad_norm", "step_time_s", "examples_per_s"] {
+        assert!(metrics.iter().all(|m| m[key].as_f64().is_some_and(f64::is_finite)), "{key}");
+    }
+    let evals = jsonl(&run.join("eval.jsonl"));
+    assert_eq!(steps_of(&evals), vec![3, 6, 8]);
+
+    // Stop after 3 steps, then resume to 8: the same losses, step for step.
+    let first = train(&dir, &config, "split", &["--set", "steps=3"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let again = train(&dir, &config, "split", &[]);
+    assert!(
+        !again.status.success() && stderr(&again).contains("--resume"),
+        "a second start without --resume must refuse"
+    );
+    let resumed = train(&dir, &config, "split", &["--resume"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let split = jsonl(&dir.join("split/metrics.jsonl"));
+    assert_eq!(steps_of(&split), (1..=8).collect::<Vec<_>>(), "metrics continue from the checkpoint's step");
+    let losses = |m: &[serde_json::Value]| m.iter().map(|l| l["loss"].as_f64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(losses(&split), losses(&metrics), "resume is bit-identical on the flex backend");
+    let diag = |name: &str| std::fs::read_to_string(dir.join(name).join("diagnostics.jsonl")).unwrap();
+    assert_eq!(diag("split"), diag("whole"), "diagnostics too");
+}
+
+#[test]
+fn a_killed_run_resumes_from_its_last_checkpoint_with_no_corrupt_file() {
+    let dir = TempDir::new("kill");
+    let text =
+        TINY_CONFIG.replace("steps = 8", "steps = 100000").replace("checkpoint_every = 3", "checkpoint_every = 4");
+    let config = write_config(&dir, "long.toml", &text);
+    let out = dir.join("run");
+    let mut child = std::process::Command::new(binary())
+        .args(["train", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !(out.join("checkpoint/state.json").exists() && jsonl_len(&out.join("metrics.jsonl")) >= 10) {
+        assert!(started.elapsed() < Duration::from_secs(120), "the run made no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    // Every complete file parses; a torn last log line is the only damage allowed.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap()).unwrap();
+    let saved = state["step"].as_u64().unwrap();
+    assert!(saved >= 4 && saved % 4 == 0);
+    serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out.join("status.json")).unwrap()).unwrap();
+    serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+
+    let target = saved + 6;
+    let resumed = train(&dir, &config, "run", &["--resume", "--set", &format!("steps={target}")]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(steps_of(&jsonl(&out.join("metrics.jsonl"))), (1..=target).collect::<Vec<_>>());
+    let diag_steps = steps_of(&jsonl(&out.join("diagnostics.jsonl")));
+    assert!(diag_steps.windows(2).all(|w| w[0] <= w[1]), "no step recorded twice out of order");
+    assert!(leftover_tmp_files(&out).is_empty(), "{:?}", leftover_tmp_files(&out));
+}
+
+fn jsonl_len(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+/// Runs `train` expecting failure; returns stderr and checks nothing was left half-written.
+fn fails(dir: &TempDir, config_text: &str, out: &str, extra: &[&str]) -> String {
+    let config = write_config(dir, &format!("{out}.toml"), config_text);
+    let output = train(dir, &config, out, extra);
+    assert!(!output.status.success(), "{out}: should fail");
+    assert!(leftover_tmp_files(&dir.0).is_empty());
+    stderr(&output)
+}
+
+#[test]
+fn bad_inputs_fail_clearly_and_leave_nothing_half_written() {
+    let dir = TempDir::new("bad");
+    let err = fails(&dir, &TINY_CONFIG.replace("strategy = \"ls\"", "strategy = { cs = 1.5 }"), "kappa", &[]);
+    assert!(err.contains("kappa") && err.contains("1.5"), "{err}");
+    assert!(!dir.join("kappa").exists(), "a config error creates no run folder");
+
+    let err = fails(&dir, &format!("{TINY_CONFIG}\nbatchsize = 4\n"), "unknown", &[]);
+    assert!(err.contains("batchsize"), "{err}");
+    let err = fails(&dir, TINY_CONFIG, "typo", &["--set", "model.dept=3"]);
+    assert!(err.contains("model.dept"), "{err}");
+    let err = fails(&dir, TINY_CONFIG, "wrongtype", &["--set", "steps=\"many\""]);
+    assert!(err.contains("steps") || err.contains("integer"), "{err}");
+
+    let missing = TINY_CONFIG.replace(
+        r#"dataset = { kind = "synthetic", n = 64, channels = 1, size = 16, seed = 1 }"#,
+        r#"dataset = { kind = "idx", images = "nowhere/train-images.gz", test_images = "nowhere/t10k.gz" }"#,
+    );
+    let err = fails(&dir, &missing, "missing", &[]);
+    assert!(err.contains("nowhere/train-images.gz"), "{err}");
+
+    // A corrupt and a truncated IDX file.
+    std::fs::write(dir.join("corrupt.idx"), b"this is not an idx file at all").unwrap();
+    let mut truncated = vec![0u8, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 16, 0, 0, 0, 16];
+    truncated.extend(vec![7u8; 100]);
+    std::fs::write(dir.join("truncated.idx"), truncated).unwrap();
+    for (name, expected) in [("corrupt.idx", "magic"), ("truncated.idx", "truncated")] {
+        let text = missing.replace("nowhere/train-images.gz", name);
+        let err = fails(&dir, &text, name, &[]);
+        assert!(err.contains(name) && err.to_lowercase().contains(expected), "{err}");
+    }
+
+    // A corrupt checkpoint.
+    let config = write_config(&dir, "ok.toml", TINY_CONFIG);
+    assert!(train(&dir, &config, "ckpt", &["--set", "steps=3"]).status.success());
+    std::fs::write(dir.join("ckpt/checkpoint/model.bpk"), b"garbage").unwrap();
+    let output = train(&dir, &config, "ckpt", &["--resume"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("model.bpk"), "{}", stderr(&output));
+}
+
+#[test]
+fn a_huge_learning_rate_marks_the_run_diverged_and_keeps_the_last_good_checkpoint() {
+    let dir = TempDir::new("diverge");
+    let config = write_config(&dir, "tiny.toml", &TINY_CONFIG.replace("steps = 8", "steps = 400"));
+    let output = train(&dir, &config, "run", &["--set", "optimizer.lr=1e30", "--set", "warmup_steps=0"]);
+    assert_eq!(output.status.code(), Some(3), "exit status 3 means diverged: {}", stderr(&output));
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/status.json")).unwrap()).unwrap();
+    assert_eq!(status["state"], "diverged");
+    let step = status["step"].as_u64().unwrap();
+    assert!(step >= 1 && status["message"].as_str().unwrap().contains("non-finite"));
+    if step > 3 {
+        assert!(dir.join("run/checkpoint/state.json").exists(), "the last good checkpoint is kept");
+    }
+}
+
+#[test]
+fn recording_diagnostics_every_step_changes_no_loss() {
+    let dir = TempDir::new("observe");
+    let config = write_config(&dir, "tiny.toml", TINY_CONFIG);
+    let with = train(&dir, &config, "with", &["--set", "diagnostics.every=1"]);
+    let without = train(&dir, &config, "without", &["--set", "diagnostics.every=0"]);
+    assert!(with.status.success() && without.status.success());
+    let losses = |run: &str| {
+        jsonl(&dir.join(run).join("metrics.jsonl")).iter().map(|m| m["loss"].as_f64().unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(losses("with"), losses("without"), "bit-identical on the flex backend");
+    assert!(jsonl(&dir.join("with/diagnostics.jsonl")).len() > 8);
+    assert!(std::fs::read_to_string(dir.join("without/diagnostics.jsonl")).unwrap().is_empty());
+}
