@@ -23,7 +23,7 @@ const FONT: &str = "sans-serif";
 pub const PANEL_SIZE: (u32, u32) = (640, 420);
 const MAX_COLUMNS: usize = 2;
 /// Width of the colour bar beside a set of heatmaps.
-const COLOUR_BAR_WIDTH: u32 = 120;
+const COLOUR_BAR_WIDTH: u32 = 130;
 
 /// Fixed colours of the strategies docs/method.md §3 names, the same in every figure.
 const RED: RGBColor = RGBColor(214, 39, 40);
@@ -393,24 +393,39 @@ fn draw_heatmap_panel(area: &Area, title: &str, grid: &LscGrid, log_scale: &Rang
     Ok(())
 }
 
+/// The colour bar of a set of heatmaps: the strips on the left of `area`, their tick labels right
+/// of them and the quantity's description right of those, all inside `area` (a plotters chart
+/// puts its labels left of the plot, where the heatmap beside the bar would cover them, and cut
+/// them at the figure's edge when moved right).
 fn draw_colour_bar(area: &Area, log_scale: &Range<f64>, value_desc: &str) -> Result<()> {
-    // An empty header keeps the bar level with the heatmaps beside it.
+    // An empty header keeps the bar level with the heatmaps beside it; the bottom margin matches
+    // their x-axis label area.
     let body = panel_body(area, "", &[])?;
-    let x = Axis { range: 0.0..1.0, ticks: Vec::new(), label: Box::new(|_| String::new()), desc: String::new() };
-    let y = Axis {
-        range: log_scale.clone(),
-        ticks: Scale::Log.ticks(log_scale),
-        label: Box::new(|coordinate| Scale::Log.tick_label(coordinate)),
-        desc: Scale::Log.describe(value_desc),
-    };
-    let mut chart = chart(&body, &x, &y, false)?;
-    const STRIPS: usize = 100;
+    let (_, height) = body.dim_in_pixel();
+    let (top, bottom) = (4i32, height as i32 - 52);
+    let (bar_left, bar_right) = (8i32, 30i32);
     let span = log_scale.end - log_scale.start;
-    chart.draw_series((0..STRIPS).map(|strip| {
+    let y_of =
+        |coordinate: f64| bottom - ((coordinate - log_scale.start) / span * (bottom - top) as f64).round() as i32;
+    const STRIPS: usize = 100;
+    for strip in 0..STRIPS {
         let fraction = |index: usize| index as f64 / STRIPS as f64;
-        let (bottom, top) = (log_scale.start + fraction(strip) * span, log_scale.start + fraction(strip + 1) * span);
-        Rectangle::new([(0.0, bottom), (1.0, top)], sequential_colour(fraction(strip)).filled())
-    }))?;
+        let (low, high) = (log_scale.start + fraction(strip) * span, log_scale.start + fraction(strip + 1) * span);
+        body.draw(&Rectangle::new(
+            [(bar_left, y_of(high)), (bar_right, y_of(low))],
+            sequential_colour(fraction(strip)).filled(),
+        ))?;
+    }
+    let label_style = TextStyle::from((FONT, 13)).pos(Pos::new(HPos::Left, VPos::Center));
+    for tick in Scale::Log.ticks(log_scale) {
+        let y = y_of(tick);
+        body.draw(&PathElement::new(vec![(bar_right, y), (bar_right + 4, y)], BLACK.stroke_width(1)))?;
+        body.draw_text(&Scale::Log.tick_label(tick), &label_style, (bar_right + 7, y))?;
+    }
+    let desc_style = TextStyle::from((FONT, 14))
+        .transform(plotters::style::FontTransform::Rotate270)
+        .pos(Pos::new(HPos::Center, VPos::Center));
+    body.draw_text(&Scale::Log.describe(value_desc), &desc_style, (COLOUR_BAR_WIDTH as i32 - 18, (top + bottom) / 2))?;
     Ok(())
 }
 
