@@ -5,19 +5,29 @@
 export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", env_var("HOME") / ".cache/scalelong-target")
 bin := CARGO_TARGET_DIR / "debug/scalelong"
 
-# The main job: the default strategy sweep on Fashion-MNIST, then its report.
+# Runs trained at once by a sweep, each in its own process on an equal share of the cores (two
+# one-thread processes train 1.3x as many steps a second as one two-thread process on 2 cores).
+jobs := env_var_or_default("SCALELONG_JOBS", num_cpus())
+
+# The main job: the four strategies on the U-ViT, three seeds, every run to a plateau (about 50
+# minutes on 2 cores), then its report.
 sweep: data build
-    {{bin}} sweep experiments/sweep-default.toml
+    {{bin}} sweep experiments/sweep-default.toml --jobs {{jobs}}
     {{bin}} report runs/default
 
-# A five-minute version of the sweep.
+# The same comparison on the conv UNet (about as long).
+sweep-unet: data build
+    {{bin}} sweep experiments/sweep-unet.toml --jobs {{jobs}}
+    {{bin}} report runs/unet
+
+# A smoke test of the whole pipeline in a few minutes (runs too short to learn: no verdicts).
 sweep-quick: data build
-    {{bin}} sweep experiments/sweep-quick.toml
+    {{bin}} sweep experiments/sweep-quick.toml --jobs {{jobs}}
     {{bin}} report runs/quick
 
-# The learning-rate stability sweep.
+# The stability frontier: learning rates against strategies on the deeper U-ViT (about 30 minutes).
 sweep-lr: data build
-    {{bin}} sweep experiments/sweep-lr.toml
+    {{bin}} sweep experiments/sweep-lr.toml --jobs {{jobs}}
     {{bin}} report runs/lr
 
 # One training run, e.g. `just train experiments/quick.toml --set strategy=ls`.

@@ -21,6 +21,11 @@
 //!
 //! The Student-t quantile is statrs' (see [`t_quantile`] for where it holds).
 
+/// The level of every interval the harness reports.
+pub const LEVEL: f64 = 0.95;
+/// The power at which the smallest detectable effect is stated.
+pub const POWER: f64 = 0.8;
+
 use std::fmt;
 
 use rand::seq::SliceRandom;

@@ -1,27 +1,11 @@
-//! Small statistics used by the analysis: means, rank correlation, least squares, the exponential
-//! decay fit of LS gates, and oscillation ranges.
+//! Small statistics used by the analysis: means, least squares and the exponential decay fit of
+//! LS gates (the rank correlation and the intervals are in `inference`).
 
 use serde::{Deserialize, Serialize};
 
 /// Arithmetic mean `sum(v) / n`; `None` for an empty slice.
 pub fn mean(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
-}
-
-/// Spearman rank correlation: the Pearson correlation of the 1-based ranks of `x` and `y`, tied
-/// values sharing the average of their ranks. `None` when the lengths differ, there are fewer than
-/// 2 points, or either variable is constant (the correlation is undefined).
-pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
-    if x.len() != y.len() || x.len() < 2 {
-        return None;
-    }
-    pearson(&average_ranks(x), &average_ranks(y))
-}
-
-/// Pearson correlation `Sxy / sqrt(Sxx Syy)`; `None` when either variable is constant.
-fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
-    let m = Moments::of(x, y)?;
-    (m.sxx > 0.0 && m.syy > 0.0).then(|| m.sxy / (m.sxx * m.syy).sqrt())
 }
 
 /// Means and centred sums of squares and products of paired data, e.g. `Sxy = sum (x - mean_x)(y - mean_y)`.
@@ -46,27 +30,6 @@ impl Moments {
         }
         Some(Self { mean_x, mean_y, sxx, syy, sxy })
     }
-}
-
-/// 1-based ranks; a group of equal values gets the mean of the ranks it spans.
-fn average_ranks(values: &[f64]) -> Vec<f64> {
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
-    let mut ranks = vec![0.0; values.len()];
-    let mut start = 0;
-    while start < order.len() {
-        let mut end = start + 1;
-        while end < order.len() && values[order[end]] == values[order[start]] {
-            end += 1;
-        }
-        // Positions start..end hold ranks start+1 ..= end; their mean is (start + 1 + end) / 2.
-        let shared_rank = (start + 1 + end) as f64 / 2.0;
-        for &index in &order[start..end] {
-            ranks[index] = shared_rank;
-        }
-        start = end;
-    }
-    ranks
 }
 
 /// A straight line `y = slope * x + intercept` fitted by least squares, with its coefficient of
@@ -118,61 +81,12 @@ pub fn exp_decay_fit(means: &[f64]) -> Option<DecayFit> {
     Some(DecayFit { a: line.intercept.exp(), kappa_hat: line.slope.exp(), r2: line.r2 })
 }
 
-/// Spread of a set of values, the width of an oscillation band.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Oscillation {
-    /// `max - min`.
-    pub range: f64,
-    /// Population standard deviation `sqrt(sum (v - mean)^2 / n)`.
-    pub std: f64,
-}
-
-/// Range and standard deviation of every window of `window` consecutive values, in order: one entry
-/// per start position, `values.len() - window + 1` in all, none when `window` is 0 or exceeds the
-/// series.
-pub fn oscillation(values: &[f64], window: usize) -> Vec<Oscillation> {
-    if window == 0 {
-        return Vec::new();
-    }
-    values.windows(window).filter_map(range_and_std).collect()
-}
-
-/// Range and standard deviation of the whole series; `None` when it is empty.
-pub fn range_and_std(values: &[f64]) -> Option<Oscillation> {
-    let mean = mean(values)?;
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
-    Some(Oscillation { range: max - min, std: variance.sqrt() })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn assert_close(actual: f64, expected: f64, tolerance: f64) {
         assert!((actual - expected).abs() <= tolerance, "{actual} is not within {tolerance} of {expected}");
-    }
-
-    #[test]
-    fn average_ranks_share_ties() {
-        assert_eq!(average_ranks(&[10.0, 30.0, 20.0, 30.0, 5.0]), vec![2.0, 4.5, 3.0, 4.5, 1.0]);
-    }
-
-    #[test]
-    fn spearman_matches_hand_computation() {
-        // Monotone but nonlinear: perfect rank agreement.
-        assert_close(spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 8.0, 27.0, 64.0]).unwrap(), 1.0, 1e-12);
-        assert_close(spearman(&[1.0, 2.0, 3.0], &[9.0, 4.0, 1.0]).unwrap(), -1.0, 1e-12);
-        // No ties: rho = 1 - 6 sum d^2 / (n (n^2 - 1)); ranks of y are 2,1,4,3,5, d^2 sum = 4,
-        // rho = 1 - 24 / 120 = 0.8.
-        assert_close(spearman(&[1.0, 2.0, 3.0, 4.0, 5.0], &[2.0, 1.0, 4.0, 3.0, 5.0]).unwrap(), 0.8, 1e-12);
-        // Ties: x ranks 1,2,3,4; y = [1,2,2,3] ranks 1,2.5,2.5,4. Deviations from 2.5:
-        // x -1.5,-0.5,0.5,1.5; y -1.5,0,0,1.5. cov 4.5, Sxx 5, Syy 4.5 -> 4.5 / sqrt(22.5).
-        assert_close(spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 2.0, 2.0, 3.0]).unwrap(), 4.5 / 22.5_f64.sqrt(), 1e-12);
-        assert_eq!(spearman(&[1.0, 2.0, 3.0], &[5.0, 5.0, 5.0]), None);
-        assert_eq!(spearman(&[1.0], &[1.0]), None);
-        assert_eq!(spearman(&[1.0, 2.0], &[1.0]), None);
     }
 
     #[test]
@@ -206,34 +120,5 @@ mod tests {
         assert_eq!(exp_decay_fit(&[0.9, 0.0, 0.2]), None);
         assert_eq!(exp_decay_fit(&[0.9, -0.1]), None);
         assert_eq!(exp_decay_fit(&[0.9, f64::NAN]), None);
-    }
-
-    #[test]
-    fn oscillation_over_sliding_windows() {
-        let values = [1.0, 3.0, 2.0, 6.0];
-        let windows = oscillation(&values, 2);
-        let ranges: Vec<f64> = windows.iter().map(|o| o.range).collect();
-        let stds: Vec<f64> = windows.iter().map(|o| o.std).collect();
-        assert_eq!(ranges, vec![2.0, 1.0, 4.0]);
-        // Two values a, b have population std |a - b| / 2.
-        assert_eq!(stds, vec![1.0, 0.5, 2.0]);
-
-        let wide = oscillation(&values, 3);
-        assert_eq!(wide.len(), 2);
-        assert_eq!(wide[1].range, 4.0);
-        // 3, 2, 6: mean 11/3, squared deviations 4/9 + 25/9 + 49/9 = 78/9, variance 26/9.
-        assert_close(wide[1].std, (26.0_f64 / 9.0).sqrt(), 1e-12);
-
-        assert!(oscillation(&values, 0).is_empty());
-        assert!(oscillation(&values, 5).is_empty());
-    }
-
-    #[test]
-    fn whole_series_range_and_std() {
-        // 2, 4, 4, 4, 5, 5, 7, 9: the textbook series with mean 5 and population std 2.
-        let whole = range_and_std(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]).unwrap();
-        assert_eq!(whole.range, 7.0);
-        assert_close(whole.std, 2.0, 1e-12);
-        assert_eq!(range_and_std(&[]), None);
     }
 }

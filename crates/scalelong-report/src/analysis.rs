@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use scalelong_analysis::inference::{Interval, LEVEL, mean_interval, sample_sd};
 use scalelong_analysis::stats::{DecayFit, exp_decay_fit, mean};
 use scalelong_analysis::theorems::RunRecords;
 use scalelong_analysis::theorems::{TheoremCheck, check_thm31, check_thm33, check_thm34};
@@ -193,51 +194,87 @@ pub fn gate_curves(group: &Group) -> BTreeMap<u32, Vec<(u64, f64)>> {
     mean_per_lsc(&per_run)
 }
 
-/// The LS gates of one model and LS strategy at the end of training, and their exponential fit.
+/// The LS gates of one model and LS strategy: where they started and ended, whether they moved,
+/// and their exponential fit (docs/method.md §3.4).
 pub struct GateFit {
     pub model: String,
     pub strategy_label: String,
-    /// Mean over runs of each run's last `gate_mean`, for LSC 1, 2, ... in order.
+    /// Runs with gate records.
+    pub runs: usize,
+    /// Per LSC 1, 2, ... in order: mean over runs of each run's first `gate_mean`.
+    pub initial_means: Vec<f64>,
+    /// Per LSC: mean over runs of each run's last `gate_mean`.
     pub final_means: Vec<f64>,
-    /// `None` when the recorded LSCs are not exactly 1..=n or a mean is not positive.
+    /// Per LSC: the seed-to-seed spread (sample standard deviation over runs) of the last
+    /// `gate_mean`; NaN with one run.
+    pub final_spread: Vec<f64>,
+    /// Per LSC: whether the gates moved from their start by more than their seed-to-seed spread
+    /// (the mean of the per-run moves exceeds the spread of the final values).
+    pub moved: Vec<bool>,
+    /// The fit of `final_means`; `None` when the recorded LSCs are not exactly 1..=n or a mean is
+    /// not positive.
     pub fit: Option<DecayFit>,
+    /// The per-run fitted kappa_hat: its mean with a 95% Student t interval over runs.
+    pub kappa: Option<Interval>,
 }
 
 impl GateFit {
-    /// The paper's observation (docs/method.md §3.4): the gates decay with i (kappa_hat < 1) and the exponential describes
-    /// them well (R^2 >= 0.8).
-    pub fn shows_exponential_decay(&self) -> Option<bool> {
-        self.fit.map(|fit| fit.kappa_hat <= DECAY_KAPPA_MAX && fit.r2 >= DECAY_R2_MIN)
+    /// Whether any LSC's gates moved by more than their seed-to-seed spread.
+    pub fn any_moved(&self) -> bool {
+        self.moved.iter().any(|&moved| moved)
     }
 }
 
 /// The largest fitted per-LSC factor that counts as a decay: above 0.9 the gates of 6-8 LSCs differ
 /// by less than half from outermost to innermost, which is a flat profile, not the paper's decay.
 pub const DECAY_KAPPA_MAX: f64 = 0.9;
-/// The smallest R^2 of the log-linear fit that counts as exponential.
-pub const DECAY_R2_MIN: f64 = 0.8;
 
 /// `None` for a group without gate records (not LS, or diagnostics not recorded).
 pub fn gate_fit(group: &Group) -> Option<GateFit> {
-    let mut last_values: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    // Per LSC, per run: (first, last) gate mean.
+    let mut ends: BTreeMap<u32, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut per_run_kappa = Vec::new();
     for run in &group.runs {
-        for (lsc, points) in per_lsc_series(&run.diagnostics, "gate_mean") {
-            if let Some(&(_, last)) = points.last() {
-                last_values.entry(lsc).or_default().push(last);
+        let series = per_lsc_series(&run.diagnostics, "gate_mean");
+        let mut last_of_run = Vec::new();
+        for (lsc, points) in &series {
+            if let (Some(&(_, first)), Some(&(_, last))) = (points.first(), points.last()) {
+                ends.entry(*lsc).or_default().push((first, last));
+                last_of_run.push(last);
             }
         }
+        if series.keys().copied().eq(1..=series.len() as u32)
+            && let Some(fit) = exp_decay_fit(&last_of_run)
+        {
+            per_run_kappa.push(fit.kappa_hat);
+        }
     }
-    if last_values.is_empty() {
+    if ends.is_empty() {
         return None;
     }
-    let contiguous_from_one = last_values.keys().copied().eq(1..=last_values.len() as u32);
-    let final_means: Vec<f64> =
-        last_values.values().map(|values| mean(values).expect("every LSC holds a value")).collect();
+    let contiguous_from_one = ends.keys().copied().eq(1..=ends.len() as u32);
+    let column = |f: &dyn Fn(&(f64, f64)) -> f64| -> Vec<Vec<f64>> {
+        ends.values().map(|pairs| pairs.iter().map(f).collect()).collect()
+    };
+    let (firsts, lasts) = (column(&|p| p.0), column(&|p| p.1));
+    let moves = column(&|p| p.1 - p.0);
+    let final_means: Vec<f64> = lasts.iter().map(|v| mean(v).expect("every LSC holds a value")).collect();
+    let final_spread: Vec<f64> = lasts.iter().map(|v| sample_sd(v).unwrap_or(f64::NAN)).collect();
+    let moved = moves
+        .iter()
+        .zip(&final_spread)
+        .map(|(m, spread)| mean(m).is_some_and(|m| spread.is_finite() && m.abs() > *spread))
+        .collect();
     Some(GateFit {
         model: group.model.to_string(),
         strategy_label: group.strategy_label.to_string(),
+        runs: group.runs.len(),
+        initial_means: firsts.iter().map(|v| mean(v).expect("every LSC holds a value")).collect(),
         fit: contiguous_from_one.then(|| exp_decay_fit(&final_means)).flatten(),
         final_means,
+        final_spread,
+        moved,
+        kappa: mean_interval(&per_run_kappa, LEVEL),
     })
 }
 

@@ -1,15 +1,22 @@
-//! The paper's claims, judged from this sweep's numbers: which held, which did not, which the
-//! sweep could not measure. Every sentence is built from the measured values; no outcome is assumed.
+//! The paper's claims judged from this sweep's numbers, each with the effect it claims stated up
+//! front, the measured effect with its 95% interval, the smallest effect the sweep could have
+//! detected, and the runs it rests on. The verdict comes from the interval alone
+//! ([`scalelong_analysis::inference::verdict`]): held when it supports the claimed direction, did
+//! not hold only when it excludes the claimed effect, inconclusive otherwise. Nothing is assumed.
 
-use std::collections::BTreeMap;
+use scalelong_analysis::inference::{ClaimedEffect, Interval, Verdict, claimed_magnitude_excluded, verdict};
+use scalelong_analysis::theorems::{SMALLEST_EFFECT, TheoremCheck};
 
-use scalelong_analysis::stats::mean;
-use scalelong_analysis::theorems::Verdict;
-use scalelong_schema::SkipScaling;
+use crate::analysis::{DECAY_KAPPA_MAX, GateFit, ModelChecks};
+use crate::compare::Comparison;
+use crate::format_number;
+use crate::tables::StableLrRow;
 
-use super::analysis::{DECAY_KAPPA_MAX, DECAY_R2_MIN, GateFit, ModelChecks};
-use super::format_number;
-use super::tables::SummaryRow;
+/// The paper's speed-up: "about 1.5x faster" training.
+pub const CLAIMED_SPEEDUP: f64 = 1.5;
+/// The larger stable learning rate a stabilising strategy should allow: one step of the sweep's
+/// 1-2-5 grid (2x).
+pub const CLAIMED_LR_RATIO: f64 = 2.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -20,176 +27,283 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn phrase(self) -> &'static str {
+    pub fn text(self) -> &'static str {
         match self {
             Outcome::Held => "held",
             Outcome::DidNotHold => "did not hold",
-            Outcome::Inconclusive => "was inconclusive",
-            Outcome::NotMeasured => "was not measured",
+            Outcome::Inconclusive => "inconclusive",
+            Outcome::NotMeasured => "not measured",
+        }
+    }
+
+    /// The CSS class of the verdict on the page.
+    pub fn class(self) -> &'static str {
+        match self {
+            Outcome::Held => "held",
+            Outcome::DidNotHold => "not-held",
+            Outcome::Inconclusive | Outcome::NotMeasured => "inconclusive",
         }
     }
 }
 
-pub struct Claim {
-    /// `(a) Faster training`, ...
-    pub name: &'static str,
-    pub outcome: Outcome,
-    /// The numbers behind the outcome, one clause.
-    pub evidence: String,
+impl From<Verdict> for Outcome {
+    fn from(verdict: Verdict) -> Self {
+        match verdict {
+            Verdict::Held => Outcome::Held,
+            Verdict::DidNotHold => Outcome::DidNotHold,
+            Verdict::Inconclusive => Outcome::Inconclusive,
+        }
+    }
 }
 
+/// One row of the claims table.
+pub struct Claim {
+    /// `(a) CS(0.5) trains faster than 1 on uvit-small`.
+    pub name: String,
+    /// The effect claimed and the scale it is measured on, stated before the numbers.
+    pub claimed: String,
+    pub outcome: Outcome,
+    /// The measured effect with its interval and method.
+    pub effect: String,
+    /// The smallest effect this sweep could have detected (80% power), where a test has one.
+    pub detectable: String,
+    /// What the numbers come from.
+    pub rests_on: String,
+    /// Anything a reader needs next to the verdict (a magnitude below the claim, gates that did not
+    /// move).
+    pub note: String,
+}
+
+/// Every claim the sweep can speak to, in the order (a) speed, (b)-(d) the bounds, (e) the LS
+/// gates, (f) the stable learning rate.
 pub fn assess_claims(
-    summary: &[SummaryRow],
+    comparisons: &[Comparison],
     model_checks: &[ModelChecks],
     gate_fits: &[GateFit],
-    has_ls_runs: bool,
+    stable_lr: Option<&[StableLrRow]>,
 ) -> Vec<Claim> {
-    vec![
-        faster_training(summary),
-        theorem_claim("(b) Smaller feature-norm oscillation for smaller coefficients (Thm 3.1)", model_checks, 0),
-        theorem_claim("(c) Gradient scale follows the bound (Thm 3.3)", model_checks, 1),
-        theorem_claim("(d) Robustness to perturbed inputs (Thm 3.4)", model_checks, 2),
-        gate_decay(gate_fits, has_ls_runs),
-    ]
+    let mut claims: Vec<Claim> = comparisons.iter().map(speed_claim).collect();
+    if comparisons.is_empty() {
+        claims.push(not_measured(
+            "(a) Scaled strategies train faster than 1",
+            "the sweep has no strategy-1 run to compare with",
+        ));
+    }
+    let theorems = [
+        ("(b) Smaller feature-norm oscillation for smaller coefficients", 0),
+        ("(c) Gradient norms follow the backward bound", 1),
+        ("(d) Smaller sensitivity to perturbed inputs for smaller coefficients", 2),
+    ];
+    for (title, index) in theorems {
+        for model in model_checks {
+            claims.push(theorem_claim(title, &model.model, &model.checks[index]));
+        }
+    }
+    claims.extend(gate_fits.iter().map(gate_claim));
+    if let Some(rows) = stable_lr {
+        claims.extend(rows.iter().filter_map(stability_claim));
+    }
+    claims
 }
 
-/// All claims as one paragraph: a count, then one sentence per claim.
-pub fn paragraph(claims: &[Claim]) -> String {
+/// A few plain sentences above the table: what held, what did not, what the sweep cannot tell.
+pub fn summary(claims: &[Claim]) -> String {
     let count = |outcome| claims.iter().filter(|claim| claim.outcome == outcome).count();
+    let names = |outcome| {
+        claims.iter().filter(|claim| claim.outcome == outcome).map(|claim| claim.name.as_str()).collect::<Vec<_>>()
+    };
     let mut text = format!(
-        "Of the paper's {} claims checked here, {} held, {} did not hold, {} {} inconclusive and {} {} \
-         not measured in this sweep.",
+        "{} claims were tested: {} held, {} did not hold, {} were inconclusive and {} could not be measured here.",
         claims.len(),
         count(Outcome::Held),
         count(Outcome::DidNotHold),
         count(Outcome::Inconclusive),
-        if count(Outcome::Inconclusive) == 1 { "was" } else { "were" },
-        count(Outcome::NotMeasured),
-        if count(Outcome::NotMeasured) == 1 { "was" } else { "were" },
+        count(Outcome::NotMeasured)
     );
-    for claim in claims {
-        text.push_str(&format!(" {} {}: {}.", claim.name, claim.outcome.phrase(), claim.evidence));
+    for (outcome, phrase) in
+        [(Outcome::Held, "Held"), (Outcome::DidNotHold, "Did not hold (the interval excludes the claimed effect)")]
+    {
+        let held = names(outcome);
+        if !held.is_empty() {
+            text.push_str(&format!(" {phrase}: {}.", held.join("; ")));
+        }
+    }
+    if count(Outcome::Inconclusive) > 0 {
+        text.push_str(
+            " An inconclusive claim is one whose interval neither supports nor excludes the claimed effect: more \
+             seeds would be needed to decide it (the table gives the smallest effect this sweep could detect).",
+        );
     }
     text
 }
 
-/// (a): every CS and LS strategy reaches strategy `1`'s final smoothed loss in every comparable run,
-/// with a mean speed-up of at least 1.
-fn faster_training(summary: &[SummaryRow]) -> Claim {
-    let name = "(a) Faster training";
-    let scaled: Vec<&SummaryRow> = summary
-        .iter()
-        .filter(|row| matches!(row.strategy, SkipScaling::Constant { .. } | SkipScaling::Learnable { .. }))
-        .collect();
-    let comparable: Vec<&SummaryRow> = scaled.iter().copied().filter(|row| row.target_loss.is_some()).collect();
-    if comparable.is_empty() {
-        let evidence = if scaled.is_empty() {
-            "the sweep has no CS or LS run"
-        } else {
-            "no CS or LS run has a strategy-1 run with the same other settings and logged losses to compare with"
-        };
-        return Claim { name, outcome: Outcome::NotMeasured, evidence: evidence.to_string() };
-    }
-    let mut by_strategy: BTreeMap<&str, (Vec<f64>, usize)> = BTreeMap::new();
-    for row in &comparable {
-        let (speedups, not_reached) = by_strategy.entry(row.strategy_label.as_str()).or_default();
-        match row.speedup_vs_1 {
-            Some(speedup) => speedups.push(speedup),
-            None => *not_reached += 1,
-        }
-    }
-    let mut all_faster = true;
-    let parts: Vec<String> = by_strategy
-        .iter()
-        .map(|(label, (speedups, not_reached))| {
-            let strategy_mean = mean(speedups);
-            all_faster &= *not_reached == 0 && strategy_mean.is_some_and(|speedup| speedup >= 1.0);
-            let mut part = match strategy_mean {
-                Some(speedup) => {
-                    format!("{label} {}x (mean of {} runs)", format_number(speedup), speedups.len())
-                }
-                None => format!("{label} no speed-up"),
-            };
-            if *not_reached > 0 {
-                part.push_str(&format!(", {not_reached} run(s) never reached the target"));
-            }
-            part
-        })
-        .collect();
-    let speedups: Vec<f64> = comparable.iter().filter_map(|row| row.speedup_vs_1).collect();
-    let overall = mean(&speedups).map_or("none".to_string(), |speedup| format!("{}x", format_number(speedup)));
+fn not_measured(name: &str, why: &str) -> Claim {
     Claim {
-        name,
-        outcome: if all_faster { Outcome::Held } else { Outcome::DidNotHold },
-        evidence: format!(
-            "speed-up to strategy 1's final smoothed training loss {}; overall mean {overall} (the paper reports \
-             about 1.5x)",
-            parts.join("; ")
-        ),
+        name: name.to_string(),
+        claimed: String::new(),
+        outcome: Outcome::NotMeasured,
+        effect: why.to_string(),
+        detectable: String::new(),
+        rests_on: String::new(),
+        note: String::new(),
     }
 }
 
-/// (b) to (d): held when every model with rows supports the check, did not hold when any refutes it.
-fn theorem_claim(name: &'static str, model_checks: &[ModelChecks], index: usize) -> Claim {
-    let checked: Vec<(&str, &scalelong_analysis::theorems::TheoremCheck)> = model_checks
-        .iter()
-        .map(|model| (model.model.as_str(), &model.checks[index]))
-        .filter(|(_, check)| !check.rows.is_empty())
-        .collect();
-    if checked.is_empty() {
+/// `1.23 [0.95, 1.6] (95% paired Student t over 3 seeds)`, with `unit` after each number.
+fn interval_text(interval: &Interval, unit: &str) -> String {
+    format!(
+        "{}{unit} [{}{unit}, {}{unit}] ({})",
+        format_number(interval.estimate),
+        format_number(interval.low),
+        format_number(interval.high),
+        interval.describe()
+    )
+}
+
+fn setting_suffix(setting: &str) -> String {
+    if setting.is_empty() { String::new() } else { format!(" ({setting})") }
+}
+
+/// (a) One strategy trains faster than `1`: the speed-up to a held-out loss both reach.
+fn speed_claim(comparison: &Comparison) -> Claim {
+    let name = format!(
+        "(a) {} trains faster than 1 on {}{}",
+        comparison.strategy_label,
+        comparison.model,
+        setting_suffix(&comparison.setting)
+    );
+    let effect = ClaimedEffect { null: 1.0, claimed: CLAIMED_SPEEDUP };
+    let claimed = format!(
+        "speed-up (strategy 1's steps to a held-out loss both runs reach, over this strategy's) > 1; the paper \
+         reports about {}x",
+        format_number(CLAIMED_SPEEDUP)
+    );
+    let seeds: Vec<String> = comparison.seeds.iter().map(u64::to_string).collect();
+    let mut rests_on = format!("{} seed pairs (seeds {})", comparison.seeds.len(), seeds.join(", "));
+    if !comparison.excluded_seeds.is_empty() {
+        let excluded: Vec<String> = comparison.excluded_seeds.iter().map(u64::to_string).collect();
+        rests_on.push_str(&format!("; left out, a run did not train: seeds {}", excluded.join(", ")));
+    }
+    let Some(interval) = &comparison.speedup else {
         return Claim {
-            name,
             outcome: Outcome::NotMeasured,
-            evidence: "the diagnostics it needs were not recorded in this sweep".to_string(),
+            effect: "an interval needs at least 2 seeds where both runs trained".to_string(),
+            claimed,
+            rests_on,
+            detectable: String::new(),
+            note: String::new(),
+            name,
         };
-    }
-    let verdicts: Vec<Verdict> = checked.iter().map(|(_, check)| check.verdict).collect();
-    let outcome = if verdicts.iter().all(|verdict| *verdict == Verdict::Supported) {
-        Outcome::Held
-    } else if verdicts.contains(&Verdict::Refuted) {
-        Outcome::DidNotHold
-    } else {
-        Outcome::Inconclusive
     };
-    let evidence = checked
-        .iter()
-        .map(|(model, check)| {
-            format!("{} {} for {model} ({})", check.theorem, check.verdict, check.explanation.trim_end_matches('.'))
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
-    Claim { name, outcome, evidence }
-}
-
-/// (e): every fitted LS gate profile decays (see [`DECAY_KAPPA_MAX`], [`DECAY_R2_MIN`]).
-fn gate_decay(gate_fits: &[GateFit], has_ls_runs: bool) -> Claim {
-    let name = "(e) LS gates decay exponentially with the LSC index";
-    let not_measured = |evidence: &str| Claim { name, outcome: Outcome::NotMeasured, evidence: evidence.to_string() };
-    if !has_ls_runs {
-        return not_measured("the sweep has no LS run");
-    }
-    let fitted: Vec<&GateFit> = gate_fits.iter().filter(|fit| fit.fit.is_some()).collect();
-    if fitted.is_empty() {
-        return not_measured("no LS run recorded gate means on LSCs 1..N that an exponential could be fitted to");
-    }
-    let all_decay = fitted.iter().all(|fit| fit.shows_exponential_decay() == Some(true));
-    let evidence = fitted
-        .iter()
-        .filter_map(|gates| {
-            let fit = gates.fit?;
-            Some(format!(
-                "{} on {}: kappa_hat {}, R^2 {}",
-                gates.strategy_label,
-                gates.model,
-                format_number(fit.kappa_hat),
-                format_number(fit.r2)
-            ))
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
+    let outcome = Outcome::from(verdict(interval, &effect));
+    let note = if outcome == Outcome::Held && claimed_magnitude_excluded(interval, &effect) {
+        format!("faster, but by less than the paper's {}x", format_number(CLAIMED_SPEEDUP))
+    } else {
+        String::new()
+    };
     Claim {
         name,
-        outcome: if all_decay { Outcome::Held } else { Outcome::DidNotHold },
-        evidence: format!("{evidence} (held means kappa_hat <= {DECAY_KAPPA_MAX} and R^2 >= {DECAY_R2_MIN})"),
+        claimed,
+        outcome,
+        effect: interval_text(interval, "x"),
+        detectable: comparison.speedup_detectable.map_or(String::new(), |d| format!("{}x", format_number(d))),
+        rests_on,
+        note,
     }
+}
+
+/// (b)-(d) A bound's ordering, by the rank correlation of measured against predicted.
+fn theorem_claim(title: &str, model: &str, check: &TheoremCheck) -> Claim {
+    let name = format!("{title} ({}) on {model}", check.theorem);
+    let claimed = format!(
+        "{}: a positive rank correlation of measured against predicted (of interest: at least {})",
+        check.claim,
+        format_number(SMALLEST_EFFECT)
+    );
+    if check.rows.is_empty() {
+        return Claim { claimed, ..not_measured(&name, "the diagnostics it needs were not recorded") };
+    }
+    let rests_on = format!("{} rows from {} runs", check.rows.len(), check.runs);
+    let p = check.p_value.map_or(String::new(), |p| format!("; permutation p = {}", format_number(p)));
+    match &check.interval {
+        Some(interval) => Claim {
+            name,
+            claimed,
+            outcome: check.verdict.into(),
+            effect: format!("Spearman {}{p}", interval_text(interval, "")),
+            detectable: String::new(),
+            rests_on,
+            note: String::new(),
+        },
+        None => Claim {
+            name,
+            claimed,
+            outcome: Outcome::Inconclusive,
+            effect: check.explanation.clone(),
+            detectable: String::new(),
+            rests_on,
+            note: String::new(),
+        },
+    }
+}
+
+/// (e) The LS gates decay roughly exponentially with the LSC index.
+fn gate_claim(gates: &GateFit) -> Claim {
+    let name = format!("(e) {} gates decay with the LSC index on {}", gates.strategy_label, gates.model);
+    let claimed = format!(
+        "the final gate means fitted as a * kappa_hat^(i-1) give kappa_hat < 1 (of interest: at most {})",
+        format_number(DECAY_KAPPA_MAX)
+    );
+    let rests_on = format!("{} LS runs", gates.runs);
+    let fit = gates.fit.map_or(String::new(), |fit| {
+        format!(" (pooled fit: a {}, R^2 {})", format_number(fit.a), format_number(fit.r2))
+    });
+    let Some(interval) = &gates.kappa else {
+        return Claim {
+            claimed,
+            rests_on,
+            ..not_measured(&name, "a kappa_hat interval needs 2 LS runs with gates on LSCs 1..N")
+        };
+    };
+    let effect = ClaimedEffect { null: 1.0, claimed: DECAY_KAPPA_MAX };
+    let (outcome, note) = if gates.any_moved() {
+        (Outcome::from(verdict(interval, &effect)), String::new())
+    } else {
+        (
+            Outcome::Inconclusive,
+            "no LSC's gates moved from their start by more than their seed-to-seed spread: the fit describes the \
+             initialisation, not anything learned"
+                .to_string(),
+        )
+    };
+    Claim {
+        name,
+        claimed,
+        outcome,
+        effect: format!("kappa_hat {}{fit}", interval_text(interval, "")),
+        detectable: String::new(),
+        rests_on,
+        note,
+    }
+}
+
+/// (f) A scaled strategy stays trained at larger learning rates than `1`.
+fn stability_claim(row: &StableLrRow) -> Option<Claim> {
+    let ratio = row.ratio_to_1.as_ref()?;
+    let name = format!("(f) {} trains at larger learning rates than 1 on {}", row.strategy_label, row.model);
+    let claimed = format!(
+        "the largest learning rate at which a seed's run trained (not collapsed, not diverged), over strategy 1's \
+         at that seed, > 1 (of interest: {}x, one step of the grid)",
+        format_number(CLAIMED_LR_RATIO)
+    );
+    let effect = ClaimedEffect { null: 1.0, claimed: CLAIMED_LR_RATIO };
+    Some(Claim {
+        name,
+        claimed,
+        outcome: verdict(ratio, &effect).into(),
+        effect: interval_text(ratio, "x"),
+        detectable: String::new(),
+        rests_on: format!("{} seeds at {} learning rates", ratio.n, row.lrs_tried.len()),
+        note: String::new(),
+    })
 }

@@ -4,9 +4,13 @@
 use anyhow::Result;
 use scalelong_analysis::theorems::TheoremCheck;
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use plotters::style::RGBColor;
+
 use super::analysis::{
-    BandPoint, GateFit, Group, LOSS_SMOOTHING_WINDOW, LscQuantity, OSCILLATION_WINDOW, gate_curves, groups_of_model,
-    loss_band, lsc_grid, models, outer_feature_norm_band,
+    BandPoint, GateFit, Group, LOSS_SMOOTHING_WINDOW, LscQuantity, OSCILLATION_WINDOW, band_over_seeds, gate_curves,
+    groups_of_model, loss_band, lsc_grid, models, outer_feature_norm_band,
 };
 use super::format_number;
 use super::plot::{
@@ -14,6 +18,9 @@ use super::plot::{
     draw_scatter_panel, figure_size, heatmap_figure_size, panel_areas, render_png, sequential_colour,
 };
 use super::sweep_data::SweepData;
+use crate::assess::Status;
+use crate::compare::Judged;
+use crate::tables::StableLrRow;
 
 pub struct Figure {
     /// File name inside the report's `figures/` folder.
@@ -38,6 +45,119 @@ pub fn loss_figure(sweep: &SweepData, palette: &Palette) -> Result<Option<Figure
             png,
         })
     })
+}
+
+/// The held-out loss of every strategy against step, one panel per model (the EMA weights at every
+/// evaluation); `None` when no run was evaluated.
+pub fn heldout_figure(sweep: &SweepData, palette: &Palette) -> Result<Option<Figure>> {
+    let band = |group: &Group| -> Vec<BandPoint> {
+        let per_run: Vec<Vec<(u64, f64)>> = group
+            .runs
+            .iter()
+            .map(|run| {
+                run.evals.iter().filter(|e| e.heldout_loss.is_finite()).map(|e| (e.step, e.heldout_loss)).collect()
+            })
+            .collect();
+        band_over_seeds(&per_run)
+    };
+    band_figure_per_model(sweep, palette, band, "held-out loss (EMA weights)").map(|png| {
+        png.map(|png| Figure {
+            file_name: "heldout_loss.png".to_string(),
+            title: "Held-out loss".to_string(),
+            caption: "The noise-prediction loss of the EMA weights on the test split (fixed images, timesteps and \
+                      noise) at every evaluation, one panel per model: the line is the mean over a strategy's \
+                      runs (its seeds), the band their min..max. The speed-ups compare these curves."
+                .to_string(),
+            png,
+        })
+    })
+}
+
+/// The stability frontier: per model, one panel per strategy of the final held-out loss against
+/// the learning rate (log scale), each seed a dot (grey for a collapsed run; a diverged run, which
+/// has no loss, at the zero predictor's level in black), the mean over trained seeds a line, and
+/// the largest learning rate at which every seed trained marked by a vertical line.
+pub fn frontier_figures(judged: &[Judged], rows: &[StableLrRow], palette: &Palette) -> Result<Vec<Figure>> {
+    let models: BTreeSet<&str> = rows.iter().map(|row| row.model.as_str()).collect();
+    let mut figures = Vec::new();
+    for (index, model) in models.into_iter().enumerate() {
+        let panels: Vec<ScatterPanel> = rows
+            .iter()
+            .filter(|row| row.model == model)
+            .map(|row| {
+                let runs: Vec<&Judged> = judged
+                    .iter()
+                    .filter(|j| j.run.model == model && j.run.strategy_label == row.strategy_label)
+                    .collect();
+                let points = |status: Status| -> Vec<(f64, f64)> {
+                    runs.iter()
+                        .filter(|j| j.assessment.status == status)
+                        .map(|j| (j.run.lr, j.assessment.final_heldout.unwrap_or(j.assessment.zero_loss)))
+                        .collect()
+                };
+                let trained = points(Status::Trained);
+                let mut by_lr: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+                for &(lr, loss) in &trained {
+                    by_lr.entry(lr.to_bits()).or_default().push(loss);
+                }
+                let mean_line: Vec<(f64, f64)> = by_lr
+                    .into_iter()
+                    .map(|(bits, losses)| (f64::from_bits(bits), losses.iter().sum::<f64>() / losses.len() as f64))
+                    .collect();
+                let colour = palette.colour(&row.strategy_label);
+                let all_losses: Vec<f64> =
+                    runs.iter().map(|j| j.assessment.final_heldout.unwrap_or(j.assessment.zero_loss)).collect();
+                let (low, high) = all_losses.iter().fold((f64::INFINITY, 0.0f64), |(l, h), v| (l.min(*v), h.max(*v)));
+                let mut lines =
+                    vec![XySeries { label: "mean of trained seeds".to_string(), colour, points: mean_line }];
+                if let Some(lr) = row.largest_stable_lr {
+                    lines.push(XySeries {
+                        label: format!("largest stable lr {}", format_number(lr)),
+                        colour: RGBColor(0, 0, 0),
+                        points: vec![(lr, low), (lr, high)],
+                    });
+                }
+                ScatterPanel {
+                    title: format!("{} on {model}", row.strategy_label),
+                    x_desc: "learning rate".to_string(),
+                    y_desc: "final held-out loss".to_string(),
+                    x_scale: Scale::Log,
+                    y_scale: Scale::Log,
+                    dots: vec![
+                        XySeries { label: "trained".to_string(), colour, points: trained },
+                        XySeries {
+                            label: "collapsed".to_string(),
+                            colour: RGBColor(160, 160, 160),
+                            points: points(Status::Collapsed),
+                        },
+                        XySeries {
+                            label: "diverged (at the zero predictor)".to_string(),
+                            colour: RGBColor(0, 0, 0),
+                            points: points(Status::Diverged),
+                        },
+                    ],
+                    lines,
+                }
+            })
+            .collect();
+        let png = render_png(figure_size(panels.len()), |root| {
+            for (area, panel) in panel_areas(root, panels.len()).iter().zip(&panels) {
+                draw_scatter_panel(area, panel)?;
+            }
+            Ok(())
+        })?;
+        figures.push(Figure {
+            file_name: format!("frontier_{index}.png"),
+            title: format!("Stability frontier on {model}"),
+            caption: "Final held-out loss against learning rate, one panel per strategy: a dot per run (grey: \
+                      collapsed, its loss at least 0.9 of the zero predictor's; black: diverged, drawn at the zero \
+                      predictor's loss), the line the mean over the seeds that trained, the vertical line the \
+                      largest learning rate at which every seed trained."
+                .to_string(),
+            png,
+        });
+    }
+    Ok(figures)
 }
 
 /// Figure 2, the analogue of the paper's Figure 1: the norm of the last decoder block's output

@@ -3,12 +3,14 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use scalelong_analysis::theorems::Verdict;
+use scalelong_analysis::inference::{Interval, LEVEL, POWER, Verdict};
+use scalelong_analysis::theorems::{BOOTSTRAP_RESAMPLES, SMALLEST_EFFECT, TREND_WINDOW};
 
 use super::ReportContent;
-use super::claims::paragraph;
 use super::figures::Figure;
 use super::format_number;
+use crate::assess::{COLLAPSE_FRACTION, PLATEAU_MAX_DROP, PLATEAU_TAIL, SPIKE_K, SPIKE_WINDOW, Status};
+use crate::claims::{CLAIMED_LR_RATIO, CLAIMED_SPEEDUP, summary};
 
 /// Counts the images that did not decode into `#broken-images` once the page has loaded, so a
 /// headless browser's DOM dump shows whether every embedded image is valid.
@@ -34,8 +36,9 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertic
 th { background: #f2f2f2; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
 .swatch { display: inline-block; width: 0.9em; height: 0.9em; border-radius: 0.2em; margin-right: 0.3em; vertical-align: -0.1em; }
-.supported { color: #1a7f37; font-weight: bold; } .refuted { color: #b42318; font-weight: bold; }
+.held { color: #1a7f37; font-weight: bold; } .not-held { color: #b42318; font-weight: bold; }
 .inconclusive { color: #9a6700; font-weight: bold; }
+.flag { color: #b42318; font-weight: bold; }
 .samples img { image-rendering: pixelated; width: 192px; display: block; }
 #claims { font-size: 1.05em; }
 </style>"#;
@@ -71,16 +74,19 @@ pub fn render(content: &ReportContent) -> String {
         }
     ));
 
-    page.push_str("<h2>What held in this sweep</h2>\n");
-    page.push_str(&format!("<p id=\"claims\">{}</p>\n", escape(&paragraph(content.claims))));
+    claims_section(content, &mut page);
+    methods_section(content, &mut page);
+    runs_section(content, &mut page);
+    side_by_side_section(content, &mut page);
+    frontier_section(content, &mut page);
+    page.push_str("<h2>Held-out loss</h2>\n");
+    optional_figure(&mut page, content.heldout_figure.as_ref(), "No run was evaluated, so the held-out loss was");
 
-    summary_section(content, &mut page);
-
-    page.push_str("<h2>1. Training loss</h2>\n");
+    page.push_str("<h2>Training loss</h2>\n");
     optional_figure(&mut page, content.loss_figure.as_ref(), "No run logged a training loss");
-    page.push_str("<h2>2. Hidden-feature norm (the paper's Figure 1)</h2>\n");
+    page.push_str("<h2>Hidden-feature norm (the paper's Figure 1)</h2>\n");
     optional_figure(&mut page, content.feature_norm_figure.as_ref(), "The feature norm of the last decoder block was");
-    page.push_str("<h2>3. Per-LSC feature and gradient norms</h2>\n");
+    page.push_str("<h2>Per-LSC feature and gradient norms</h2>\n");
     figures_or_note(&mut page, content.heatmap_figures, "Per-LSC feature and gradient norms were");
     gates_section(content, &mut page);
     theorems_section(content, &mut page);
@@ -95,32 +101,156 @@ pub fn render(content: &ReportContent) -> String {
     page
 }
 
-fn summary_section(content: &ReportContent, page: &mut String) {
-    page.push_str("<h2>Summary of the runs</h2>\n");
-    page.push_str(
-        "<p>Final loss: mean of the last 10% of the logged training losses. Held-out loss, FD and classifier \
-         accuracy: last line of eval.jsonl (blank when none). Target: the final smoothed training loss of the \
-         strategy-1 run with the same other settings (model, seed, learning rate...); steps to target: the first \
-         logged step whose smoothed loss is at or below it; speed-up: strategy 1's steps to target divided by this \
-         run's (blank when either never reached it).</p>\n",
-    );
+/// `estimate [low, high]`, or blank.
+fn interval_cell(interval: Option<&Interval>) -> Cell {
+    match interval {
+        Some(i) => {
+            Cell::Text(format!("{} [{}, {}]", format_number(i.estimate), format_number(i.low), format_number(i.high)))
+        }
+        None => Cell::Text(String::new()),
+    }
+}
+
+fn claims_section(content: &ReportContent, page: &mut String) {
+    page.push_str("<h2>What this sweep found</h2>\n");
+    page.push_str(&format!("<p id=\"claims\">{}</p>\n", escape(&summary(content.claims))));
+    let rows: Vec<Vec<Cell>> = content
+        .claims
+        .iter()
+        .map(|claim| {
+            vec![
+                Cell::Text(claim.name.clone()),
+                Cell::Text(claim.claimed.clone()),
+                Cell::Html(format!("<span class=\"{}\">{}</span>", claim.outcome.class(), claim.outcome.text())),
+                Cell::Text(claim.effect.clone()),
+                Cell::Text(claim.detectable.clone()),
+                Cell::Text(claim.rests_on.clone()),
+                Cell::Text(claim.note.clone()),
+            ]
+        })
+        .collect();
+    page.push_str(&table(
+        &[
+            "claim",
+            "claimed effect (stated before the numbers)",
+            "verdict",
+            "measured, 95% interval",
+            "smallest detectable",
+            "rests on",
+            "note",
+        ],
+        &rows,
+    ));
+}
+
+fn methods_section(content: &ReportContent, page: &mut String) {
+    page.push_str("<h2>How the runs were judged</h2>\n");
+    let runs = &content.sweep.runs;
+    let distinct = |f: &dyn Fn(&crate::sweep_data::RunData) -> String| {
+        let mut values: Vec<String> = runs.iter().map(f).collect();
+        values.sort();
+        values.dedup();
+        values.join(", ")
+    };
+    page.push_str(&format!(
+        "<p>Design, as the runs' configs say: models {}; strategies {}; seeds {}; {} steps at batch {}; AdamW with \
+         learning rate {} (beta1 {}, beta2 {}, weight decay {}), {} warm-up steps, then {}; EMA {}; the held-out \
+         loss of the EMA weights on {} test images in {} timestep bins at every evaluation (every {} steps and at \
+         the end); the FD on {} samples.</p>\n",
+        escape(&content.models.join(", ")),
+        escape(&content.strategies.iter().map(|(_, label)| label.as_str()).collect::<Vec<_>>().join(", ")),
+        escape(&distinct(&|run| run.seed.to_string())),
+        escape(&distinct(&|run| run.steps.to_string())),
+        escape(&distinct(&|run| run.config.batch_size.to_string())),
+        escape(&distinct(&|run| format_number(run.lr))),
+        escape(&distinct(&|run| format_number(run.config.optimizer.beta1))),
+        escape(&distinct(&|run| format_number(run.config.optimizer.beta2))),
+        escape(&distinct(&|run| format_number(run.config.optimizer.weight_decay))),
+        escape(&distinct(&|run| run.config.warmup_steps.to_string())),
+        escape(&distinct(&|run| match run.config.optimizer.schedule {
+            scalelong_schema::LrSchedule::Constant => "constant".to_string(),
+            scalelong_schema::LrSchedule::Cosine { final_fraction } => {
+                format!("cosine decay to {} of it", format_number(final_fraction))
+            }
+        })),
+        escape(&distinct(&|run| format_number(run.config.ema_decay))),
+        escape(&distinct(&|run| run.config.eval.heldout_images.to_string())),
+        escape(&distinct(&|run| run.config.eval.t_bins.to_string())),
+        escape(&distinct(&|run| run.config.checkpoint_every.to_string())),
+        escape(&distinct(&|run| run.config.eval.fd_samples.to_string())),
+    ));
+    page.push_str(&format!(
+        "<p>A run's status: <b>diverged</b> when its loss or gradient went non-finite; <b>collapsed</b> when it \
+         finished but its final held-out loss is at least {collapse} of the zero predictor's (the loss of \
+         predicting no noise, about 1): finite but not learning; <b>trained</b> otherwise. Only trained runs enter \
+         the comparisons and the largest stable learning rate. <b>Plateau</b>: the held-out loss fell by less than \
+         {drop}% over the last {tail}% of training (the loss at the step {tail}% before the end is interpolated \
+         between evaluations); a run that did not plateau is flagged. <b>Spikes</b>: logged training losses or \
+         gradient norms above the mean of the {window} logged values before them by more than {k} of their \
+         standard deviations.</p>\n",
+        collapse = format_number(COLLAPSE_FRACTION),
+        drop = format_number(PLATEAU_MAX_DROP * 100.0),
+        tail = format_number(PLATEAU_TAIL * 100.0),
+        window = SPIKE_WINDOW,
+        k = format_number(SPIKE_K),
+    ));
+    page.push_str(&format!(
+        "<p>Intervals are {level}%. Over a cell's seeds: Student t. Against strategy 1: paired by seed (runs with one \
+         seed share their data order and noise), Student t on the differences of final held-out losses and on the \
+         logarithms of the speed-ups (a geometric-mean ratio). The speed-up of a seed pair: strategy 1's steps to the \
+         higher of the two runs' final held-out losses, a loss both reach, over this strategy's (interpolated \
+         between evaluations). The theorem checks: Spearman over all rows with a percentile bootstrap over runs \
+         ({resamples} resamples; rows of one run are not independent) and a permutation test that swaps whole runs; \
+         Thm 3.1 measures a feature norm's oscillation around its centred moving average of {trend} records, since \
+         the max - min of a growing series measures its growth. A claim <b>held</b> when its interval lies on the \
+         claimed side of no effect; it <b>did not hold</b> only when the interval excludes the effect of interest \
+         (speed-up {speedup}x, the paper's; a correlation of {effect}; kappa_hat 0.9; a {lr}x larger learning rate); \
+         it is <b>inconclusive</b> otherwise. The smallest detectable effect is the one a paired test over these \
+         seeds finds with {power}% power at the measured spread.</p>\n",
+        level = format_number(LEVEL * 100.0),
+        resamples = BOOTSTRAP_RESAMPLES,
+        trend = TREND_WINDOW,
+        speedup = format_number(CLAIMED_SPEEDUP),
+        effect = format_number(SMALLEST_EFFECT),
+        lr = format_number(CLAIMED_LR_RATIO),
+        power = format_number(POWER * 100.0),
+    ));
+}
+
+fn runs_section(content: &ReportContent, page: &mut String) {
+    page.push_str("<h2>The runs</h2>\n");
+    let not_plateaued = content.summary.iter().filter(|row| row.plateaued == Some(false)).count();
+    let not_trained = content.summary.iter().filter(|row| row.status != Status::Trained).count();
+    page.push_str(&format!(
+        "<p>{} runs: {} did not train (collapsed, diverged or unfinished), {} trained runs did not plateau{}.</p>\n",
+        content.summary.len(),
+        not_trained,
+        not_plateaued,
+        if not_plateaued > 0 { " (flagged below): their final numbers are a snapshot mid-descent" } else { "" }
+    ));
     let rows: Vec<Vec<Cell>> = content
         .summary
         .iter()
         .map(|row| {
+            let plateau = match (row.tail_drop, row.plateaued) {
+                (Some(drop), Some(true)) => Cell::Text(format!("yes ({}%)", format_number(drop * 100.0))),
+                (Some(drop), _) => {
+                    Cell::Html(format!("<span class=\"flag\">no ({}%)</span>", escape(&format_number(drop * 100.0))))
+                }
+                _ => Cell::Text("not evaluated".to_string()),
+            };
             vec![
                 Cell::Text(row.run_id.clone()),
                 Cell::Text(row.model.clone()),
                 Cell::Html(format!("{}{}", swatch(content, &row.strategy_label), escape(&row.strategy_label))),
                 Cell::Text(row.seed.to_string()),
                 Cell::Number(Some(row.lr)),
-                Cell::Text(row.status.clone()),
-                Cell::Number(row.final_loss),
+                Cell::Text(row.status_text.clone()),
                 Cell::Number(row.heldout_loss),
+                plateau,
+                Cell::Text(format!("{} / {}", row.loss_spikes, row.grad_spikes)),
                 Cell::Number(row.fd),
                 Cell::Number(row.classifier_accuracy),
-                Cell::Number(row.steps_to_target.map(|steps| steps as f64)),
-                Cell::Number(row.speedup_vs_1),
             ]
         })
         .collect();
@@ -132,42 +262,136 @@ fn summary_section(content: &ReportContent, page: &mut String) {
             "seed",
             "lr",
             "status",
-            "final loss",
-            "held-out loss",
+            "final held-out loss",
+            "plateau (drop over the last fifth)",
+            "spikes (loss / gradient norm)",
             "FD",
             "classifier accuracy",
-            "steps to target",
-            "speed-up vs 1",
         ],
         &rows,
     ));
     page.push_str(&table_links(&content.table_files.summary));
-    page.push_str("<h3>Largest stable learning rate</h3>\n");
-    match content.stable_lr {
-        None => page.push_str(&note("The sweep has no optimizer.lr axis, so the largest stable learning rate was")),
-        Some(stable_rows) => {
-            page.push_str(
-                "<p>The largest learning rate at which every run of the strategy completed without diverging.</p>\n",
-            );
-            let rows: Vec<Vec<Cell>> = stable_rows
-                .iter()
-                .map(|row| {
-                    vec![
-                        Cell::Text(row.model.clone()),
-                        Cell::Html(format!("{}{}", swatch(content, &row.strategy_label), escape(&row.strategy_label))),
-                        row.largest_stable_lr.map_or(Cell::Text("none".to_string()), |lr| Cell::Number(Some(lr))),
-                        Cell::Text(row.lrs_tried.iter().map(|lr| format_number(*lr)).collect::<Vec<_>>().join(", ")),
-                    ]
-                })
-                .collect();
-            page.push_str(&table(&["model", "strategy", "largest stable lr", "learning rates run"], &rows));
-            page.push_str(&table_links(&content.table_files.stable_lr));
-        }
+}
+
+fn side_by_side_section(content: &ReportContent, page: &mut String) {
+    page.push_str("<h2>Strategies side by side</h2>\n");
+    page.push_str("<p>Per cell, the mean over its trained seeds with a 95% Student t interval.</p>\n");
+    let rows: Vec<Vec<Cell>> = content
+        .cells
+        .iter()
+        .map(|cell| {
+            vec![
+                Cell::Text(cell.model.clone()),
+                Cell::Html(format!("{}{}", swatch(content, &cell.strategy_label), escape(&cell.strategy_label))),
+                Cell::Text(cell.setting.clone()),
+                Cell::Text(format!(
+                    "{} of {} ({} collapsed, {} diverged)",
+                    cell.count(Status::Trained),
+                    cell.runs.len(),
+                    cell.count(Status::Collapsed),
+                    cell.count(Status::Diverged)
+                )),
+                interval_cell(cell.final_loss.as_ref()),
+                interval_cell(cell.fd.as_ref()),
+            ]
+        })
+        .collect();
+    page.push_str(&table(&["model", "strategy", "setting", "trained runs", "final held-out loss", "FD"], &rows));
+    page.push_str(&table_links(&content.table_files.cells));
+    if content.comparisons.is_empty() {
+        page.push_str(&note("A strategy-1 run to compare with was"));
+        return;
+    }
+    page.push_str(
+        "<p>Against strategy 1, paired by seed: the difference of final held-out losses (negative: lower than \
+         strategy 1's) and the speed-up (above 1: reaches the common loss first), each with its 95% interval and \
+         the smallest effect these seeds could detect with 80% power.</p>\n",
+    );
+    let rows: Vec<Vec<Cell>> = content
+        .comparisons
+        .iter()
+        .map(|c| {
+            vec![
+                Cell::Text(c.model.clone()),
+                Cell::Html(format!("{}{}", swatch(content, &c.strategy_label), escape(&c.strategy_label))),
+                Cell::Text(c.setting.clone()),
+                Cell::Text(c.seeds.len().to_string()),
+                interval_cell(c.loss_difference.as_ref()),
+                Cell::Number(c.loss_difference_detectable),
+                interval_cell(c.speedup.as_ref()),
+                Cell::Number(c.speedup_detectable),
+                Cell::Text(
+                    c.speedups
+                        .iter()
+                        .map(|(seed, s)| format!("{seed}: {}", format_number(*s)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            ]
+        })
+        .collect();
+    page.push_str(&table(
+        &[
+            "model",
+            "strategy",
+            "setting",
+            "seed pairs",
+            "held-out loss difference",
+            "detectable difference",
+            "speed-up",
+            "detectable speed-up",
+            "speed-up per seed",
+        ],
+        &rows,
+    ));
+    page.push_str(&table_links(&content.table_files.comparisons));
+}
+
+fn frontier_section(content: &ReportContent, page: &mut String) {
+    let Some(stable_rows) = content.stable_lr else { return };
+    page.push_str("<h2>Stability frontier</h2>\n");
+    page.push_str(
+        "<p>The largest learning rate at which every seed of the strategy trained (neither collapsed nor diverged), \
+         and per seed the largest at which that seed trained.</p>\n",
+    );
+    let rows: Vec<Vec<Cell>> = stable_rows
+        .iter()
+        .map(|row| {
+            vec![
+                Cell::Text(row.model.clone()),
+                Cell::Html(format!("{}{}", swatch(content, &row.strategy_label), escape(&row.strategy_label))),
+                row.largest_stable_lr.map_or(Cell::Text("none".to_string()), |lr| Cell::Number(Some(lr))),
+                Cell::Text(
+                    row.per_seed
+                        .iter()
+                        .map(|(seed, lr)| format!("{seed}: {}", format_number(*lr)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+                interval_cell(row.ratio_to_1.as_ref()),
+                Cell::Text(row.lrs_tried.iter().map(|lr| format_number(*lr)).collect::<Vec<_>>().join(", ")),
+            ]
+        })
+        .collect();
+    page.push_str(&table(
+        &[
+            "model",
+            "strategy",
+            "largest stable lr",
+            "per seed",
+            "over strategy 1's (95% interval)",
+            "learning rates run",
+        ],
+        &rows,
+    ));
+    page.push_str(&table_links(&content.table_files.stable_lr));
+    for figure in content.frontier_figures {
+        page.push_str(&figure_html(figure));
     }
 }
 
 fn gates_section(content: &ReportContent, page: &mut String) {
-    page.push_str("<h2>4. LS gates</h2>\n");
+    page.push_str("<h2>LS gates</h2>\n");
     if !content.has_ls_runs {
         page.push_str(&note("The sweep has no LS run, so LS gates were"));
         return;
@@ -176,21 +400,51 @@ fn gates_section(content: &ReportContent, page: &mut String) {
         page.push_str(&note("The LS runs' gate statistics were"));
         return;
     }
+    page.push_str(
+        "<p>Per LSC i (1 = outermost): the mean gate at the first and the last diagnostics record (mean over the LS \
+         runs), the seed-to-seed spread of the last (standard deviation over runs), and whether the gates moved from \
+         their start by more than that spread. The fit: a * kappa_hat^(i-1) to the final means (pooled), and \
+         kappa_hat fitted per run with its 95% interval over runs.</p>\n",
+    );
     let rows: Vec<Vec<Cell>> = content
         .gate_fits
         .iter()
         .map(|gates| {
+            let per_lsc = |values: &[f64]| values.iter().map(|v| format_number(*v)).collect::<Vec<_>>().join(", ");
+            let moved = gates.moved.iter().map(|m| if *m { "yes" } else { "no" }).collect::<Vec<_>>().join(", ");
             vec![
                 Cell::Text(gates.model.clone()),
                 Cell::Html(format!("{}{}", swatch(content, &gates.strategy_label), escape(&gates.strategy_label))),
-                Cell::Text(gates.final_means.iter().map(|gate| format_number(*gate)).collect::<Vec<_>>().join(", ")),
+                Cell::Text(per_lsc(&gates.initial_means)),
+                Cell::Text(per_lsc(&gates.final_means)),
+                Cell::Text(per_lsc(&gates.final_spread)),
+                if gates.any_moved() {
+                    Cell::Text(moved)
+                } else {
+                    Cell::Html(format!("<span class=\"flag\">{} (none moved)</span>", escape(&moved)))
+                },
                 Cell::Number(gates.fit.map(|fit| fit.a)),
                 Cell::Number(gates.fit.map(|fit| fit.kappa_hat)),
                 Cell::Number(gates.fit.map(|fit| fit.r2)),
+                interval_cell(gates.kappa.as_ref()),
             ]
         })
         .collect();
-    page.push_str(&table(&["model", "strategy", "final mean gate, LSC 1..N", "a", "kappa_hat", "R^2"], &rows));
+    page.push_str(&table(
+        &[
+            "model",
+            "strategy",
+            "first gate mean, LSC 1..N",
+            "final gate mean",
+            "final spread over seeds",
+            "moved",
+            "a",
+            "kappa_hat (pooled)",
+            "R^2",
+            "kappa_hat per run, 95% interval",
+        ],
+        &rows,
+    ));
     page.push_str(&table_links(&content.table_files.gate_fits));
     for figure in content.gate_figures {
         page.push_str(&figure_html(figure));
@@ -198,11 +452,11 @@ fn gates_section(content: &ReportContent, page: &mut String) {
 }
 
 fn theorems_section(content: &ReportContent, page: &mut String) {
-    page.push_str("<h2>5. Theorem checks</h2>\n");
+    page.push_str("<h2>Theorem checks</h2>\n");
     page.push_str(
-        "<p>Each check pairs a measured quantity with the bound's variable part (constants dropped) and tests \
-         orderings: Supported needs Spearman &ge; 0.5 and the strategies in the bound's order; Refuted means \
-         Spearman &le; 0 or the strategies with the largest and smallest bound in reverse.</p>\n",
+        "<p>Each check pairs a measured quantity with the bound's variable part (constants dropped) and tests the \
+         ordering the bound fixes: Spearman over all rows, its 95% bootstrap interval over runs and a permutation \
+         p-value (see How the runs were judged).</p>\n",
     );
     page.push_str(&table_links(&content.table_files.theorem_rows));
     for (model_checks, figures) in content.model_checks.iter().zip(content.theorem_figures) {
@@ -213,14 +467,14 @@ fn theorems_section(content: &ReportContent, page: &mut String) {
                 continue;
             }
             let class = match check.verdict {
-                Verdict::Supported => "supported",
-                Verdict::Refuted => "refuted",
+                Verdict::Held => "held",
+                Verdict::DidNotHold => "not-held",
                 Verdict::Inconclusive => "inconclusive",
             };
             page.push_str(&format!(
                 "<p>Claim: {}.<br>Verdict: <span class=\"{class}\">{}</span>. {}</p>\n",
                 escape(&check.claim),
-                escape(&format!("{:?}", check.verdict)),
+                check.verdict,
                 escape(&check.explanation)
             ));
             if let Some(figure) = figure {
@@ -249,7 +503,7 @@ fn theorems_section(content: &ReportContent, page: &mut String) {
 }
 
 fn samples_section(content: &ReportContent, page: &mut String) {
-    page.push_str("<h2>6. Samples</h2>\n");
+    page.push_str("<h2>Samples</h2>\n");
     if content.samples.is_empty() {
         page.push_str(&note("Sample grids were"));
         return;

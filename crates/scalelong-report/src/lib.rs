@@ -8,7 +8,9 @@
 //! tables.
 
 mod analysis;
+mod assess;
 mod claims;
+mod compare;
 mod figures;
 mod html;
 mod plot;
@@ -26,9 +28,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use scalelong_schema::SkipScaling;
+use scalelong_schema::write_atomic;
 
 use analysis::{GateFit, ModelChecks};
 use claims::Claim;
+use compare::{Cell, Comparison};
 use figures::Figure;
 use plot::Palette;
 use sweep_data::SweepData;
@@ -56,8 +60,12 @@ struct ReportContent<'a> {
     palette: &'a Palette,
     claims: &'a [Claim],
     summary: &'a [SummaryRow],
+    cells: &'a [Cell<'a>],
+    comparisons: &'a [Comparison],
     stable_lr: Option<&'a [StableLrRow]>,
     table_files: &'a TableFiles,
+    heldout_figure: Option<Figure>,
+    frontier_figures: &'a [Figure],
     loss_figure: Option<Figure>,
     feature_norm_figure: Option<Figure>,
     heatmap_figures: &'a [Figure],
@@ -74,6 +82,8 @@ struct ReportContent<'a> {
 #[derive(Default)]
 struct TableFiles {
     summary: Vec<String>,
+    cells: Vec<String>,
+    comparisons: Vec<String>,
     stable_lr: Vec<String>,
     theorem_rows: Vec<String>,
     gate_fits: Vec<String>,
@@ -105,8 +115,11 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
     let strategies = analysis::strategies(&sweep);
     let palette = Palette::new(&strategies);
     let models = analysis::models(&sweep);
-    let summary = tables::summary_rows(&sweep);
-    let stable_lr = tables::stable_lr_rows(&sweep, &summary);
+    let judged = compare::judge(&sweep);
+    let summary = tables::summary_rows(&judged);
+    let cells = compare::cells(&judged);
+    let comparisons = compare::comparisons(&cells);
+    let stable_lr = tables::stable_lr_rows(&sweep, &judged);
     let model_checks: Vec<ModelChecks> = models.iter().map(|model| analysis::theorem_checks(&sweep, model)).collect();
     let gate_fits: Vec<GateFit> = models
         .iter()
@@ -114,8 +127,13 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         .filter_map(|group| analysis::gate_fit(&group))
         .collect();
     let has_ls_runs = sweep.runs.iter().any(|run| matches!(run.strategy, SkipScaling::Learnable { .. }));
-    let claims = claims::assess_claims(&summary, &model_checks, &gate_fits, has_ls_runs);
+    let claims = claims::assess_claims(&comparisons, &model_checks, &gate_fits, stable_lr.as_deref());
 
+    let heldout_figure = figures::heldout_figure(&sweep, &palette)?;
+    let frontier_figures = match &stable_lr {
+        Some(rows) => figures::frontier_figures(&judged, rows, &palette)?,
+        None => Vec::new(),
+    };
     let loss_figure = figures::loss_figure(&sweep, &palette)?;
     let feature_norm_figure = figures::feature_norm_figure(&sweep, &palette)?;
     let heatmap_figures = figures::heatmap_figures(&sweep)?;
@@ -131,8 +149,10 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
                 .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<_>>()?;
-    let all_figures = loss_figure
+    let all_figures = heldout_figure
         .iter()
+        .chain(&frontier_figures)
+        .chain(&loss_figure)
         .chain(&feature_norm_figure)
         .chain(&heatmap_figures)
         .chain(&gate_figures)
@@ -140,7 +160,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
     let mut figure_paths = Vec::new();
     for figure in all_figures {
         let path = figures_dir.join(&figure.file_name);
-        std::fs::write(&path, &figure.png).with_context(|| format!("{}: cannot write", path.display()))?;
+        write_atomic(&path, &figure.png)?;
         figure_paths.push(path);
     }
 
@@ -157,6 +177,12 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         model_checks.iter().any(|model| model.checks.iter().any(|check| !check.rows.is_empty()));
     let table_files = TableFiles {
         summary: write_table(tables::summary_frame(&summary)?, "summary")?,
+        cells: write_table(tables::cells_frame(&cells)?, "cells")?,
+        comparisons: if comparisons.is_empty() {
+            Vec::new()
+        } else {
+            write_table(tables::comparisons_frame(&comparisons)?, "comparisons")?
+        },
         stable_lr: match &stable_lr {
             Some(rows) => write_table(tables::stable_lr_frame(rows)?, "stable_lr")?,
             None => Vec::new(),
@@ -181,8 +207,12 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         palette: &palette,
         claims: &claims,
         summary: &summary,
+        cells: &cells,
+        comparisons: &comparisons,
         stable_lr: stable_lr.as_deref(),
         table_files: &table_files,
+        heldout_figure,
+        frontier_figures: &frontier_figures,
         loss_figure,
         feature_norm_figure,
         heatmap_figures: &heatmap_figures,
@@ -194,7 +224,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         samples: &samples,
     });
     let html_path = out_dir.join("index.html");
-    std::fs::write(&html_path, page).with_context(|| format!("{}: cannot write", html_path.display()))?;
+    write_atomic(&html_path, page.as_bytes())?;
     Ok(ReportSummary {
         html: html_path,
         figures: figure_paths,
@@ -214,7 +244,7 @@ fn copy_samples(sweep: &SweepData, samples_dir: &Path) -> Result<Vec<SampleImage
         let png = std::fs::read(source).with_context(|| format!("{}: cannot read", source.display()))?;
         let file_name = format!("{}.png", run.id);
         let copy = samples_dir.join(&file_name);
-        std::fs::write(&copy, &png).with_context(|| format!("{}: cannot write", copy.display()))?;
+        write_atomic(&copy, &png)?;
         samples.push(SampleImage {
             run_id: run.id.clone(),
             model: run.model.clone(),

@@ -16,6 +16,7 @@ use scalelong_schema::{
 /// The sweep axis that varies the learning rate (a dotted config key, as in a sweep file).
 pub const LR_AXIS: &str = "optimizer.lr";
 const STRATEGY_AXIS: &str = "strategy";
+const SEED_AXIS: &str = "seed";
 
 pub struct SweepData {
     pub name: String,
@@ -29,9 +30,9 @@ pub struct SweepData {
 
 pub struct RunData {
     pub id: String,
-    /// The run's axis values except the strategy, as canonical JSON: runs with equal keys differ
-    /// only in their strategy, which is what a speed-up compares.
-    pub comparison_key: String,
+    /// The run's other axis values, as `key=value` joined by `, `: what runs of one cell share
+    /// besides model and strategy (seed and model axes left out); empty when there are none.
+    pub setting: String,
     /// Preset name plus overridden fields, e.g. `uvit-small depth=16`.
     pub model: String,
     pub strategy: SkipScaling,
@@ -39,11 +40,20 @@ pub struct RunData {
     pub strategy_label: String,
     pub seed: u64,
     pub lr: f64,
+    /// The steps the run is configured to train.
+    pub steps: u64,
+    /// The run's whole config, for the methods paragraph.
+    pub config: RunConfig,
     /// `None` when the run wrote no `status.json`.
     pub status: Option<Status>,
     /// `(step, loss)` of `metrics.jsonl`, sorted by step, non-finite (null) losses left out.
     pub losses: Vec<(u64, f64)>,
+    /// Every line of `metrics.jsonl`, sorted by step (a step logged twice by a resumed run: the
+    /// line written last).
+    pub metrics: Vec<MetricsLine>,
     pub diagnostics: Vec<Record>,
+    /// Every line of `eval.jsonl`, sorted by step (the line written last per step).
+    pub evals: Vec<EvalLine>,
     /// The last line of `eval.jsonl`.
     pub last_eval: Option<EvalLine>,
     /// The newest `samples/step_*.png` with its step.
@@ -72,31 +82,45 @@ fn read_run(run_dir: &Path, entry: SweepRun) -> Result<RunData> {
     let config: RunConfig = read_json(&run_dir.join("config.json"))?;
     let status_path = run_dir.join("status.json");
     let status = if status_path.is_file() { Some(read_json::<Status>(&status_path)?) } else { None };
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let losses = read_jsonl::<MetricsLine>(&metrics_path)?
+    // A resumed run may log a step twice; the line written last wins.
+    let metrics: Vec<MetricsLine> = read_jsonl::<MetricsLine>(&run_dir.join("metrics.jsonl"))?
         .into_iter()
-        .filter(|line| line.loss.is_finite())
-        .map(|line| (line.step, line.loss))
-        // A resumed run may log a step twice; the line written last wins.
-        .collect::<BTreeMap<u64, f64>>()
-        .into_iter()
+        .map(|line| (line.step, line))
+        .collect::<BTreeMap<u64, MetricsLine>>()
+        .into_values()
         .collect();
-    let diagnostics_path = run_dir.join("diagnostics.jsonl");
-    let diagnostics = read_jsonl::<Record>(&diagnostics_path)?;
-    let last_eval = read_jsonl::<EvalLine>(&run_dir.join("eval.jsonl"))?.pop();
+    let losses = metrics.iter().filter(|line| line.loss.is_finite()).map(|line| (line.step, line.loss)).collect();
+    let diagnostics = read_jsonl::<Record>(&run_dir.join("diagnostics.jsonl"))?;
+    let evals: Vec<EvalLine> = read_jsonl::<EvalLine>(&run_dir.join("eval.jsonl"))?
+        .into_iter()
+        .map(|line| (line.step, line))
+        .collect::<BTreeMap<u64, EvalLine>>()
+        .into_values()
+        .collect();
+    let last_eval = evals.last().cloned();
     let mut comparison_axes = entry.overrides;
     comparison_axes.remove(STRATEGY_AXIS);
+    let setting = comparison_axes
+        .iter()
+        .filter(|(key, _)| key.as_str() != SEED_AXIS && !key.starts_with("model"))
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     Ok(RunData {
         id: entry.id,
-        comparison_key: serde_json::to_string(&comparison_axes)?,
+        setting,
         model: config.model.describe(),
         strategy: config.strategy,
         strategy_label: config.strategy.label(),
         seed: config.seed,
         lr: config.optimizer.lr,
+        steps: config.steps,
+        config: config.clone(),
         status,
         losses,
+        metrics,
         diagnostics,
+        evals,
         last_eval,
         newest_sample: newest_sample(&run_dir.join("samples"))?,
     })

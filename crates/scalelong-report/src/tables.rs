@@ -1,149 +1,141 @@
-//! The report's tables: one summary row per run with its speed-up over strategy `1`, the largest
-//! stable learning rate per strategy, and the rows of the theorem checks; each written as CSV and
+//! The report's tables: one row per run (its status, plateau, spikes and final numbers), one per
+//! cell (mean with interval over seeds), one per comparison with strategy `1`, the largest stable
+//! learning rate per strategy, the theorem checks' rows and the gate fits; each written as CSV and
 //! Parquet with polars.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use polars::prelude::*;
-use scalelong_schema::SkipScaling;
+use scalelong_analysis::inference::{Interval, LEVEL, paired_ratio_interval};
+use scalelong_schema::write_atomic;
 
-use super::analysis::{GateFit, LOSS_SMOOTHING_WINDOW, ModelChecks, moving_average, strategies};
-use super::sweep_data::{LR_AXIS, RunData, SweepData};
-use scalelong_schema::RunState;
-
-/// The fraction of the logged losses, at the end, averaged into the final loss.
-const FINAL_LOSS_FRACTION: f64 = 0.1;
+use crate::analysis::{GateFit, ModelChecks, strategies};
+use crate::assess::Status;
+use crate::compare::{Cell, Comparison, Judged};
+use crate::sweep_data::{LR_AXIS, SweepData};
 
 pub struct SummaryRow {
     pub run_id: String,
     pub model: String,
-    pub strategy: SkipScaling,
     pub strategy_label: String,
     pub seed: u64,
     pub lr: f64,
-    pub status: String,
-    pub completed: bool,
-    /// Mean of the last 10% of the logged losses.
-    pub final_loss: Option<f64>,
+    /// trained, collapsed, diverged or unfinished, with the step where it stopped.
+    pub status: Status,
+    pub status_text: String,
     pub heldout_loss: Option<f64>,
+    pub zero_loss: f64,
+    /// The held-out loss's relative drop over the last fifth of training (`None`: not covered).
+    pub tail_drop: Option<f64>,
+    pub plateaued: Option<bool>,
+    pub loss_spikes: usize,
+    pub grad_spikes: usize,
     pub fd: Option<f64>,
     pub classifier_accuracy: Option<f64>,
-    /// The final smoothed loss of the strategy-`1` run with the same other settings (the speed-up's
-    /// baseline); `None` without such a run or without its losses.
-    pub target_loss: Option<f64>,
-    /// First logged step whose smoothed loss is at or below `target_loss`.
-    pub steps_to_target: Option<u64>,
-    /// `steps_to_target` of the baseline divided by this run's.
-    pub speedup_vs_1: Option<f64>,
 }
 
-pub fn summary_rows(sweep: &SweepData) -> Vec<SummaryRow> {
-    let baselines: BTreeMap<&str, &RunData> = sweep
-        .runs
+pub fn summary_rows(judged: &[Judged]) -> Vec<SummaryRow> {
+    judged
         .iter()
-        .filter(|run| run.strategy == SkipScaling::Original)
-        .map(|run| (run.comparison_key.as_str(), run))
-        .collect();
-    sweep
-        .runs
-        .iter()
-        .map(|run| {
-            let baseline = baselines.get(run.comparison_key.as_str());
-            let target = baseline.and_then(|baseline| final_smoothed_loss(baseline));
-            let run_steps = target.and_then(|target| steps_to_target(run, target));
-            let baseline_steps = baseline.zip(target).and_then(|(baseline, target)| steps_to_target(baseline, target));
+        .map(|Judged { run, assessment }| {
             let eval = run.last_eval.as_ref();
+            let stopped = run.status.as_ref().map(|status| status.step);
+            let status_text = match (assessment.status, stopped) {
+                (Status::Diverged, Some(step)) => format!("diverged at step {step}"),
+                (Status::Unfinished, Some(step)) => format!("unfinished (step {step} of {})", run.steps),
+                (Status::Unfinished, None) => "unfinished (no status.json)".to_string(),
+                (status, _) => status.text().to_string(),
+            };
             SummaryRow {
                 run_id: run.id.clone(),
                 model: run.model.clone(),
-                strategy: run.strategy,
                 strategy_label: run.strategy_label.clone(),
                 seed: run.seed,
                 lr: run.lr,
-                status: status_text(run),
-                completed: run.status.as_ref().is_some_and(|status| status.state == RunState::Completed),
-                final_loss: final_loss(&run.losses),
-                heldout_loss: eval.map(|eval| eval.heldout_loss).filter(|loss| loss.is_finite()),
-                fd: eval.and_then(|eval| eval.fd),
+                status: assessment.status,
+                status_text,
+                heldout_loss: assessment.final_heldout,
+                zero_loss: assessment.zero_loss,
+                tail_drop: assessment.plateau.as_ref().map(|plateau| plateau.relative_drop),
+                plateaued: assessment.plateau.as_ref().map(|plateau| plateau.plateaued),
+                loss_spikes: assessment.loss_spikes,
+                grad_spikes: assessment.grad_spikes,
+                fd: eval.and_then(|eval| eval.fd).filter(|fd| fd.is_finite()),
                 classifier_accuracy: eval.and_then(|eval| eval.classifier_accuracy),
-                target_loss: target,
-                steps_to_target: run_steps,
-                // A run logged at step 0 could reach the target there; step 1 is as early as counts.
-                speedup_vs_1: baseline_steps
-                    .zip(run_steps)
-                    .map(|(baseline_steps, steps)| baseline_steps.max(1) as f64 / steps.max(1) as f64),
             }
         })
         .collect()
 }
 
-fn status_text(run: &RunData) -> String {
-    match &run.status {
-        None => "no status.json".to_string(),
-        Some(status) => match status.state {
-            RunState::Completed => "completed".to_string(),
-            RunState::Diverged => format!("diverged at step {}", status.step),
-            RunState::Running => format!("running (step {})", status.step),
-        },
-    }
-}
-
-fn final_loss(losses: &[(u64, f64)]) -> Option<f64> {
-    let count = ((losses.len() as f64 * FINAL_LOSS_FRACTION).ceil() as usize).max(1);
-    let tail: Vec<f64> = losses[losses.len().saturating_sub(count)..].iter().map(|(_, loss)| *loss).collect();
-    scalelong_analysis::stats::mean(&tail)
-}
-
-fn final_smoothed_loss(run: &RunData) -> Option<f64> {
-    moving_average(&run.losses, LOSS_SMOOTHING_WINDOW).last().map(|(_, loss)| *loss)
-}
-
-fn steps_to_target(run: &RunData, target: f64) -> Option<u64> {
-    moving_average(&run.losses, LOSS_SMOOTHING_WINDOW)
-        .into_iter()
-        .find(|(_, loss)| *loss <= target)
-        .map(|(step, _)| step)
-}
-
-/// The largest learning rate at which every run of one model and strategy completed.
+/// The stability frontier of one model and strategy over a learning-rate axis.
 pub struct StableLrRow {
     pub model: String,
     pub strategy_label: String,
-    /// `None` when no learning rate qualifies.
+    /// The largest learning rate at which every seed's run trained; `None` when none did.
     pub largest_stable_lr: Option<f64>,
+    /// Per seed, the largest learning rate at which that seed's run trained.
+    pub per_seed: BTreeMap<u64, f64>,
     /// Every learning rate the strategy was run at, ascending.
     pub lrs_tried: Vec<f64>,
+    /// This strategy's per-seed frontier over strategy 1's at the same seed (a geometric-mean
+    /// ratio with its interval); `None` for strategy 1 itself or under 2 seeds.
+    pub ratio_to_1: Option<Interval>,
 }
 
 /// `None` unless the sweep has an `optimizer.lr` axis.
-pub fn stable_lr_rows(sweep: &SweepData, summary: &[SummaryRow]) -> Option<Vec<StableLrRow>> {
+pub fn stable_lr_rows(sweep: &SweepData, judged: &[Judged]) -> Option<Vec<StableLrRow>> {
     if !sweep.axes.contains(LR_AXIS) {
         return None;
     }
-    let models: BTreeSet<&str> = summary.iter().map(|row| row.model.as_str()).collect();
+    let models: BTreeSet<&str> = judged.iter().map(|j| j.run.model.as_str()).collect();
     let mut rows = Vec::new();
     for model in models {
         for (_, label) in strategies(sweep) {
-            // Learning rates as bit patterns: equal f64 values group together.
-            let mut completed_by_lr: BTreeMap<u64, bool> = BTreeMap::new();
-            for row in summary.iter().filter(|row| row.model == model && row.strategy_label == label) {
-                *completed_by_lr.entry(row.lr.to_bits()).or_insert(true) &= row.completed;
-            }
-            if completed_by_lr.is_empty() {
+            let runs: Vec<&Judged> =
+                judged.iter().filter(|j| j.run.model == model && j.run.strategy_label == label).collect();
+            if runs.is_empty() {
                 continue;
             }
-            let mut lrs_tried: Vec<f64> = completed_by_lr.keys().map(|bits| f64::from_bits(*bits)).collect();
+            let statuses: Vec<(f64, u64, Status)> =
+                runs.iter().map(|j| (j.run.lr, j.run.seed, j.assessment.status)).collect();
+            let mut lrs_tried: Vec<f64> = statuses.iter().map(|(lr, _, _)| *lr).collect();
             lrs_tried.sort_by(f64::total_cmp);
-            let largest_stable_lr = completed_by_lr
-                .iter()
-                .filter(|(_, completed)| **completed)
-                .map(|(bits, _)| f64::from_bits(*bits))
-                .max_by(f64::total_cmp);
-            rows.push(StableLrRow { model: model.to_string(), strategy_label: label, largest_stable_lr, lrs_tried });
+            lrs_tried.dedup();
+            let mut per_seed: BTreeMap<u64, f64> = BTreeMap::new();
+            for &(lr, seed, status) in &statuses {
+                if status == Status::Trained {
+                    let best = per_seed.entry(seed).or_insert(lr);
+                    *best = best.max(lr);
+                }
+            }
+            let all_trained_at =
+                |lr: f64| statuses.iter().filter(|(l, _, _)| *l == lr).all(|(_, _, status)| *status == Status::Trained);
+            let largest_stable_lr = lrs_tried.iter().copied().rev().find(|&lr| all_trained_at(lr));
+            rows.push(StableLrRow {
+                model: model.to_string(),
+                strategy_label: label,
+                largest_stable_lr,
+                per_seed,
+                lrs_tried,
+                ratio_to_1: None,
+            });
         }
+    }
+    // Ratios against strategy 1, seed by seed (a seed at which one of the two never trained has no
+    // frontier and is left out).
+    let baselines: Vec<(String, BTreeMap<u64, f64>)> = rows
+        .iter()
+        .filter(|row| row.strategy_label == "1")
+        .map(|row| (row.model.clone(), row.per_seed.clone()))
+        .collect();
+    for row in rows.iter_mut().filter(|row| row.strategy_label != "1") {
+        let Some((_, base)) = baselines.iter().find(|(model, _)| *model == row.model) else { continue };
+        let seeds: Vec<u64> = row.per_seed.keys().filter(|seed| base.contains_key(seed)).copied().collect();
+        let this: Vec<f64> = seeds.iter().map(|seed| row.per_seed[seed]).collect();
+        let theirs: Vec<f64> = seeds.iter().map(|seed| base[seed]).collect();
+        row.ratio_to_1 = paired_ratio_interval(&this, &theirs, LEVEL);
     }
     Some(rows)
 }
@@ -155,21 +147,70 @@ pub fn summary_frame(rows: &[SummaryRow]) -> PolarsResult<DataFrame> {
         "strategy" => rows.iter().map(|row| row.strategy_label.as_str()).collect::<Vec<_>>(),
         "seed" => rows.iter().map(|row| row.seed).collect::<Vec<_>>(),
         "lr" => rows.iter().map(|row| row.lr).collect::<Vec<_>>(),
-        "status" => rows.iter().map(|row| row.status.as_str()).collect::<Vec<_>>(),
-        "final_loss" => rows.iter().map(|row| row.final_loss).collect::<Vec<_>>(),
+        "status" => rows.iter().map(|row| row.status_text.as_str()).collect::<Vec<_>>(),
         "heldout_loss" => rows.iter().map(|row| row.heldout_loss).collect::<Vec<_>>(),
+        "zero_predictor_loss" => rows.iter().map(|row| row.zero_loss).collect::<Vec<_>>(),
+        "last_fifth_relative_drop" => rows.iter().map(|row| row.tail_drop).collect::<Vec<_>>(),
+        "plateaued" => rows.iter().map(|row| row.plateaued).collect::<Vec<_>>(),
+        "loss_spikes" => rows.iter().map(|row| row.loss_spikes as u64).collect::<Vec<_>>(),
+        "grad_norm_spikes" => rows.iter().map(|row| row.grad_spikes as u64).collect::<Vec<_>>(),
         "fd" => rows.iter().map(|row| row.fd).collect::<Vec<_>>(),
         "classifier_accuracy" => rows.iter().map(|row| row.classifier_accuracy).collect::<Vec<_>>(),
-        "steps_to_target" => rows.iter().map(|row| row.steps_to_target).collect::<Vec<_>>(),
-        "speedup_vs_1" => rows.iter().map(|row| row.speedup_vs_1).collect::<Vec<_>>(),
+    }
+}
+
+/// Estimate, low and high of an optional interval as three columns' values.
+fn parts(interval: Option<&Interval>) -> (Option<f64>, Option<f64>, Option<f64>) {
+    interval.map_or((None, None, None), |i| (Some(i.estimate), Some(i.low), Some(i.high)))
+}
+
+pub fn cells_frame(cells: &[Cell]) -> PolarsResult<DataFrame> {
+    let loss: Vec<_> = cells.iter().map(|cell| parts(cell.final_loss.as_ref())).collect();
+    let fd: Vec<_> = cells.iter().map(|cell| parts(cell.fd.as_ref())).collect();
+    df! {
+        "model" => cells.iter().map(|cell| cell.model.as_str()).collect::<Vec<_>>(),
+        "strategy" => cells.iter().map(|cell| cell.strategy_label.as_str()).collect::<Vec<_>>(),
+        "setting" => cells.iter().map(|cell| cell.setting.as_str()).collect::<Vec<_>>(),
+        "runs" => cells.iter().map(|cell| cell.runs.len() as u64).collect::<Vec<_>>(),
+        "trained" => cells.iter().map(|cell| cell.count(Status::Trained) as u64).collect::<Vec<_>>(),
+        "heldout_loss_mean" => loss.iter().map(|p| p.0).collect::<Vec<_>>(),
+        "heldout_loss_low" => loss.iter().map(|p| p.1).collect::<Vec<_>>(),
+        "heldout_loss_high" => loss.iter().map(|p| p.2).collect::<Vec<_>>(),
+        "fd_mean" => fd.iter().map(|p| p.0).collect::<Vec<_>>(),
+        "fd_low" => fd.iter().map(|p| p.1).collect::<Vec<_>>(),
+        "fd_high" => fd.iter().map(|p| p.2).collect::<Vec<_>>(),
+    }
+}
+
+pub fn comparisons_frame(comparisons: &[Comparison]) -> PolarsResult<DataFrame> {
+    let loss: Vec<_> = comparisons.iter().map(|c| parts(c.loss_difference.as_ref())).collect();
+    let speed: Vec<_> = comparisons.iter().map(|c| parts(c.speedup.as_ref())).collect();
+    df! {
+        "model" => comparisons.iter().map(|c| c.model.as_str()).collect::<Vec<_>>(),
+        "strategy" => comparisons.iter().map(|c| c.strategy_label.as_str()).collect::<Vec<_>>(),
+        "setting" => comparisons.iter().map(|c| c.setting.as_str()).collect::<Vec<_>>(),
+        "seed_pairs" => comparisons.iter().map(|c| c.seeds.len() as u64).collect::<Vec<_>>(),
+        "heldout_loss_difference" => loss.iter().map(|p| p.0).collect::<Vec<_>>(),
+        "heldout_loss_difference_low" => loss.iter().map(|p| p.1).collect::<Vec<_>>(),
+        "heldout_loss_difference_high" => loss.iter().map(|p| p.2).collect::<Vec<_>>(),
+        "heldout_loss_difference_detectable" => comparisons.iter().map(|c| c.loss_difference_detectable).collect::<Vec<_>>(),
+        "speedup" => speed.iter().map(|p| p.0).collect::<Vec<_>>(),
+        "speedup_low" => speed.iter().map(|p| p.1).collect::<Vec<_>>(),
+        "speedup_high" => speed.iter().map(|p| p.2).collect::<Vec<_>>(),
+        "speedup_detectable" => comparisons.iter().map(|c| c.speedup_detectable).collect::<Vec<_>>(),
     }
 }
 
 pub fn stable_lr_frame(rows: &[StableLrRow]) -> PolarsResult<DataFrame> {
+    let ratio: Vec<_> = rows.iter().map(|row| parts(row.ratio_to_1.as_ref())).collect();
     df! {
         "model" => rows.iter().map(|row| row.model.as_str()).collect::<Vec<_>>(),
         "strategy" => rows.iter().map(|row| row.strategy_label.as_str()).collect::<Vec<_>>(),
         "largest_stable_lr" => rows.iter().map(|row| row.largest_stable_lr).collect::<Vec<_>>(),
+        "per_seed_largest_trained_lr" => rows.iter().map(|row| row.per_seed.iter().map(|(seed, lr)| format!("{seed}: {lr}")).collect::<Vec<_>>().join("; ")).collect::<Vec<_>>(),
+        "ratio_to_1" => ratio.iter().map(|p| p.0).collect::<Vec<_>>(),
+        "ratio_to_1_low" => ratio.iter().map(|p| p.1).collect::<Vec<_>>(),
+        "ratio_to_1_high" => ratio.iter().map(|p| p.2).collect::<Vec<_>>(),
         "lrs_tried" => rows.iter().map(|row| join_numbers(&row.lrs_tried)).collect::<Vec<_>>(),
     }
 }
@@ -200,7 +241,13 @@ pub fn gate_fit_frame(fits: &[GateFit]) -> PolarsResult<DataFrame> {
     df! {
         "model" => fits.iter().map(|fit| fit.model.as_str()).collect::<Vec<_>>(),
         "strategy" => fits.iter().map(|fit| fit.strategy_label.as_str()).collect::<Vec<_>>(),
+        "initial_gate_means_by_lsc" => fits.iter().map(|fit| join_numbers(&fit.initial_means)).collect::<Vec<_>>(),
         "final_gate_means_by_lsc" => fits.iter().map(|fit| join_numbers(&fit.final_means)).collect::<Vec<_>>(),
+        "final_gate_spread_by_lsc" => fits.iter().map(|fit| join_numbers(&fit.final_spread)).collect::<Vec<_>>(),
+        "moved_by_lsc" => fits.iter().map(|fit| fit.moved.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("; ")).collect::<Vec<_>>(),
+        "per_run_kappa_hat_mean" => fits.iter().map(|fit| fit.kappa.map(|k| k.estimate)).collect::<Vec<_>>(),
+        "per_run_kappa_hat_low" => fits.iter().map(|fit| fit.kappa.map(|k| k.low)).collect::<Vec<_>>(),
+        "per_run_kappa_hat_high" => fits.iter().map(|fit| fit.kappa.map(|k| k.high)).collect::<Vec<_>>(),
         "a" => fits.iter().map(|fit| fit.fit.map(|fit| fit.a)).collect::<Vec<_>>(),
         "kappa_hat" => fits.iter().map(|fit| fit.fit.map(|fit| fit.kappa_hat)).collect::<Vec<_>>(),
         "r2" => fits.iter().map(|fit| fit.fit.map(|fit| fit.r2)).collect::<Vec<_>>(),
@@ -212,14 +259,18 @@ fn join_numbers(values: &[f64]) -> String {
     values.iter().map(|value| format!("{value}")).collect::<Vec<_>>().join("; ")
 }
 
-/// Writes `<out_dir>/<stem>.csv` and `<out_dir>/<stem>.parquet`; returns both paths.
+/// Writes `<out_dir>/<stem>.csv` and `<out_dir>/<stem>.parquet`, each whole or not at all
+/// (encoded in memory, then written atomically); returns both paths.
 pub fn write_table(frame: &mut DataFrame, out_dir: &Path, stem: &str) -> Result<[PathBuf; 2]> {
     let csv_path = out_dir.join(format!("{stem}.csv"));
     let parquet_path = out_dir.join(format!("{stem}.parquet"));
-    let create = |path: &Path| File::create(path).with_context(|| format!("{}: cannot create", path.display()));
     // Both anyhow and polars offer `with_context` on a polars result, hence the explicit error.
-    let write_error = |path: &Path, error: PolarsError| anyhow!("{}: cannot write: {error}", path.display());
-    CsvWriter::new(create(&csv_path)?).finish(frame).map_err(|error| write_error(&csv_path, error))?;
-    ParquetWriter::new(create(&parquet_path)?).finish(frame).map_err(|error| write_error(&parquet_path, error))?;
+    let encode_error = |path: &Path, error: PolarsError| anyhow!("{}: cannot encode: {error}", path.display());
+    let mut csv = Vec::new();
+    CsvWriter::new(&mut csv).finish(frame).map_err(|error| encode_error(&csv_path, error))?;
+    write_atomic(&csv_path, &csv)?;
+    let mut parquet = Vec::new();
+    ParquetWriter::new(&mut parquet).finish(frame).map_err(|error| encode_error(&parquet_path, error))?;
+    write_atomic(&parquet_path, &parquet)?;
     Ok([csv_path, parquet_path])
 }

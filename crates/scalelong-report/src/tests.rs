@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use polars::prelude::*;
 
 use super::{ReportSummary, format_number, write_report};
-use crate::testing::{GATE_KAPPA, SEEDS, SweepFixture};
+use crate::testing::{GATE_KAPPA, SweepFixture};
 
 /// A fresh, empty folder for one test.
 fn scratch_dir(test_name: &str) -> PathBuf {
@@ -55,7 +55,8 @@ fn text_column(frame: &DataFrame, name: &str) -> Vec<String> {
 }
 
 fn number_column(frame: &DataFrame, name: &str) -> Vec<Option<f64>> {
-    let column = frame.column(name).unwrap().f64().unwrap();
+    let column = frame.column(name).unwrap().cast(&DataType::Float64).unwrap();
+    let column = column.f64().unwrap();
     (0..column.len()).map(|index| column.get(index)).collect()
 }
 
@@ -65,14 +66,29 @@ fn claims_paragraph(page: &str) -> &str {
     &page[start..start + page[start..].find("</p>").unwrap()]
 }
 
+/// The verdict in the claims table of the row whose first cell is `claim`.
+fn verdict_of<'a>(page: &'a str, claim: &str) -> &'a str {
+    let row = &page[page.find(&format!("<tr><td>{claim}</td>")).unwrap_or_else(|| panic!("no claim {claim}"))..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    let start = row.find("<span class=").unwrap();
+    let text = &row[start..];
+    &text[text.find('>').unwrap() + 1..text.find("</span>").unwrap()]
+}
+
+fn parquet(summary: &ReportSummary, stem: &str) -> DataFrame {
+    let path = summary.html.parent().unwrap().join(format!("{stem}.parquet"));
+    ParquetReader::new(std::fs::File::open(path).unwrap()).finish().unwrap()
+}
+
 #[test]
 fn every_link_and_image_resolves_and_every_figure_decodes() {
     let (summary, page) = report_of(&SweepFixture::default(), "links");
     let report_dir = summary.html.parent().unwrap();
     let sources = attribute_values(&page, "src");
     let links = attribute_values(&page, "href");
-    // Figures 1 and 2, two heatmaps, one gate figure, three theorem checks, four sample grids.
-    assert_eq!(sources.len(), 12, "{sources:?}");
+    // Held-out and training loss, feature norm, two heatmaps, one gate figure, three theorem
+    // checks, six sample grids.
+    assert_eq!(sources.len(), 15, "{sources:?}");
     for source in &sources {
         let encoded =
             source.strip_prefix("data:image/png;base64,").unwrap_or_else(|| panic!("not a PNG data URI: {source:.60}"));
@@ -83,15 +99,15 @@ fn every_link_and_image_resolves_and_every_figure_decodes() {
     for link in &links {
         assert!(report_dir.join(link).is_file(), "{link} does not exist beside the page");
     }
-    assert_eq!(summary.figures.len(), 8, "{:?}", summary.figures);
-    assert_eq!(summary.samples.len(), 4);
+    assert_eq!(summary.figures.len(), 9, "{:?}", summary.figures);
+    assert_eq!(summary.samples.len(), 6);
     for figure in summary.figures.iter().chain(&summary.samples) {
         let bytes = std::fs::read(figure).unwrap();
         assert!(!bytes.is_empty(), "{} is empty", figure.display());
         let (width, height) = decode_png(&bytes);
         assert!(width > 0 && height > 0, "{} has no pixels", figure.display());
     }
-    assert_eq!(summary.run_count, 4);
+    assert_eq!(summary.run_count, 6);
     // The newest sample grid (step 100) is the one copied, not the one at step 50.
     let copied = std::fs::read(report_dir.join("samples/uvit-small_1_seed0.png")).unwrap();
     let newest = std::fs::read(
@@ -102,7 +118,7 @@ fn every_link_and_image_resolves_and_every_figure_decodes() {
 }
 
 #[test]
-fn summary_tables_hold_one_row_per_run() {
+fn tables_hold_one_row_per_run_cell_and_comparison() {
     let fixture = SweepFixture::default();
     let (summary, _) = report_of(&fixture, "tables");
     let report_dir = summary.html.parent().unwrap();
@@ -113,72 +129,94 @@ fn summary_tables_hold_one_row_per_run() {
         .unwrap()
         .finish()
         .unwrap();
-    let parquet =
-        ParquetReader::new(std::fs::File::open(report_dir.join("summary.parquet")).unwrap()).finish().unwrap();
-    for frame in [&csv, &parquet] {
+    let runs = parquet(&summary, "summary");
+    for frame in [&csv, &runs] {
         assert_eq!(frame.height(), expected_ids.len());
-        let ids = text_column(frame, "run_id");
-        assert_eq!(ids, expected_ids);
+        assert_eq!(text_column(frame, "run_id"), expected_ids);
     }
     assert!(summary.tables.contains(&report_dir.join("summary.parquet")));
-
-    // Strategy 1 is its own baseline: speed-up exactly 1. LS decays 1.5x as fast: a speed-up above 1.
-    let strategies = text_column(&parquet, "strategy");
-    let speedups = number_column(&parquet, "speedup_vs_1");
-    for (strategy, speedup) in strategies.iter().zip(&speedups) {
-        match strategy.as_str() {
-            "1" => assert_eq!(*speedup, Some(1.0)),
-            "LS" => assert!(speedup.unwrap() > 1.2, "{speedup:?}"),
-            other => panic!("unexpected strategy {other}"),
-        }
+    assert!(text_column(&runs, "status").iter().all(|status| status == "trained"));
+    // The held-out loss falls by about 4% over the last fifth: every run plateaued.
+    for drop in number_column(&runs, "last_fifth_relative_drop") {
+        assert!((0.0..0.05).contains(&drop.unwrap()), "{drop:?}");
     }
-    assert_eq!(number_column(&parquet, "fd"), vec![Some(15.0), Some(15.0), Some(12.0), Some(12.0)]);
+    assert_eq!(number_column(&runs, "fd"), [15.0, 15.0, 15.0, 12.0, 12.0, 12.0].map(Some));
+
+    let cells = parquet(&summary, "cells");
+    assert_eq!(text_column(&cells, "strategy"), ["1", "LS"]);
+    let means = number_column(&cells, "heldout_loss_mean");
+    assert!((means[0].unwrap() - 0.102).abs() < 0.003 && (means[1].unwrap() - 0.091).abs() < 0.003, "{means:?}");
+    let comparisons = parquet(&summary, "comparisons");
+    assert_eq!(text_column(&comparisons, "strategy"), ["LS"]);
+    // LS ends 0.01 lower, and its curve falls 1.5x as fast: it reaches strategy 1's final loss
+    // about halfway through.
+    let difference = number_column(&comparisons, "heldout_loss_difference")[0].unwrap();
+    assert!((difference + 0.011).abs() < 0.002, "{difference}");
+    let (low, high) = (
+        number_column(&comparisons, "speedup_low")[0].unwrap(),
+        number_column(&comparisons, "speedup_high")[0].unwrap(),
+    );
+    assert!(1.5 < low && high < 3.0, "{low}..{high}");
 }
 
 #[test]
-fn claims_paragraph_follows_the_numbers() {
+fn the_claims_follow_the_planted_effects() {
     let (_, fast_page) = report_of(&SweepFixture::default(), "claims-fast");
-    let fast = claims_paragraph(&fast_page);
-    assert!(fast.contains("(a) Faster training held"), "{fast}");
-    assert!(fast.contains("(b) Smaller feature-norm oscillation for smaller coefficients (Thm 3.1) held"), "{fast}");
-    assert!(fast.contains("(c) Gradient scale follows the bound (Thm 3.3) held"), "{fast}");
-    assert!(fast.contains("(d) Robustness to perturbed inputs (Thm 3.4) held"), "{fast}");
-    assert!(fast.contains("(e) LS gates decay exponentially with the LSC index held"), "{fast}");
-    assert!(fast.contains(&format!("kappa_hat {}", format_number(GATE_KAPPA))), "{fast}");
+    assert_eq!(verdict_of(&fast_page, "(a) LS trains faster than 1 on uvit-small"), "held");
+    for theorem in [
+        "(b) Smaller feature-norm oscillation for smaller coefficients (Thm 3.1) on uvit-small",
+        "(c) Gradient norms follow the backward bound (Thm 3.3) on uvit-small",
+    ] {
+        assert_eq!(verdict_of(&fast_page, theorem), "held", "{theorem}");
+    }
+    assert_eq!(verdict_of(&fast_page, "(e) LS gates decay with the LSC index on uvit-small"), "held");
+    assert!(
+        fast_page.contains(&format!("kappa_hat {}", format_number(GATE_KAPPA))),
+        "the per-run fit recovers the planted kappa"
+    );
+    assert!(claims_paragraph(&fast_page).contains("Held: (a) LS trains faster than 1 on uvit-small"));
 
+    // LS twice as slow: its own final loss is the common target, which strategy 1 reaches first.
     let slow = SweepFixture { ls_loss_speed: 0.5, ..SweepFixture::default() };
     let (_, slow_page) = report_of(&slow, "claims-slow");
-    let slow = claims_paragraph(&slow_page);
-    assert!(slow.contains("(a) Faster training did not hold"), "{slow}");
-    assert!(slow.contains(&format!("LS no speed-up, {} run(s) never reached the target", SEEDS.len())), "{slow}");
+    assert_eq!(verdict_of(&slow_page, "(a) LS trains faster than 1 on uvit-small"), "did not hold");
+    // Its held-out loss is still falling at the end: those runs are flagged as not plateaued.
+    assert!(slow_page.contains("<span class=\"flag\">no ("), "not-plateaued runs are flagged");
+}
+
+#[test]
+fn a_collapsed_run_is_neither_trained_nor_compared() {
+    let fixture = SweepFixture { collapsed: vec!["uvit-small_ls_seed2".to_string()], ..SweepFixture::default() };
+    let (summary, page) = report_of(&fixture, "collapsed");
+    let statuses = text_column(&parquet(&summary, "summary"), "status");
+    assert_eq!(statuses.iter().filter(|status| *status == "collapsed").count(), 1, "{statuses:?}");
+    assert_eq!(number_column(&parquet(&summary, "comparisons"), "seed_pairs"), [Some(2.0)]);
+    assert!(page.contains("left out, a run did not train: seeds 2"));
 }
 
 #[test]
 fn missing_pieces_are_noted_instead_of_failing() {
     let bare = SweepFixture { diagnostics: false, eval: false, samples: false, ..SweepFixture::default() };
     let (summary, page) = report_of(&bare, "missing");
-    // Only the loss figure remains.
+    // Only the training-loss figure remains.
     assert_eq!(summary.figures.len(), 1, "{:?}", summary.figures);
     assert!(summary.samples.is_empty());
     for note in [
+        "No run was evaluated, so the held-out loss was not recorded in this sweep.",
         "The feature norm of the last decoder block was not recorded in this sweep.",
         "Per-LSC feature and gradient norms were not recorded in this sweep.",
         "The LS runs' gate statistics were not recorded in this sweep.",
         "Sample grids were not recorded in this sweep.",
-        "The sweep has no optimizer.lr axis, so the largest stable learning rate was not recorded in this sweep.",
     ] {
         assert!(page.contains(note), "missing note: {note}");
     }
-    let claims = claims_paragraph(&page);
-    assert!(
-        claims.contains("(b) Smaller feature-norm oscillation for smaller coefficients (Thm 3.1) was not measured"),
-        "{claims}"
+    // Without evaluations no run can be judged: nothing is compared, every claim is unmeasured.
+    assert!(text_column(&parquet(&summary, "summary"), "status").iter().all(|s| s.starts_with("unfinished")));
+    assert_eq!(verdict_of(&page, "(a) LS trains faster than 1 on uvit-small"), "not measured");
+    assert_eq!(
+        verdict_of(&page, "(b) Smaller feature-norm oscillation for smaller coefficients (Thm 3.1) on uvit-small"),
+        "not measured"
     );
-    assert!(claims.contains("(e) LS gates decay exponentially with the LSC index was not measured"), "{claims}");
-    assert!(claims.contains("(a) Faster training held"), "{claims}");
-    let csv = std::fs::read_to_string(summary.html.parent().unwrap().join("summary.csv")).unwrap();
-    // Blank held-out loss, FD and accuracy: three empty fields in a row.
-    assert!(csv.lines().nth(1).unwrap().contains(",,,"), "{csv}");
 }
 
 #[test]
@@ -190,12 +228,13 @@ fn learning_rate_axis_gives_the_largest_stable_rate() {
     };
     let (summary, page) = report_of(&fixture, "stable-lr");
     assert!(page.contains("diverged at step 50"));
-    let stable =
-        ParquetReader::new(std::fs::File::open(summary.html.parent().unwrap().join("stable_lr.parquet")).unwrap())
-            .finish()
-            .unwrap();
+    let stable = parquet(&summary, "stable_lr");
     assert_eq!(text_column(&stable, "strategy"), vec!["1", "LS"]);
     assert_eq!(number_column(&stable, "largest_stable_lr"), vec![Some(2e-4), Some(1e-4)]);
+    // Per seed, LS trained at 2e-4 except seed 1: the frontier ratio 1, 1/2, 1 over three seeds.
+    let ratio = number_column(&stable, "ratio_to_1")[1].unwrap();
+    assert!((ratio - 0.5f64.powf(1.0 / 3.0)).abs() < 1e-9, "{ratio}");
+    assert!(page.contains("Stability frontier on uvit-small"));
 }
 
 #[test]

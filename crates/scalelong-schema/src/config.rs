@@ -205,6 +205,9 @@ pub struct EvalConfig {
     pub t_bins: usize,
     /// EMA samples (and test images) the FD compares; `0` skips the FD and the classifier.
     pub fd_samples: usize,
+    /// The FD at every evaluation whose step is a multiple of this; `0`: at the end only (sampling
+    /// costs far more than the held-out loss, which every evaluation has).
+    pub fd_every: u64,
     /// Epochs of the FD classifier's training; part of its cache key.
     pub classifier_epochs: usize,
     /// Where the FD classifier is cached, shared by all runs (relative to the current folder).
@@ -219,6 +222,7 @@ impl Default for EvalConfig {
             heldout_images: 512,
             t_bins: 10,
             fd_samples: 256,
+            fd_every: 0,
             classifier_epochs: 1,
             cache_dir: PathBuf::from("runs/.cache"),
         }

@@ -117,8 +117,14 @@ impl fmt::Display for SkipScaling {
 #[serde(untagged)]
 enum SkipScalingSpec {
     Name(String),
-    Constant { cs: f64 },
-    Learnable { ls: LearnableSpec },
+    /// `strategy = 1` (TOML, or `--set strategy=1`, reads the bare 1 as a number).
+    Number(f64),
+    Constant {
+        cs: f64,
+    },
+    Learnable {
+        ls: LearnableSpec,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,6 +156,8 @@ impl TryFrom<SkipScalingSpec> for SkipScaling {
                 "ls-nonshared" => Self::Learnable { shared: false, reduction: DEFAULT_REDUCTION },
                 _ => return Err(SkipScalingError::UnknownName(name)),
             },
+            SkipScalingSpec::Number(n) if n == 1.0 => Self::Original,
+            SkipScalingSpec::Number(n) => return Err(SkipScalingError::UnknownName(n.to_string())),
             SkipScalingSpec::Constant { cs } => Self::Constant { kappa: cs },
             SkipScalingSpec::Learnable { ls } => Self::Learnable { shared: ls.shared, reduction: ls.reduction },
         };
@@ -215,6 +223,7 @@ mod tests {
     fn config_names_parse_and_round_trip() {
         let cases = [
             ("strategy = \"1\"", SkipScaling::Original),
+            ("strategy = 1", SkipScaling::Original),
             ("strategy = \"1/sqrt2\"", SkipScaling::InvSqrt2),
             ("strategy = \"cs\"", SkipScaling::Constant { kappa: 0.5 }),
             ("strategy = { cs = 0.7 }", SkipScaling::Constant { kappa: 0.7 }),

@@ -30,7 +30,8 @@ const FD_SEED: u64 = 0xfd5a_3e1e;
 /// Samples generated per call of the sampler: bounds memory (attention over a whole batch).
 const SAMPLE_BATCH: usize = 64;
 
-/// Evaluates the EMA weights `ema` after `step` optimizer steps. `device` may be the training
+/// Evaluates the EMA weights `ema` after `step` optimizer steps, the FD too when `with_fd` (and
+/// `config.fd_samples > 0`). `device` may be the training
 /// device (autodiff): inference runs on `device.inner()`, where the EMA lives. The first call of
 /// a sweep with `fd_samples > 0` trains the FD classifier (minutes; see [`classifier`]), later
 /// calls and other runs load it from `config.cache_dir`.
@@ -46,10 +47,11 @@ pub fn evaluate(
     test_set: &ImageSet,
     train_set: &ImageSet,
     config: &EvalConfig,
+    with_fd: bool,
     device: &Device,
 ) -> Result<EvalLine> {
     let heldout = heldout_loss(ema, schedule, test_set, config.heldout_images, config.t_bins, device)?;
-    let (fd, classifier_accuracy, n_samples) = if config.fd_samples == 0 {
+    let (fd, classifier_accuracy, n_samples) = if config.fd_samples == 0 || !with_fd {
         (None, None, 0)
     } else {
         let classifier = load_or_train(train_set, test_set, config.classifier_epochs, &config.cache_dir, device)?;
@@ -134,6 +136,7 @@ mod tests {
         let (train_set, test_set) = (scalelong_data::synthetic(96, 1, 8, 1), scalelong_data::synthetic(80, 1, 8, 2));
         let cache_dir = std::env::temp_dir().join(format!("scalelong-eval-evaluate-{}", std::process::id()));
         let config = EvalConfig {
+            fd_every: 0,
             heldout_images: 12,
             t_bins: 3,
             fd_samples: 70,
@@ -142,8 +145,8 @@ mod tests {
         };
         config.validate(schedule.steps()).unwrap();
         let sampler = SamplerConfig::Ddim { steps: 2 };
-        let line =
-            evaluate(7, &ema, &model_config, &schedule, sampler, &test_set, &train_set, &config, &device).unwrap();
+        let line = evaluate(7, &ema, &model_config, &schedule, sampler, &test_set, &train_set, &config, true, &device)
+            .unwrap();
 
         assert_eq!(line.heldout_loss_bins.len(), 3);
         assert_eq!(line.n_samples, 70, "more than one sampling batch");
@@ -166,12 +169,12 @@ mod tests {
         assert!((line.zero_predictor_loss - 1.0).abs() < 0.2, "the mean squared noise: {}", line.zero_predictor_loss);
         assert_eq!(json["step"], 7);
 
-        let again =
-            evaluate(7, &ema, &model_config, &schedule, sampler, &test_set, &train_set, &config, &device).unwrap();
+        let again = evaluate(7, &ema, &model_config, &schedule, sampler, &test_set, &train_set, &config, true, &device)
+            .unwrap();
         assert_eq!(again, line, "the same weights evaluate to the same line");
         let skipped = EvalConfig { fd_samples: 0, ..config };
-        let line =
-            evaluate(7, &ema, &model_config, &schedule, sampler, &test_set, &train_set, &skipped, &device).unwrap();
+        let line = evaluate(7, &ema, &model_config, &schedule, sampler, &test_set, &train_set, &skipped, true, &device)
+            .unwrap();
         assert_eq!((line.fd, line.classifier_accuracy, line.n_samples), (None, None, 0));
         assert_eq!(serde_json::to_value(&line).unwrap()["fd"], serde_json::Value::Null);
         std::fs::remove_dir_all(&cache_dir).unwrap();

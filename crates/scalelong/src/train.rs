@@ -145,6 +145,8 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
         if last || (config.checkpoint_every > 0 && step % config.checkpoint_every == 0) {
             if let Some(test_set) = &test_set {
                 let sampler = config.diffusion.sampler;
+                let fd_every = config.eval.fd_every;
+                let with_fd = last || (fd_every > 0 && step % fd_every == 0);
                 let line = eval::evaluate(
                     step,
                     &ema.model,
@@ -154,6 +156,7 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
                     test_set,
                     &train_set,
                     &config.eval,
+                    with_fd,
                     device,
                 )?;
                 progress.log(&format!("eval step {step}: held-out loss {:.4} FD {:?}", line.heldout_loss, line.fd));

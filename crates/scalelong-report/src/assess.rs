@@ -1,0 +1,128 @@
+//! What became of each run: trained, collapsed (finite but not learning) or diverged; whether its
+//! held-out loss reached a plateau; how many loss and gradient spikes it had. The rules and their
+//! constants are stated here once and printed in the report's methods paragraph.
+
+use scalelong_analysis::inference::{Plateau, RunOutcome, classify_run, plateau, spike_steps};
+use scalelong_schema::RunState;
+
+use crate::sweep_data::RunData;
+
+/// The share of training, at the end, over which the plateau rule looks.
+pub const PLATEAU_TAIL: f64 = 0.2;
+/// A run has plateaued when its held-out loss fell by less than this fraction over that tail.
+pub const PLATEAU_MAX_DROP: f64 = 0.05;
+/// A finished run whose final held-out loss is at least this fraction of the zero predictor's
+/// (predicting no noise at all) has collapsed: it learned nothing, whatever its NaN-free log says.
+pub const COLLAPSE_FRACTION: f64 = 0.9;
+/// The zero predictor's held-out loss where an evaluation did not record it: the mean squared
+/// standard-normal noise.
+const ZERO_PREDICTOR_LOSS: f64 = 1.0;
+/// Logged points in the trailing window a spike is measured against.
+pub const SPIKE_WINDOW: usize = 20;
+/// A spike: a logged loss or gradient norm above its trailing window's mean by more than this many
+/// of the window's standard deviations.
+pub const SPIKE_K: f64 = 4.0;
+
+/// Where a run stands, for every table and claim: a finished run is trained, collapsed or
+/// diverged; an unfinished one is left out of every comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Trained,
+    Collapsed,
+    Diverged,
+    /// Running, interrupted, or without an evaluation to judge it by.
+    Unfinished,
+}
+
+impl Status {
+    pub fn text(self) -> &'static str {
+        match self {
+            Status::Trained => "trained",
+            Status::Collapsed => "collapsed",
+            Status::Diverged => "diverged",
+            Status::Unfinished => "unfinished",
+        }
+    }
+}
+
+/// One run judged.
+pub struct Assessment {
+    pub status: Status,
+    /// The held-out loss of the last evaluation, when finite.
+    pub final_heldout: Option<f64>,
+    /// The zero predictor's held-out loss on the same samples.
+    pub zero_loss: f64,
+    /// `(step, held-out loss)` of every evaluation with a finite loss.
+    pub heldout_curve: Vec<(u64, f64)>,
+    /// `None` when the evaluations do not cover the tail (no evaluation at or before its start, or
+    /// none at the last step).
+    pub plateau: Option<Plateau>,
+    pub loss_spikes: usize,
+    pub grad_spikes: usize,
+}
+
+pub fn assess(run: &RunData) -> Assessment {
+    let heldout_curve: Vec<(u64, f64)> = run
+        .evals
+        .iter()
+        .filter(|line| line.heldout_loss.is_finite())
+        .map(|line| (line.step, line.heldout_loss))
+        .collect();
+    let last = run.last_eval.as_ref();
+    let final_heldout = last.map(|line| line.heldout_loss).filter(|loss| loss.is_finite());
+    let zero_loss =
+        last.map(|line| line.zero_predictor_loss).filter(|loss| loss.is_finite()).unwrap_or(ZERO_PREDICTOR_LOSS);
+    let state = run.status.as_ref().map(|status| status.state);
+    let diverged = state == Some(RunState::Diverged) || last.is_some_and(|line| !line.heldout_loss.is_finite());
+    let status = match state {
+        _ if diverged => Status::Diverged,
+        Some(RunState::Completed) => match classify_run(false, final_heldout, zero_loss, COLLAPSE_FRACTION) {
+            Some(RunOutcome::Trained) => Status::Trained,
+            Some(RunOutcome::Collapsed) => Status::Collapsed,
+            Some(RunOutcome::Diverged) => Status::Diverged,
+            None => Status::Unfinished,
+        },
+        _ => Status::Unfinished,
+    };
+    let series = |value: fn(&scalelong_schema::MetricsLine) -> f64| -> Vec<(u64, f64)> {
+        run.metrics.iter().map(|line| (line.step, value(line))).collect()
+    };
+    Assessment {
+        status,
+        final_heldout,
+        zero_loss,
+        plateau: plateau(&heldout_curve, run.steps, PLATEAU_TAIL, PLATEAU_MAX_DROP),
+        heldout_curve,
+        loss_spikes: spike_steps(&series(|line| line.loss), SPIKE_WINDOW, SPIKE_K).len(),
+        grad_spikes: spike_steps(&series(|line| line.grad_norm), SPIKE_WINDOW, SPIKE_K).len(),
+    }
+}
+
+/// The first step at which a held-out curve is at or below `target`, interpolated linearly between
+/// the evaluations around the crossing; the first evaluation's step when it already is (the curve
+/// is not known before it); `None` when the curve never gets there.
+pub fn steps_to_reach(curve: &[(u64, f64)], target: f64) -> Option<f64> {
+    let first = curve.first()?;
+    if first.1 <= target {
+        return Some(first.0 as f64);
+    }
+    curve.windows(2).find(|pair| pair[1].1 <= target).map(|pair| {
+        let ((s0, l0), (s1, l1)) = (pair[0], pair[1]);
+        s0 as f64 + (l0 - target) / (l0 - l1) * (s1 - s0) as f64
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_crossing_is_interpolated_between_evaluations() {
+        let curve = [(100, 0.5), (200, 0.3), (300, 0.2)];
+        assert_eq!(steps_to_reach(&curve, 0.4), Some(150.0));
+        assert_eq!(steps_to_reach(&curve, 0.2), Some(300.0));
+        assert_eq!(steps_to_reach(&curve, 0.9), Some(100.0), "already there at the first evaluation");
+        assert_eq!(steps_to_reach(&curve, 0.1), None);
+        assert_eq!(steps_to_reach(&[], 0.1), None);
+    }
+}
