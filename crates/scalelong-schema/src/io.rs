@@ -10,11 +10,17 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the new one, never a part.
+/// On failure (a full disk, a read-only folder) the error names `path` and the temporary file is
+/// removed, so nothing half-written is left behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
-    let mut file = File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))
+    let written = File::create(&tmp)
+        .and_then(|mut file| file.write_all(bytes).and_then(|_| file.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    written.map_err(|error| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::new(error).context(format!("{}: cannot write", path.display()))
+    })
 }
 
 pub fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -28,6 +34,22 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_slice(&text).with_context(|| format!("{}: corrupt JSON", path.display()))
 }
 
+/// Removes the temporary files a killed writer left in `dir` and its subfolders (`*.tmp`: a
+/// process killed between writing one and renaming it). Only the one process that owns `dir`
+/// (a run folder, under its sweep's lock) may call it.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            remove_stale_temporaries(&path)?;
+        } else if path.extension().is_some_and(|extension| extension == "tmp") {
+            std::fs::remove_file(&path).with_context(|| format!("{}: cannot remove", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// `<name>.<pid>.tmp`: processes sharing a sweep folder never write the same temporary file.
 fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().expect("a file path").to_os_string();
@@ -39,6 +61,7 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// the log is reopened, so every later line starts on a line of its own.
 pub struct JsonlLog {
     file: File,
+    path: PathBuf,
 }
 
 impl JsonlLog {
@@ -46,7 +69,11 @@ impl JsonlLog {
         if let Ok(text) = std::fs::read(path) {
             let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             if complete < text.len() {
-                OpenOptions::new().write(true).open(path)?.set_len(complete as u64)?;
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .and_then(|file| file.set_len(complete as u64))
+                    .with_context(|| format!("{}: cannot cut off its torn last line", path.display()))?;
             }
         }
         let file = OpenOptions::new()
@@ -54,18 +81,24 @@ impl JsonlLog {
             .append(true)
             .open(path)
             .with_context(|| format!("{}: cannot open for appending", path.display()))?;
-        Ok(Self { file })
+        Ok(Self { file, path: path.to_path_buf() })
     }
 
-    /// Appends one line per value in a single write, then flushes.
+    /// Appends one line per value in a single write, then flushes. A write that fails part-way (a
+    /// full disk) is cut back off, so the log holds whole lines only, and the error names the file.
     pub fn append<T: Serialize>(&mut self, values: &[T]) -> Result<()> {
         let mut buf = Vec::new();
         for value in values {
             serde_json::to_writer(&mut buf, value)?;
             buf.push(b'\n');
         }
-        self.file.write_all(&buf)?;
-        self.file.flush()?;
+        let before = self.file.metadata().map(|m| m.len()).ok();
+        if let Err(error) = self.file.write_all(&buf).and_then(|_| self.file.flush()) {
+            if let Some(length) = before {
+                let _ = self.file.set_len(length);
+            }
+            return Err(anyhow::Error::new(error).context(format!("{}: cannot append", self.path.display())));
+        }
         Ok(())
     }
 }

@@ -28,6 +28,8 @@ pub use config::{
 };
 pub use diffusion::{SamplerConfig, ScheduleConfig};
 pub use files::{CheckpointState, EvalLine, MetricsLine, RunState, Status, SweepManifest, SweepRun};
-pub use io::{JsonlLog, read_json, read_jsonl, truncate_jsonl_after, write_atomic, write_json_atomic};
+pub use io::{
+    JsonlLog, read_json, read_jsonl, remove_stale_temporaries, truncate_jsonl_after, write_atomic, write_json_atomic,
+};
 pub use records::{Record, series, series_values};
 pub use strategy::SkipScaling;

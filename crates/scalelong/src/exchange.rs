@@ -80,7 +80,7 @@ fn parse_strategy(text: &str) -> Result<SkipScaling> {
 
 /// Reads `checkpoint` into a new run folder `out`; returns the run's config.
 pub fn import(checkpoint: &Path, args: &ImportArgs, out: &Path, device: &Device) -> Result<RunConfig> {
-    if checkpoint::latest(out).is_some() || out.join("metrics.jsonl").exists() {
+    if checkpoint::exists(out) || out.join("metrics.jsonl").exists() {
         bail!("{}: already holds a run; choose another --out", out.display());
     }
     let is_file = |m: &str| m.ends_with(".toml") || Path::new(m).is_file();

@@ -22,8 +22,8 @@ use scalelong_diagnostics::recorder::Recorder;
 use scalelong_model::diffusion::{NoiseSchedule, noise_prediction_loss, seeded_noise};
 use scalelong_model::{DiffusionNet, ModelConfig};
 use scalelong_schema::{
-    CheckpointState, JsonlLog, LrSchedule, MetricsLine, RunConfig, RunState, Status, truncate_jsonl_after,
-    write_json_atomic,
+    CheckpointState, JsonlLog, LrSchedule, MetricsLine, RunConfig, RunState, Status, remove_stale_temporaries,
+    truncate_jsonl_after, write_json_atomic,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -45,23 +45,24 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
 
     // 1. The run folder: fresh, or resumed from its latest checkpoint.
     std::fs::create_dir_all(run).with_context(|| format!("{}: cannot create run folder", run.display()))?;
-    let previous = checkpoint::latest(run);
-    if !resume && (previous.is_some() || run.join("metrics.jsonl").exists()) {
+    if !resume && (checkpoint::exists(run) || run.join("metrics.jsonl").exists()) {
         bail!("{}: already holds a run; pass --resume to continue it or choose another --out", run.display());
     }
+    // A process killed between writing a file and renaming it leaves its temporary behind.
+    remove_stale_temporaries(run)?;
     device.seed(config.seed);
     let fresh = model_config.init(config.strategy, device);
     let mut ema = Ema::new(&fresh, config.ema_decay);
     let mut optimizer = adamw(config);
-    let (mut model, start) = match previous.filter(|_| resume) {
-        Some(dir) => {
-            let ckpt = checkpoint::load(&dir, fresh, ema.model.clone(), optimizer)?;
+    let previous = if resume { checkpoint::resume(run, &fresh, &ema.model, &optimizer)? } else { None };
+    let (mut model, start) = match previous {
+        Some(ckpt) => {
             // Only the length may change on resume: extending a run is how a run is continued.
             let same = RunConfig { steps: config.steps, ..ckpt.state.config.clone() } == *config;
             if !same {
                 bail!(
                     "{}: the checkpoint was made with a different config; resume with the same one (only steps may change)",
-                    dir.display()
+                    checkpoint::folder(run).display()
                 );
             }
             optimizer = ckpt.optimizer;
