@@ -30,6 +30,12 @@ sweep-lr: data build
     {{bin}} sweep experiments/sweep-lr.toml --jobs {{jobs}}
     {{bin}} report runs/lr
 
+# Skips scaled during training (1, CS, LS, mp-cat, learned scalar) and at sampling time
+# (Skip-Tuning, FreeU, each LSC's importance) on the U-ViT, side by side (about 55 minutes).
+sweep-skips: data build
+    {{bin}} sweep experiments/sweep-skips.toml --jobs {{jobs}}
+    {{bin}} report runs/skips
+
 # One training run, e.g. `just train experiments/quick.toml --set strategy=ls`.
 train config *args: data build
     {{bin}} train --config {{config}} {{args}}

@@ -145,7 +145,7 @@ pub fn group_of(path: &[String]) -> String {
         ["mid_block" | "middle", ..] => "mid".into(),
         ["out_blocks", k, "skip_linear", ..] => format!("fusion.{k}"),
         ["decoder", k, "res", "norm1" | "conv1" | "shortcut", ..] => format!("fusion.{k}"),
-        ["out_blocks" | "decoder", _, "gate", ..] | ["se", ..] => "gate".into(),
+        ["out_blocks" | "decoder", _, "gate" | "scalar", ..] | ["se" | "skip_scalars", ..] => "gate".into(),
         ["out_blocks" | "decoder", k, ..] => format!("dec.{k}"),
         _ => "head".into(),
     }
@@ -256,6 +256,7 @@ fn row_norms(x: Tensor<2>) -> Tensor<1> {
 fn scaled_skip(skip: &Tensor<2>, coefficient: &Coefficient) -> Tensor<2> {
     match coefficient {
         Coefficient::Fixed(c) => skip.clone().mul_scalar(*c),
+        Coefficient::Learned(c) => skip.clone() * c.clone().reshape([1, 1]),
         Coefficient::Gate(gate) => {
             let [b, f] = skip.dims();
             let g = gate.dims()[1];
@@ -331,7 +332,19 @@ fn probe_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionNet) -> 
             lsc,
             values: scaled_l2.clone() / main_l2,
         });
-        series.push(PerSample { quantity: "scaled_skip_l2", layer, lsc, values: scaled_l2 });
+        series.push(PerSample { quantity: "scaled_skip_l2", layer: layer.clone(), lsc, values: scaled_l2 });
+        series.push(PerSample {
+            quantity: "skip_low_freq_share",
+            layer: layer.clone(),
+            lsc,
+            values: fusion.skip_low_frequency_share.clone(),
+        });
+        series.push(PerSample {
+            quantity: "main_low_freq_share",
+            layer,
+            lsc,
+            values: fusion.main_low_frequency_share.clone(),
+        });
         let enc = fusion.lsc - 1;
         let d_enc = row_norms(noisy_trace.encoder[enc].clone() - trace.encoder[enc].clone()).mean();
         let d_dec = row_norms(noisy_trace.decoder[k].clone() - trace.decoder[k].clone()).mean();
@@ -369,6 +382,10 @@ fn coefficient_rows(step: u64, trace: &ForwardTrace) -> Vec<Record> {
         let lsc = Some(fusion.lsc as u32);
         match &fusion.coefficient {
             Coefficient::Fixed(c) => rows.push(row(step, "coef", layer, lsc, None, *c)),
+            Coefficient::Learned(c) => {
+                let value = read_scalars(vec![c.clone().mean()])[0];
+                rows.push(row(step, "coef", layer, lsc, None, value));
+            }
             Coefficient::Gate(gate) => {
                 let g = gate.clone().reshape([-1]);
                 let stats = read_scalars(vec![g.clone().mean(), g.clone().var(0).sqrt(), g.clone().min(), g.max()]);

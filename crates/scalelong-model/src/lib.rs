@@ -18,11 +18,13 @@ pub mod init;
 pub mod network;
 pub mod presets;
 pub mod pytorch;
+pub mod skip_edit;
 pub mod skip_scaling;
 pub mod trace;
 pub mod unet;
 pub mod uvit;
 
 pub use network::{DiffusionNet, ModelConfig};
+pub use skip_edit::{FreeU, SkipEdit};
 pub use skip_scaling::{ScaleSkip, SkipScaling};
 pub use trace::{Coefficient, ForwardTrace, FusionTrace};

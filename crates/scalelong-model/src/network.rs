@@ -1,5 +1,6 @@
 //! One type for "the denoising network", whichever architecture a config names.
 
+use crate::skip_edit::SkipEdit;
 use crate::skip_scaling::SkipScaling;
 use crate::trace::ForwardTrace;
 use crate::unet::{UNet, UNetConfig};
@@ -78,5 +79,14 @@ impl DiffusionNet {
             Self::UNet(net) => net.scaling,
             Self::UViT(net) => net.scaling,
         }
+    }
+
+    /// The same weights with the skips edited at sampling time by `edit` (docs/method.md §3.5).
+    pub fn with_edit(mut self, edit: SkipEdit) -> Self {
+        match &mut self {
+            Self::UNet(net) => net.edit = edit,
+            Self::UViT(net) => net.edit = edit,
+        }
+        self
     }
 }

@@ -198,6 +198,17 @@ pub fn tensor_shapes(file: &CheckpointFile) -> Result<BTreeMap<String, Vec<usize
         .map_err(|message| ExchangeError::Read { path: file.path.clone(), message })
 }
 
+/// MP-cat and the learned scalar are scalelong's own strategies (docs/method.md §3.5): the
+/// reference's code has neither, so no checkpoint of it holds one and it could not load ours.
+fn reference_has(strategy: SkipScaling) -> Result<(), String> {
+    match strategy {
+        SkipScaling::MpCat { .. } | SkipScaling::LearnedScalar { .. } => Err(format!(
+            "the PyTorch reference has no {strategy} strategy (one of scalelong's own): its code cannot hold or load it"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn is_shared_gate(net: &DiffusionNet) -> bool {
     matches!(net, DiffusionNet::UViT(_)) && matches!(net.scaling(), SkipScaling::Learnable { shared: true, .. })
 }
@@ -283,6 +294,7 @@ pub fn load_weights(mut net: DiffusionNet, file: &CheckpointFile) -> Result<Diff
 /// (a temporary file beside `path`, then a rename).
 pub fn save_safetensors(net: &DiffusionNet, path: &Path) -> Result<(), ExchangeError> {
     let write_error = |message: String| ExchangeError::Write { path: path.into(), message };
+    reference_has(net.scaling()).map_err(write_error)?;
     let tmp = path.with_extension(format!("safetensors.{}.tmp", std::process::id()));
     let mut store = SafetensorsStore::from_file(&tmp)
         .with_to_adapter(BurnToPyTorchAdapter)
@@ -409,6 +421,7 @@ pub fn resolve_config(
             ));
         }
     };
+    reference_has(strategy).map_err(infer_error)?;
     if has_gates != matches!(strategy, SkipScaling::Learnable { .. }) {
         let holds = if has_gates { "holds LS gates" } else { "holds no LS gates" };
         return Err(infer_error(format!("the file {holds}, but the strategy is {strategy}")));

@@ -28,14 +28,22 @@ pub struct FusionTrace {
     pub main: Tensor<2>,
     /// The popped skip before scaling, `[B, features]`.
     pub skip: Tensor<2>,
-    /// The coefficient actually applied to `skip`.
+    /// The coefficient actually applied to `skip`, relative to the main path.
     pub coefficient: Coefficient,
+    /// Per sample, the share of the skip's energy in its lowest spatial frequencies (within 1 of
+    /// zero along each axis: `skip_edit::low_frequency_share`), `[B]`.
+    pub skip_low_frequency_share: Tensor<1>,
+    /// The same share of the main path entering the fusion, `[B]`: what FreeU's observation (the
+    /// skips carry the high frequencies) compares the skip's with.
+    pub main_low_frequency_share: Tensor<1>,
 }
 
 #[derive(Debug, Clone)]
 pub enum Coefficient {
-    /// A fixed scalar (strategies `1`, `1/sqrt2`, CS).
+    /// A fixed scalar (strategies `1`, `1/sqrt2`, CS; mp-cat's skip weight over its main-path weight).
     Fixed(f64),
+    /// A learned scalar, `[1]`.
+    Learned(Tensor<1>),
     /// LS gates, `[B, G]`: one per token (U-ViT) or per channel (conv UNet), broadcast over the rest.
     Gate(Tensor<2>),
 }

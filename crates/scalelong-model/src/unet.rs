@@ -15,8 +15,10 @@ pub use sampling::{Downsample, SpatialAttention, Upsample};
 use crate::embeddings::timestep_embedding;
 use crate::gate::SeGate;
 use crate::init::{LinearInit, linear};
-use crate::skip_scaling::{ScaleSkip, SkipScaling, lsc_of_decoder_block};
+use crate::skip_edit::{Layout, SkipEdit, edit_fusion, low_frequency_share};
+use crate::skip_scaling::{ScaleSkip, SkipParams, SkipScaling, learned_scalars, lsc_of_decoder_block};
 use crate::trace::{ForwardTrace, FusionTrace, record};
+use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
 use burn::prelude::*;
@@ -76,6 +78,8 @@ pub struct DecoderBlock {
     pub upsample: Option<Upsample>,
     /// LS only: the channel gate of the LSC this block consumes.
     pub gate: Option<SeGate>,
+    /// Learned-scalar strategy only: the coefficient of the LSC this block consumes, `[1]`.
+    pub scalar: Option<Param<Tensor<1>>>,
 }
 
 #[derive(Module, Debug)]
@@ -101,6 +105,9 @@ pub struct UNet {
     pub out_conv: Conv2d,
     #[module(skip)]
     pub scaling: SkipScaling,
+    /// Sampling-time changes to the skips (none by default).
+    #[module(skip)]
+    pub edit: SkipEdit,
     pub base_channels: usize,
 }
 
@@ -176,6 +183,7 @@ impl UNetConfig {
             SkipScaling::Learnable { reduction, .. } => Some(reduction),
             _ => None,
         };
+        let mut scalars = learned_scalars(scaling, skip_widths.len(), device).into_iter();
         let mut decoder = Vec::with_capacity(skip_widths.len());
         for level in (0..self.levels()).rev() {
             for i in 0..=self.res_blocks {
@@ -185,6 +193,7 @@ impl UNetConfig {
                     attn: attention(level, ch(level)),
                     upsample: (level != 0 && i == self.res_blocks).then(|| Upsample::new(ch(level), device)),
                     gate: reduction.map(|r| SeGate::new(skip_width, r, device)),
+                    scalar: scalars.next(),
                 });
                 width = ch(level);
             }
@@ -201,6 +210,7 @@ impl UNetConfig {
             out_norm: group_norm(groups, width, device),
             out_conv: conv3x3(width, self.in_channels, 1, device),
             scaling,
+            edit: SkipEdit::default(),
             base_channels: self.base_channels,
         }
     }
@@ -249,26 +259,41 @@ impl UNet {
         h = self.middle.res2.forward(h, time.clone());
         record(&mut trace, |t| t.middle = Some(ForwardTrace::flat(&h)));
 
-        // 4. Decoder: block k pops LSC N - k and fuses coef * skip along channels.
+        // 4. Decoder: block k pops LSC N - k and fuses coef * skip along channels. A stage is one
+        // resolution level (FreeU edits the two innermost); an upsampling block ends one.
         let n = self.num_skips();
+        let mut stage = 0;
         for (k, block) in self.decoder.iter().enumerate() {
             let skip = skips.pop().expect("one skip per decoder block"); // [B, C_s, H, W]
             let lsc = lsc_of_decoder_block(k, n);
-            let (scaled, coefficient) = self.scaling.scale(&skip, lsc, block.gate.as_ref());
+            let params = match (&block.gate, &block.scalar) {
+                (Some(gate), _) => SkipParams::Gate(gate),
+                (None, Some(scalar)) => SkipParams::Scalar(scalar),
+                (None, None) => SkipParams::None,
+            };
+            // The main path as it enters the fusion, kept only for a trace (mp-cat scales it).
+            let main = trace.is_some().then(|| (ForwardTrace::flat(&h), low_frequency_share(&h, Layout::Channels, 1)));
+            let widths = (h.dims()[1], skip.dims()[1]);
+            let fusion = self.scaling.fuse(h, &skip, lsc, widths, params);
+            let fusion = edit_fusion(&self.edit, fusion, lsc, Some(stage), Layout::Channels);
             record(&mut trace, |t| {
+                let (main, main_low_frequency_share) = main.expect("kept when tracing");
                 t.fusions.push(FusionTrace {
                     lsc,
-                    main: ForwardTrace::flat(&h),
+                    main,
                     skip: ForwardTrace::flat(&skip),
-                    coefficient,
+                    coefficient: fusion.coefficient.clone(),
+                    skip_low_frequency_share: low_frequency_share(&skip, Layout::Channels, 1),
+                    main_low_frequency_share,
                 })
             });
-            h = block.res.forward(Tensor::cat(vec![h, scaled], 1), time.clone()); // [B, C_l, H, W]
+            h = block.res.forward(Tensor::cat(vec![fusion.main, fusion.skip], 1), time.clone()); // [B, C_l, H, W]
             if let Some(attn) = &block.attn {
                 h = attn.forward(h);
             }
             if let Some(up) = &block.upsample {
                 h = up.forward(h); // [B, C_l, 2H, 2W]
+                stage += 1;
             }
             record(&mut trace, |t| t.decoder.push(ForwardTrace::flat(&h)));
         }

@@ -14,7 +14,8 @@ pub use block::{Block, BlockConfig, Mlp};
 use crate::embeddings::timestep_embedding;
 use crate::gate::SeGate;
 use crate::init::{LinearInit, linear};
-use crate::skip_scaling::{ScaleSkip, SkipScaling, lsc_of_decoder_block};
+use crate::skip_edit::{Layout, SkipEdit, edit_fusion, low_frequency_share};
+use crate::skip_scaling::{ScaleSkip, SkipParams, SkipScaling, learned_scalars, lsc_of_decoder_block};
 use crate::trace::{ForwardTrace, FusionTrace, record};
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -137,7 +138,9 @@ impl UViTConfig {
                     .init(device)
             }),
             se: (0..scaling.gate_count(n)).map(|_| SeGate::new(self.tokens(), reduction, device)).collect(),
+            skip_scalars: learned_scalars(scaling, n, device),
             scaling,
+            edit: SkipEdit::default(),
             patch_size: self.patch_size,
             in_chans: self.in_chans,
         }
@@ -189,8 +192,13 @@ pub struct UViT {
     pub final_layer: Option<Conv2d>,
     /// LS gates: one shared, one per LSC (indexed by decoder block, as the reference), or none.
     pub se: Vec<SeGate>,
+    /// Learned-scalar strategy: one `[1]` coefficient per LSC, indexed by decoder block; else none.
+    pub skip_scalars: Vec<Param<Tensor<1>>>,
     #[module(skip)]
     pub scaling: SkipScaling,
+    /// Sampling-time changes to the skips (none by default).
+    #[module(skip)]
+    pub edit: SkipEdit,
     pub patch_size: usize,
     pub in_chans: usize,
 }
@@ -235,20 +243,31 @@ impl UViT {
 
         // 5. Decoder: block k pops LSC N - k and fuses coef * skip.
         let n = self.num_skips();
+        let layout = Layout::Tokens { grid: [height / self.patch_size, width / self.patch_size] };
         for (k, blk) in self.out_blocks.iter().enumerate() {
             let skip = skips.pop().expect("one skip per out-block"); // [B, L, D]
             let lsc = lsc_of_decoder_block(k, n);
-            let gate = self.se.get(if self.se.len() == 1 { 0 } else { k }); // LS: shared, or one per LSC
-            let (scaled, coefficient) = self.scaling.scale(&skip, lsc, gate);
+            let params = match (self.se.get(if self.se.len() == 1 { 0 } else { k }), self.skip_scalars.get(k)) {
+                (Some(gate), _) => SkipParams::Gate(gate), // LS: shared, or one per LSC
+                (None, Some(scalar)) => SkipParams::Scalar(scalar),
+                (None, None) => SkipParams::None,
+            };
+            // The main path as it enters the fusion, kept only for a trace (mp-cat scales it).
+            let main = trace.is_some().then(|| (ForwardTrace::flat(&h), low_frequency_share(&h, layout, 1)));
+            let fusion = self.scaling.fuse(h, &skip, lsc, (dim, dim), params);
+            let fusion = edit_fusion(&self.edit, fusion, lsc, (k < 2).then_some(k), layout);
             record(&mut trace, |t| {
+                let (main, main_low_frequency_share) = main.expect("kept when tracing");
                 t.fusions.push(FusionTrace {
                     lsc,
-                    main: ForwardTrace::flat(&h),
+                    main,
                     skip: ForwardTrace::flat(&skip),
-                    coefficient,
+                    coefficient: fusion.coefficient.clone(),
+                    skip_low_frequency_share: low_frequency_share(&skip, layout, 1),
+                    main_low_frequency_share,
                 })
             });
-            h = blk.forward(h, Some(scaled)); // [B, L, D]
+            h = blk.forward(fusion.main, Some(fusion.skip)); // [B, L, D]
             record(&mut trace, |t| t.decoder.push(ForwardTrace::flat(&h)));
         }
 

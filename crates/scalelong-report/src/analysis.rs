@@ -34,7 +34,8 @@ pub struct Group<'a> {
     pub runs: Vec<&'a RunData>,
 }
 
-/// Sort key placing strategies in docs/method.md §3's order: 1, 1/sqrt2, CS by kappa, LS, LS non-shared.
+/// Sort key placing strategies in docs/method.md §3's order: 1, 1/sqrt2, CS by kappa, LS, LS non-shared,
+/// then mp-cat and the learned scalars.
 pub fn strategy_rank(strategy: SkipScaling) -> (u8, f64) {
     match strategy {
         SkipScaling::Original => (0, 0.0),
@@ -42,6 +43,8 @@ pub fn strategy_rank(strategy: SkipScaling) -> (u8, f64) {
         SkipScaling::Constant { kappa } => (2, kappa),
         SkipScaling::Learnable { shared: true, .. } => (3, 0.0),
         SkipScaling::Learnable { shared: false, .. } => (4, 0.0),
+        SkipScaling::MpCat { t } => (5, t),
+        SkipScaling::LearnedScalar { kappa } => (6, kappa),
     }
 }
 
@@ -187,10 +190,24 @@ pub fn lsc_grid(group: &Group, quantity: LscQuantity) -> LscGrid {
     LscGrid { steps: steps.into_iter().collect(), lscs: lscs.into_iter().collect(), cells }
 }
 
-/// `gate_mean` per LSC against step, mean over the group's runs; empty for non-LS groups.
+/// The quantity that holds a group's learned coefficients per LSC: the LS gates' mean, or a learned
+/// scalar's value; `None` for strategies whose coefficients are not learned.
+pub fn learned_quantity(strategy: SkipScaling) -> Option<&'static str> {
+    match strategy {
+        SkipScaling::Learnable { .. } => Some("gate_mean"),
+        SkipScaling::LearnedScalar { .. } => Some("coef"),
+        _ => None,
+    }
+}
+
+/// The learned coefficients (LS gate means, learned scalars) per LSC against step, mean over the
+/// group's runs; empty for other groups.
 pub fn gate_curves(group: &Group) -> BTreeMap<u32, Vec<(u64, f64)>> {
+    let Some(quantity) = group.runs.first().and_then(|run| learned_quantity(run.strategy)) else {
+        return BTreeMap::new();
+    };
     let per_run: Vec<BTreeMap<u32, Vec<(u64, f64)>>> =
-        group.runs.iter().map(|run| per_lsc_series(&run.diagnostics, "gate_mean")).collect();
+        group.runs.iter().map(|run| per_lsc_series(&run.diagnostics, quantity)).collect();
     mean_per_lsc(&per_run)
 }
 
@@ -229,13 +246,15 @@ impl GateFit {
 /// by less than half from outermost to innermost, which is a flat profile, not the paper's decay.
 pub const DECAY_KAPPA_MAX: f64 = 0.9;
 
-/// `None` for a group without gate records (not LS, or diagnostics not recorded).
+/// `None` for a group without learned coefficients (not LS or learned-scalar, or diagnostics not
+/// recorded).
 pub fn gate_fit(group: &Group) -> Option<GateFit> {
-    // Per LSC, per run: (first, last) gate mean.
+    let quantity = learned_quantity(group.runs.first()?.strategy)?;
+    // Per LSC, per run: (first, last) value.
     let mut ends: BTreeMap<u32, Vec<(f64, f64)>> = BTreeMap::new();
     let mut per_run_kappa = Vec::new();
     for run in &group.runs {
-        let series = per_lsc_series(&run.diagnostics, "gate_mean");
+        let series = per_lsc_series(&run.diagnostics, quantity);
         let mut last_of_run = Vec::new();
         for (lsc, points) in &series {
             if let (Some(&(_, first)), Some(&(_, last))) = (points.first(), points.last()) {

@@ -99,7 +99,8 @@ pub fn assess_claims(
             claims.push(theorem_claim(title, &model.model, &model.checks[index]));
         }
     }
-    claims.extend(gate_fits.iter().map(gate_claim));
+    // The paper's observation is about LS gates; learned scalars are shown beside them, not claimed.
+    claims.extend(gate_fits.iter().filter(|fit| fit.strategy_label.starts_with("LS")).map(gate_claim));
     if let Some(rows) = stable_lr {
         claims.extend(rows.iter().filter_map(stability_claim));
     }

@@ -69,7 +69,9 @@ impl Palette {
                 SkipScaling::InvSqrt2 => Some(ORANGE),
                 SkipScaling::Constant { .. } => Some(BLUE),
                 SkipScaling::Learnable { shared: true, .. } => Some(GREEN),
-                SkipScaling::Learnable { shared: false, .. } => None,
+                SkipScaling::Learnable { shared: false, .. }
+                | SkipScaling::MpCat { .. }
+                | SkipScaling::LearnedScalar { .. } => None,
             }
             .filter(|colour| assigned.iter().all(|(_, taken)| taken != colour));
             let colour = fixed.unwrap_or_else(|| *others.next().expect("cycle is endless"));

@@ -212,6 +212,72 @@ pub struct EvalConfig {
     pub classifier_epochs: usize,
     /// Where the FD classifier is cached, shared by all runs (relative to the current folder).
     pub cache_dir: PathBuf,
+    /// Sampling-time skip edits evaluated on the final EMA weights, into `skip_eval.jsonl` (the
+    /// unedited network first); none by default.
+    pub skip_edits: Vec<SkipEditSpec>,
+    /// Whether the Skip-Tuning and FreeU settings also get an FD (the importance settings never do:
+    /// they are many, and their held-out loss is what is compared).
+    pub skip_edit_fd: bool,
+}
+
+/// A sampling-time change to a trained network's long skips (docs/method.md §3.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SkipEditSpec {
+    /// Skip-Tuning: every LSC's skip times `rho_i`, linear from `rho_outer` (LSC 1) to `rho_inner`
+    /// (LSC N).
+    SkipTuning { rho_outer: f64, rho_inner: f64 },
+    /// FreeU on the two innermost decoder stages (innermost first): the main path's first half of
+    /// features times `b`, the skip's frequencies within `threshold` of zero times `s`.
+    Freeu {
+        #[serde(default = "freeu_b")]
+        b: [f64; 2],
+        #[serde(default = "freeu_s")]
+        s: [f64; 2],
+        #[serde(default = "freeu_threshold")]
+        threshold: usize,
+    },
+    /// The importance of each LSC: every LSC alone scaled by each factor.
+    Importance { factors: Vec<f64> },
+}
+
+impl SkipEditSpec {
+    /// Errors start with the field's name.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let factor = |name: &str, x: f64| {
+            if x.is_finite() && x >= 0.0 { Ok(()) } else { Err(format!("{name}: {x} must be a finite factor >= 0")) }
+        };
+        match self {
+            Self::SkipTuning { rho_outer, rho_inner } => {
+                factor("rho_outer", *rho_outer)?;
+                factor("rho_inner", *rho_inner)
+            }
+            Self::Freeu { b, s, threshold } => {
+                b.iter().try_for_each(|&x| factor("b", x))?;
+                s.iter().try_for_each(|&x| factor("s", x))?;
+                if *threshold == 0 {
+                    return Err("threshold: must be at least 1 (0 would scale only the mean of each map)".into());
+                }
+                Ok(())
+            }
+            Self::Importance { factors } => {
+                if factors.is_empty() {
+                    return Err("factors: give at least one factor, e.g. [0.0, 0.5]".into());
+                }
+                factors.iter().try_for_each(|&x| factor("factors", x))
+            }
+        }
+    }
+}
+
+fn freeu_b() -> [f64; 2] {
+    [1.2, 1.4]
+}
+fn freeu_s() -> [f64; 2] {
+    [0.9, 0.2]
+}
+fn freeu_threshold() -> usize {
+    1
 }
 
 impl Default for EvalConfig {
@@ -225,6 +291,8 @@ impl Default for EvalConfig {
             fd_every: 0,
             classifier_epochs: 1,
             cache_dir: PathBuf::from("runs/.cache"),
+            skip_edits: Vec::new(),
+            skip_edit_fd: true,
         }
     }
 }
@@ -244,6 +312,9 @@ impl EvalConfig {
         }
         if self.fd_samples > 0 && self.classifier_epochs == 0 {
             bail!("eval.classifier_epochs: must be at least 1 while eval.fd_samples > 0");
+        }
+        for (i, edit) in self.skip_edits.iter().enumerate() {
+            edit.validate().map_err(|e| anyhow::anyhow!("eval.skip_edits[{i}].{e}"))?;
         }
         Ok(())
     }
@@ -332,6 +403,28 @@ mod tests {
         assert!(EvalConfig { t_bins: 0, ..EvalConfig::default() }.validate(1000).is_err());
         assert!(EvalConfig { classifier_epochs: 0, ..EvalConfig::default() }.validate(1000).is_err());
         EvalConfig::default().validate(1000).unwrap();
+    }
+
+    #[test]
+    fn skip_edits_parse_with_freeu_defaults_and_name_the_bad_field() {
+        let config: EvalConfig = toml::from_str(
+            r#"skip_edits = [
+                { kind = "skip-tuning", rho_outer = 1.0, rho_inner = 0.8 },
+                { kind = "freeu" },
+                { kind = "importance", factors = [0.0, 0.5] },
+            ]"#,
+        )
+        .unwrap();
+        assert_eq!(config.skip_edits[1], SkipEditSpec::Freeu { b: [1.2, 1.4], s: [0.9, 0.2], threshold: 1 });
+        config.validate(1000).unwrap();
+        let bad = EvalConfig { skip_edits: vec![SkipEditSpec::Importance { factors: vec![] }], ..config.clone() };
+        let error = bad.validate(1000).unwrap_err().to_string();
+        assert!(error.starts_with("eval.skip_edits[0].factors:"), "{error}");
+        let bad =
+            EvalConfig { skip_edits: vec![SkipEditSpec::SkipTuning { rho_outer: -1.0, rho_inner: 1.0 }], ..config };
+        let error = bad.validate(1000).unwrap_err().to_string();
+        assert!(error.starts_with("eval.skip_edits[0].rho_outer:"), "{error}");
+        assert!(toml::from_str::<EvalConfig>(r#"skip_edits = [{ kind = "freeu", bb = [1.0, 1.0] }]"#).is_err());
     }
 
     #[test]

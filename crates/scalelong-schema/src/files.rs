@@ -72,6 +72,25 @@ pub struct EvalLine {
     pub n_samples: u64,
 }
 
+/// One line of `skip_eval.jsonl`: the final EMA weights under one sampling-time skip edit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkipEvalLine {
+    pub step: u64,
+    /// `none`, `skip-tuning`, `freeu` or `importance`.
+    pub kind: String,
+    /// The setting in words, e.g. `rho 1 -> 0.8`, `LSC 3 x 0`; what the report's tables show.
+    pub setting: String,
+    /// The LSC an importance setting scales (1 = outermost).
+    pub lsc: Option<u32>,
+    /// The factor an importance setting scales it by.
+    pub factor: Option<f64>,
+    #[serde(deserialize_with = "null_as_nan")]
+    pub heldout_loss: f64,
+    #[serde(deserialize_with = "nulls_as_nan")]
+    pub heldout_loss_bins: Vec<f64>,
+    pub fd: Option<f64>,
+}
+
 /// `checkpoint/state.json`: the step and the config a checkpoint was made with. The data order
 /// and the per-step noise are functions of (seed, step), so no RNG state needs saving.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 //! | `status.json` | [`Status`] |
 //! | `metrics.jsonl` | [`MetricsLine`] |
 //! | `eval.jsonl` | [`EvalLine`] |
+//! | `skip_eval.jsonl` | [`SkipEvalLine`] |
 //! | `diagnostics.jsonl` | [`Record`] |
 //! | `checkpoint/state.json` | [`CheckpointState`] |
 //! | `sweep.json` | [`SweepManifest`] |
@@ -24,10 +25,10 @@ pub mod strategy;
 
 pub use config::{
     DataConfig, DiagnosticsConfig, DiffusionConfig, EvalConfig, LrSchedule, ModelSection, OptimizerConfig, RunConfig,
-    apply_override,
+    SkipEditSpec, apply_override,
 };
 pub use diffusion::{SamplerConfig, ScheduleConfig};
-pub use files::{CheckpointState, EvalLine, MetricsLine, RunState, Status, SweepManifest, SweepRun};
+pub use files::{CheckpointState, EvalLine, MetricsLine, RunState, SkipEvalLine, Status, SweepManifest, SweepRun};
 pub use io::{
     JsonlLog, read_json, read_jsonl, remove_stale_temporaries, truncate_jsonl_after, write_atomic, write_json_atomic,
 };

@@ -16,6 +16,8 @@
 //! | `strategy = "ls"`                      | [`SkipScaling::Learnable`], shared, r = 16 |
 //! | `strategy = "ls-nonshared"`            | learnable, one gate module per LSC        |
 //! | `strategy = { ls = { shared = false, reduction = 8 } }` | learnable, explicit fields |
+//! | `strategy = "mp-cat"` / `{ mp-cat = 0.3 }` | [`SkipScaling::MpCat`], balance 0.5 / 0.3 |
+//! | `strategy = "learned-scalar"` / `{ learned-scalar = 0.7 }` | [`SkipScaling::LearnedScalar`], from kappa 0.5 / 0.7 |
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -24,6 +26,8 @@ use std::fmt;
 pub const DEFAULT_KAPPA: f64 = 0.5;
 /// The reference code's SE reduction ratio (`Attentionlayer(dim, r=16)`).
 pub const DEFAULT_REDUCTION: usize = 16;
+/// EDM2's default balance of magnitude-preserving concatenation.
+pub const DEFAULT_BALANCE: f64 = 0.5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "SkipScalingSpec", into = "SkipScalingSpec")]
@@ -37,6 +41,14 @@ pub enum SkipScaling {
     /// LS: an SE-style gate computed from the skip itself; `shared` uses one gate module for every
     /// LSC (the reference default), otherwise one per LSC.
     Learnable { shared: bool, reduction: usize },
+    /// EDM2's magnitude-preserving concatenation: `cat[w_a a, w_b b]` of the main path `a` and the
+    /// skip `b` (widths `N_a`, `N_b`) with `w_a = C (1 - t) / sqrt(N_a)`, `w_b = C t / sqrt(N_b)`,
+    /// `C = sqrt((N_a + N_b) / ((1 - t)^2 + t^2))`: unit-RMS inputs give a unit-RMS concatenation,
+    /// `t` in (0, 1) tilts it toward the skip. The one strategy that scales the main path too.
+    MpCat { t: f64 },
+    /// One learnable coefficient per LSC, initialised at CS's `kappa^(i-1)`: between CS (fixed
+    /// values) and LS (values computed from the skip).
+    LearnedScalar { kappa: f64 },
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -45,8 +57,10 @@ pub enum SkipScalingError {
     KappaOutOfRange(f64),
     #[error("strategy: reduction must be at least 1, got 0")]
     ZeroReduction,
+    #[error("strategy: the mp-cat balance t must lie in (0, 1), got {0}")]
+    BalanceOutOfRange(f64),
     #[error(
-        "strategy: unknown name {0:?}; expected \"1\", \"1/sqrt2\", \"cs\", \"ls\", \"ls-nonshared\", {{ cs = kappa }} or {{ ls = {{ shared, reduction }} }}"
+        "strategy: unknown name {0:?}; expected \"1\", \"1/sqrt2\", \"cs\", \"ls\", \"ls-nonshared\", \"mp-cat\", \"learned-scalar\", {{ cs = kappa }}, {{ ls = {{ shared, reduction }} }}, {{ mp-cat = t }} or {{ learned-scalar = kappa }}"
     )]
     UnknownName(String),
 }
@@ -55,22 +69,42 @@ impl SkipScaling {
     /// Checks the invariants a config can break.
     pub fn validate(self) -> Result<Self, SkipScalingError> {
         match self {
-            Self::Constant { kappa } if !(kappa > 0.0 && kappa <= 1.0) => Err(SkipScalingError::KappaOutOfRange(kappa)),
+            Self::Constant { kappa } | Self::LearnedScalar { kappa } if !(kappa > 0.0 && kappa <= 1.0) => {
+                Err(SkipScalingError::KappaOutOfRange(kappa))
+            }
+            Self::MpCat { t } if !(t > 0.0 && t < 1.0) => Err(SkipScalingError::BalanceOutOfRange(t)),
             Self::Learnable { reduction: 0, .. } => Err(SkipScalingError::ZeroReduction),
             other => Ok(other),
         }
     }
 
-    /// The fixed coefficient of LSC `i` (1-based, 1 = outermost); `None` for learnable scaling,
-    /// whose coefficient depends on the input.
+    /// The fixed coefficient of LSC `i` (1-based, 1 = outermost) on the skip alone; `None` for the
+    /// strategies whose coefficient is learned, computed from the input or from the widths.
     pub fn coefficient(self, lsc: usize) -> Option<f64> {
         assert!(lsc >= 1, "LSC indices are 1-based");
         match self {
             Self::Original => Some(1.0),
             Self::InvSqrt2 => Some(std::f64::consts::FRAC_1_SQRT_2),
             Self::Constant { kappa } => Some(kappa.powi(lsc as i32 - 1)),
-            Self::Learnable { .. } => None,
+            Self::Learnable { .. } | Self::MpCat { .. } | Self::LearnedScalar { .. } => None,
         }
+    }
+
+    /// The initial value of a learned scalar on LSC `i` (`kappa^(i-1)`); `None` for the others.
+    pub fn initial_scalar(self, lsc: usize) -> Option<f64> {
+        match self {
+            Self::LearnedScalar { kappa } => Some(kappa.powi(lsc as i32 - 1)),
+            _ => None,
+        }
+    }
+
+    /// `(w_a, w_b)` of magnitude-preserving concatenation for a main path of width `main` and a
+    /// skip of width `skip`; `None` for the others.
+    pub fn mp_cat_weights(self, main: usize, skip: usize) -> Option<(f64, f64)> {
+        let Self::MpCat { t } = self else { return None };
+        let (na, nb) = (main as f64, skip as f64);
+        let c = ((na + nb) / ((1.0 - t).powi(2) + t * t)).sqrt();
+        Some((c * (1.0 - t) / na.sqrt(), c * t / nb.sqrt()))
     }
 
     /// The coefficient on the skip consumed by decoder block `k` (0-based) of a network with
@@ -96,6 +130,8 @@ impl SkipScaling {
             Self::Constant { kappa } => format!("CS({kappa})"),
             Self::Learnable { shared: true, .. } => "LS".into(),
             Self::Learnable { shared: false, .. } => "LS(non-shared)".into(),
+            Self::MpCat { t } => format!("MP-cat({t})"),
+            Self::LearnedScalar { kappa } => format!("Scalar({kappa})"),
         }
     }
 }
@@ -124,6 +160,14 @@ enum SkipScalingSpec {
     },
     Learnable {
         ls: LearnableSpec,
+    },
+    MpCat {
+        #[serde(rename = "mp-cat")]
+        mp_cat: f64,
+    },
+    LearnedScalar {
+        #[serde(rename = "learned-scalar")]
+        learned_scalar: f64,
     },
 }
 
@@ -154,12 +198,16 @@ impl TryFrom<SkipScalingSpec> for SkipScaling {
                 "cs" => Self::Constant { kappa: DEFAULT_KAPPA },
                 "ls" => Self::Learnable { shared: true, reduction: DEFAULT_REDUCTION },
                 "ls-nonshared" => Self::Learnable { shared: false, reduction: DEFAULT_REDUCTION },
+                "mp-cat" => Self::MpCat { t: DEFAULT_BALANCE },
+                "learned-scalar" => Self::LearnedScalar { kappa: DEFAULT_KAPPA },
                 _ => return Err(SkipScalingError::UnknownName(name)),
             },
             SkipScalingSpec::Number(n) if n == 1.0 => Self::Original,
             SkipScalingSpec::Number(n) => return Err(SkipScalingError::UnknownName(n.to_string())),
             SkipScalingSpec::Constant { cs } => Self::Constant { kappa: cs },
             SkipScalingSpec::Learnable { ls } => Self::Learnable { shared: ls.shared, reduction: ls.reduction },
+            SkipScalingSpec::MpCat { mp_cat } => Self::MpCat { t: mp_cat },
+            SkipScalingSpec::LearnedScalar { learned_scalar } => Self::LearnedScalar { kappa: learned_scalar },
         };
         scaling.validate()
     }
@@ -172,6 +220,8 @@ impl From<SkipScaling> for SkipScalingSpec {
             SkipScaling::InvSqrt2 => Self::Name("1/sqrt2".into()),
             SkipScaling::Constant { kappa } => Self::Constant { cs: kappa },
             SkipScaling::Learnable { shared, reduction } => Self::Learnable { ls: LearnableSpec { shared, reduction } },
+            SkipScaling::MpCat { t } => Self::MpCat { mp_cat: t },
+            SkipScaling::LearnedScalar { kappa } => Self::LearnedScalar { learned_scalar: kappa },
         }
     }
 }
@@ -224,6 +274,10 @@ mod tests {
         let cases = [
             ("strategy = \"1\"", SkipScaling::Original),
             ("strategy = 1", SkipScaling::Original),
+            ("strategy = \"mp-cat\"", SkipScaling::MpCat { t: 0.5 }),
+            ("strategy = { mp-cat = 0.3 }", SkipScaling::MpCat { t: 0.3 }),
+            ("strategy = \"learned-scalar\"", SkipScaling::LearnedScalar { kappa: 0.5 }),
+            ("strategy = { learned-scalar = 0.7 }", SkipScaling::LearnedScalar { kappa: 0.7 }),
             ("strategy = \"1/sqrt2\"", SkipScaling::InvSqrt2),
             ("strategy = \"cs\"", SkipScaling::Constant { kappa: 0.5 }),
             ("strategy = { cs = 0.7 }", SkipScaling::Constant { kappa: 0.7 }),
@@ -250,5 +304,29 @@ mod tests {
         let err = parse("strategy = { ls = { reduction = 0 } }").unwrap_err();
         assert!(err.contains("reduction"), "{err}");
         assert!(parse("strategy = \"2\"").unwrap_err().contains("unknown name"));
+        assert!(parse("strategy = { mp-cat = 1.0 }").unwrap_err().contains("balance t must lie in (0, 1)"));
+        assert!(parse("strategy = { learned-scalar = 0.0 }").unwrap_err().contains("kappa"));
+    }
+}
+
+#[cfg(test)]
+mod mp_cat_tests {
+    use super::*;
+
+    /// Unit-RMS parts weighted by mp-cat make a unit-RMS concatenation, at any balance and widths:
+    /// `N_a w_a^2 + N_b w_b^2 = N_a + N_b`.
+    #[test]
+    fn mp_cat_keeps_unit_rms_for_unit_rms_inputs() {
+        for t in [0.1, 0.3, 0.5, 0.7, 0.9] {
+            for (na, nb) in [(64, 64), (16, 48), (32, 16), (1, 100)] {
+                let (wa, wb) = SkipScaling::MpCat { t }.mp_cat_weights(na, nb).unwrap();
+                let mean_square = (na as f64 * wa * wa + nb as f64 * wb * wb) / (na + nb) as f64;
+                assert!((mean_square - 1.0).abs() < 1e-12, "t {t}, widths {na}/{nb}: {mean_square}");
+                // The balance: the skip's share of the energy is t^2 / ((1 - t)^2 + t^2).
+                let share = nb as f64 * wb * wb / (na + nb) as f64;
+                assert!((share - t * t / ((1.0 - t).powi(2) + t * t)).abs() < 1e-12);
+            }
+        }
+        assert_eq!(SkipScaling::Original.mp_cat_weights(4, 4), None);
     }
 }

@@ -142,6 +142,7 @@ mod tests {
             fd_samples: 70,
             classifier_epochs: 1,
             cache_dir: cache_dir.clone(),
+            ..EvalConfig::default()
         };
         config.validate(schedule.steps()).unwrap();
         let sampler = SamplerConfig::Ddim { steps: 2 };

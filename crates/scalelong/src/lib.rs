@@ -1,5 +1,5 @@
 //! The scalelong harness as a library: one training run ([`train`]), a sweep of them ([`sweep`]),
-//! their evaluation ([`eval`]), checkpoints and the exchange with the PyTorch reference
+//! their evaluation ([`eval`]), sampling-time skip edits ([`skip_eval`]), checkpoints and the exchange with the PyTorch reference
 //! ([`checkpoint`], [`exchange`]), and one-pass diagnostics of trained networks ([`diagnose`]).
 //! The `scalelong` binary is a thin command line over it and `scalelong-report`.
 
@@ -12,6 +12,7 @@ pub mod eval;
 pub mod exchange;
 pub mod progress;
 pub mod samples;
+pub mod skip_eval;
 pub mod sweep;
 pub mod train;
 

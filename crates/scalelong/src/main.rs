@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use scalelong::{config, device, diagnose, exchange, sweep, train};
+use scalelong::{config, device, diagnose, exchange, skip_eval, sweep, train};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -97,6 +97,18 @@ enum Command {
         #[arg(long, default_value = "flex")]
         device: String,
     },
+    /// Evaluate trained runs under sampling-time skip edits (Skip-Tuning, FreeU, each LSC
+    /// scaled alone) into each run's `skip_eval.jsonl`, which `report` compares.
+    SkipEval {
+        /// Run folders, or sweep folders (every run in them).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// A TOML file with `skip_edits = [...]` (default: each run's own `eval.skip_edits`).
+        #[arg(long)]
+        edits: Option<PathBuf>,
+        #[arg(long, default_value = "flex")]
+        device: String,
+    },
     /// Print every preset's parameter count per strategy.
     Params,
 }
@@ -156,6 +168,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let shard = sweep::parse_shard(&shard)?;
+            if jobs == 0 {
+                anyhow::bail!("--jobs: must be at least 1");
+            }
             if jobs > 1 {
                 let args = ["sweep", &file.display().to_string(), "--shard", &format!("{}/{}", shard.0, shard.1)]
                     .into_iter()
@@ -206,6 +221,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("{}: {} records", out.join(&run.id).display(), run.records);
             }
             println!("{}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SkipEval { runs, edits, device } => {
+            let device = device::parse(&device)?;
+            let edits = edits.map(|path| skip_eval::read_edits_file(&path)).transpose()?;
+            for run in sweep::expand_run_folders(&runs)? {
+                let lines = skip_eval::skip_eval_run(&run, edits.as_deref(), &device)?;
+                eprintln!("{}: {lines} settings", run.join("skip_eval.jsonl").display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Params => {

@@ -189,6 +189,23 @@ pub fn run_in_processes(args: &[String], jobs: usize) -> Result<()> {
     Ok(())
 }
 
+/// Run folders as given, a sweep folder (one with `sweep.json`) as its runs in the manifest's order.
+pub fn expand_run_folders(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut runs = Vec::new();
+    for path in paths {
+        let manifest = path.join("sweep.json");
+        if manifest.exists() {
+            let sweep: SweepManifest = scalelong_schema::read_json(&manifest)?;
+            runs.extend(sweep.runs.iter().map(|run| path.join(&run.id)));
+        } else if path.is_dir() {
+            runs.push(path.clone());
+        } else {
+            bail!("{}: not a run folder or a sweep folder", path.display());
+        }
+    }
+    Ok(runs)
+}
+
 /// `"i/n"` with 0 <= i < n.
 pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
     let parsed = text.split_once('/').and_then(|(i, n)| Some((i.parse().ok()?, n.parse().ok()?)));

@@ -11,6 +11,7 @@ use crate::ema::Ema;
 use crate::eval;
 use crate::progress::Progress;
 use crate::samples;
+use crate::skip_eval;
 use anyhow::{Context, Result, bail};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
@@ -165,6 +166,20 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
             }
             save(step, &model, &ema, &optimizer)?;
         }
+    }
+    if let Some(test_set) = test_set.as_ref().filter(|_| !config.eval.skip_edits.is_empty()) {
+        let lines = skip_eval::evaluate_edits(
+            config.steps,
+            &ema.model,
+            &model_config,
+            &schedule,
+            config,
+            &config.eval.skip_edits,
+            (test_set, &train_set),
+            device,
+            |line| progress.log(line),
+        )?;
+        skip_eval::write_lines(run, &lines)?;
     }
     Status { state: RunState::Completed, step: config.steps, message: None }.write(run)?;
     progress.finish("done");

@@ -7,12 +7,14 @@ use scalelong_model::unet::UNetConfig;
 use scalelong_model::uvit::UViTConfig;
 use scalelong_model::{DiffusionNet, ModelConfig, SkipScaling};
 
-pub const STRATEGIES: [SkipScaling; 5] = [
+pub const STRATEGIES: [SkipScaling; 7] = [
     SkipScaling::Original,
     SkipScaling::InvSqrt2,
     SkipScaling::Constant { kappa: 0.5 },
     SkipScaling::Learnable { shared: true, reduction: 4 },
     SkipScaling::Learnable { shared: false, reduction: 4 },
+    SkipScaling::MpCat { t: 0.5 },
+    SkipScaling::LearnedScalar { kappa: 0.5 },
 ];
 
 pub fn tiny_uvit(img_size: usize, depth: usize) -> ModelConfig {
