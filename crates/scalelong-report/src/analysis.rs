@@ -203,9 +203,14 @@ pub fn learned_quantity(strategy: SkipScaling) -> Option<&'static str> {
 /// The learned coefficients (LS gate means, learned scalars) per LSC against step, mean over the
 /// group's runs; empty for other groups.
 pub fn gate_curves(group: &Group) -> BTreeMap<u32, Vec<(u64, f64)>> {
-    let Some(quantity) = group.runs.first().and_then(|run| learned_quantity(run.strategy)) else {
-        return BTreeMap::new();
-    };
+    match group.runs.first().and_then(|run| learned_quantity(run.strategy)) {
+        Some(quantity) => lsc_curves(group, quantity),
+        None => BTreeMap::new(),
+    }
+}
+
+/// A per-LSC diagnostics quantity against step, mean over the group's runs.
+pub fn lsc_curves(group: &Group, quantity: &str) -> BTreeMap<u32, Vec<(u64, f64)>> {
     let per_run: Vec<BTreeMap<u32, Vec<(u64, f64)>>> =
         group.runs.iter().map(|run| per_lsc_series(&run.diagnostics, quantity)).collect();
     mean_per_lsc(&per_run)

@@ -7,9 +7,12 @@
 use scalelong_analysis::inference::{ClaimedEffect, Interval, Verdict, claimed_magnitude_excluded, verdict};
 use scalelong_analysis::theorems::{SMALLEST_EFFECT, TheoremCheck};
 
+use scalelong_analysis::inference::{LEVEL, mean_interval};
+
 use crate::analysis::{DECAY_KAPPA_MAX, GateFit, ModelChecks};
 use crate::compare::Comparison;
 use crate::format_number;
+use crate::skips::{EditRow, ImportanceProfile, SkipFindings, SpectralRow};
 use crate::tables::StableLrRow;
 
 /// The paper's speed-up: "about 1.5x faster" training.
@@ -17,6 +20,11 @@ pub const CLAIMED_SPEEDUP: f64 = 1.5;
 /// The larger stable learning rate a stabilising strategy should allow: one step of the sweep's
 /// 1-2-5 grid (2x).
 pub const CLAIMED_LR_RATIO: f64 = 2.0;
+/// The FD ratio (edited over unedited) of interest for a sampling-time edit: 10% lower. Skip-Tuning
+/// and FreeU report larger gains on large models; a tenth is the smallest worth a user's attention.
+pub const CLAIMED_FD_RATIO: f64 = 0.9;
+/// The difference of low-frequency shares (skip minus main path) of interest: 5 percentage points.
+pub const CLAIMED_SHARE_DIFFERENCE: f64 = -0.05;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -81,6 +89,7 @@ pub fn assess_claims(
     model_checks: &[ModelChecks],
     gate_fits: &[GateFit],
     stable_lr: Option<&[StableLrRow]>,
+    skips: &SkipFindings,
 ) -> Vec<Claim> {
     let mut claims: Vec<Claim> = comparisons.iter().map(speed_claim).collect();
     if comparisons.is_empty() {
@@ -103,6 +112,131 @@ pub fn assess_claims(
     claims.extend(gate_fits.iter().filter(|fit| fit.strategy_label.starts_with("LS")).map(gate_claim));
     if let Some(rows) = stable_lr {
         claims.extend(rows.iter().filter_map(stability_claim));
+    }
+    claims.extend(importance_claims(&skips.importance));
+    claims.extend(skips.edits.iter().filter(|row| row.strategy_label == "1").filter_map(edit_claim));
+    claims.extend(spectral_claims(&skips.spectral));
+    claims
+}
+
+/// `models` without repeats, in first-seen order.
+fn distinct<'a>(models: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    models.fold(Vec::new(), |mut seen, model| {
+        if !seen.contains(&model) {
+            seen.push(model);
+        }
+        seen
+    })
+}
+
+/// (g) Per model: cutting an LSC at sampling time costs less the further in it lies (pooled over
+/// the strategies, each trained run one Spearman correlation of the loss increase with i).
+fn importance_claims(profiles: &[ImportanceProfile]) -> Vec<Claim> {
+    let mut claims = Vec::new();
+    for model in distinct(profiles.iter().map(|p| p.model.as_str())) {
+        let cut: Vec<&ImportanceProfile> = profiles.iter().filter(|p| p.model == model && p.factor == 0.0).collect();
+        if cut.is_empty() {
+            continue;
+        }
+        let name = format!("(g) An LSC matters less the further in it lies, on {model}");
+        let claimed = format!(
+            "the held-out loss increase when LSC i alone is cut (x 0) at sampling time falls with i: per run, \
+             Spearman of the increase against i < 0 (of interest: at most -{})",
+            format_number(SMALLEST_EFFECT)
+        );
+        let per_run: Vec<f64> = cut.iter().flat_map(|p| p.spearman_per_run.iter().copied()).collect();
+        let strategies: Vec<&str> = cut.iter().map(|p| p.strategy_label.as_str()).collect();
+        let rests_on = format!("{} trained runs of {}", per_run.len(), strategies.join(", "));
+        let Some(interval) = mean_interval(&per_run, LEVEL) else {
+            claims.push(Claim { claimed, rests_on, ..not_measured(&name, "an interval needs 2 runs with importance") });
+            continue;
+        };
+        let effect = ClaimedEffect { null: 0.0, claimed: -SMALLEST_EFFECT };
+        let per_strategy: Vec<String> = cut
+            .iter()
+            .filter_map(|p| Some(format!("{} {}", p.strategy_label, format_number(p.spearman?.estimate))))
+            .collect();
+        claims.push(Claim {
+            name,
+            claimed,
+            outcome: verdict(&interval, &effect).into(),
+            effect: format!("Spearman {}", interval_text(&interval, "")),
+            detectable: String::new(),
+            rests_on,
+            note: if per_strategy.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "mean per strategy: {}; for CS the falling coefficients make it expected",
+                    per_strategy.join(", ")
+                )
+            },
+        });
+    }
+    claims
+}
+
+/// (h) A sampling-time edit, applied as its papers do to networks trained with coefficient 1,
+/// lowers the FD.
+fn edit_claim(row: &EditRow) -> Option<Claim> {
+    if row.kind == "none" || row.kind == "importance" {
+        return None;
+    }
+    let what = if row.kind == "freeu" { "FreeU" } else { "Skip-Tuning" };
+    let name = format!("(h) {what} ({}) lowers the FD of strategy-1 networks on {}", row.setting, row.model);
+    let claimed = format!(
+        "FD of the edited network over the unedited one's, paired by run, < 1 (of interest: {}, a tenth lower)",
+        format_number(CLAIMED_FD_RATIO)
+    );
+    let rests_on = format!("{} trained strategy-1 runs", row.runs);
+    let Some(interval) = &row.fd_ratio else {
+        return Some(Claim { claimed, rests_on, ..not_measured(&name, "an interval needs 2 runs with an FD of both") });
+    };
+    let effect = ClaimedEffect { null: 1.0, claimed: CLAIMED_FD_RATIO };
+    let loss = row
+        .heldout_change
+        .as_ref()
+        .map_or(String::new(), |change| format!("held-out loss change {}", interval_text(change, "")));
+    Some(Claim {
+        name,
+        claimed,
+        outcome: verdict(interval, &effect).into(),
+        effect: format!("FD ratio {}", interval_text(interval, "x")),
+        detectable: String::new(),
+        rests_on,
+        note: loss,
+    })
+}
+
+/// (i) FreeU's premise: the skips carry less of their energy in the lowest spatial frequencies
+/// than the main path they are fused with (pooled over strategies; per run, the difference of
+/// shares averaged over LSCs at the last record).
+fn spectral_claims(rows: &[SpectralRow]) -> Vec<Claim> {
+    let mut claims = Vec::new();
+    for model in distinct(rows.iter().map(|r| r.model.as_str())) {
+        let of_model: Vec<&SpectralRow> = rows.iter().filter(|r| r.model == model).collect();
+        let per_run: Vec<f64> = of_model.iter().flat_map(|r| r.difference_per_run.iter().copied()).collect();
+        let name = format!("(i) The skips carry less low-frequency energy than the main path, on {model}");
+        let claimed = format!(
+            "the skip's share of energy in the frequencies within 1 of zero minus the main path's, at each fusion, \
+             < 0 (of interest: {} or less)",
+            format_number(CLAIMED_SHARE_DIFFERENCE)
+        );
+        let rests_on = format!("{} trained runs", per_run.len());
+        let Some(interval) = mean_interval(&per_run, LEVEL) else {
+            claims.push(Claim { claimed, rests_on, ..not_measured(&name, "an interval needs 2 runs with the shares") });
+            continue;
+        };
+        let effect = ClaimedEffect { null: 0.0, claimed: CLAIMED_SHARE_DIFFERENCE };
+        claims.push(Claim {
+            name,
+            claimed,
+            outcome: verdict(&interval, &effect).into(),
+            effect: format!("share difference {}", interval_text(&interval, "")),
+            detectable: String::new(),
+            rests_on,
+            note: String::new(),
+        });
     }
     claims
 }

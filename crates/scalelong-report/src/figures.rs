@@ -10,13 +10,14 @@ use plotters::style::RGBColor;
 
 use super::analysis::{
     BandPoint, GateFit, Group, LOSS_SMOOTHING_WINDOW, LscQuantity, OSCILLATION_WINDOW, band_over_seeds, gate_curves,
-    groups_of_model, loss_band, lsc_grid, models, outer_feature_norm_band,
+    groups_of_model, learned_quantity, loss_band, lsc_curves, lsc_grid, models, outer_feature_norm_band,
 };
 use super::format_number;
 use super::plot::{
     BandPanel, Curve, PANEL_SIZE, Palette, Scale, ScatterPanel, XySeries, draw_band_panel, draw_heatmaps,
     draw_scatter_panel, figure_size, heatmap_figure_size, panel_areas, render_png, sequential_colour,
 };
+use super::skips::{EditRow, ImportanceProfile, SKIP_SHARE};
 use super::sweep_data::SweepData;
 use crate::assess::Status;
 use crate::compare::Judged;
@@ -188,6 +189,7 @@ fn band_figure_per_model(
         .into_iter()
         .map(|model| BandPanel {
             title: model.to_string(),
+            x_desc: "step".to_string(),
             curves: groups_of_model(sweep, model)
                 .iter()
                 .map(|group| Curve {
@@ -252,8 +254,9 @@ pub fn heatmap_figures(sweep: &SweepData) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
-/// Figure 4: per model and LS strategy, the gates of every LSC over training and the final mean
-/// gate against LSC index with its exponential fit.
+/// Figure 4: per model and strategy with learned coefficients (LS gates, learned scalars), the
+/// coefficient of every LSC over training and the final mean against LSC index with its
+/// exponential fit.
 pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     for (model_index, model) in models(sweep).into_iter().enumerate() {
@@ -263,10 +266,14 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
             else {
                 continue;
             };
+            let Some(quantity) = group.runs.first().and_then(|run| learned_quantity(run.strategy)) else { continue };
+            let (name, value) =
+                if quantity == "gate_mean" { ("gates", "mean gate") } else { ("learned scalars", "scalar") };
             let curves = gate_curves(&group);
             let lsc_count = curves.len().max(2);
             let over_training = BandPanel {
-                title: format!("{} gates over training", group.strategy_label),
+                title: format!("{} {name} over training", group.strategy_label),
+                x_desc: "step".to_string(),
                 curves: curves
                     .iter()
                     .enumerate()
@@ -294,13 +301,13 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
                 });
             }
             let against_lsc = ScatterPanel {
-                title: format!("{} final mean gate by LSC", group.strategy_label),
+                title: format!("{} final {value} by LSC", group.strategy_label),
                 x_desc: "LSC i (1 = outermost)".to_string(),
-                y_desc: "mean gate".to_string(),
+                y_desc: value.to_string(),
                 x_scale: Scale::Linear,
                 y_scale: Scale::Log,
                 dots: vec![XySeries {
-                    label: "mean gate, last record".to_string(),
+                    label: format!("{value}, last record"),
                     colour: sequential_colour(0.0),
                     points: gates
                         .final_means
@@ -313,24 +320,226 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
             };
             let png = render_png((PANEL_SIZE.0 * 2, PANEL_SIZE.1), |root| {
                 let halves = panel_areas(root, 2);
-                draw_band_panel(&halves[0], &over_training, "gate_mean")?;
+                draw_band_panel(&halves[0], &over_training, quantity)?;
                 draw_scatter_panel(&halves[1], &against_lsc)
             })?;
             let fit_note = if gates.fit.is_some() {
-                "The line is the least-squares fit of ln(gate) on i - 1."
+                format!("The line is the least-squares fit of ln({value}) on i - 1.")
             } else {
-                "No exponential could be fitted (the recorded LSCs are not 1..N or a mean is not positive)."
+                "No exponential could be fitted (the recorded LSCs are not 1..N or a mean is not positive).".to_string()
             };
             figures.push(Figure {
                 file_name: format!("gates_{model_index}_{}.png", slug(group.strategy_label)),
-                title: format!("{} gates, {model}", group.strategy_label),
+                title: format!("{} {name}, {model}", group.strategy_label),
                 caption: format!(
-                    "Left: gate_mean of each LSC against step, mean over the runs. Right: each run's last gate_mean \
+                    "Left: {quantity} of each LSC against step, mean over the runs. Right: each run's last {quantity} \
                      per LSC, averaged over the runs, on a log axis. {fit_note}"
                 ),
                 png,
             });
         }
+    }
+    Ok(figures)
+}
+
+/// Per model, the change of the held-out loss per timestep bin under each sampling-time setting
+/// (Skip-Tuning, FreeU) against the unedited networks, one panel per strategy.
+pub fn edit_bin_figures(rows: &[EditRow]) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let is_edit = |row: &&EditRow| row.kind != "none" && row.kind != "importance";
+    let settings: Vec<&str> = rows.iter().filter(is_edit).fold(Vec::new(), |mut seen, row| {
+        if !seen.contains(&row.setting.as_str()) {
+            seen.push(row.setting.as_str());
+        }
+        seen
+    });
+    let models: Vec<&str> = rows.iter().map(|row| row.model.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+    for (model_index, model) in models.iter().enumerate() {
+        let mut panels: Vec<BandPanel> = Vec::new();
+        for row in rows.iter().filter(is_edit).filter(|row| row.model == *model) {
+            let points: Vec<BandPoint> = row
+                .bin_changes
+                .iter()
+                .enumerate()
+                .filter_map(|(bin, change)| {
+                    let c = change.as_ref()?;
+                    Some(BandPoint { step: bin as u64, mean: c.estimate, low: c.low, high: c.high })
+                })
+                .collect();
+            let index = settings.iter().position(|s| *s == row.setting).unwrap_or(0);
+            let curve = Curve {
+                label: row.setting.clone(),
+                colour: sequential_colour(index as f64 / (settings.len().max(2) - 1) as f64 * 0.85),
+                points,
+            };
+            match panels.iter_mut().find(|panel| panel.title == row.strategy_label) {
+                Some(panel) => panel.curves.push(curve),
+                None => panels.push(BandPanel {
+                    title: row.strategy_label.clone(),
+                    x_desc: "timestep bin (0: least noise)".to_string(),
+                    curves: vec![curve],
+                }),
+            }
+        }
+        if panels.iter().all(|panel| panel.curves.iter().all(|curve| curve.points.is_empty())) {
+            continue;
+        }
+        let png = render_png(figure_size(panels.len()), |root| {
+            for (area, panel) in panel_areas(root, panels.len()).iter().zip(&panels) {
+                draw_band_panel(area, panel, "held-out loss, edited - unedited")?;
+            }
+            Ok(())
+        })?;
+        figures.push(Figure {
+            file_name: format!("skip_edits_{model_index}.png"),
+            title: format!("Sampling-time skip edits per timestep bin, {model}"),
+            caption: "The held-out loss of the edited network minus the unedited one's, per timestep bin, one panel \
+                      per training-time strategy: the line is the mean over the trained runs, the band its 95% paired \
+                      Student t interval (no band: fewer than 2 runs). Below 0: the edit denoises better at those \
+                      noise levels."
+                .to_string(),
+            png,
+        });
+    }
+    Ok(figures)
+}
+
+/// Per model, the importance of each LSC against its coefficient: for each strategy, the held-out
+/// loss increase when one LSC alone is scaled by each factor (left), and the coefficient it carried
+/// at the end of training (right).
+pub fn importance_figures(profiles: &[ImportanceProfile]) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let models: Vec<&str> = profiles.iter().map(|p| p.model.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+    for (model_index, model) in models.iter().enumerate() {
+        let of_model: Vec<&ImportanceProfile> = profiles.iter().filter(|p| p.model == *model).collect();
+        let strategies: Vec<&str> = of_model.iter().fold(Vec::new(), |mut seen, p| {
+            if !seen.contains(&p.strategy_label.as_str()) {
+                seen.push(p.strategy_label.as_str());
+            }
+            seen
+        });
+        let factors: Vec<f64> = of_model.iter().fold(Vec::new(), |mut seen, p| {
+            if !seen.contains(&p.factor) {
+                seen.push(p.factor);
+            }
+            seen
+        });
+        let mut importance_panels = Vec::new();
+        let mut coefficient_panels = Vec::new();
+        for strategy in &strategies {
+            let curves = of_model
+                .iter()
+                .filter(|p| p.strategy_label == *strategy)
+                .map(|p| {
+                    let index = factors.iter().position(|f| *f == p.factor).unwrap_or(0);
+                    Curve {
+                        label: format!("LSC i alone x {}", format_number(p.factor)),
+                        colour: sequential_colour(index as f64 / (factors.len().max(2) - 1) as f64 * 0.7),
+                        points: p
+                            .increase
+                            .iter()
+                            .filter_map(|(lsc, interval)| {
+                                let i = interval.as_ref()?;
+                                Some(BandPoint { step: u64::from(*lsc), mean: i.estimate, low: i.low, high: i.high })
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            importance_panels.push(BandPanel {
+                title: format!("{strategy}: importance"),
+                x_desc: "LSC i (1 = outermost)".to_string(),
+                curves,
+            });
+            let coefficients = of_model.iter().find(|p| p.strategy_label == *strategy).map(|p| &p.coefficients);
+            coefficient_panels.push(ScatterPanel {
+                title: format!("{strategy}: coefficient at the end"),
+                x_desc: "LSC i (1 = outermost)".to_string(),
+                y_desc: "coefficient on the skip".to_string(),
+                x_scale: Scale::Linear,
+                y_scale: Scale::Log,
+                dots: vec![XySeries {
+                    label: "mean over runs, last record".to_string(),
+                    colour: sequential_colour(0.0),
+                    points: coefficients
+                        .map(|c| c.iter().map(|(lsc, value)| (f64::from(*lsc), *value)).collect())
+                        .unwrap_or_default(),
+                }],
+                lines: Vec::new(),
+            });
+        }
+        let panels = strategies.len() * 2;
+        let png = render_png(figure_size(panels), |root| {
+            let areas = panel_areas(root, panels);
+            for (k, (importance, coefficient)) in importance_panels.iter().zip(&coefficient_panels).enumerate() {
+                draw_band_panel(&areas[2 * k], importance, "held-out loss increase")?;
+                draw_scatter_panel(&areas[2 * k + 1], coefficient)?;
+            }
+            Ok(())
+        })?;
+        figures.push(Figure {
+            file_name: format!("importance_{model_index}.png"),
+            title: format!("The importance of each LSC, {model}"),
+            caption: "One row per training-time strategy. Left: the increase of the held-out loss when LSC i alone \
+                      is scaled by each factor at sampling time (0: cut), mean over the trained runs with its 95% \
+                      Student t interval. Right: the coefficient LSC i carried at the last diagnostics record (fixed \
+                      strategies' values, learned scalars, the LS gates' mean, mp-cat's skip weight over its \
+                      main-path weight), mean over runs, on a log axis. Does importance fall with i as the \
+                      coefficients do?"
+                .to_string(),
+            png,
+        });
+    }
+    Ok(figures)
+}
+
+/// Per model, the share of each skip's energy in its lowest spatial frequencies over training, one
+/// panel per strategy, one line per LSC (mean over runs).
+pub fn spectral_figures(sweep: &SweepData) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    for (model_index, model) in models(sweep).into_iter().enumerate() {
+        let panels: Vec<BandPanel> = groups_of_model(sweep, model)
+            .iter()
+            .map(|group| {
+                let curves = lsc_curves(group, SKIP_SHARE);
+                let lsc_count = curves.len().max(2);
+                BandPanel {
+                    title: group.strategy_label.to_string(),
+                    x_desc: "step".to_string(),
+                    curves: curves
+                        .into_iter()
+                        .enumerate()
+                        .map(|(index, (lsc, points))| Curve {
+                            label: format!("LSC {lsc}"),
+                            colour: sequential_colour(index as f64 / (lsc_count - 1) as f64),
+                            points: points
+                                .into_iter()
+                                .map(|(step, mean)| BandPoint { step, mean, low: mean, high: mean })
+                                .collect(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        if panels.iter().all(|panel| panel.curves.is_empty()) {
+            continue;
+        }
+        let png = render_png(figure_size(panels.len()), |root| {
+            for (area, panel) in panel_areas(root, panels.len()).iter().zip(&panels) {
+                draw_band_panel(area, panel, "skip's low-frequency energy share")?;
+            }
+            Ok(())
+        })?;
+        figures.push(Figure {
+            file_name: format!("skip_spectrum_{model_index}.png"),
+            title: format!("Low-frequency share of each skip over training, {model}"),
+            caption: "The share of each skip's energy (over the probe batch, before scaling) in the spatial \
+                      frequencies within 1 of zero along each axis of its feature map or token grid, against step; \
+                      one panel per strategy, one line per LSC, mean over the runs. The table beside compares it \
+                      with the main path's share at the same fusion."
+                .to_string(),
+            png,
+        });
     }
     Ok(figures)
 }

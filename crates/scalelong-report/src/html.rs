@@ -89,6 +89,7 @@ pub fn render(content: &ReportContent) -> String {
     page.push_str("<h2>Per-LSC feature and gradient norms</h2>\n");
     figures_or_note(&mut page, content.heatmap_figures, "Per-LSC feature and gradient norms were");
     gates_section(content, &mut page);
+    skips_section(content, &mut page);
     theorems_section(content, &mut page);
     samples_section(content, &mut page);
 
@@ -391,19 +392,19 @@ fn frontier_section(content: &ReportContent, page: &mut String) {
 }
 
 fn gates_section(content: &ReportContent, page: &mut String) {
-    page.push_str("<h2>LS gates</h2>\n");
-    if !content.has_ls_runs {
-        page.push_str(&note("The sweep has no LS run, so LS gates were"));
+    page.push_str("<h2>Learned coefficients: LS gates and learned scalars</h2>\n");
+    if !content.has_learned_runs {
+        page.push_str(&note("The sweep has no LS or learned-scalar run, so learned coefficients were"));
         return;
     }
     if content.gate_fits.is_empty() {
-        page.push_str(&note("The LS runs' gate statistics were"));
+        page.push_str(&note("The learned coefficients' statistics were"));
         return;
     }
     page.push_str(
-        "<p>Per LSC i (1 = outermost): the mean gate at the first and the last diagnostics record (mean over the LS \
-         runs), the seed-to-seed spread of the last (standard deviation over runs), and whether the gates moved from \
-         their start by more than that spread. The fit: a * kappa_hat^(i-1) to the final means (pooled), and \
+        "<p>Per LSC i (1 = outermost): the mean gate (LS) or the learned scalar at the first and the last \
+         diagnostics record (mean over the runs), the seed-to-seed spread of the last (standard deviation over runs), \
+         and whether they moved from their start by more than that spread. The fit: a * kappa_hat^(i-1) to the final means (pooled), and \
          kappa_hat fitted per run with its 95% interval over runs.</p>\n",
     );
     let rows: Vec<Vec<Cell>> = content
@@ -447,6 +448,113 @@ fn gates_section(content: &ReportContent, page: &mut String) {
     ));
     page.push_str(&table_links(&content.table_files.gate_fits));
     for figure in content.gate_figures {
+        page.push_str(&figure_html(figure));
+    }
+}
+
+/// Sampling-time skip edits, the importance of each LSC and the skips' spectra (docs/method.md §3.5).
+fn skips_section(content: &ReportContent, page: &mut String) {
+    let skips = content.skips;
+    page.push_str("<h2>Long skips at sampling time: edits, importance, spectra</h2>\n");
+    if skips.edits.is_empty() && skips.spectral.is_empty() {
+        page.push_str(&note(
+            "No trained run has skip_eval.jsonl or low-frequency shares (set eval.skip_edits, or run `scalelong \
+             skip-eval`), so sampling-time edits were",
+        ));
+        return;
+    }
+    let strategy_cell = |label: &str| Cell::Html(format!("{}{}", swatch(content, label), escape(label)));
+    if !skips.edits.is_empty() {
+        page.push_str(
+            "<p>Each trained run's final EMA weights, unedited and under each setting, on the same held-out images \
+             and noise and with the same FD sampling noise: every change is paired by run, with a 95% paired \
+             Student t interval over the runs (the FD ratio on the log scale).</p>\n",
+        );
+        let rows: Vec<Vec<Cell>> = skips
+            .edits
+            .iter()
+            .filter(|row| row.kind != "importance")
+            .map(|row| {
+                vec![
+                    Cell::Text(row.model.clone()),
+                    strategy_cell(&row.strategy_label),
+                    Cell::Text(row.setting.clone()),
+                    Cell::Text(row.runs.to_string()),
+                    interval_cell(row.heldout.as_ref()),
+                    interval_cell(row.heldout_change.as_ref()),
+                    interval_cell(row.fd.as_ref()),
+                    interval_cell(row.fd_ratio.as_ref()),
+                ]
+            })
+            .collect();
+        page.push_str(&table(
+            &["model", "strategy", "setting", "runs", "held-out loss", "change", "FD", "FD over unedited"],
+            &rows,
+        ));
+        page.push_str(&table_links(&content.table_files.skip_edits));
+    }
+    if !skips.importance.is_empty() {
+        page.push_str(
+            "<p>The importance of LSC i: the held-out loss increase when it alone is scaled by the factor (mean over \
+             runs, LSC 1 first), Spearman's correlation of that increase with i per run (mean with its 95% \
+             interval over runs; negative: importance falls inward), and the coefficient each LSC carried at the \
+             end of training.</p>\n",
+        );
+        let join = |values: Vec<String>| values.join(", ");
+        let rows: Vec<Vec<Cell>> = skips
+            .importance
+            .iter()
+            .map(|p| {
+                vec![
+                    Cell::Text(p.model.clone()),
+                    strategy_cell(&p.strategy_label),
+                    Cell::Number(Some(p.factor)),
+                    Cell::Text(join(
+                        p.increase
+                            .iter()
+                            .map(|(_, i)| i.map_or("-".to_string(), |i| format_number(i.estimate)))
+                            .collect(),
+                    )),
+                    interval_cell(p.spearman.as_ref()),
+                    Cell::Text(join(p.coefficients.iter().map(|(_, c)| format_number(*c)).collect())),
+                ]
+            })
+            .collect();
+        page.push_str(&table(
+            &["model", "strategy", "factor", "loss increase, LSC 1..N", "Spearman with i", "coefficient, LSC 1..N"],
+            &rows,
+        ));
+        page.push_str(&table_links(&content.table_files.importance));
+    }
+    if !skips.spectral.is_empty() {
+        page.push_str(
+            "<p>The share of energy in the spatial frequencies within 1 of zero (per axis of the feature map or token \
+             grid) at the last diagnostics record, of each skip and of the main path it is fused with (mean over \
+             runs, LSC 1 first), and per run their difference averaged over LSCs (mean with its 95% interval).</p>\n",
+        );
+        let rows: Vec<Vec<Cell>> = skips
+            .spectral
+            .iter()
+            .map(|row| {
+                let join = |f: &dyn Fn(&(u32, f64, f64)) -> f64| {
+                    row.per_lsc.iter().map(|lsc| format_number(f(lsc))).collect::<Vec<_>>().join(", ")
+                };
+                vec![
+                    Cell::Text(row.model.clone()),
+                    strategy_cell(&row.strategy_label),
+                    Cell::Text(join(&|lsc| lsc.1)),
+                    Cell::Text(join(&|lsc| lsc.2)),
+                    interval_cell(row.difference.as_ref()),
+                ]
+            })
+            .collect();
+        page.push_str(&table(
+            &["model", "strategy", "skip share, LSC 1..N", "main-path share", "skip minus main"],
+            &rows,
+        ));
+        page.push_str(&table_links(&content.table_files.spectral));
+    }
+    for figure in content.skip_figures {
         page.push_str(&figure_html(figure));
     }
 }

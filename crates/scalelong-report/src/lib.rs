@@ -4,8 +4,8 @@
 //! as a PNG and every table as CSV and Parquet beside it.
 //!
 //! Output layout under the report folder: `index.html`, `figures/*.png`, `samples/<run id>.png`,
-//! `summary.{csv,parquet}`, and when their data exist `stable_lr`, `theorem_rows` and `gate_fits`
-//! tables.
+//! `summary.{csv,parquet}`, and when their data exist `stable_lr`, `theorem_rows`, `gate_fits`,
+//! `skip_edits`, `importance` and `skip_spectrum` tables.
 
 mod analysis;
 mod assess;
@@ -14,6 +14,7 @@ mod compare;
 mod figures;
 mod html;
 mod plot;
+mod skips;
 mod sweep_data;
 mod tables;
 
@@ -35,6 +36,7 @@ use claims::Claim;
 use compare::{Cell, Comparison};
 use figures::Figure;
 use plot::Palette;
+use skips::SkipFindings;
 use sweep_data::SweepData;
 use tables::{StableLrRow, SummaryRow};
 
@@ -69,13 +71,16 @@ struct ReportContent<'a> {
     loss_figure: Option<Figure>,
     feature_norm_figure: Option<Figure>,
     heatmap_figures: &'a [Figure],
-    has_ls_runs: bool,
+    has_learned_runs: bool,
     gate_fits: &'a [GateFit],
     gate_figures: &'a [Figure],
     model_checks: &'a [ModelChecks],
     /// Per model, per check, its scatter plot when it has plottable rows.
     theorem_figures: &'a [Vec<Option<Figure>>],
     samples: &'a [SampleImage],
+    skips: &'a SkipFindings,
+    /// Sampling-time edits per timestep bin, LSC importance, skip spectra.
+    skip_figures: &'a [Figure],
 }
 
 /// Table files relative to the report folder, per table; empty when the table was not written.
@@ -87,6 +92,9 @@ struct TableFiles {
     stable_lr: Vec<String>,
     theorem_rows: Vec<String>,
     gate_fits: Vec<String>,
+    skip_edits: Vec<String>,
+    importance: Vec<String>,
+    spectral: Vec<String>,
 }
 
 /// A run's newest sample grid, copied beside the page.
@@ -126,8 +134,9 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         .flat_map(|model| analysis::groups_of_model(&sweep, model))
         .filter_map(|group| analysis::gate_fit(&group))
         .collect();
-    let has_ls_runs = sweep.runs.iter().any(|run| matches!(run.strategy, SkipScaling::Learnable { .. }));
-    let claims = claims::assess_claims(&comparisons, &model_checks, &gate_fits, stable_lr.as_deref());
+    let has_learned_runs = sweep.runs.iter().any(|run| analysis::learned_quantity(run.strategy).is_some());
+    let skips = SkipFindings::new(&judged);
+    let claims = claims::assess_claims(&comparisons, &model_checks, &gate_fits, stable_lr.as_deref(), &skips);
 
     let heldout_figure = figures::heldout_figure(&sweep, &palette)?;
     let frontier_figures = match &stable_lr {
@@ -138,6 +147,14 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
     let feature_norm_figure = figures::feature_norm_figure(&sweep, &palette)?;
     let heatmap_figures = figures::heatmap_figures(&sweep)?;
     let gate_figures = figures::gate_figures(&sweep, &gate_fits)?;
+    let skip_figures: Vec<Figure> = [
+        figures::edit_bin_figures(&skips.edits)?,
+        figures::importance_figures(&skips.importance)?,
+        figures::spectral_figures(&sweep)?,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let theorem_figures: Vec<Vec<Option<Figure>>> = model_checks
         .iter()
         .enumerate()
@@ -156,6 +173,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         .chain(&feature_norm_figure)
         .chain(&heatmap_figures)
         .chain(&gate_figures)
+        .chain(&skip_figures)
         .chain(theorem_figures.iter().flatten().flatten());
     let mut figure_paths = Vec::new();
     for figure in all_figures {
@@ -197,6 +215,21 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         } else {
             write_table(tables::gate_fit_frame(&gate_fits)?, "gate_fits")?
         },
+        skip_edits: if skips.edits.is_empty() {
+            Vec::new()
+        } else {
+            write_table(tables::skip_edits_frame(&skips.edits)?, "skip_edits")?
+        },
+        importance: if skips.importance.is_empty() {
+            Vec::new()
+        } else {
+            write_table(tables::importance_frame(&skips.importance)?, "importance")?
+        },
+        spectral: if skips.spectral.is_empty() {
+            Vec::new()
+        } else {
+            write_table(tables::spectral_frame(&skips.spectral)?, "skip_spectrum")?
+        },
     };
 
     let page = html::render(&ReportContent {
@@ -216,12 +249,14 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         loss_figure,
         feature_norm_figure,
         heatmap_figures: &heatmap_figures,
-        has_ls_runs,
+        has_learned_runs,
         gate_fits: &gate_fits,
         gate_figures: &gate_figures,
         model_checks: &model_checks,
         theorem_figures: &theorem_figures,
         samples: &samples,
+        skips: &skips,
+        skip_figures: &skip_figures,
     });
     let html_path = out_dir.join("index.html");
     write_atomic(&html_path, page.as_bytes())?;

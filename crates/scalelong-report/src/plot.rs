@@ -300,10 +300,12 @@ pub struct Curve {
 
 pub struct BandPanel {
     pub title: String,
+    /// What the x axis counts (`step`, `LSC i`, `timestep bin`); curves' points hold it in `step`.
+    pub x_desc: String,
     pub curves: Vec<Curve>,
 }
 
-/// Lines against step, each with its shaded band, and a legend.
+/// Lines against the panel's x (step, unless it says otherwise), each with its shaded band, and a legend.
 pub fn draw_band_panel(area: &Area, panel: &BandPanel, y_desc: &str) -> Result<()> {
     let points = || panel.curves.iter().flat_map(|curve| &curve.points);
     if points().next().is_none() {
@@ -315,7 +317,9 @@ pub fn draw_band_panel(area: &Area, panel: &BandPanel, y_desc: &str) -> Result<(
         .map(|curve| LegendEntry { label: &curve.label, colour: curve.colour, mark: Mark::Line })
         .collect();
     let body = panel_body(area, &panel.title, &legend)?;
-    let x = Axis::fitted(Scale::Linear, "step", points().map(|point| point.step as f64));
+    let mut x = Axis::fitted(Scale::Linear, &panel.x_desc, points().map(|point| point.step as f64));
+    // x is a count (step, LSC, bin): a tick between two counts labels nothing.
+    x.ticks.retain(|tick| tick.fract() == 0.0);
     let y = Axis::fitted(Scale::Linear, y_desc, points().flat_map(|point| [point.low, point.high, point.mean]));
     let mut chart = chart(&body, &x, &y, true)?;
     for curve in panel.curves.iter().filter(|curve| curve.points.iter().any(|point| point.high > point.low)) {
@@ -558,6 +562,11 @@ fn padded_range(values: impl Iterator<Item = f64>) -> Range<f64> {
     if low > high {
         return 0.0..1.0;
     }
-    let padding = if high > low { 0.05 * (high - low) } else { 0.05 * low.abs().max(1e-3) };
+    // All equal: 5% of the value (a twentieth of a decade on a log axis, where 1 plots at 0).
+    let padding = match () {
+        _ if high > low => 0.05 * (high - low),
+        _ if low == 0.0 => 0.05,
+        _ => 0.05 * low.abs(),
+    };
     low - padding..high + padding
 }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use scalelong_schema::{
-    EvalLine, MetricsLine, Record, RunConfig, SkipScaling, Status, SweepManifest, SweepRun, read_json, read_jsonl,
+    EvalLine, MetricsLine, Record, RunConfig, SkipEvalLine, SkipScaling, Status, SweepManifest, SweepRun, read_json,
+    read_jsonl,
 };
 
 /// The sweep axis that varies the learning rate (a dotted config key, as in a sweep file).
@@ -56,6 +57,8 @@ pub struct RunData {
     pub evals: Vec<EvalLine>,
     /// The last line of `eval.jsonl`.
     pub last_eval: Option<EvalLine>,
+    /// Every line of `skip_eval.jsonl` (sampling-time skip edits), in file order; empty without one.
+    pub skip_evals: Vec<SkipEvalLine>,
     /// The newest `samples/step_*.png` with its step.
     pub newest_sample: Option<(u64, PathBuf)>,
 }
@@ -122,6 +125,7 @@ fn read_run(run_dir: &Path, entry: SweepRun) -> Result<RunData> {
         diagnostics,
         evals,
         last_eval,
+        skip_evals: read_jsonl::<SkipEvalLine>(&run_dir.join("skip_eval.jsonl"))?,
         newest_sample: newest_sample(&run_dir.join("samples"))?,
     })
 }

@@ -14,6 +14,7 @@ use scalelong_schema::write_atomic;
 use crate::analysis::{GateFit, ModelChecks, strategies};
 use crate::assess::Status;
 use crate::compare::{Cell, Comparison, Judged};
+use crate::skips::{EditRow, ImportanceProfile, SpectralRow};
 use crate::sweep_data::{LR_AXIS, SweepData};
 
 pub struct SummaryRow {
@@ -251,6 +252,82 @@ pub fn gate_fit_frame(fits: &[GateFit]) -> PolarsResult<DataFrame> {
         "a" => fits.iter().map(|fit| fit.fit.map(|fit| fit.a)).collect::<Vec<_>>(),
         "kappa_hat" => fits.iter().map(|fit| fit.fit.map(|fit| fit.kappa_hat)).collect::<Vec<_>>(),
         "r2" => fits.iter().map(|fit| fit.fit.map(|fit| fit.r2)).collect::<Vec<_>>(),
+    }
+}
+
+/// One row per sampling-time setting of each model and strategy (docs/method.md §3.5).
+pub fn skip_edits_frame(rows: &[EditRow]) -> PolarsResult<DataFrame> {
+    let column = |f: &dyn Fn(&EditRow) -> Option<&Interval>| -> [Vec<Option<f64>>; 3] {
+        let parts: Vec<_> = rows.iter().map(|row| parts(f(row))).collect();
+        [parts.iter().map(|p| p.0).collect(), parts.iter().map(|p| p.1).collect(), parts.iter().map(|p| p.2).collect()]
+    };
+    let [heldout, heldout_low, heldout_high] = column(&|row| row.heldout.as_ref());
+    let [change, change_low, change_high] = column(&|row| row.heldout_change.as_ref());
+    let [fd, fd_low, fd_high] = column(&|row| row.fd.as_ref());
+    let [ratio, ratio_low, ratio_high] = column(&|row| row.fd_ratio.as_ref());
+    let bins = |row: &EditRow| {
+        row.bin_changes
+            .iter()
+            .map(|change| change.map_or("".to_string(), |c| format!("{}", c.estimate)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    df! {
+        "model" => rows.iter().map(|row| row.model.as_str()).collect::<Vec<_>>(),
+        "strategy" => rows.iter().map(|row| row.strategy_label.as_str()).collect::<Vec<_>>(),
+        "kind" => rows.iter().map(|row| row.kind.as_str()).collect::<Vec<_>>(),
+        "setting" => rows.iter().map(|row| row.setting.as_str()).collect::<Vec<_>>(),
+        "lsc" => rows.iter().map(|row| row.lsc).collect::<Vec<_>>(),
+        "factor" => rows.iter().map(|row| row.factor).collect::<Vec<_>>(),
+        "runs" => rows.iter().map(|row| row.runs as u64).collect::<Vec<_>>(),
+        "heldout_loss_mean" => heldout,
+        "heldout_loss_low" => heldout_low,
+        "heldout_loss_high" => heldout_high,
+        "heldout_change" => change,
+        "heldout_change_low" => change_low,
+        "heldout_change_high" => change_high,
+        "heldout_change_by_t_bin" => rows.iter().map(bins).collect::<Vec<_>>(),
+        "fd_mean" => fd,
+        "fd_low" => fd_low,
+        "fd_high" => fd_high,
+        "fd_ratio" => ratio,
+        "fd_ratio_low" => ratio_low,
+        "fd_ratio_high" => ratio_high,
+    }
+}
+
+/// One row per model, strategy, factor and LSC: the held-out loss increase with its interval and
+/// the coefficient the LSC carried at the end.
+pub fn importance_frame(profiles: &[ImportanceProfile]) -> PolarsResult<DataFrame> {
+    let rows: Vec<(&ImportanceProfile, u32, Option<&Interval>)> = profiles
+        .iter()
+        .flat_map(|p| p.increase.iter().map(move |(lsc, interval)| (p, *lsc, interval.as_ref())))
+        .collect();
+    let increase: Vec<_> = rows.iter().map(|(_, _, interval)| parts(*interval)).collect();
+    let coefficient = |p: &ImportanceProfile, lsc: u32| p.coefficients.iter().find(|(l, _)| *l == lsc).map(|(_, c)| *c);
+    df! {
+        "model" => rows.iter().map(|(p, _, _)| p.model.as_str()).collect::<Vec<_>>(),
+        "strategy" => rows.iter().map(|(p, _, _)| p.strategy_label.as_str()).collect::<Vec<_>>(),
+        "factor" => rows.iter().map(|(p, _, _)| p.factor).collect::<Vec<_>>(),
+        "lsc" => rows.iter().map(|(_, lsc, _)| *lsc).collect::<Vec<_>>(),
+        "heldout_increase" => increase.iter().map(|p| p.0).collect::<Vec<_>>(),
+        "heldout_increase_low" => increase.iter().map(|p| p.1).collect::<Vec<_>>(),
+        "heldout_increase_high" => increase.iter().map(|p| p.2).collect::<Vec<_>>(),
+        "final_coefficient" => rows.iter().map(|(p, lsc, _)| coefficient(p, *lsc)).collect::<Vec<_>>(),
+    }
+}
+
+/// One row per model, strategy and LSC: the skip's and the main path's low-frequency shares at the
+/// last record, mean over runs.
+pub fn spectral_frame(rows: &[SpectralRow]) -> PolarsResult<DataFrame> {
+    let flat: Vec<(&SpectralRow, &(u32, f64, f64))> =
+        rows.iter().flat_map(|row| row.per_lsc.iter().map(move |lsc| (row, lsc))).collect();
+    df! {
+        "model" => flat.iter().map(|(row, _)| row.model.as_str()).collect::<Vec<_>>(),
+        "strategy" => flat.iter().map(|(row, _)| row.strategy_label.as_str()).collect::<Vec<_>>(),
+        "lsc" => flat.iter().map(|(_, (lsc, _, _))| *lsc).collect::<Vec<_>>(),
+        "skip_low_freq_share" => flat.iter().map(|(_, (_, skip, _))| *skip).collect::<Vec<_>>(),
+        "main_low_freq_share" => flat.iter().map(|(_, (_, _, main))| *main).collect::<Vec<_>>(),
     }
 }
 

@@ -5,7 +5,8 @@ use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
 
 use scalelong_schema::{
-    EvalLine, MetricsLine, Record, RunConfig, RunState, SkipScaling, Status, SweepManifest, SweepRun, write_json_atomic,
+    EvalLine, MetricsLine, Record, RunConfig, RunState, SkipEvalLine, SkipScaling, Status, SweepManifest, SweepRun,
+    write_json_atomic,
 };
 
 /// LSCs of the synthetic network; decoder block K consumes LSC `LSC_COUNT - K`.
@@ -29,6 +30,17 @@ const LOSS_FLOOR: f64 = 0.2;
 const GATE_A: f64 = 0.9;
 pub const GATE_KAPPA: f64 = 0.6;
 const M0: f64 = 1.5;
+/// Sampling-time edits of every evaluated run (`skip_eval.jsonl`): Skip-Tuning lowers the held-out
+/// loss by this and the FD by `TUNING_FD_RATIO`; FreeU raises the loss by `FREEU_LOSS` and the FD
+/// by 2%; cutting LSC i alone raises the loss by `CUT_INCREASE * 0.5^(i-1)`, halving it by a
+/// quarter of that.
+pub const TUNING_LOSS_CHANGE: f64 = -0.002;
+pub const TUNING_FD_RATIO: f64 = 0.8;
+const FREEU_LOSS: f64 = 0.01;
+const CUT_INCREASE: f64 = 0.1;
+/// The skips' low-frequency share, and the main path's: the skips carry less.
+const SKIP_SHARE: f64 = 0.3;
+const MAIN_SHARE: f64 = 0.5;
 
 /// What to write. [`SweepFixture::default`] is a complete sweep in which LS trains faster than `1`.
 pub struct SweepFixture {
@@ -188,6 +200,10 @@ impl SweepFixture {
                 }
             });
             write_jsonl(&dir.join("eval.jsonl"), evals);
+            if diverged_at.is_none() && !collapsed {
+                let heldout = floor + 0.8 * (-rate).exp() + 0.0005 * (STEPS as f64 + run.seed as f64 * 2.3).cos();
+                write_jsonl(&dir.join("skip_eval.jsonl"), skip_evals(run, heldout, if run.ls { 12.0 } else { 15.0 }));
+            }
         }
         if self.samples {
             let samples_dir = dir.join("samples");
@@ -197,6 +213,48 @@ impl SweepFixture {
             }
         }
     }
+}
+
+/// The unedited line, two edits and every LSC cut and halved; a seed-dependent part far smaller
+/// than each effect keeps the intervals narrow but not empty.
+fn skip_evals(run: &FixtureRun, heldout: f64, fd: f64) -> Vec<SkipEvalLine> {
+    let jitter = 1.0 + 0.001 * run.seed as f64;
+    let line =
+        |kind: &str, setting: String, lsc: Option<u32>, factor: Option<f64>, loss: f64, fd: Option<f64>| SkipEvalLine {
+            step: STEPS,
+            kind: kind.to_string(),
+            setting,
+            lsc,
+            factor,
+            heldout_loss: loss,
+            heldout_loss_bins: vec![loss / 2.0, loss, 1.5 * loss],
+            fd,
+        };
+    let mut lines = vec![
+        line("none", "unedited".into(), None, None, heldout, Some(fd)),
+        line(
+            "skip-tuning",
+            "rho 1 -> 0.8".into(),
+            None,
+            None,
+            heldout + TUNING_LOSS_CHANGE * jitter,
+            Some(fd * TUNING_FD_RATIO * jitter),
+        ),
+        line(
+            "freeu",
+            "b 1.2/1.4 s 0.9/0.2 threshold 1".into(),
+            None,
+            None,
+            heldout + FREEU_LOSS,
+            Some(fd * 1.02 * jitter),
+        ),
+    ];
+    for lsc in 1..=LSC_COUNT {
+        let cut = CUT_INCREASE * 0.5f64.powi(lsc as i32 - 1) * jitter;
+        lines.push(line("importance", format!("LSC {lsc} x 0"), Some(lsc), Some(0.0), heldout + cut, None));
+        lines.push(line("importance", format!("LSC {lsc} x 0.5"), Some(lsc), Some(0.5), heldout + cut / 4.0, None));
+    }
+    lines
 }
 
 /// The diagnostics of one run, built so that every theorem check supports its bound: measured
@@ -236,6 +294,9 @@ fn diagnostics(run: &FixtureRun, last_step: u64) -> Vec<Record> {
                 record(step, "gate_mean", layer, Some(lsc), None, gate);
             }
             record(step, "feature_l2", Some(format!("enc.{block}")), Some(block + 1), None, 3.0);
+            let jitter = 0.001 * run.seed as f64;
+            record(step, "skip_low_freq_share", Some(format!("dec.{block}")), Some(lsc), None, SKIP_SHARE + jitter);
+            record(step, "main_low_freq_share", Some(format!("dec.{block}")), Some(lsc), None, MAIN_SHARE - jitter);
         }
         record(step, "xt_sq_norm", None, None, None, 10.0);
         record(step, "m0", None, None, None, M0);

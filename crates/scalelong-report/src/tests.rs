@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use polars::prelude::*;
 
 use super::{ReportSummary, format_number, write_report};
-use crate::testing::{GATE_KAPPA, SweepFixture};
+use crate::testing::{GATE_KAPPA, SweepFixture, TUNING_FD_RATIO, TUNING_LOSS_CHANGE};
 
 /// A fresh, empty folder for one test.
 fn scratch_dir(test_name: &str) -> PathBuf {
@@ -87,8 +87,8 @@ fn every_link_and_image_resolves_and_every_figure_decodes() {
     let sources = attribute_values(&page, "src");
     let links = attribute_values(&page, "href");
     // Held-out and training loss, feature norm, two heatmaps, one gate figure, three theorem
-    // checks, six sample grids.
-    assert_eq!(sources.len(), 15, "{sources:?}");
+    // checks, the skip edits per timestep bin, LSC importance and skip spectra, six sample grids.
+    assert_eq!(sources.len(), 18, "{} images", sources.len());
     for source in &sources {
         let encoded =
             source.strip_prefix("data:image/png;base64,").unwrap_or_else(|| panic!("not a PNG data URI: {source:.60}"));
@@ -99,7 +99,7 @@ fn every_link_and_image_resolves_and_every_figure_decodes() {
     for link in &links {
         assert!(report_dir.join(link).is_file(), "{link} does not exist beside the page");
     }
-    assert_eq!(summary.figures.len(), 9, "{:?}", summary.figures);
+    assert_eq!(summary.figures.len(), 12, "{:?}", summary.figures);
     assert_eq!(summary.samples.len(), 6);
     for figure in summary.figures.iter().chain(&summary.samples) {
         let bytes = std::fs::read(figure).unwrap();
@@ -205,7 +205,7 @@ fn missing_pieces_are_noted_instead_of_failing() {
         "No run was evaluated, so the held-out loss was not recorded in this sweep.",
         "The feature norm of the last decoder block was not recorded in this sweep.",
         "Per-LSC feature and gradient norms were not recorded in this sweep.",
-        "The LS runs' gate statistics were not recorded in this sweep.",
+        "The learned coefficients' statistics were not recorded in this sweep.",
         "Sample grids were not recorded in this sweep.",
     ] {
         assert!(page.contains(note), "missing note: {note}");
@@ -266,4 +266,52 @@ fn numbers_have_four_significant_digits_without_trailing_zeros() {
     assert_eq!(format_number(123456.0), "1.235e5");
     assert_eq!(format_number(-3.0), "-3");
     assert_eq!(format_number(0.0), "0");
+}
+
+#[test]
+fn sampling_time_edits_importance_and_spectra_follow_the_planted_effects() {
+    let (summary, page) = report_of(&SweepFixture::default(), "skips");
+    let edits = parquet(&summary, "skip_edits");
+    let settings = text_column(&edits, "setting");
+    let strategies = text_column(&edits, "strategy");
+    let row = settings.iter().zip(&strategies).position(|(s, st)| s == "rho 1 -> 0.8" && st == "1").unwrap();
+    let change = number_column(&edits, "heldout_change")[row].unwrap();
+    assert!((change - TUNING_LOSS_CHANGE * 1.001).abs() < 1e-4, "{change}");
+    let ratio = number_column(&edits, "fd_ratio")[row].unwrap();
+    assert!((ratio - TUNING_FD_RATIO * 1.001).abs() < 1e-3, "{ratio}");
+    assert_eq!(number_column(&edits, "runs")[row], Some(3.0));
+    // The unedited row is the reference: no change of its own.
+    let unedited = settings.iter().position(|s| s == "unedited").unwrap();
+    assert_eq!(number_column(&edits, "heldout_change")[unedited], None);
+
+    let importance = parquet(&summary, "importance");
+    assert_eq!(importance.height(), 2 * 2 * 4, "2 strategies x 2 factors x 4 LSCs");
+    assert_eq!(
+        verdict_of(&page, "(g) An LSC matters less the further in it lies, on uvit-small"),
+        "held",
+        "each run's cut costs halve with i"
+    );
+    assert_eq!(
+        verdict_of(&page, "(h) Skip-Tuning (rho 1 -&gt; 0.8) lowers the FD of strategy-1 networks on uvit-small"),
+        "held"
+    );
+    assert_eq!(
+        verdict_of(
+            &page,
+            "(h) FreeU (b 1.2/1.4 s 0.9/0.2 threshold 1) lowers the FD of strategy-1 networks on uvit-small"
+        ),
+        "did not hold",
+        "a 2% higher FD excludes a tenth lower"
+    );
+    assert_eq!(
+        verdict_of(&page, "(i) The skips carry less low-frequency energy than the main path, on uvit-small"),
+        "held"
+    );
+    let spectrum = parquet(&summary, "skip_spectrum");
+    assert_eq!(spectrum.height(), 2 * 4);
+    for stem in ["skip_edits_0.png", "importance_0.png", "skip_spectrum_0.png"] {
+        let path = summary.html.parent().unwrap().join("figures").join(stem);
+        let (width, height) = decode_png(&std::fs::read(&path).unwrap());
+        assert!(width > 0 && height > 0, "{stem}");
+    }
 }
