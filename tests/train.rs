@@ -77,7 +77,7 @@ fn a_killed_run_resumes_from_its_last_checkpoint_with_no_corrupt_file() {
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap()).unwrap();
     let saved = state["step"].as_u64().unwrap();
-    assert!(saved >= 4 && saved % 4 == 0);
+    assert!(saved >= 4 && saved.is_multiple_of(4));
     serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out.join("status.json")).unwrap()).unwrap();
     serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
 
@@ -173,4 +173,41 @@ fn recording_diagnostics_every_step_changes_no_loss() {
     assert_eq!(losses("with"), losses("without"), "bit-identical on the flex backend");
     assert!(jsonl(&dir.join("with/diagnostics.jsonl")).len() > 8);
     assert!(std::fs::read_to_string(dir.join("without/diagnostics.jsonl")).unwrap().is_empty());
+}
+
+#[test]
+fn skip_edits_run_at_the_end_of_training_and_again_from_the_command_line() {
+    let dir = TempDir::new("skip-edits");
+    let config = write_config(&dir, "tiny.toml", TINY_CONFIG);
+    let edits = r#"eval.skip_edits=[{ kind = "skip-tuning", rho_outer = 1.0, rho_inner = 0.5 }, { kind = "freeu" }, { kind = "importance", factors = [0.0, 0.5] }]"#;
+    let out = train(&dir, &config, "run", &["--set", "strategy=mp-cat", "--set", edits]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = dir.join("run");
+    let lines = jsonl(&run.join("skip_eval.jsonl"));
+    // Unedited, the ramp, FreeU, then 2 LSCs x 2 factors.
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["none", "skip-tuning", "freeu", "importance", "importance", "importance", "importance"]);
+    assert_eq!(lines[3]["setting"], "LSC 1 x 0");
+    // The unedited line is the final evaluation itself: same images, same noise.
+    let last_eval = jsonl(&run.join("eval.jsonl")).pop().unwrap();
+    assert_eq!(lines[0]["heldout_loss"], last_eval["heldout_loss"]);
+    let losses: Vec<f64> = lines.iter().map(|l| l["heldout_loss"].as_f64().unwrap()).collect();
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(losses[1..].iter().all(|l| *l != losses[0]), "every edit changes the network: {losses:?}");
+
+    // The command line replaces the file with the settings it is given, the same numbers for the same settings.
+    let file = write_config(&dir, "edits.toml", "skip_edits = [{ kind = \"importance\", factors = [0.0] }]\n");
+    let again = scalelong(&["skip-eval", run.to_str().unwrap(), "--edits", file.to_str().unwrap()], dir.path());
+    assert!(again.status.success(), "{}", stderr(&again));
+    let replaced = jsonl(&run.join("skip_eval.jsonl"));
+    assert_eq!(replaced.len(), 1 + 2);
+    assert_eq!(replaced[0], lines[0]);
+    assert_eq!(replaced[1], lines[3], "LSC 1 x 0 evaluates to the same line");
+    assert!(leftover_tmp_files(&run).is_empty());
+
+    let bad = write_config(&dir, "bad.toml", "skip_edits = [{ kind = \"importance\", factors = [] }]\n");
+    let refused = scalelong(&["skip-eval", run.to_str().unwrap(), "--edits", bad.to_str().unwrap()], dir.path());
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("bad.toml: skip_edits[0].factors"), "{}", stderr(&refused));
+    assert_eq!(jsonl(&run.join("skip_eval.jsonl")), replaced, "a refused command changes nothing");
 }

@@ -154,7 +154,7 @@ fn names(order: &[(String, f64)]) -> Vec<&str> {
 fn assert_supported(check: fn(&[RunRecords]) -> TheoremCheck, expected_rows: usize, slope: f64) -> TheoremCheck {
     let result = check(&full_sweep(Relation::Proportional));
     assert_eq!(result.verdict, Verdict::Held, "{}", result.explanation);
-    let interval = result.interval.clone().unwrap();
+    let interval = result.interval.unwrap();
     assert!(interval.low > 0.9, "{interval:?}");
     assert!(result.p_value.unwrap() < 0.01, "{:?}", result.p_value);
     assert_eq!(result.rows.len(), expected_rows);

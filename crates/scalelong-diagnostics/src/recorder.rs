@@ -96,7 +96,7 @@ impl Recorder {
     }
 
     pub fn is_due(&self, step: u64) -> bool {
-        self.every > 0 && step % self.every == 0
+        self.every > 0 && step.is_multiple_of(self.every)
     }
 
     /// Gradient norms per parameter group on the training batch (before the optimizer step).
@@ -112,7 +112,7 @@ impl Recorder {
         let Some(probe) = &self.probe else { return Vec::new() };
         let mut rows = weight_rows(step, Some(before), after);
         rows.extend(probe_rows(step, probe, self.t_bins, after));
-        if step % (self.every * self.gradient_bins_every) == 0 {
+        if step.is_multiple_of(self.every * self.gradient_bins_every) {
             rows.extend(bin_gradient_rows(step, probe, self.t_bins, after));
         }
         rows

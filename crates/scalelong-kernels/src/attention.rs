@@ -167,6 +167,8 @@ fn attention_backward(
             || (vec![0.0f32; l * l], vec![0.0f32; if isa.is_some() { dh * l } else { 0 }]),
             |(ds, v_t), bh| {
                 let (b, h) = (bh / heads, bh % heads);
+                // Rebound so that the closure captures the whole `Shared` (Send), not its raw pointer.
+                #[allow(clippy::redundant_locals)]
                 let dst = dst;
                 let base = b * l * d3 + h * dh; // q of (b, h) in qkv and in its gradient
                 let dy_bh = (dy[b * l * d + h * dh..].as_ptr(), d as isize, 1); // [l, dh]

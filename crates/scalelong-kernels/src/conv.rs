@@ -550,9 +550,9 @@ fn from_phases(dphases: &[f32], batch: usize, [c, h, w]: [usize; 3]) -> Vec<f32>
         let src = &dphases[b * 4 * c * ph * pw..];
         for (ch, plane) in img.chunks_exact_mut(h * w).enumerate() {
             for (y, row) in plane.chunks_exact_mut(w).enumerate() {
-                let (u, a) = ((y + 1) / 2, (y + 1) % 2);
+                let (u, a) = (y.div_ceil(2), (y + 1) % 2);
                 for (x_, out) in row.iter_mut().enumerate() {
-                    let (v, bb) = ((x_ + 1) / 2, (x_ + 1) % 2);
+                    let (v, bb) = (x_.div_ceil(2), (x_ + 1) % 2);
                     *out = src[((ch * 4 + a * 2 + bb) * ph + u) * pw + v];
                 }
             }

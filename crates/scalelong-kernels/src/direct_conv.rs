@@ -495,6 +495,8 @@ unsafe fn grad_tile_dispatch(
 /// AVX2 and FMA present; rows `o < O` of `dy` and `c < C` of `x` readable for `n` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+// The O x C register tile is indexed by both loop counters, as the formula reads.
+#[allow(clippy::needless_range_loop)]
 unsafe fn grad_tile<const O: usize, const C: usize>(
     dy: *const f32,
     dy_stride: usize,

@@ -17,7 +17,7 @@ pub struct Attention {
 
 impl Attention {
     pub fn new(dim: usize, heads: usize, qkv_bias: bool, init: LinearInit, device: &Device) -> Self {
-        assert!(dim % heads == 0, "attention width {dim} is not divisible by {heads} heads");
+        assert!(dim.is_multiple_of(heads), "attention width {dim} is not divisible by {heads} heads");
         Self { qkv: linear(dim, 3 * dim, qkv_bias, init, device), proj: linear(dim, dim, true, init, device), heads }
     }
 

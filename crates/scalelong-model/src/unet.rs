@@ -57,6 +57,8 @@ impl Default for UNetConfig {
 }
 
 /// One encoder step; each pushes one skip.
+// A Vec of a few of these, built once: the padding of the small variants costs nothing measurable.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum EncoderBlock {
     Stem(Conv2d),
@@ -130,10 +132,10 @@ impl UNetConfig {
             ),
             (self.base_channels > 0 && self.in_channels > 0, "base_channels and in_channels must be positive"),
             (self.res_blocks > 0, "res_blocks must be at least 1"),
-            (self.img_size % down == 0, "img_size must be divisible by 2^(levels - 1)"),
+            (self.img_size.is_multiple_of(down), "img_size must be divisible by 2^(levels - 1)"),
             (
                 self.attention_heads == 0
-                    || self.channel_mult.iter().all(|m| (m * self.base_channels) % self.attention_heads == 0),
+                    || self.channel_mult.iter().all(|m| (m * self.base_channels).is_multiple_of(self.attention_heads)),
                 "every level's width must be divisible by attention_heads",
             ),
         ];

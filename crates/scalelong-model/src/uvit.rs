@@ -76,11 +76,14 @@ impl UViTConfig {
     pub fn validate(&self) -> Result<(), String> {
         let checks = [
             (
-                self.patch_size > 0 && self.img_size % self.patch_size == 0,
+                self.patch_size > 0 && self.img_size.is_multiple_of(self.patch_size),
                 "img_size must be a positive multiple of patch_size",
             ),
             (self.depth >= 2, "depth must be at least 2 (one long skip)"),
-            (self.num_heads > 0 && self.embed_dim % self.num_heads == 0, "embed_dim must be divisible by num_heads"),
+            (
+                self.num_heads > 0 && self.embed_dim.is_multiple_of(self.num_heads),
+                "embed_dim must be divisible by num_heads",
+            ),
             (self.in_chans > 0, "in_chans must be positive"),
             (self.mlp_ratio > 0.0, "mlp_ratio must be positive"),
         ];

@@ -42,7 +42,7 @@ fn parameter_grads(
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let g = self.grads.get::<D>(param.id).map(|g| to_vec(g)).unwrap_or_default();
+            let g = self.grads.get::<D>(param.id).map(to_vec).unwrap_or_default();
             self.out.push((self.path.join("."), g));
         }
     }

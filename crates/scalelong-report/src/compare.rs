@@ -73,7 +73,9 @@ pub fn judge(sweep: &SweepData) -> Vec<Judged<'_>> {
 
 /// The cells of the sweep, by model, setting and strategy (in [`strategy_rank`] order).
 pub fn cells<'a>(judged: &'a [Judged<'a>]) -> Vec<Cell<'a>> {
-    let mut groups: BTreeMap<(String, String, (u8, u64), String), Vec<&Judged>> = BTreeMap::new();
+    // (model, setting, strategy rank, strategy label): cells sort by model, then setting, then strategy.
+    type CellKey = (String, String, (u8, u64), String);
+    let mut groups: BTreeMap<CellKey, Vec<&Judged>> = BTreeMap::new();
     for j in judged {
         let (rank, kappa) = strategy_rank(j.run.strategy);
         let key = (j.run.model.clone(), j.run.setting.clone(), (rank, kappa.to_bits()), j.run.strategy_label.clone());

@@ -53,7 +53,9 @@ pub struct RunGroup<'a> {
 /// Trained runs grouped by model and strategy (collapsed, diverged and unfinished runs left out:
 /// editing a network that learned nothing says nothing about skips).
 pub fn trained_groups<'a>(judged: &'a [Judged<'a>]) -> Vec<RunGroup<'a>> {
-    let mut groups: BTreeMap<(String, (u8, u64), String), Vec<&RunData>> = BTreeMap::new();
+    // (model, strategy rank, strategy label): groups sort by model, then strategy.
+    type GroupKey = (String, (u8, u64), String);
+    let mut groups: BTreeMap<GroupKey, Vec<&RunData>> = BTreeMap::new();
     for j in judged.iter().filter(|j| j.assessment.status == Status::Trained) {
         let (rank, value) = strategy_rank(j.run.strategy);
         let key = (j.run.model.clone(), (rank, value.to_bits()), j.run.strategy_label.clone());

@@ -202,7 +202,7 @@ impl TryFrom<SkipScalingSpec> for SkipScaling {
                 "learned-scalar" => Self::LearnedScalar { kappa: DEFAULT_KAPPA },
                 _ => return Err(SkipScalingError::UnknownName(name)),
             },
-            SkipScalingSpec::Number(n) if n == 1.0 => Self::Original,
+            SkipScalingSpec::Number(1.0) => Self::Original,
             SkipScalingSpec::Number(n) => return Err(SkipScalingError::UnknownName(n.to_string())),
             SkipScalingSpec::Constant { cs } => Self::Constant { kappa: cs },
             SkipScalingSpec::Learnable { ls } => Self::Learnable { shared: ls.shared, reduction: ls.reduction },

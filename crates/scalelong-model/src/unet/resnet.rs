@@ -16,7 +16,7 @@ pub(crate) fn conv3x3(c_in: usize, c_out: usize, stride: usize, device: &Device)
 
 pub(crate) fn group_norm(groups: usize, channels: usize, device: &Device) -> GroupNorm {
     // A width below the group count (tiny test models) falls back to the largest divisor.
-    let groups = (1..=groups.min(channels)).rev().find(|g| channels % g == 0).unwrap_or(1);
+    let groups = (1..=groups.min(channels)).rev().find(|g| channels.is_multiple_of(*g)).unwrap_or(1);
     GroupNormConfig::new(groups, channels).init(device)
 }
 

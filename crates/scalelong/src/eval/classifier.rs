@@ -55,7 +55,7 @@ pub const FEATURE_DIM: usize = 128;
 /// that no cache of the old classifier is used.
 const RECIPE_VERSION: u32 = 1;
 /// Seeds the initial weights and the order of the training images.
-const TRAINING_SEED: u64 = 0xc1a5_5e5;
+const TRAINING_SEED: u64 = 0x0c1a_55e5;
 const BATCH: usize = 128;
 const LEARNING_RATE: f64 = 1e-3;
 
@@ -251,7 +251,7 @@ fn train_and_cache(
         ClassifierInfo { test_accuracy: model.accuracy(test_set, device)?, train_seconds, identity: identity.clone() };
     eprintln!("FD classifier: test accuracy {:.4} after {train_seconds:.0} s", info.test_accuracy);
     let bytes = model.into_record().into_bytes().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    write_atomic(record_path, &bytes.to_vec())?;
+    write_atomic(record_path, &bytes)?;
     write_json_atomic(info_path, &info)
 }
 

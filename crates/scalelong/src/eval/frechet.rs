@@ -32,7 +32,11 @@ impl FeatureStats {
     /// # Panics
     /// If `features.len()` is not a multiple of `dim`, or there are fewer than 2 vectors.
     pub fn from_rows(features: &[f32], dim: usize) -> Self {
-        assert!(dim > 0 && features.len() % dim == 0, "features: {} values are not rows of {dim}", features.len());
+        assert!(
+            dim > 0 && features.len().is_multiple_of(dim),
+            "features: {} values are not rows of {dim}",
+            features.len()
+        );
         let n = features.len() / dim;
         assert!(n >= 2, "a covariance needs at least 2 feature vectors, got {n}");
         let rows = DMatrix::from_row_iterator(n, dim, features.iter().map(|&v| f64::from(v))); // [n, dim]
