@@ -2,6 +2,9 @@
 //! ([`stats`]), intervals, verdicts and run outcomes ([`inference`]), and the checks of ScaleLong's
 //! bounds ([`theorems`], docs/method.md §4).
 
+// All unsafe code lives in scalelong-kernels, behind safe APIs.
+#![forbid(unsafe_code)]
+
 pub mod inference;
 pub mod stats;
 pub mod theorems;

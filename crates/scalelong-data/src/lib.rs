@@ -5,6 +5,9 @@
 //! - [`fashion_mnist`] and [`DatasetSpec`]: finding the data a run config names.
 //! - [`Loader`]: a seeded, resumable, prefetching batch loader.
 
+// All unsafe code lives in scalelong-kernels, behind safe APIs.
+#![forbid(unsafe_code)]
+
 mod dataset;
 mod idx;
 mod loader;

@@ -1,4 +1,7 @@
 //! Recording diagnostics during training (docs/run-folder.md, `diagnostics.jsonl`): the burn side
 //! of the diagnostics; their analysis is `scalelong-analysis`.
 
+// All unsafe code lives in scalelong-kernels, behind safe APIs.
+#![forbid(unsafe_code)]
+
 pub mod recorder;

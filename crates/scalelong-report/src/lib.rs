@@ -7,6 +7,9 @@
 //! `summary.{csv,parquet}`, and when their data exist `stable_lr`, `theorem_rows`, `gate_fits`,
 //! `skip_edits`, `importance` and `skip_spectrum` tables.
 
+// All unsafe code lives in scalelong-kernels, behind safe APIs.
+#![forbid(unsafe_code)]
+
 mod analysis;
 mod assess;
 mod claims;

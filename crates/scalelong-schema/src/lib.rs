@@ -16,6 +16,9 @@
 //! Whole files go through [`write_json_atomic`] / [`read_json`], logs through [`JsonlLog`] and
 //! [`read_jsonl`] (which tolerates the torn last line of a killed writer).
 
+// All unsafe code lives in scalelong-kernels, behind safe APIs.
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod diffusion;
 pub mod files;

@@ -3,6 +3,9 @@
 //! ([`checkpoint`], [`exchange`]), and one-pass diagnostics of trained networks ([`diagnose`]).
 //! The `scalelong` binary is a thin command line over it and `scalelong-report`.
 
+// All unsafe code lives in scalelong-kernels, behind safe APIs.
+#![forbid(unsafe_code)]
+
 pub mod checkpoint;
 pub mod config;
 pub mod device;
