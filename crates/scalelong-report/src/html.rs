@@ -10,7 +10,7 @@ use super::ReportContent;
 use super::figures::Figure;
 use super::format_number;
 use crate::assess::{COLLAPSE_FRACTION, PLATEAU_MAX_DROP, PLATEAU_TAIL, SPIKE_K, SPIKE_WINDOW, Status};
-use crate::claims::{CLAIMED_LR_RATIO, CLAIMED_SPEEDUP, summary};
+use crate::claims::{CLAIMED_FD_RATIO, CLAIMED_LR_RATIO, CLAIMED_SHARE_DIFFERENCE, CLAIMED_SPEEDUP, summary};
 
 /// Counts the images that did not decode into `#broken-images` once the page has loaded, so a
 /// headless browser's DOM dump shows whether every embedded image is valid.
@@ -115,6 +115,23 @@ fn interval_cell(interval: Option<&Interval>) -> Cell {
 fn claims_section(content: &ReportContent, page: &mut String) {
     page.push_str("<h2>What this sweep found</h2>\n");
     page.push_str(&format!("<p id=\"claims\">{}</p>\n", escape(&summary(content.claims))));
+    // Verdicts about runs still learning, or not all there, are about a moment, not an outcome.
+    let count = |f: &dyn Fn(&crate::tables::SummaryRow) -> bool| content.summary.iter().filter(|row| f(row)).count();
+    let unfinished = count(&|row| row.status == Status::Unfinished);
+    let not_plateaued = count(&|row| row.status == Status::Trained && row.plateaued == Some(false));
+    let mut caveats = Vec::new();
+    if unfinished > 0 {
+        caveats.push(format!("{unfinished} of {} runs are unfinished or were never evaluated", content.summary.len()));
+    }
+    if not_plateaued > 0 {
+        caveats.push(format!(
+            "{not_plateaued} trained runs had not reached a plateau: their held-out loss was still falling, so their \
+             comparisons describe a point on the way, not where the runs end"
+        ));
+    }
+    if !caveats.is_empty() {
+        page.push_str(&format!("<p class=\"flag\">Read with care: {}.</p>\n", escape(&caveats.join("; "))));
+    }
     let rows: Vec<Vec<Cell>> = content
         .claims
         .iter()
@@ -156,8 +173,8 @@ fn methods_section(content: &ReportContent, page: &mut String) {
     page.push_str(&format!(
         "<p>Design, as the runs' configs say: models {}; strategies {}; seeds {}; {} steps at batch {}; AdamW with \
          learning rate {} (beta1 {}, beta2 {}, weight decay {}), {} warm-up steps, then {}; EMA {}; the held-out \
-         loss of the EMA weights on {} test images in {} timestep bins at every evaluation (every {} steps and at \
-         the end); the FD on {} samples.</p>\n",
+         loss of the EMA weights on {} test images in {} timestep bins at every evaluation ({}); the FD on {} \
+         samples.</p>\n",
         escape(&content.models.join(", ")),
         escape(&content.strategies.iter().map(|(_, label)| label.as_str()).collect::<Vec<_>>().join(", ")),
         escape(&distinct(&|run| run.seed.to_string())),
@@ -177,7 +194,10 @@ fn methods_section(content: &ReportContent, page: &mut String) {
         escape(&distinct(&|run| format_number(run.config.ema_decay))),
         escape(&distinct(&|run| run.config.eval.heldout_images.to_string())),
         escape(&distinct(&|run| run.config.eval.t_bins.to_string())),
-        escape(&distinct(&|run| run.config.checkpoint_every.to_string())),
+        escape(&distinct(&|run| match run.config.checkpoint_every {
+            0 => "at the end only".to_string(),
+            every => format!("every {every} steps and at the end"),
+        })),
         escape(&distinct(&|run| run.config.eval.fd_samples.to_string())),
     ));
     page.push_str(&format!(
@@ -205,7 +225,9 @@ fn methods_section(content: &ReportContent, page: &mut String) {
          Thm 3.1 measures a feature norm's oscillation around its centred moving average of {trend} records, since \
          the max - min of a growing series measures its growth. A claim <b>held</b> when its interval lies on the \
          claimed side of no effect; it <b>did not hold</b> only when the interval excludes the effect of interest \
-         (speed-up {speedup}x, the paper's; a correlation of {effect}; kappa_hat 0.9; a {lr}x larger learning rate); \
+         (speed-up {speedup}x, the paper's; a correlation of {effect}, or -{effect} for the LSC importance; kappa_hat \
+         0.9; a {lr}x larger learning rate; an FD {fd_ratio}x the unedited one's; a low-frequency share {share} \
+         below the main path's); \
          it is <b>inconclusive</b> otherwise. The smallest detectable effect is the one a paired test over these \
          seeds finds with {power}% power at the measured spread.</p>\n",
         level = format_number(LEVEL * 100.0),
@@ -215,6 +237,8 @@ fn methods_section(content: &ReportContent, page: &mut String) {
         effect = format_number(SMALLEST_EFFECT),
         lr = format_number(CLAIMED_LR_RATIO),
         power = format_number(POWER * 100.0),
+        fd_ratio = format_number(CLAIMED_FD_RATIO),
+        share = format_number(-CLAIMED_SHARE_DIFFERENCE),
     ));
 }
 

@@ -210,6 +210,7 @@ fn missing_pieces_are_noted_instead_of_failing() {
     ] {
         assert!(page.contains(note), "missing note: {note}");
     }
+    assert!(page.contains("Read with care: 6 of 6 runs are unfinished or were never evaluated."));
     // Without evaluations no run can be judged: nothing is compared, every claim is unmeasured.
     assert!(text_column(&parquet(&summary, "summary"), "status").iter().all(|s| s.starts_with("unfinished")));
     assert_eq!(verdict_of(&page, "(a) LS trains faster than 1 on uvit-small"), "not measured");
