@@ -234,11 +234,11 @@ fn inline(value: &toml::Value) -> String {
     value.to_string()
 }
 
-/// A string names itself (`cs`, `uvit-deep`); a number or table gets its key's last segment
-/// (`seed0`, `lr0.003`), so that run folders read without the sweep file.
+/// A string or table names itself (`cs`, `uvit-deep`, `mp-cat0.3`); a number gets its key's last
+/// segment (`seed0`, `lr0.003`), so that run folders read without the sweep file.
 fn run_id_part(key: &str, value: &toml::Value) -> String {
     match value {
-        toml::Value::String(_) => slug(value),
+        toml::Value::String(_) | toml::Value::Table(_) => slug(value),
         _ => format!("{}{}", key.rsplit('.').next().unwrap_or(key), slug(value)),
     }
 }
