@@ -2,17 +2,27 @@
 //!
 //! Each check turns every run into rows of (measured, predicted) pairs, where "predicted" is the
 //! bound's variable part with its unknown constants dropped. The bounds only fix an ordering, so the
-//! checks test orderings: the rank correlation of measured against predicted over all rows, and the
-//! order of the strategies by their mean measured and mean predicted value.
+//! checks test orderings, at two levels that answer different questions (docs/method.md §4.4):
 //!
-//! The statistic is Spearman's rank correlation of measured against predicted over all rows. Rows
-//! of one run are not independent, so its 95% interval is a percentile bootstrap over runs (whole
-//! runs resampled, [`BOOTSTRAP_RESAMPLES`] times, seeded) and its p-value a permutation test that
-//! swaps whole runs' measurements (when every run has the same number of rows). The bounds predict
-//! a positive association; the verdict ([`crate::inference::verdict`]): held when the interval lies
-//! above 0, did not hold when it lies below [`SMALLEST_EFFECT`] (it excludes the association of
-//! interest), inconclusive otherwise, and also when the rows come from fewer than 3 runs or the
-//! predictions do not vary (nothing to order).
+//! - **Between runs**: Spearman's rank correlation of the runs' mean measured value against their
+//!   mean predicted value. What differs between runs is the skip coefficients (and the seed), so
+//!   this is the test of "smaller coefficients, smaller X". 95% interval: a percentile bootstrap
+//!   over runs ([`BOOTSTRAP_RESAMPLES`] resamples, seeded); p-value: a permutation test of the runs'
+//!   means.
+//! - **Within runs**: the mean over runs of each run's own Spearman over its rows (the LSCs or
+//!   timestep bins of one network): the bound's ordering inside one network, where the coefficients
+//!   are fixed. 95% interval: the same bootstrap over runs; p-value: a sign-flip test of the runs'
+//!   correlations. Absent when runs have one row each.
+//!
+//! Pooling every row into one correlation, as the first version did, mixes the two: on the default
+//! sweep it read -0.19 for Thm 3.1 (a negative within-run ordering over LSCs outweighing a positive
+//! one between strategies) and +0.33 for Thm 3.3 (a positive ordering over timestep bins outweighing
+//! a negative one between strategies). The pooled value is kept for reference only.
+//!
+//! The bounds predict a positive association; each level's verdict ([`crate::inference::verdict`]):
+//! held when its interval lies above 0, did not hold when it lies below [`SMALLEST_EFFECT`] (it
+//! excludes the association of interest), inconclusive otherwise, and also when fewer than 3 runs
+//! can be ranked or the predictions do not vary at that level (nothing to order).
 //!
 //! Conventions shared by the checks: `c_j` is the mean over all records of `coef` on LSC j (for LS
 //! the measured mean gate); sums over j run over the LSCs whose `coef` was recorded; a row whose
@@ -20,13 +30,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::inference::{
-    ClaimedEffect, Interval, LEVEL, Trend, Verdict, cluster_bootstrap_interval, detrended_range, spearman, verdict,
+    ClaimedEffect, Interval, LEVEL, Trend, Verdict, cluster_bootstrap_interval, detrended_range, permutation_p_value,
+    spearman, verdict,
 };
 use crate::stats::{LeastSquares, least_squares, mean};
 use scalelong_schema::{Record, series, series_values};
@@ -62,31 +72,71 @@ pub struct CheckRow {
     pub predicted: f64,
 }
 
+/// Where a check's rank correlation is read (module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Level {
+    /// The runs' means against each other: what the skip coefficients change.
+    BetweenRuns,
+    /// Each run's rows against each other: the bound's ordering inside one network.
+    WithinRuns,
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Level::BetweenRuns => "between runs",
+            Level::WithinRuns => "within runs",
+        })
+    }
+}
+
+/// The rank correlation of measured against predicted at one [`Level`], with its verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Association {
+    pub level: Level,
+    /// Between runs: Spearman over the runs' means. Within runs: the mean of the runs' own Spearman.
+    pub spearman: Option<f64>,
+    /// Its 95% percentile-bootstrap interval over runs.
+    pub interval: Option<Interval>,
+    /// Two-sided: a permutation of the runs' means (between), a sign flip of the runs' correlations
+    /// (within).
+    pub p_value: Option<f64>,
+    /// Runs the statistic rests on.
+    pub runs: usize,
+    pub verdict: Verdict,
+    /// One sentence with the numbers behind the verdict.
+    pub explanation: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TheoremCheck {
     /// `Thm 3.1`, `Thm 3.3` or `Thm 3.4`.
     pub theorem: &'static str,
     /// What is measured and what the bound predicts for it.
     pub claim: String,
+    /// What a run's rows range over (`the LSCs of one network`), for the within-runs reading.
+    pub rows_range_over: &'static str,
     pub rows: Vec<CheckRow>,
-    /// Spearman correlation of measured against predicted over all rows.
-    pub spearman: Option<f64>,
-    /// Its 95% percentile-bootstrap interval over runs.
-    pub interval: Option<Interval>,
-    /// Its two-sided permutation p-value (runs' measurements swapped whole); `None` when runs have
-    /// unequal numbers of rows.
-    pub p_value: Option<f64>,
     /// Runs the rows come from.
     pub runs: usize,
+    /// Spearman over all rows pooled, for reference only (it mixes the two levels).
+    pub pooled_spearman: Option<f64>,
+    pub between_runs: Association,
+    /// `None` when every run has a single row.
+    pub within_runs: Option<Association>,
     /// Least squares `measured = slope * predicted + intercept` over all rows.
     pub fit: Option<LeastSquares>,
     /// Strategies with their mean measured value over all their rows, largest first.
     pub strategy_order_measured: Vec<(String, f64)>,
     /// Strategies with their mean predicted value over all their rows, largest first.
     pub strategy_order_predicted: Vec<(String, f64)>,
-    pub verdict: Verdict,
-    /// One sentence with the numbers behind the verdict.
-    pub explanation: String,
+}
+
+impl TheoremCheck {
+    /// The readings the check has: between runs, then within runs when runs have several rows.
+    pub fn associations(&self) -> impl Iterator<Item = &Association> {
+        std::iter::once(&self.between_runs).chain(&self.within_runs)
+    }
 }
 
 /// Thm 3.1 skips the first `len / TRANSIENT_DIVISOR` records (10%) of a feature-norm series as
@@ -105,6 +155,7 @@ pub const TREND_WINDOW: usize = 5;
 pub fn check_thm31(runs: &[RunRecords]) -> TheoremCheck {
     assess(
         "Thm 3.1",
+        "the LSCs of one network",
         "the oscillation of the squared feature norm of the decoder block consuming LSC i around its \
          trend grows with S_i * mean ||x_t||^2, S_i = sum_{j>=i} c_j^2"
             .to_string(),
@@ -143,6 +194,7 @@ fn thm31_rows(run: &RunRecords) -> Vec<CheckRow> {
 pub fn check_thm33(runs: &[RunRecords]) -> TheoremCheck {
     assess(
         "Thm 3.3",
+        "the timestep bins of one network",
         "the squared gradient norm of the encoder and decoder blocks on timestep bin b grows with \
          probe_loss_b * mean ||x_t||^2_b * sum_j c_j^2"
             .to_string(),
@@ -180,6 +232,7 @@ fn thm33_rows(run: &RunRecords) -> Vec<CheckRow> {
 pub fn check_thm34(runs: &[RunRecords]) -> TheoremCheck {
     assess(
         "Thm 3.4",
+        "one row per run",
         "the sensitivity ||eps(x_t + delta) - eps(x_t)|| / ||delta|| grows with sum_i c_i * M0^i".to_string(),
         runs.iter().flat_map(thm34_row).collect(),
     )
@@ -239,37 +292,29 @@ fn skip_coefficients(records: &[Record]) -> BTreeMap<u32, f64> {
         .collect()
 }
 
-/// Computes the statistics, strategy orders and verdict shared by every check (rules in the module
+/// Computes the statistics, strategy orders and verdicts shared by every check (rules in the module
 /// documentation).
-fn assess(theorem: &'static str, claim: String, rows: Vec<CheckRow>) -> TheoremCheck {
+fn assess(theorem: &'static str, rows_range_over: &'static str, claim: String, rows: Vec<CheckRow>) -> TheoremCheck {
+    let blocks = run_blocks(&rows);
     let measured: Vec<f64> = rows.iter().map(|row| row.measured).collect();
     let predicted: Vec<f64> = rows.iter().map(|row| row.predicted).collect();
-    let blocks = run_blocks(&rows);
-    let rank_correlation = spearman(&predicted, &measured);
-    let testable = blocks.len() >= 3 && varies(&predicted);
-    let interval = testable
-        .then(|| cluster_bootstrap_interval(&blocks, pooled_spearman, BOOTSTRAP_RESAMPLES, RESAMPLING_SEED, LEVEL))
-        .flatten();
-    let p_value = testable.then(|| block_permutation_p_value(&blocks)).flatten();
     let strategy_order_measured = strategy_order(&rows, |row| row.measured);
     let strategy_order_predicted = strategy_order(&rows, |row| row.predicted);
-    let effect = ClaimedEffect { null: 0.0, claimed: SMALLEST_EFFECT };
-    let check_verdict = interval.as_ref().map_or(Verdict::Inconclusive, |interval| verdict(interval, &effect));
-    let explanation =
-        explain(&rows, blocks.len(), rank_correlation, interval.as_ref(), p_value, &strategy_order_measured);
+    let order = strategy_order_measured.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(" > ");
+    let between_runs = between_runs(&blocks, &order);
+    let within_runs = blocks.iter().any(|block| block.len() > 1).then(|| within_runs(&blocks, rows_range_over));
     TheoremCheck {
         theorem,
         claim,
+        rows_range_over,
         fit: least_squares(&predicted, &measured),
         runs: blocks.len(),
+        pooled_spearman: spearman(&predicted, &measured),
         rows,
-        spearman: rank_correlation,
-        interval,
-        p_value,
+        between_runs,
+        within_runs,
         strategy_order_measured,
         strategy_order_predicted,
-        verdict: check_verdict,
-        explanation,
     }
 }
 
@@ -286,32 +331,127 @@ fn run_blocks(rows: &[CheckRow]) -> Vec<Vec<(f64, f64)>> {
     order.into_iter().map(|run| blocks.remove(run).expect("every listed run has rows")).collect()
 }
 
-/// Spearman over the rows of the given runs pooled.
-fn pooled_spearman(blocks: &[&Vec<(f64, f64)>]) -> Option<f64> {
-    let (predicted, measured): (Vec<f64>, Vec<f64>) = blocks.iter().flat_map(|block| block.iter().copied()).unzip();
+/// A run's mean predicted and mean measured value.
+fn block_means(block: &[(f64, f64)]) -> (f64, f64) {
+    let n = block.len() as f64;
+    let (predicted, measured) = block.iter().fold((0.0, 0.0), |(p, m), (bp, bm)| (p + bp, m + bm));
+    (predicted / n, measured / n)
+}
+
+/// Spearman over the runs' means.
+fn spearman_of_means(blocks: &[&Vec<(f64, f64)>]) -> Option<f64> {
+    let (predicted, measured): (Vec<f64>, Vec<f64>) = blocks.iter().map(|block| block_means(block)).unzip();
     spearman(&predicted, &measured)
 }
 
-/// The share of run-wise permutations (each run's measurements paired with another run's
-/// predictions) whose |Spearman| reaches the observed one, counting the observed arrangement;
-/// `None` when runs have unequal numbers of rows (their blocks cannot be swapped).
-fn block_permutation_p_value(blocks: &[Vec<(f64, f64)>]) -> Option<f64> {
-    let len = blocks.first()?.len();
-    if blocks.iter().any(|block| block.len() != len) {
-        return None;
-    }
-    let observed = pooled_spearman(&blocks.iter().collect::<Vec<_>>())?.abs();
+fn between_runs(blocks: &[Vec<(f64, f64)>], strategy_order: &str) -> Association {
+    let (predicted, measured): (Vec<f64>, Vec<f64>) = blocks.iter().map(|block| block_means(block)).unzip();
+    let statistic = spearman(&predicted, &measured);
+    let testable = blocks.len() >= 3 && varies(&predicted);
+    let interval = testable
+        .then(|| cluster_bootstrap_interval(blocks, spearman_of_means, BOOTSTRAP_RESAMPLES, RESAMPLING_SEED, LEVEL))
+        .flatten();
+    let p_value = testable
+        .then(|| permutation_p_value(&predicted, &measured, spearman, BOOTSTRAP_RESAMPLES, RESAMPLING_SEED))
+        .flatten();
+    let explanation = match &interval {
+        Some(interval) => format!(
+            "Spearman {:.2} over the means of {} runs, {} interval [{:.2}, {:.2}]{}; strategies by mean measured \
+             value: {strategy_order}.",
+            interval.estimate,
+            blocks.len(),
+            interval.describe(),
+            interval.low,
+            interval.high,
+            p_value.map_or(String::new(), |p| format!(", permutation p = {p:.3}")),
+        ),
+        None => format!(
+            "{} runs; an interval between runs needs at least 3 runs whose mean predictions differ (their \
+             coefficients).",
+            blocks.len()
+        ),
+    };
+    association(Level::BetweenRuns, statistic, interval, p_value, blocks.len(), explanation)
+}
+
+/// Each run's own Spearman, for the runs where it is defined (at least 3 rows, predictions that vary).
+fn per_run_spearman(blocks: &[&Vec<(f64, f64)>]) -> Vec<f64> {
+    blocks
+        .iter()
+        .filter_map(|block| {
+            let (predicted, measured): (Vec<f64>, Vec<f64>) = block.iter().copied().unzip();
+            spearman(&predicted, &measured).filter(|rho| rho.is_finite())
+        })
+        .collect()
+}
+
+fn within_runs(blocks: &[Vec<(f64, f64)>], rows_range_over: &str) -> Association {
+    let all: Vec<&Vec<(f64, f64)>> = blocks.iter().collect();
+    let correlations = per_run_spearman(&all);
+    let statistic = mean(&correlations);
+    let testable = correlations.len() >= 3;
+    let interval = testable
+        .then(|| {
+            cluster_bootstrap_interval(
+                blocks,
+                |resample| mean(&per_run_spearman(resample)),
+                BOOTSTRAP_RESAMPLES,
+                RESAMPLING_SEED,
+                LEVEL,
+            )
+        })
+        .flatten();
+    let p_value = testable.then(|| sign_flip_p_value(&correlations)).flatten();
+    let explanation = match &interval {
+        Some(interval) => format!(
+            "mean Spearman {:.2} over {rows_range_over}, in {} runs (each run's from {} to {}), {} interval [{:.2}, \
+             {:.2}]{}.",
+            interval.estimate,
+            correlations.len(),
+            format_rho(correlations.iter().copied().fold(f64::INFINITY, f64::min)),
+            format_rho(correlations.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+            interval.describe(),
+            interval.low,
+            interval.high,
+            p_value.map_or(String::new(), |p| format!(", sign-flip p = {p:.3}")),
+        ),
+        None => format!(
+            "{} of {} runs have a correlation over {rows_range_over} (at least 3 rows whose predictions vary); an \
+             interval needs 3.",
+            correlations.len(),
+            blocks.len()
+        ),
+    };
+    association(Level::WithinRuns, statistic, interval, p_value, correlations.len(), explanation)
+}
+
+fn format_rho(rho: f64) -> String {
+    format!("{rho:.2}")
+}
+
+fn association(
+    level: Level,
+    spearman: Option<f64>,
+    interval: Option<Interval>,
+    p_value: Option<f64>,
+    runs: usize,
+    explanation: String,
+) -> Association {
+    let effect = ClaimedEffect { null: 0.0, claimed: SMALLEST_EFFECT };
+    let verdict = interval.as_ref().map_or(Verdict::Inconclusive, |interval| verdict(interval, &effect));
+    Association { level, spearman, interval, p_value, runs, verdict, explanation }
+}
+
+/// Two-sided sign-flip p-value of the mean of `values` around 0 (each value's sign flipped at random,
+/// [`BOOTSTRAP_RESAMPLES`] times, seeded), counting the observed arrangement. Under "no ordering
+/// within runs" each run's correlation is as likely negative as positive.
+fn sign_flip_p_value(values: &[f64]) -> Option<f64> {
+    let observed = mean(values)?.abs();
     let mut rng = ChaCha8Rng::seed_from_u64(RESAMPLING_SEED);
-    let mut order: Vec<usize> = (0..blocks.len()).collect();
     let mut at_least = 1usize;
     for _ in 0..BOOTSTRAP_RESAMPLES {
-        order.shuffle(&mut rng);
-        let (predicted, measured): (Vec<f64>, Vec<f64>) = blocks
-            .iter()
-            .zip(&order)
-            .flat_map(|(block, &other)| block.iter().zip(&blocks[other]).map(|(p, m)| (p.0, m.1)))
-            .unzip();
-        if spearman(&predicted, &measured).is_some_and(|rho| rho.abs() >= observed - 1e-12) {
+        let flipped: f64 = values.iter().map(|v| if rng.random_bool(0.5) { *v } else { -v }).sum::<f64>();
+        if (flipped / values.len() as f64).abs() >= observed - 1e-12 {
             at_least += 1;
         }
     }
@@ -338,34 +478,6 @@ fn strategy_order(rows: &[CheckRow], value: impl Fn(&CheckRow) -> f64) -> Vec<(S
         .collect();
     order.sort_by(|(name_a, a), (name_b, b)| b.total_cmp(a).then_with(|| name_a.cmp(name_b)));
     order
-}
-
-/// The sentence with the numbers behind a verdict.
-fn explain(
-    rows: &[CheckRow],
-    runs: usize,
-    rank_correlation: Option<f64>,
-    interval: Option<&Interval>,
-    p_value: Option<f64>,
-    measured_order: &[(String, f64)],
-) -> String {
-    let Some(interval) = interval else {
-        return format!(
-            "{} rows from {runs} runs; an interval over runs needs at least 3 runs and predictions that vary.",
-            rows.len()
-        );
-    };
-    let p = p_value.map_or(String::new(), |p| format!(", permutation p = {p:.3}"));
-    format!(
-        "Spearman {:.2} over {} rows from {runs} runs, {} interval [{:.2}, {:.2}]{p}; strategies by mean measured \
-         value: {}.",
-        rank_correlation.unwrap_or(f64::NAN),
-        rows.len(),
-        interval.describe(),
-        interval.low,
-        interval.high,
-        measured_order.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(" > ")
-    )
 }
 
 #[cfg(test)]
@@ -397,39 +509,80 @@ mod tests {
             .collect()
     }
 
+    fn check(rows: Vec<CheckRow>) -> TheoremCheck {
+        assess("test", "the rows of one run", String::new(), rows)
+    }
+
     #[test]
     fn a_planted_increase_holds_and_its_reversal_does_not() {
-        let held = assess("test", String::new(), rows(|p| 2.0 * p, 0.0));
-        assert_eq!(held.verdict, Verdict::Held, "{}", held.explanation);
-        assert!(held.interval.unwrap().low > 0.0 && held.p_value.unwrap() < 0.05);
-        let reversed = assess("test", String::new(), rows(|p| 10.0 - p, 0.0));
-        assert_eq!(reversed.verdict, Verdict::DidNotHold, "{}", reversed.explanation);
-        assert!(reversed.interval.unwrap().high < SMALLEST_EFFECT);
+        let held = check(rows(|p| 2.0 * p, 0.0));
+        for association in held.associations() {
+            assert_eq!(association.verdict, Verdict::Held, "{}", association.explanation);
+            assert!(association.interval.as_ref().unwrap().low > 0.0 && association.p_value.unwrap() < 0.05);
+        }
+        assert_eq!(held.associations().count(), 2);
+        let reversed = check(rows(|p| 10.0 - p, 0.0));
+        for association in reversed.associations() {
+            assert_eq!(association.verdict, Verdict::DidNotHold, "{}", association.explanation);
+            assert!(association.interval.as_ref().unwrap().high < SMALLEST_EFFECT);
+        }
+    }
+
+    /// The default sweep's Thm 3.3 in miniature: inside every run the rows follow the prediction, but
+    /// the runs predicted larger measure smaller. Each level gets its own verdict, and pooling all
+    /// rows would have read a positive correlation.
+    #[test]
+    fn the_two_levels_are_judged_apart() {
+        let opposed: Vec<CheckRow> = (0..6)
+            .flat_map(|run| {
+                (0..4).map(move |k| {
+                    let predicted = 10.0 * (1.0 + run as f64) * (1.0 + k as f64);
+                    let measured = (1.0 + k as f64) * (1.0 - 0.1 * run as f64);
+                    row(run, if run % 2 == 0 { "A" } else { "B" }, predicted, measured)
+                })
+            })
+            .collect();
+        let result = check(opposed);
+        let within = result.within_runs.as_ref().unwrap();
+        assert_eq!(within.verdict, Verdict::Held, "{}", within.explanation);
+        assert!((within.spearman.unwrap() - 1.0).abs() < 1e-12, "{:?}", within.spearman);
+        assert_eq!(result.between_runs.verdict, Verdict::DidNotHold, "{}", result.between_runs.explanation);
+        assert!((result.between_runs.spearman.unwrap() + 1.0).abs() < 1e-12, "{:?}", result.between_runs.spearman);
+        assert!(result.pooled_spearman.unwrap() > 0.0, "{:?}", result.pooled_spearman);
     }
 
     #[test]
     fn noise_without_an_effect_is_inconclusive_or_excluded_never_held() {
-        let check = assess("test", String::new(), rows(|_| 5.0, 3.0));
-        assert_ne!(check.verdict, Verdict::Held, "{}", check.explanation);
-        assert_eq!(check.runs, 6);
+        let result = check(rows(|_| 5.0, 3.0));
+        for association in result.associations() {
+            assert_ne!(association.verdict, Verdict::Held, "{}", association.explanation);
+        }
+        assert_eq!(result.runs, 6);
     }
 
     #[test]
     fn too_few_runs_or_constant_predictions_are_inconclusive() {
         let two_runs: Vec<CheckRow> = rows(|p| 2.0 * p, 0.0).into_iter().filter(|r| r.run_id < "run2".into()).collect();
-        let check = assess("test", String::new(), two_runs);
-        assert_eq!((check.verdict, check.interval.is_none()), (Verdict::Inconclusive, true));
-        assert!(check.explanation.contains("at least 3 runs"), "{}", check.explanation);
+        let result = check(two_runs);
+        for association in result.associations() {
+            assert_eq!((association.verdict, association.interval.is_none()), (Verdict::Inconclusive, true));
+        }
+        assert!(result.between_runs.explanation.contains("at least 3 runs"), "{}", result.between_runs.explanation);
         let constant: Vec<CheckRow> = rows(|p| p, 0.0).into_iter().map(|r| CheckRow { predicted: 1.0, ..r }).collect();
-        assert_eq!(assess("test", String::new(), constant).verdict, Verdict::Inconclusive);
+        assert!(check(constant).associations().all(|a| a.verdict == Verdict::Inconclusive));
     }
 
     #[test]
-    fn the_permutation_p_value_needs_equal_blocks() {
-        let mut uneven = rows(|p| 2.0 * p, 0.0);
-        uneven.pop();
-        let check = assess("test", String::new(), uneven);
-        assert_eq!(check.p_value, None);
-        assert!(check.interval.is_some());
+    fn one_row_per_run_has_no_within_runs_reading() {
+        let single: Vec<CheckRow> = rows(|p| 2.0 * p, 0.0).into_iter().filter(|r| r.predicted.fract() == 0.0).collect();
+        let result = check(single);
+        assert_eq!(result.within_runs, None);
+        assert_eq!(result.between_runs.verdict, Verdict::Held, "{}", result.between_runs.explanation);
+    }
+
+    #[test]
+    fn the_sign_flip_p_value_is_small_for_agreeing_signs_and_large_for_mixed_ones() {
+        assert!(sign_flip_p_value(&[0.9, 0.8, 0.95, 0.7, 0.85, 0.9, 0.8, 0.9]).unwrap() < 0.01);
+        assert!(sign_flip_p_value(&[0.9, -0.8, 0.85, -0.9, 0.8, -0.85]).unwrap() > 0.5);
     }
 }

@@ -153,42 +153,51 @@ fn names(order: &[(String, f64)]) -> Vec<&str> {
 /// order (measured = `slope` x predicted), and returns it for theorem-specific assertions.
 fn assert_supported(check: fn(&[RunRecords]) -> TheoremCheck, expected_rows: usize, slope: f64) -> TheoremCheck {
     let result = check(&full_sweep(Relation::Proportional));
-    assert_eq!(result.verdict, Verdict::Held, "{}", result.explanation);
-    let interval = result.interval.unwrap();
+    let between = &result.between_runs;
+    assert_eq!(between.verdict, Verdict::Held, "{}", between.explanation);
+    let interval = between.interval.as_ref().unwrap();
     assert!(interval.low > 0.9, "{interval:?}");
-    assert!(result.p_value.unwrap() < 0.01, "{:?}", result.p_value);
+    assert!(between.p_value.unwrap() < 0.01, "{:?}", between.p_value);
+    if let Some(within) = &result.within_runs {
+        assert_eq!(within.verdict, Verdict::Held, "{}", within.explanation);
+        assert!(within.spearman.unwrap() > 0.99 && within.p_value.unwrap() < 0.01, "{}", within.explanation);
+    }
     assert_eq!(result.rows.len(), expected_rows);
     // Not exactly 1: some predictions tie across strategies (2 * (1/sqrt2)^2 = 1^2), and rounding
     // decides their measured order.
-    assert!(result.spearman.unwrap() > 0.99, "{:?}", result.spearman);
+    assert!(result.pooled_spearman.unwrap() > 0.99, "{:?}", result.pooled_spearman);
     let fit = result.fit.unwrap();
     assert!((fit.slope - slope).abs() < 1e-9 && fit.intercept.abs() < 1e-9, "{fit:?}");
     assert_eq!(names(&result.strategy_order_predicted), BOUND_ORDER);
     assert_eq!(names(&result.strategy_order_measured), BOUND_ORDER);
     let runs = BOUND_ORDER.len() * SEEDS.len();
     assert!(
-        result.explanation.starts_with(&format!("Spearman 1.00 over {expected_rows} rows from {runs} runs"))
-            && result.explanation.ends_with("strategies by mean measured value: 1 > 1/sqrt2 > LS > CS."),
+        between.explanation.starts_with(&format!("Spearman 1.00 over the means of {runs} runs"))
+            && between.explanation.ends_with("strategies by mean measured value: 1 > 1/sqrt2 > LS > CS."),
         "{}",
-        result.explanation
+        between.explanation
     );
     result
 }
 
 fn assert_refuted(check: fn(&[RunRecords]) -> TheoremCheck) {
     let result = check(&full_sweep(Relation::Reversed));
-    assert_eq!(result.verdict, Verdict::DidNotHold, "{}", result.explanation);
-    assert!(result.spearman.unwrap() < -0.99, "{:?}", result.spearman);
+    for association in result.associations() {
+        assert_eq!(association.verdict, Verdict::DidNotHold, "{}", association.explanation);
+    }
+    assert!(result.pooled_spearman.unwrap() < -0.99, "{:?}", result.pooled_spearman);
     assert!(
-        result.explanation.ends_with("strategies by mean measured value: CS > LS > 1/sqrt2 > 1."),
+        result.between_runs.explanation.ends_with("strategies by mean measured value: CS > LS > 1/sqrt2 > 1."),
         "{}",
-        result.explanation
+        result.between_runs.explanation
     );
 }
 
 fn assert_inconclusive_for_one_strategy(check: fn(&[RunRecords]) -> TheoremCheck) {
     let result = check(&sweep(&["1"], Relation::Proportional));
-    assert_eq!(result.verdict, Verdict::Inconclusive, "{}", result.explanation);
+    for association in result.associations() {
+        assert_eq!(association.verdict, Verdict::Inconclusive, "{}", association.explanation);
+    }
     assert!(!result.rows.is_empty());
 }
 
@@ -235,7 +244,9 @@ fn thm31_sees_no_oscillation_in_smooth_growth() {
     }
     let result = check_thm31(&runs);
     assert!(result.rows.iter().all(|row| row.measured < 1e-9), "{:?}", &result.rows[..3]);
-    assert_eq!(result.verdict, Verdict::Inconclusive, "{}", result.explanation);
+    for association in result.associations() {
+        assert_eq!(association.verdict, Verdict::Inconclusive, "{}", association.explanation);
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! not hold only when it excludes the claimed effect, inconclusive otherwise. Nothing is assumed.
 
 use scalelong_analysis::inference::{ClaimedEffect, Interval, Verdict, claimed_magnitude_excluded, verdict};
-use scalelong_analysis::theorems::{SMALLEST_EFFECT, TheoremCheck};
+use scalelong_analysis::theorems::{Level, SMALLEST_EFFECT, TheoremCheck};
 
 use scalelong_analysis::inference::{LEVEL, mean_interval};
 
@@ -98,14 +98,28 @@ pub fn assess_claims(
             "the sweep has no strategy-1 run to compare with",
         ));
     }
+    // Each bound read between runs (what the coefficients change) and within runs (its ordering
+    // inside one network), as separate claims: see scalelong_analysis::theorems.
     let theorems = [
-        ("(b) Smaller feature-norm oscillation for smaller coefficients", 0),
-        ("(c) Gradient norms follow the backward bound", 1),
-        ("(d) Smaller sensitivity to perturbed inputs for smaller coefficients", 2),
+        (
+            "(b) Smaller feature-norm oscillation for smaller coefficients",
+            "(b) Feature-norm oscillation ordered as the bound orders the LSCs",
+            0,
+        ),
+        (
+            "(c) Smaller gradient norms for smaller coefficients",
+            "(c) Gradient norms ordered as the bound orders the timestep bins",
+            1,
+        ),
+        ("(d) Smaller sensitivity to perturbed inputs for smaller coefficients", "", 2),
     ];
-    for (title, index) in theorems {
+    for (between_title, within_title, index) in theorems {
         for model in model_checks {
-            claims.push(theorem_claim(title, &model.model, &model.checks[index]));
+            let check = &model.checks[index];
+            claims.push(theorem_claim(between_title, &model.model, check, Level::BetweenRuns));
+            if check.within_runs.is_some() {
+                claims.push(theorem_claim(within_title, &model.model, check, Level::WithinRuns));
+            }
         }
     }
     // The paper's observation is about LS gates; learned scalars are shown beside them, not claimed.
@@ -347,39 +361,38 @@ fn speed_claim(comparison: &Comparison) -> Claim {
     }
 }
 
-/// (b)-(d) A bound's ordering, by the rank correlation of measured against predicted.
-fn theorem_claim(title: &str, model: &str, check: &TheoremCheck) -> Claim {
-    let name = format!("{title} ({}) on {model}", check.theorem);
-    let claimed = format!(
-        "{}: a positive rank correlation of measured against predicted (of interest: at least {})",
-        check.claim,
-        format_number(SMALLEST_EFFECT)
-    );
-    if check.rows.is_empty() {
+/// (b)-(d) A bound's ordering at one level, by the rank correlation of measured against predicted.
+fn theorem_claim(title: &str, model: &str, check: &TheoremCheck, level: Level) -> Claim {
+    let name = format!("{title} ({}) on {model}, {level}", check.theorem);
+    let reading = match level {
+        Level::BetweenRuns => "runs with a larger mean prediction have a larger mean measured value (Spearman over \
+                               the runs' means)"
+            .to_string(),
+        Level::WithinRuns => {
+            format!(
+                "within each run, over {}, the ordering follows (the mean of the runs' Spearman)",
+                check.rows_range_over
+            )
+        }
+    };
+    let claimed =
+        format!("{}: {reading}, positive (of interest: at least {})", check.claim, format_number(SMALLEST_EFFECT));
+    let association = match level {
+        Level::BetweenRuns => Some(&check.between_runs),
+        Level::WithinRuns => check.within_runs.as_ref(),
+    };
+    let Some(association) = association.filter(|_| !check.rows.is_empty()) else {
         return Claim { claimed, ..not_measured(&name, "the diagnostics it needs were not recorded") };
-    }
+    };
     let rests_on = format!("{} rows from {} runs", check.rows.len(), check.runs);
-    let p = check.p_value.map_or(String::new(), |p| format!("; permutation p = {}", format_number(p)));
-    match &check.interval {
-        Some(interval) => Claim {
-            name,
-            claimed,
-            outcome: check.verdict.into(),
-            effect: format!("Spearman {}{p}", interval_text(interval, "")),
-            detectable: String::new(),
-            rests_on,
-            note: String::new(),
-        },
-        None => Claim {
-            name,
-            claimed,
-            outcome: Outcome::Inconclusive,
-            effect: check.explanation.clone(),
-            detectable: String::new(),
-            rests_on,
-            note: String::new(),
-        },
-    }
+    let (effect, outcome) = match &association.interval {
+        Some(interval) => {
+            let p = association.p_value.map_or(String::new(), |p| format!("; p = {}", format_number(p)));
+            (format!("Spearman {}{p}", interval_text(interval, "")), association.verdict.into())
+        }
+        None => (association.explanation.clone(), Outcome::Inconclusive),
+    };
+    Claim { name, claimed, outcome, effect, detectable: String::new(), rests_on, note: String::new() }
 }
 
 /// (e) The LS gates decay roughly exponentially with the LSC index.

@@ -562,7 +562,11 @@ pub fn theorem_figure(
         }
     }
     let panel = ScatterPanel {
-        title: format!("{} on {model}: {}", check.theorem, check.verdict),
+        title: format!(
+            "{} on {model}: {}",
+            check.theorem,
+            check.associations().map(|a| format!("{} {}", a.level, a.verdict)).collect::<Vec<_>>().join(", ")
+        ),
         x_desc: "predicted (bound, constants dropped)".to_string(),
         y_desc: "measured".to_string(),
         x_scale: Scale::Log,

@@ -4,7 +4,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use scalelong_analysis::inference::{Interval, LEVEL, POWER, Verdict};
-use scalelong_analysis::theorems::{BOOTSTRAP_RESAMPLES, SMALLEST_EFFECT, TREND_WINDOW};
+use scalelong_analysis::theorems::{BOOTSTRAP_RESAMPLES, Level, SMALLEST_EFFECT, TREND_WINDOW};
 
 use super::ReportContent;
 use super::figures::Figure;
@@ -220,8 +220,12 @@ fn methods_section(content: &ReportContent, page: &mut String) {
          seed share their data order and noise), Student t on the differences of final held-out losses and on the \
          logarithms of the speed-ups (a geometric-mean ratio). The speed-up of a seed pair: strategy 1's steps to the \
          higher of the two runs' final held-out losses, a loss both reach, over this strategy's (interpolated \
-         between evaluations). The theorem checks: Spearman over all rows with a percentile bootstrap over runs \
-         ({resamples} resamples; rows of one run are not independent) and a permutation test that swaps whole runs; \
+         between evaluations). The theorem checks, each read at two levels: between runs, Spearman of the runs' \
+         mean measured against mean predicted values (what the skip coefficients change), with a permutation test \
+         of the runs' means; within runs, the mean of each run's own Spearman over its LSCs or timestep bins (the \
+         bound's ordering inside one network), with a sign-flip test; both with a percentile bootstrap over runs \
+         ({resamples} resamples; rows of one run are not independent). Pooling all rows into one correlation would \
+         mix the two, which can point opposite ways. \
          Thm 3.1 measures a feature norm's oscillation around its centred moving average of {trend} records, since \
          the max - min of a growing series measures its growth. A claim <b>held</b> when its interval lies on the \
          claimed side of no effect; it <b>did not hold</b> only when the interval excludes the effect of interest \
@@ -587,8 +591,9 @@ fn theorems_section(content: &ReportContent, page: &mut String) {
     page.push_str("<h2>Theorem checks</h2>\n");
     page.push_str(
         "<p>Each check pairs a measured quantity with the bound's variable part (constants dropped) and tests the \
-         ordering the bound fixes: Spearman over all rows, its 95% bootstrap interval over runs and a permutation \
-         p-value (see How the runs were judged).</p>\n",
+         ordering the bound fixes, between runs (the runs' means: what the coefficients change) and within runs \
+         (each run's rows: the bound's ordering inside one network), each with its 95% bootstrap interval over runs \
+         and a p-value (see How the runs were judged).</p>\n",
     );
     page.push_str(&table_links(&content.table_files.theorem_rows));
     for (model_checks, figures) in content.model_checks.iter().zip(content.theorem_figures) {
@@ -598,17 +603,33 @@ fn theorems_section(content: &ReportContent, page: &mut String) {
                 page.push_str(&note(&format!("The diagnostics {} needs were", check.theorem)));
                 continue;
             }
-            let class = match check.verdict {
-                Verdict::Held => "held",
-                Verdict::DidNotHold => "not-held",
-                Verdict::Inconclusive => "inconclusive",
-            };
-            page.push_str(&format!(
-                "<p>Claim: {}.<br>Verdict: <span class=\"{class}\">{}</span>. {}</p>\n",
-                escape(&check.claim),
-                check.verdict,
-                escape(&check.explanation)
-            ));
+            let readings: Vec<String> = check
+                .associations()
+                .map(|association| {
+                    let class = match association.verdict {
+                        Verdict::Held => "held",
+                        Verdict::DidNotHold => "not-held",
+                        Verdict::Inconclusive => "inconclusive",
+                    };
+                    let level = match association.level {
+                        Level::BetweenRuns => "Between runs",
+                        Level::WithinRuns => "Within runs",
+                    };
+                    format!(
+                        "<br>{level}: <span class=\"{class}\">{}</span>. {}",
+                        association.verdict,
+                        escape(&association.explanation)
+                    )
+                })
+                .collect();
+            let pooled = check.pooled_spearman.map_or(String::new(), |rho| {
+                format!(
+                    "<br>For reference, Spearman over all {} rows pooled: {}.",
+                    check.rows.len(),
+                    format_number(rho)
+                )
+            });
+            page.push_str(&format!("<p>Claim: {}.{}{pooled}</p>\n", escape(&check.claim), readings.concat()));
             if let Some(figure) = figure {
                 page.push_str(&figure_html(figure));
             }
