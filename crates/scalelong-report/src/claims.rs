@@ -91,7 +91,15 @@ pub fn assess_claims(
     stable_lr: Option<&[StableLrRow]>,
     skips: &SkipFindings,
 ) -> Vec<Claim> {
-    let mut claims: Vec<Claim> = comparisons.iter().map(speed_claim).collect();
+    let mut claims: Vec<Claim> = Vec::new();
+    if !comparisons.is_empty() && comparisons.iter().all(|comparison| !comparison.has_curves) {
+        claims.push(not_measured(
+            "(a) Scaled strategies train faster than 1",
+            "the runs were evaluated at the end only, and a speed-up is read off held-out curves",
+        ));
+    } else {
+        claims.extend(comparisons.iter().map(speed_claim));
+    }
     if comparisons.is_empty() {
         claims.push(not_measured(
             "(a) Scaled strategies train faster than 1",
@@ -336,7 +344,9 @@ fn speed_claim(comparison: &Comparison) -> Claim {
     let Some(interval) = &comparison.speedup else {
         return Claim {
             outcome: Outcome::NotMeasured,
-            effect: "an interval needs at least 2 seeds where both runs trained".to_string(),
+            effect: "an interval needs at least 2 seeds where both runs trained and their held-out curves locate the \
+                     common loss (reached after their first evaluation)"
+                .to_string(),
             claimed,
             rests_on,
             detectable: String::new(),
