@@ -178,6 +178,16 @@ fn t_interval(values: &[f64], level: f64, method: IntervalMethod) -> Option<Inte
     Some(Interval { estimate, low: estimate - margin, high: estimate + margin, n, level, method })
 }
 
+/// [`mean_interval`] of correlations, its ends clipped to [-1, 1]: the t interval does not know the
+/// bound, and runs that agree on a correlation near -1 would otherwise read e.g. [-1.006, -0.985].
+pub fn mean_correlation_interval(correlations: &[f64], level: f64) -> Option<Interval> {
+    mean_interval(correlations, level).map(|interval| Interval {
+        low: interval.low.max(-1.0),
+        high: interval.high.min(1.0),
+        ..interval
+    })
+}
+
 /// Mean over seeds with a Student t interval: mean +- t_{1-(1-level)/2, n-1} * sd / sqrt(n).
 ///
 /// Why t and not a bootstrap: n is 3-5 seeds, where a bootstrap has almost no distinct resamples and badly
@@ -1283,5 +1293,13 @@ mod tests {
         assert_eq!(detrended_range(&[(0, 1.0), (1, f64::NAN)], Trend::Linear), None);
         assert_eq!(detrended_range(&ramp[..10], Trend::MovingAverage(25)), None);
         assert_eq!(detrended_range(&ramp, Trend::MovingAverage(0)), None);
+    }
+
+    #[test]
+    fn a_mean_correlation_interval_stays_within_minus_one_and_one() {
+        let interval = mean_correlation_interval(&[-1.0, -0.95, -1.0], 0.95).unwrap();
+        assert!(interval.low == -1.0 && interval.high < -0.9, "{interval:?}");
+        let unclipped = mean_interval(&[-1.0, -0.95, -1.0], 0.95).unwrap();
+        assert!(unclipped.low < -1.0 && unclipped.high == interval.high);
     }
 }

@@ -7,7 +7,7 @@
 use scalelong_analysis::inference::{ClaimedEffect, Interval, Verdict, claimed_magnitude_excluded, verdict};
 use scalelong_analysis::theorems::{Level, SMALLEST_EFFECT, TheoremCheck};
 
-use scalelong_analysis::inference::{LEVEL, mean_interval};
+use scalelong_analysis::inference::{LEVEL, mean_correlation_interval, mean_interval};
 
 use crate::analysis::{DECAY_KAPPA_MAX, GateFit, ModelChecks};
 use crate::compare::Comparison;
@@ -169,7 +169,7 @@ fn importance_claims(profiles: &[ImportanceProfile]) -> Vec<Claim> {
         let per_run: Vec<f64> = cut.iter().flat_map(|p| p.spearman_per_run.iter().copied()).collect();
         let strategies: Vec<&str> = cut.iter().map(|p| p.strategy_label.as_str()).collect();
         let rests_on = format!("{} trained runs of {}", per_run.len(), strategies.join(", "));
-        let Some(interval) = mean_interval(&per_run, LEVEL) else {
+        let Some(interval) = mean_correlation_interval(&per_run, LEVEL) else {
             claims.push(Claim { claimed, rests_on, ..not_measured(&name, "an interval needs 2 runs with importance") });
             continue;
         };

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use scalelong_analysis::inference::spearman;
 use scalelong_analysis::inference::{
-    Interval, LEVEL, mean_interval, paired_difference_interval, paired_ratio_interval,
+    Interval, LEVEL, mean_correlation_interval, mean_interval, paired_difference_interval, paired_ratio_interval,
 };
 use scalelong_analysis::stats::mean;
 use scalelong_schema::{SkipEvalLine, series};
@@ -203,7 +203,7 @@ pub fn importance_profiles(groups: &[RunGroup]) -> Vec<ImportanceProfile> {
                 strategy_label: group.strategy_label.clone(),
                 factor,
                 increase,
-                spearman: mean_interval(&spearman_per_run, LEVEL),
+                spearman: mean_correlation_interval(&spearman_per_run, LEVEL),
                 spearman_per_run,
                 coefficients: final_coefficients(&group.runs),
             });
