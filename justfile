@@ -31,7 +31,7 @@ sweep-lr: data build
     {{bin}} report runs/lr
 
 # Skips scaled during training (1, CS, LS, mp-cat, learned scalar) and at sampling time
-# (Skip-Tuning, FreeU, each LSC's importance) on the U-ViT, side by side (about 55 minutes).
+# (Skip-Tuning, FreeU, each LSC's importance) on the U-ViT, side by side (47 minutes measured).
 sweep-skips: data build
     {{bin}} sweep experiments/sweep-skips.toml --jobs {{jobs}}
     {{bin}} report runs/skips
