@@ -25,7 +25,7 @@ sweep-quick: data build
     {{bin}} sweep experiments/sweep-quick.toml --jobs {{jobs}}
     {{bin}} report runs/quick
 
-# The stability frontier: learning rates against strategies on the deeper U-ViT (about 28 minutes).
+# The stability frontier: learning rates against strategies on the deeper U-ViT (19 minutes measured).
 sweep-lr: data build
     {{bin}} sweep experiments/sweep-lr.toml --jobs {{jobs}}
     {{bin}} report runs/lr
