@@ -404,12 +404,12 @@ fn within_runs(blocks: &[Vec<(f64, f64)>], rows_range_over: &str) -> Association
     let p_value = testable.then(|| sign_flip_p_value(&correlations)).flatten();
     let explanation = match &interval {
         Some(interval) => format!(
-            "mean Spearman {:.2} over {rows_range_over}, in {} runs (each run's from {} to {}), {} interval [{:.2}, \
+            "mean Spearman {:.2} over {rows_range_over}, in {} runs (each run's from {:.2} to {:.2}), {} interval [{:.2}, \
              {:.2}]{}.",
             interval.estimate,
             correlations.len(),
-            format_rho(correlations.iter().copied().fold(f64::INFINITY, f64::min)),
-            format_rho(correlations.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+            correlations.iter().copied().fold(f64::INFINITY, f64::min),
+            correlations.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             interval.describe(),
             interval.low,
             interval.high,
@@ -423,10 +423,6 @@ fn within_runs(blocks: &[Vec<(f64, f64)>], rows_range_over: &str) -> Association
         ),
     };
     association(Level::WithinRuns, statistic, interval, p_value, correlations.len(), explanation)
-}
-
-fn format_rho(rho: f64) -> String {
-    format!("{rho:.2}")
 }
 
 fn association(

@@ -99,12 +99,12 @@ pub fn assess(run: &RunData) -> Assessment {
 }
 
 /// The first step at which a held-out curve is at or below `target`, interpolated linearly between
-/// the evaluations around the crossing; the first evaluation's step when it already is (the curve
-/// is not known before it); `None` when the curve never gets there.
+/// the evaluations around the crossing; `None` when the curve never gets there, and when it is
+/// already there at its first evaluation: the crossing lies somewhere before it, unknown (with a
+/// single evaluation, both runs of a pair would read the same step and a speed-up of exactly 1).
 pub fn steps_to_reach(curve: &[(u64, f64)], target: f64) -> Option<f64> {
-    let first = curve.first()?;
-    if first.1 <= target {
-        return Some(first.0 as f64);
+    if curve.first()?.1 <= target {
+        return None;
     }
     curve.windows(2).find(|pair| pair[1].1 <= target).map(|pair| {
         let ((s0, l0), (s1, l1)) = (pair[0], pair[1]);
@@ -121,7 +121,11 @@ mod tests {
         let curve = [(100, 0.5), (200, 0.3), (300, 0.2)];
         assert_eq!(steps_to_reach(&curve, 0.4), Some(150.0));
         assert_eq!(steps_to_reach(&curve, 0.2), Some(300.0));
-        assert_eq!(steps_to_reach(&curve, 0.9), Some(100.0), "already there at the first evaluation");
+        assert_eq!(steps_to_reach(&curve, 0.9), None, "already there at the first evaluation: not located");
+        assert_eq!(steps_to_reach(&[(300, 0.08)], 0.09), None, "a single evaluation is no curve");
+        assert_eq!(steps_to_reach(&[(100, 0.5), (200, 0.3)], 0.6), None, "already below at the first");
+        assert_eq!(steps_to_reach(&[(100, 0.5), (200, 0.3)], 0.4), Some(150.0));
+        assert_eq!(steps_to_reach(&[(100, 0.5), (200, 0.3)], 0.2), None, "never reached");
         assert_eq!(steps_to_reach(&curve, 0.1), None);
         assert_eq!(steps_to_reach(&[], 0.1), None);
     }

@@ -143,7 +143,7 @@ fn compare(baseline: &Cell, cell: &Cell) -> Comparison {
         losses.push(ol);
         let target = bl.max(ol);
         if let (Some(bs), Some(os)) =
-            (located_crossing(&b.heldout_curve, target), located_crossing(&o.heldout_curve, target))
+            (steps_to_reach(&b.heldout_curve, target), steps_to_reach(&o.heldout_curve, target))
         {
             base_steps.push(bs);
             steps.push(os);
@@ -170,29 +170,5 @@ fn compare(baseline: &Cell, cell: &Cell) -> Comparison {
             .any(|judged| judged.assessment.heldout_curve.len() >= 2),
         seeds,
         excluded_seeds,
-    }
-}
-
-/// The step at which `curve` reaches `target`, when the evaluations locate it: not when the curve is
-/// already there at its first evaluation (the crossing lies somewhere before it; with a single
-/// evaluation, both runs of a pair would read the same step and a speed-up of exactly 1).
-fn located_crossing(curve: &[(u64, f64)], target: f64) -> Option<f64> {
-    let first = curve.first()?;
-    if first.1 <= target {
-        return None;
-    }
-    steps_to_reach(curve, target)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_crossing_before_the_first_evaluation_is_not_located() {
-        assert_eq!(located_crossing(&[(300, 0.08)], 0.09), None, "a single evaluation is no curve");
-        assert_eq!(located_crossing(&[(100, 0.5), (200, 0.3)], 0.6), None, "already below at the first");
-        assert_eq!(located_crossing(&[(100, 0.5), (200, 0.3)], 0.4), Some(150.0));
-        assert_eq!(located_crossing(&[(100, 0.5), (200, 0.3)], 0.2), None, "never reached");
     }
 }
