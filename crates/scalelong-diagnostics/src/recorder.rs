@@ -3,10 +3,10 @@
 //! Every `every` steps the recorder measures, on a FIXED probe batch (the first images of the
 //! training set, a fixed timestep grid of `t_bins` bins with `probe_per_bin` samples each, fixed
 //! noise), so successive records compare: per-block feature norms, skip norms and ratios at each
-//! fusion, the coefficient applied per LSC (LS: gate statistics and their exponential-decay fit),
-//! loss and ||x_t||^2 per bin, gradient norms per bin, robustness to a small input perturbation,
-//! and an estimate of M0; on the training batch it records gradient norms, weight norms and
-//! relative updates per parameter group. With `every = 0` it does nothing and allocates nothing.
+//! fusion, the coefficient applied per LSC (LS: gate statistics, their exponential-decay fit and
+//! each gate's pooled input summarised), loss and ||x_t||^2 per bin, gradient norms per bin,
+//! robustness to a small input perturbation, and an estimate of M0; on the training batch it
+//! records gradient norms, weight norms and relative updates per parameter group. With `every = 0` it does nothing and allocates nothing.
 //!
 //! What each record tests is in docs/method.md §4. M0 (Thm 3.4, the largest gain of an encoder/decoder pair) is estimated by finite differences:
 //! for the perturbed and clean probe passes, the gain of LSC i is
@@ -22,7 +22,7 @@ use scalelong_data::ImageSet;
 use scalelong_model::diffusion::{NoiseSchedule, per_sample_loss, seeded_noise};
 use scalelong_model::{Coefficient, DiffusionNet, ForwardTrace};
 pub use scalelong_schema::DiagnosticsConfig;
-use scalelong_schema::Record;
+use scalelong_schema::{GateInput, Record};
 use std::collections::BTreeMap;
 
 /// The fixed probe batch, on the inference backend.
@@ -370,6 +370,7 @@ fn probe_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionNet) -> 
         rows.push(row(step, "m0", None, None, None, m0));
     }
     rows.extend(coefficient_rows(step, &trace));
+    rows.extend(gate_input_rows(step, &trace));
     rows
 }
 
@@ -404,6 +405,47 @@ fn coefficient_rows(step: u64, trace: &ForwardTrace) -> Vec<Record> {
         }
     }
     rows
+}
+
+/// LS only: per LSC the summaries of its gate's input ([`GateInput`]), the traced skip `[B, F]`
+/// averaged over each of the gate's `G` positions as the gate pools it (the same means, summed in
+/// another order); the cosine and distance to LSC 1 only where the widths agree.
+fn gate_input_rows(step: u64, trace: &ForwardTrace) -> Vec<Record> {
+    let pooled: BTreeMap<usize, (String, Tensor<2>)> = trace
+        .fusions
+        .iter()
+        .enumerate()
+        .filter_map(|(k, fusion)| {
+            let Coefficient::Gate(gate) = &fusion.coefficient else { return None };
+            let ([batch, features], width) = (fusion.skip.dims(), gate.dims()[1]);
+            let pooled =
+                fusion.skip.clone().reshape([batch, width, features / width]).mean_dim(2).reshape([batch, width]);
+            Some((fusion.lsc, (format!("dec.{k}"), pooled)))
+        })
+        .collect();
+    let outermost = pooled.get(&1).map(|(_, p)| p.clone());
+    let mut keys = Vec::new();
+    let mut parts = Vec::new();
+    for (&lsc, (layer, p)) in &pooled {
+        let [batch, _] = p.dims();
+        let mut push = |stat: GateInput, value: Tensor<1>| {
+            keys.push((stat, lsc, layer.clone()));
+            parts.push(value);
+        };
+        push(GateInput::Mean, p.clone().mean());
+        push(GateInput::Rms, p.clone().square().mean().sqrt());
+        push(GateInput::PositionSd, p.clone().var(1).sqrt().mean());
+        push(GateInput::SampleSd, p.clone().var(0).sqrt().mean());
+        if let Some(p1) = outermost.as_ref().filter(|p1| p1.dims() == p.dims()) {
+            let dot = (p.clone() * p1.clone()).sum_dim(1).reshape([batch]);
+            push(GateInput::CosineToLsc1, (dot / (row_norms(p.clone()) * row_norms(p1.clone()))).mean());
+            push(GateInput::DistanceToLsc1, (p.clone() - p1.clone()).square().mean().sqrt());
+        }
+    }
+    keys.into_iter()
+        .zip(read_scalars(parts))
+        .map(|((stat, lsc, layer), value)| row(step, stat.quantity(), Some(layer), Some(lsc as u32), None, value))
+        .collect()
 }
 
 /// Squared gradient norms of the encoder and decoder blocks on the probe samples of each bin

@@ -6,7 +6,8 @@ use scalelong_diagnostics::recorder::{DiagnosticsConfig, Recorder};
 use scalelong_model::diffusion::{NoiseSchedule, ScheduleConfig};
 use scalelong_model::uvit::UViTConfig;
 use scalelong_model::{ForwardTrace, ModelConfig, SkipScaling};
-use scalelong_schema::Record;
+use scalelong_schema::{GateInput, Record};
+use std::collections::BTreeMap;
 
 fn values(t: Tensor<2>) -> (usize, Vec<f64>) {
     let [_, f] = t.dims();
@@ -161,4 +162,82 @@ fn per_bin_gradient_norms_come_on_every_configured_record() {
     let bins = |step| recorder.record(step, &net, &net).iter().filter(|r| r.quantity == "grad_norm_bin").count();
     assert_eq!(bins(3), 0, "the first record skips them");
     assert_eq!(bins(6), 2 * 3, "enc, dec and total for each of 2 bins");
+}
+
+/// What each LS gate sees: its skip averaged over D per token, summarised as recorded, against the
+/// same means taken from the trace by plain loops; LSC 1's cosine to itself is 1.
+#[test]
+fn learnable_scaling_records_each_gates_pooled_input() {
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let (img_size, patch_size, embed_dim) = (8, 2, 16);
+    let config = ModelConfig::Uvit(UViTConfig {
+        img_size,
+        patch_size,
+        embed_dim,
+        depth: 6,
+        num_heads: 2,
+        ..UViTConfig::default()
+    });
+    let net = config.init(SkipScaling::Learnable { shared: true, reduction: 4 }, &device);
+    let images = synthetic(16, 1, 8, 4);
+    let schedule = NoiseSchedule::new(&ScheduleConfig::default());
+    let diagnostics =
+        DiagnosticsConfig { every: 1, t_bins: 2, probe_per_bin: 3, robustness_delta: 1e-2, gradient_bins_every: 1 };
+    let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
+    let rows = recorder.record(1, &net, &net);
+    let (x_t, time, _) = recorder.probe().unwrap();
+    let mut trace = ForwardTrace::default();
+    net.valid().forward(x_t.inner(), time.inner(), Some(&mut trace));
+
+    // Per LSC, the pooled input [sample][token]: 1 + (8 / 2)^2 = 17 tokens of 16 channels each.
+    let tokens = 1 + (img_size / patch_size).pow(2);
+    let pooled: BTreeMap<usize, (String, Vec<Vec<f64>>)> = trace
+        .fusions
+        .iter()
+        .enumerate()
+        .map(|(k, fusion)| {
+            let (features, v) = values(fusion.skip.clone());
+            assert_eq!(features, tokens * embed_dim);
+            let per_token = v.chunks(features).map(|sample| sample.chunks(embed_dim).map(mean).collect()).collect();
+            (fusion.lsc, (format!("dec.{k}"), per_token))
+        })
+        .collect();
+    let sample_sd = |v: &[f64]| {
+        let m = mean(v);
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+    };
+    let outermost = &pooled[&1].1;
+    for (lsc, (layer, p)) in &pooled {
+        let stat = |input: GateInput| {
+            let record = find(&rows, input.quantity(), Some(layer), None);
+            assert_eq!(record.lsc, Some(*lsc as u32), "{layer}");
+            record.value.unwrap()
+        };
+        let all: Vec<f64> = p.iter().flatten().copied().collect();
+        let rms = mean(&all.iter().map(|x| x * x).collect::<Vec<_>>()).sqrt();
+        // Means near zero are compared on the scale of the input's size.
+        let near = |recorded: f64, direct: f64| (recorded - direct).abs() <= 1e-4 * rms;
+        assert!(near(stat(GateInput::Mean), mean(&all)), "{layer} mean");
+        assert!(close(stat(GateInput::Rms), rms), "{layer} rms");
+        let over_tokens: Vec<f64> = p.iter().map(|sample| sample_sd(sample)).collect();
+        assert!(near(stat(GateInput::PositionSd), mean(&over_tokens)), "{layer} position sd");
+        let over_samples: Vec<f64> =
+            (0..tokens).map(|j| sample_sd(&p.iter().map(|sample| sample[j]).collect::<Vec<_>>())).collect();
+        assert!(near(stat(GateInput::SampleSd), mean(&over_samples)), "{layer} sample sd");
+        let cosines: Vec<f64> = p
+            .iter()
+            .zip(outermost)
+            .map(|(a, b)| {
+                let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                dot / (norm(a) * norm(b))
+            })
+            .collect();
+        assert!((stat(GateInput::CosineToLsc1) - mean(&cosines)).abs() < 1e-4, "{layer} cosine");
+        let differences: Vec<f64> =
+            p.iter().zip(outermost).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).powi(2))).collect();
+        assert!(near(stat(GateInput::DistanceToLsc1), mean(&differences).sqrt()), "{layer} distance");
+    }
+    assert!((find(&rows, GateInput::CosineToLsc1.quantity(), Some("dec.2"), None).value.unwrap() - 1.0).abs() < 1e-5);
 }

@@ -35,5 +35,5 @@ pub use files::{CheckpointState, EvalLine, MetricsLine, RunState, SkipEvalLine, 
 pub use io::{
     JsonlLog, read_json, read_jsonl, remove_stale_temporaries, truncate_jsonl_after, write_atomic, write_json_atomic,
 };
-pub use records::{Record, series, series_values};
+pub use records::{GateInput, Record, series, series_values};
 pub use strategy::SkipScaling;

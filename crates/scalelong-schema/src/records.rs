@@ -22,6 +22,57 @@ pub struct Record {
     pub value: Option<f64>,
 }
 
+/// The summaries of an LS gate's input the recorder writes per LSC (docs/run-folder.md,
+/// docs/method.md §3.4): the skip averaged over every axis after the second (over D for the
+/// U-ViT's `[B, L, D]` tokens, over space for the conv UNet's channels), `p_i` of shape `[B, G]`,
+/// exactly what the gate of LSC `i` turns into its coefficients. Whether a gate shared by all LSCs
+/// can give them different coefficients depends on how different these inputs are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateInput {
+    /// Mean of `p_i` over samples and positions.
+    Mean,
+    /// Root mean square of `p_i` over samples and positions: the input's size the gate's first
+    /// layer sees.
+    Rms,
+    /// Per sample the standard deviation of `p_i` over positions (tokens or channels), mean over
+    /// samples: how much the gate's input varies along the axis it gates.
+    PositionSd,
+    /// Per position the standard deviation of `p_i` over samples, mean over positions: how much
+    /// it varies from one image and timestep to the next.
+    SampleSd,
+    /// Per sample the cosine similarity of `p_i` to LSC 1's `p_1`, mean over samples (1 for LSC 1;
+    /// not written where the widths differ, as between the conv UNet's stages).
+    CosineToLsc1,
+    /// Root mean square of `p_i - p_1` over samples and positions (0 for LSC 1; not written where
+    /// the widths differ): set against [`GateInput::SampleSd`] of LSC 1, whether two LSCs' inputs
+    /// differ more than two images' inputs at one LSC.
+    DistanceToLsc1,
+}
+
+impl GateInput {
+    /// Every summary, in declaration order (`input as usize` indexes it).
+    pub const ALL: [GateInput; 6] = [
+        GateInput::Mean,
+        GateInput::Rms,
+        GateInput::PositionSd,
+        GateInput::SampleSd,
+        GateInput::CosineToLsc1,
+        GateInput::DistanceToLsc1,
+    ];
+
+    /// The `quantity` of its records.
+    pub const fn quantity(self) -> &'static str {
+        match self {
+            GateInput::Mean => "gate_input_mean",
+            GateInput::Rms => "gate_input_rms",
+            GateInput::PositionSd => "gate_input_position_sd",
+            GateInput::SampleSd => "gate_input_sample_sd",
+            GateInput::CosineToLsc1 => "gate_input_cos_lsc1",
+            GateInput::DistanceToLsc1 => "gate_input_dist_lsc1",
+        }
+    }
+}
+
 /// The finite values of one series, `(step, value)` sorted by step. Every key must match exactly:
 /// `None` selects JSON null. Records whose value is null (non-finite) are left out. When a step
 /// occurs twice (a run resumed from a checkpoint re-measures the steps after it), the record written
