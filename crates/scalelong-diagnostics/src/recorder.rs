@@ -1,12 +1,14 @@
 //! Recording diagnostics during training (the burn side of this crate).
 //!
 //! Every `every` steps the recorder measures, on a FIXED probe batch (the first images of the
-//! training set, a fixed timestep grid of `t_bins` bins with `probe_per_bin` samples each, fixed
-//! noise), so successive records compare: per-block feature norms, skip norms and ratios at each
-//! fusion, the coefficient applied per LSC (LS: gate statistics, their exponential-decay fit and
-//! each gate's pooled input summarised), loss and ||x_t||^2 per bin, gradient norms per bin,
-//! robustness to a small input perturbation, and an estimate of M0; on the training batch it
-//! records gradient norms, weight norms and relative updates per parameter group. With `every = 0` it does nothing and allocates nothing.
+//! training set, a fixed timestep grid of `t_bins` bins with `probe_per_bin` samples each, noise
+//! and perturbation drawn from [`PROBE_SEED`]), so successive records compare and every run of a
+//! sweep, whatever its seed, is measured on the same samples: per-block feature norms, skip norms
+//! and ratios at each fusion, the coefficient applied per LSC (LS: gate statistics, their
+//! exponential-decay fit and each gate's pooled input summarised), loss and ||x_t||^2 per bin,
+//! gradient norms per bin, robustness to a small input perturbation, and an estimate of M0; on the
+//! training batch it records gradient norms, weight norms and relative updates per parameter group.
+//! With `every = 0` it does nothing and allocates nothing.
 //!
 //! What each record tests is in docs/method.md §4. M0 (Thm 3.4, the largest gain of an encoder/decoder pair) is estimated by finite differences:
 //! for the perturbed and clean probe passes, the gain of LSC i is
@@ -25,21 +27,27 @@ pub use scalelong_schema::DiagnosticsConfig;
 use scalelong_schema::{GateInput, Record};
 use std::collections::BTreeMap;
 
+/// The seed of the probe's noise and perturbation. It is not the run's seed, so runs of different
+/// seeds are measured on the same probe (a between-run comparison then compares networks, not
+/// probes), and it has its own generator, so the training streams (data order, timesteps, noise:
+/// functions of the run's seed and step) are untouched by it.
+pub const PROBE_SEED: u64 = 0xd1a6;
+
 /// The fixed probe batch, on the inference backend.
-struct Probe {
-    x_t: Tensor<4>,
-    noise: Tensor<4>,
-    model_time: Tensor<1>,
-    delta: Tensor<4>,
+pub(crate) struct Probe {
+    pub(crate) x_t: Tensor<4>,
+    pub(crate) noise: Tensor<4>,
+    pub(crate) model_time: Tensor<1>,
+    pub(crate) delta: Tensor<4>,
     /// Timestep bin of each sample.
-    bins: Vec<u32>,
+    pub(crate) bins: Vec<u32>,
 }
 
 pub struct Recorder {
     every: u64,
     gradient_bins_every: u64,
     t_bins: usize,
-    probe: Option<Probe>,
+    pub(crate) probe: Option<Probe>,
 }
 
 impl Recorder {
@@ -48,7 +56,6 @@ impl Recorder {
         config: &DiagnosticsConfig,
         images: &ImageSet,
         schedule: &NoiseSchedule,
-        seed: u64,
         device: &Device,
     ) -> Result<Self, String> {
         if config.every == 0 {
@@ -77,7 +84,7 @@ impl Recorder {
                 (((j / per_bin) as f64 + ((j % per_bin) as f64 + 0.5) / per_bin as f64) * t / bins as f64) as usize
             })
             .collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xd1a6);
+        let mut rng = ChaCha8Rng::seed_from_u64(PROBE_SEED);
         let noised = schedule.q_sample(x0, seeded_noise(shape, &mut rng, &device), &steps);
         let rms = noised.x_t.clone().square().mean().sqrt().into_scalar::<f32>() as f64;
         let delta = seeded_noise(shape, &mut rng, &device).mul_scalar(config.robustness_delta * rms);
@@ -181,7 +188,7 @@ fn grouped_tensors(model: &DiffusionNet, grads: Option<&GradientsParams>) -> Vec
 }
 
 /// Reads many scalars with one device sync: `parts[i]` is a `[n_i]` tensor.
-fn read_scalars(parts: Vec<Tensor<1>>) -> Vec<f64> {
+pub(crate) fn read_scalars(parts: Vec<Tensor<1>>) -> Vec<f64> {
     if parts.is_empty() {
         return Vec::new();
     }
@@ -189,7 +196,7 @@ fn read_scalars(parts: Vec<Tensor<1>>) -> Vec<f64> {
 }
 
 /// Sum of squared gradients per group, plus `total`.
-fn group_sums(model: &DiffusionNet, grads: &GradientsParams) -> BTreeMap<String, f64> {
+pub(crate) fn group_sums(model: &DiffusionNet, grads: &GradientsParams) -> BTreeMap<String, f64> {
     let (names, parts): (Vec<String>, Vec<Tensor<1>>) =
         grouped_tensors(model, Some(grads)).into_iter().map(|(group, g)| (group, g.square().sum())).unzip();
     let mut sums = BTreeMap::new();
@@ -247,7 +254,7 @@ struct PerSample {
 }
 
 /// L2 norm of each row: `[B, F] -> [B]`.
-fn row_norms(x: Tensor<2>) -> Tensor<1> {
+pub(crate) fn row_norms(x: Tensor<2>) -> Tensor<1> {
     let b = x.dims()[0];
     x.square().sum_dim(1).sqrt().reshape([b])
 }
@@ -461,13 +468,19 @@ fn bin_gradient_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionN
         let loss = (model.forward(x, t, None) - noise).square().mean();
         let grads = GradientsParams::from_grads(loss.backward(), model);
         let sums = group_sums(model, &grads);
-        let side = |prefix: &str| sums.iter().filter(|(g, _)| g.starts_with(prefix)).map(|(_, v)| v).sum::<f64>();
-        let (enc, dec) = (side("enc."), side("dec.") + side("fusion."));
+        let (enc, dec) = block_square_sums(&sums);
         for (layer, sq) in [("enc", enc), ("dec", dec), ("total", sums.get("total").copied().unwrap_or(0.0))] {
             rows.push(row(step, "grad_norm_bin", Some(layer.into()), None, Some(bin), sq.sqrt()));
         }
     }
     rows
+}
+
+/// The squared gradient norms of the encoder blocks and of the decoder blocks with their fusions
+/// (the weights Thm 3.3 bounds), out of [`group_sums`]' groups.
+pub(crate) fn block_square_sums(sums: &BTreeMap<String, f64>) -> (f64, f64) {
+    let side = |prefix: &str| sums.iter().filter(|(g, _)| g.starts_with(prefix)).map(|(_, v)| v).sum::<f64>();
+    (side("enc."), side("dec.") + side("fusion."))
 }
 
 fn mean(values: &[f64]) -> f64 {

@@ -52,7 +52,7 @@ fn recorded_norms_coefficients_and_bins_match_a_direct_computation() {
     let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     let diagnostics =
         DiagnosticsConfig { every: 1, t_bins: 4, probe_per_bin: 3, robustness_delta: 1e-2, gradient_bins_every: 1 };
-    let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
+    let recorder = Recorder::new(&diagnostics, &images, &schedule, &device).unwrap();
     let rows = recorder.record(1, &net, &net);
 
     let (x_t, time, bins) = recorder.probe().unwrap();
@@ -118,7 +118,7 @@ fn learnable_scaling_records_gate_statistics_and_their_decay_fit() {
     let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     let diagnostics =
         DiagnosticsConfig { every: 1, t_bins: 2, probe_per_bin: 2, robustness_delta: 1e-2, gradient_bins_every: 1 };
-    let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
+    let recorder = Recorder::new(&diagnostics, &images, &schedule, &device).unwrap();
     let rows = recorder.record(1, &net, &net);
     for k in 0..3 {
         let layer = format!("dec.{k}");
@@ -132,12 +132,31 @@ fn learnable_scaling_records_gate_statistics_and_their_decay_fit() {
     }
 }
 
+/// The default probe is at least 64 samples, and every recorder (every run, the device's seed set
+/// as a run sets it) draws the same one.
+#[test]
+fn the_default_probe_is_large_and_the_same_for_every_run() {
+    let device = Device::flex().autodiff();
+    let schedule = NoiseSchedule::new(&ScheduleConfig::default());
+    let config = DiagnosticsConfig { every: 1, ..DiagnosticsConfig::default() };
+    let images = synthetic(config.t_bins * config.probe_per_bin, 1, 8, 4);
+    let probe = |run_seed: u64| {
+        device.seed(run_seed);
+        let recorder = Recorder::new(&config, &images, &schedule, &device).unwrap();
+        let (x_t, time, _) = recorder.probe().unwrap();
+        (x_t.into_data().try_to_vec::<f32>().unwrap(), time.into_data().try_to_vec::<f32>().unwrap())
+    };
+    let (x_t, time) = probe(0);
+    assert!(time.len() >= 64, "{} probe samples", time.len());
+    assert_eq!((x_t, time), probe(1));
+}
+
 #[test]
 fn recording_is_off_when_every_is_zero() {
     let device = Device::flex().autodiff();
     let images = synthetic(4, 1, 8, 4);
     let schedule = NoiseSchedule::new(&ScheduleConfig::default());
-    let recorder = Recorder::new(&DiagnosticsConfig::default(), &images, &schedule, 0, &device).unwrap();
+    let recorder = Recorder::new(&DiagnosticsConfig::default(), &images, &schedule, &device).unwrap();
     assert!(recorder.probe().is_none());
     assert!(!(1..100).any(|s| recorder.is_due(s)));
 }
@@ -158,7 +177,7 @@ fn per_bin_gradient_norms_come_on_every_configured_record() {
     let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     let diagnostics =
         DiagnosticsConfig { every: 3, t_bins: 2, probe_per_bin: 1, robustness_delta: 1e-2, gradient_bins_every: 2 };
-    let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
+    let recorder = Recorder::new(&diagnostics, &images, &schedule, &device).unwrap();
     let bins = |step| recorder.record(step, &net, &net).iter().filter(|r| r.quantity == "grad_norm_bin").count();
     assert_eq!(bins(3), 0, "the first record skips them");
     assert_eq!(bins(6), 2 * 3, "enc, dec and total for each of 2 bins");
@@ -184,7 +203,7 @@ fn learnable_scaling_records_each_gates_pooled_input() {
     let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     let diagnostics =
         DiagnosticsConfig { every: 1, t_bins: 2, probe_per_bin: 3, robustness_delta: 1e-2, gradient_bins_every: 1 };
-    let recorder = Recorder::new(&diagnostics, &images, &schedule, 0, &device).unwrap();
+    let recorder = Recorder::new(&diagnostics, &images, &schedule, &device).unwrap();
     let rows = recorder.record(1, &net, &net);
     let (x_t, time, _) = recorder.probe().unwrap();
     let mut trace = ForwardTrace::default();

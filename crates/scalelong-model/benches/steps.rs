@@ -365,10 +365,11 @@ fn diag(bencher: divan::Bencher, case: &str, on: bool) {
     let device = Device::flex().autodiff();
     let Setup { model, mut optim, batch, schedule } = setup(&config, scaling, &device);
     let [c, h, _] = config.image_shape();
-    let images = scalelong_data::synthetic(64, c, h, 0);
+    let probe = DiagnosticsConfig::default();
+    let images = scalelong_data::synthetic(probe.t_bins * probe.probe_per_bin, c, h, 0);
     let every = if on { DIAG_EVERY } else { 0 };
     let diag_config = DiagnosticsConfig { every, ..DiagnosticsConfig::default() };
-    let recorder = Recorder::new(&diag_config, &images, &schedule, 0, &device).unwrap();
+    let recorder = Recorder::new(&diag_config, &images, &schedule, &device).unwrap();
     let mut model = Some(step_recorded(model, &mut optim, &batch, &recorder, 10)); // warm-up, recording
     let op = if on { "diag_on" } else { "diag_off" };
     bencher.counter(divan::counter::ItemsCount::new(BATCH * DIAG_EVERY as usize)).bench_local(|| {
@@ -401,17 +402,17 @@ fn ab_diag(case: &str, rounds: usize) {
     let Setup { model, optim, batch, schedule } = setup(&config, scaling, &device);
     let Setup { optim: optim_off, .. } = setup(&config, scaling, &device);
     let [c, h, _] = config.image_shape();
-    let images = scalelong_data::synthetic(64, c, h, 0);
+    let probe = DiagnosticsConfig::default();
+    let images = scalelong_data::synthetic(probe.t_bins * probe.probe_per_bin, c, h, 0);
     let on = Recorder::new(
         &DiagnosticsConfig { every: DIAG_EVERY, ..DiagnosticsConfig::default() },
         &images,
         &schedule,
-        0,
         &device,
     )
     .unwrap();
     let off =
-        Recorder::new(&DiagnosticsConfig { every: 0, ..DiagnosticsConfig::default() }, &images, &schedule, 0, &device)
+        Recorder::new(&DiagnosticsConfig { every: 0, ..DiagnosticsConfig::default() }, &images, &schedule, &device)
             .unwrap();
     let mut with = (Some(model.clone()), optim, &on);
     let mut without = (Some(model), optim_off, &off);

@@ -158,6 +158,8 @@ pub struct DiagnosticsConfig {
     /// Record every this many optimizer steps; 0 turns recording off.
     pub every: u64,
     pub t_bins: usize,
+    /// The probe batch is `t_bins * probe_per_bin` samples: 70 by default, at least the 64 a
+    /// mean over the probe needs to be more than a handful of samples (it was 20, two a bin).
     pub probe_per_bin: usize,
     /// Standard deviation of the robustness perturbation δ, relative to the RMS of x_t.
     pub robustness_delta: f64,
@@ -168,7 +170,7 @@ pub struct DiagnosticsConfig {
 
 impl Default for DiagnosticsConfig {
     fn default() -> Self {
-        Self { every: 0, t_bins: 10, probe_per_bin: 2, robustness_delta: 1e-2, gradient_bins_every: 5 }
+        Self { every: 0, t_bins: 10, probe_per_bin: 7, robustness_delta: 1e-2, gradient_bins_every: 5 }
     }
 }
 

@@ -67,8 +67,7 @@ pub fn diagnose(
         let mut settings = config.diagnostics.clone();
         settings.every = settings.every.max(1);
         let schedule = NoiseSchedule::new(&config.diffusion.schedule);
-        let recorder =
-            Recorder::new(&settings, &test_set, &schedule, config.seed, device).map_err(anyhow::Error::msg)?;
+        let recorder = Recorder::new(&settings, &test_set, &schedule, device).map_err(anyhow::Error::msg)?;
         let rows = recorder.snapshot(state.step, &net);
 
         std::fs::create_dir_all(&dir)?;

@@ -80,8 +80,7 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
     let mut metrics = JsonlLog::open(&run.join("metrics.jsonl"))?;
     let mut diagnostics = JsonlLog::open(&run.join("diagnostics.jsonl"))?;
     let mut evaluations = JsonlLog::open(&run.join("eval.jsonl"))?;
-    let recorder =
-        Recorder::new(&config.diagnostics, &train_set, &schedule, config.seed, device).map_err(anyhow::Error::msg)?;
+    let recorder = Recorder::new(&config.diagnostics, &train_set, &schedule, device).map_err(anyhow::Error::msg)?;
     let mut loader =
         Loader::starting_at(train_set.clone(), config.batch_size, config.seed, config.data.random_flip, start)?;
     let mut progress = Progress::new(start, config.steps);
