@@ -1,10 +1,11 @@
 //! What the harness concludes from what runs recorded, without burn: small statistics
 //! ([`stats`]), intervals, verdicts and run outcomes ([`inference`]), and the checks of ScaleLong's
-//! bounds ([`theorems`], docs/method.md §4).
+//! bounds ([`theorems`], and as a dose-response over kappa, [`dose_response`]; docs/method.md §4).
 
 // All unsafe code lives in scalelong-kernels, behind safe APIs.
 #![forbid(unsafe_code)]
 
+pub mod dose_response;
 pub mod inference;
 pub mod stats;
 pub mod theorems;

@@ -10,6 +10,7 @@
 //! | `eval.jsonl` | [`EvalLine`] |
 //! | `skip_eval.jsonl` | [`SkipEvalLine`] |
 //! | `diagnostics.jsonl` | [`Record`] |
+//! | `dose_response.jsonl` (a sweep folder's) | [`DoseResponseLine`] (planned by [`DoseResponsePlan`]) |
 //! | `checkpoint/state.json` | [`CheckpointState`] |
 //! | `sweep.json` | [`SweepManifest`] |
 //!
@@ -21,6 +22,7 @@
 
 pub mod config;
 pub mod diffusion;
+pub mod dose_response;
 pub mod files;
 pub mod io;
 pub mod records;
@@ -31,6 +33,7 @@ pub use config::{
     SkipEditSpec, apply_override,
 };
 pub use diffusion::{SamplerConfig, ScheduleConfig};
+pub use dose_response::{DoseQuantity, DoseResponseLine, DoseResponsePlan};
 pub use files::{CheckpointState, EvalLine, MetricsLine, RunState, SkipEvalLine, Status, SweepManifest, SweepRun};
 pub use io::{
     JsonlLog, read_json, read_jsonl, remove_stale_temporaries, truncate_jsonl_after, write_atomic, write_json_atomic,
