@@ -36,6 +36,13 @@ sweep-skips: data build
     {{bin}} sweep experiments/sweep-skips.toml --jobs {{jobs}}
     {{bin}} report runs/skips
 
+# Do learned skip profiles decay with the LSC index, and can one shared LS gate tell the LSCs apart? LS
+# shared and one gate per LSC, learned scalars started flat at 1.0, and CS for reference, on the deeper
+# U-ViT, three seeds (docs/method.md §3.4; about 17 minutes on 2 free cores, estimated, not timed whole).
+sweep-ls: data build
+    {{bin}} sweep experiments/sweep-ls.toml --jobs {{jobs}}
+    {{bin}} report runs/ls
+
 # One training run, e.g. `just train experiments/quick.toml --set strategy=ls`.
 train config *args: data build
     {{bin}} train --config {{config}} {{args}}
