@@ -372,6 +372,53 @@ impl RunConfig {
     }
 }
 
+impl RunConfig {
+    /// The dotted keys (`optimizer.lr`, `model.depth`, as `--set` names them) whose values differ
+    /// between two configs, sorted; a key either side lacks counts as differing.
+    pub fn differing_keys(&self, other: &Self) -> Vec<String> {
+        fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, keys: &mut Vec<String>) {
+            match (a, b) {
+                (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                    let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
+                    names.sort();
+                    names.dedup();
+                    for name in names {
+                        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+                        match (a.get(name), b.get(name)) {
+                            (Some(x), Some(y)) => walk(&key, x, y, keys),
+                            _ => keys.push(key),
+                        }
+                    }
+                }
+                (a, b) if a != b => keys.push(prefix.to_string()),
+                _ => {}
+            }
+        }
+        let (a, b) = (serde_json::to_value(self), serde_json::to_value(other));
+        let mut keys = Vec::new();
+        match (a, b) {
+            (Ok(a), Ok(b)) => walk("", &a, &b, &mut keys),
+            // Unreachable for these plain data types; still no panic.
+            _ => keys.push("(unserialisable config)".to_string()),
+        }
+        keys
+    }
+
+    /// Why a run trained with `self` up to step `reached` cannot go on as `planned` (`--resume`, a
+    /// sweep extending a finished run): the dotted keys that differ. Only `steps` may change, and
+    /// only where the result is what a run trained with `planned` from the start gives bit for
+    /// bit: under a constant learning rate (a cosine decay depends on the total steps, so the steps
+    /// already taken would have had other rates) and not below the step already reached.
+    pub fn continuation_conflicts(&self, planned: &Self, reached: u64) -> Vec<String> {
+        let mut keys = self.differing_keys(planned);
+        let steps_free = self.optimizer.schedule == LrSchedule::Constant && planned.steps >= reached;
+        if steps_free {
+            keys.retain(|key| key != "steps");
+        }
+        keys
+    }
+}
+
 /// `a.b.c=value` into the table, creating intermediate tables.
 pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
     let (key, raw) = item.split_once('=').with_context(|| format!("--set {item:?}: expected key=value"))?;
@@ -396,6 +443,27 @@ pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn differing_keys_are_dotted_and_steps_may_grow_only_under_a_constant_rate() {
+        let base = RunConfig::default();
+        let mut planned = base.clone();
+        planned.optimizer.lr = 1e-3;
+        planned.steps = 2000;
+        planned.model.overrides.insert("depth".into(), toml::Value::Integer(16));
+        assert_eq!(base.differing_keys(&planned), ["model.depth", "optimizer.lr", "steps"]);
+        assert!(base.differing_keys(&base).is_empty());
+
+        let longer = RunConfig { steps: 2000, ..base.clone() };
+        assert!(base.continuation_conflicts(&longer, 1000).is_empty(), "constant: extend");
+        assert_eq!(longer.continuation_conflicts(&base, 1500), ["steps"], "not below the step reached");
+        assert!(longer.continuation_conflicts(&base, 500).is_empty(), "an interrupted run may end sooner");
+        let mut cosine = base.clone();
+        cosine.optimizer.schedule = LrSchedule::Cosine { final_fraction: 0.1 };
+        let cosine_longer = RunConfig { steps: 2000, ..cosine.clone() };
+        assert_eq!(cosine.continuation_conflicts(&cosine_longer, 1000), ["steps"], "cosine decays over the steps");
+        assert_eq!(base.differing_keys(&cosine), ["optimizer.schedule.final_fraction", "optimizer.schedule.kind"]);
+    }
 
     #[test]
     fn eval_config_parses_with_defaults_and_rejects_unknown_keys() {
