@@ -62,6 +62,23 @@ test:
 build:
     cargo build --workspace --bins {{feature_flags}}
 
+# (~/.cargo/bin is the folder rustup puts on PATH; run it again after changes to the code.)
+# The binary on PATH as ~/.cargo/bin/scalelong, so `scalelong ...` commands run as the README writes them.
+install: build
+    install -D -m 755 {{bin}} "${CARGO_HOME:-$HOME/.cargo}/bin/scalelong"
+    @echo "installed ${CARGO_HOME:-$HOME/.cargo}/bin/scalelong"
+
+# Arguments are passed as given, quotes kept: `just scalelong train --help`.
+# The command line without installing it, e.g. `just scalelong sweep experiments/sweep-quick.toml --list`.
+[positional-arguments]
+scalelong *args: build
+    {{bin}} "$@"
+
+# The report of a sweep folder, e.g. `just report runs/quick` (written to reports/quick; `--out DIR`).
+[positional-arguments]
+report sweep *args: build
+    {{bin}} report "$@"
+
 # What CI checks besides the tests: formatting and lints (warnings are errors).
 lint:
     cargo fmt --all -- --check

@@ -120,3 +120,141 @@ fn concurrent_processes_share_one_sweep_folder_without_running_a_run_twice() {
     }
     assert_complete(&dir, 20);
 }
+
+/// A two-run sweep (strategies 1 and CS, seed 0) of `steps` steps; `extra` goes into `[set]`.
+fn small_sweep(steps: u64, extra: &str) -> String {
+    format!(
+        "name = \"tiny\"\nbase = \"tiny.toml\"\n[grid]\nstrategy = [\"1\", \"cs\"]\nseed = [0]\n[set]\nsteps = {steps}\n\
+         checkpoint_every = 0\n{extra}\n"
+    )
+}
+
+fn metrics_of(dir: &TempDir, run: &str) -> Vec<u8> {
+    std::fs::read(dir.join(&format!("runs/tiny/{run}/metrics.jsonl"))).unwrap()
+}
+
+/// `(loss, grad_norm)` per step of a run.
+fn losses(dir: &TempDir, run: &str) -> Vec<(f64, f64)> {
+    jsonl(&dir.join(&format!("runs/tiny/{run}/metrics.jsonl")))
+        .iter()
+        .map(|line| (line["loss"].as_f64().unwrap(), line["grad_norm"].as_f64().unwrap()))
+        .collect()
+}
+
+fn replaced_folders(dir: &TempDir) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("runs/tiny"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".replaced-"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn an_edited_sweep_refuses_its_changed_runs_and_retrains_only_those_with_the_flag() {
+    let dir = TempDir::new("sweep-edited");
+    write_config(&dir, "tiny.toml", TINY_CONFIG);
+    let sweep = write_config(&dir, "sweep.toml", &small_sweep(4, ""));
+    let first = scalelong(&sweep_args(&sweep, &[]), &dir.0);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let (before_1, before_cs) = (metrics_of(&dir, "1_seed0"), metrics_of(&dir, "cs_seed0"));
+    let manifest = std::fs::read(dir.join("runs/tiny/sweep.json")).unwrap();
+
+    // Edited: every run now differs in batch_size. Refused, each run named with the key.
+    write_config(&dir, "sweep.toml", &small_sweep(4, "batch_size = 4"));
+    let refused = scalelong(&sweep_args(&sweep, &[]), &dir.0);
+    let message = stderr(&refused);
+    assert!(!refused.status.success(), "a changed sweep must be refused:\n{message}");
+    for line in ["1_seed0: batch_size differ", "cs_seed0: batch_size differ", "--retrain-changed"] {
+        assert!(message.contains(line), "{line:?} missing from:\n{message}");
+    }
+    // The same with --jobs 2 (checked before any process starts).
+    let refused_jobs = scalelong(&sweep_args(&sweep, &["--jobs", "2"]), &dir.0);
+    assert!(!refused_jobs.status.success() && stderr(&refused_jobs).contains("1_seed0: batch_size differ"));
+    assert_eq!(metrics_of(&dir, "1_seed0"), before_1, "nothing overwritten");
+    assert_eq!(metrics_of(&dir, "cs_seed0"), before_cs, "nothing overwritten");
+    assert_eq!(std::fs::read(dir.join("runs/tiny/sweep.json")).unwrap(), manifest, "sweep.json untouched");
+    assert!(replaced_folders(&dir).is_empty());
+
+    // The flag on one shard: only its run is moved aside (kept whole) and trained again.
+    let one = scalelong(&sweep_args(&sweep, &["--retrain-changed", "--shard", "0/2"]), &dir.0);
+    assert!(one.status.success(), "{}", stderr(&one));
+    let replaced = replaced_folders(&dir);
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    assert!(replaced[0].starts_with("1_seed0.replaced-"), "{replaced:?}");
+    assert_eq!(std::fs::read(dir.join("runs/tiny").join(&replaced[0]).join("metrics.jsonl")).unwrap(), before_1);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("runs/tiny/1_seed0/config.json")).unwrap()).unwrap();
+    assert_eq!(config["batch_size"], 4);
+    assert_eq!(metrics_of(&dir, "cs_seed0"), before_cs, "the other shard's run is left alone");
+
+    // Now only cs_seed0 differs: the refusal names it alone; the flag retrains it alone.
+    let refused = scalelong(&sweep_args(&sweep, &[]), &dir.0);
+    let message = stderr(&refused);
+    assert!(!refused.status.success() && message.contains("cs_seed0: batch_size differ"), "{message}");
+    assert!(!message.contains("1_seed0:"), "an up-to-date run was named:\n{message}");
+    let rest = scalelong(&sweep_args(&sweep, &["--retrain-changed"]), &dir.0);
+    let message = stderr(&rest);
+    assert!(rest.status.success(), "{message}");
+    assert!(message.contains("1 trained, 1 already complete") && message.contains("1 retrained"), "{message}");
+    assert_eq!(replaced_folders(&dir).len(), 2);
+    let report = scalelong(&["report", "runs/tiny", "--out", "reports/tiny"], &dir.0);
+    assert!(report.status.success(), "{}", stderr(&report));
+    let csv = std::fs::read_to_string(dir.join("reports/tiny/summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2, "the replaced folders stay out of the report:\n{csv}");
+}
+
+#[test]
+fn more_steps_extend_a_finished_sweep_exactly_under_a_constant_rate_and_are_refused_under_cosine() {
+    let dir = TempDir::new("sweep-extended");
+    write_config(&dir, "tiny.toml", TINY_CONFIG);
+    let sweep = write_config(&dir, "sweep.toml", &small_sweep(4, ""));
+    let short = scalelong(&sweep_args(&sweep, &[]), &dir.0);
+    assert!(short.status.success(), "{}", stderr(&short));
+    write_config(&dir, "sweep.toml", &small_sweep(7, ""));
+    let extended = scalelong(&sweep_args(&sweep, &[]), &dir.0);
+    let message = stderr(&extended);
+    assert!(extended.status.success(), "{message}");
+    assert!(message.contains("extending from step 4 to 7") && message.contains("2 extended"), "{message}");
+    assert!(replaced_folders(&dir).is_empty());
+
+    // The same sweep trained to 7 steps from the start: the same losses and gradients, bit for bit.
+    let fresh = TempDir::new("sweep-extended-fresh");
+    write_config(&fresh, "tiny.toml", TINY_CONFIG);
+    let fresh_sweep = write_config(&fresh, "sweep.toml", &small_sweep(7, ""));
+    let output = scalelong(&sweep_args(&fresh_sweep, &[]), &fresh.0);
+    assert!(output.status.success(), "{}", stderr(&output));
+    for run in ["1_seed0", "cs_seed0"] {
+        assert_eq!(losses(&dir, run), losses(&fresh, run), "{run}: extension differs from a 7-step run");
+        assert_eq!(losses(&dir, run).len(), 7);
+    }
+
+    // Under a cosine decay the rates depend on the total steps: a longer sweep is a changed one.
+    let cosine = "optimizer = { schedule = { kind = \"cosine\", final_fraction = 0.1 } }";
+    write_config(&dir, "sweep.toml", &small_sweep(7, cosine));
+    let retrained = scalelong(&sweep_args(&sweep, &["--retrain-changed"]), &dir.0);
+    assert!(retrained.status.success(), "{}", stderr(&retrained));
+    write_config(&dir, "sweep.toml", &small_sweep(9, cosine));
+    let refused = scalelong(&sweep_args(&sweep, &[]), &dir.0);
+    let message = stderr(&refused);
+    assert!(!refused.status.success(), "{message}");
+    assert!(message.contains("1_seed0: steps differ") && message.contains("cosine"), "{message}");
+}
+
+#[test]
+fn sweep_set_overrides_every_run_but_not_a_grid_axis() {
+    let (dir, sweep) = setup("sweep-set", 6);
+    let list =
+        scalelong(&sweep_args(&sweep, &["--list", "--set", "batch_size=4", "--set", "optimizer.lr=0.003"]), &dir.0);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let commands = String::from_utf8(list.stdout).unwrap();
+    assert_eq!(commands.lines().count(), 6);
+    for line in commands.lines() {
+        assert!(line.contains(" --set batch_size=4 --set optimizer.lr=0.003 --set strategy="), "{line}");
+    }
+    for axis in ["strategy=ls", "seed=3"] {
+        let refused = scalelong(&sweep_args(&sweep, &["--list", "--set", axis]), &dir.0);
+        assert!(!refused.status.success() && stderr(&refused).contains("is an axis"), "{}", stderr(&refused));
+    }
+}

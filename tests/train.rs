@@ -43,6 +43,12 @@ fn trains_writes_everything_and_resumes_exactly() {
         !again.status.success() && stderr(&again).contains("--resume"),
         "a second start without --resume must refuse"
     );
+    let changed = train(&dir, &config, "split", &["--resume", "--set", "optimizer.lr=0.01", "--set", "batch_size=4"]);
+    assert!(
+        !changed.status.success() && stderr(&changed).contains("batch_size, optimizer.lr differ"),
+        "a resume with another config must refuse, naming the keys: {}",
+        stderr(&changed)
+    );
     let resumed = train(&dir, &config, "split", &["--resume"]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     let split = jsonl(&dir.join("split/metrics.jsonl"));

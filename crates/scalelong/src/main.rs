@@ -8,11 +8,31 @@ use scalelong::{config, device, diagnose, exchange, skip_eval, sweep, train};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The `--device` values, shared by every command that runs a network.
+const DEVICE_HELP: &str = "Where to run: `flex` (burn's CPU backend, the default), `wgpu` (the adapter wgpu ranks best: \
+a discrete GPU before an integrated one before a software driver), `wgpu:i` (the i-th adapter wgpu lists), `cuda` \
+(= `cuda:0`) or `cuda:i` (the i-th visible CUDA device). wgpu and cuda need a binary built with `--features wgpu` / \
+`--features cuda`; a missing device is an error at start";
+
+/// The environment variables, in `scalelong --help`.
+const ENVIRONMENT_HELP: &str = "Environment:
+  SCALELONG_DATA   A folder holding Fashion-MNIST's four IDX files (train-images-idx3-ubyte[.gz], ...);
+                   searched before data/fashion-mnist/, data/usr/share/datasets/fashion-mnist/ (where
+                   `just data` unpacks them) and /usr/share/datasets/fashion-mnist/.
+  SCALELONG_JOBS   Read by the justfile's sweep recipes, not by this program: how many runs they train at
+                   once (their `--jobs`; default: the number of CPUs).
+  BURN_DEVICE      burn's default device. Unset, this program restarts itself once with BURN_DEVICE=flex,
+                   so that tensors burn places on its default device stay on the CPU whatever --device
+                   says (otherwise a wgpu build would start a GPU to load a CPU checkpoint). Set it only
+                   to change burn's own default.
+  RAYON_NUM_THREADS  Threads of one process (`sweep --jobs n` gives each of its n processes an equal share).";
+
 #[derive(Parser)]
 #[command(
     name = "scalelong",
     version,
-    about = "ScaleLong harness: how scaling a UNet's long skips changes training stability"
+    about = "ScaleLong harness: how scaling a UNet's long skips changes training stability",
+    after_help = ENVIRONMENT_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,64 +41,95 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train one run.
+    /// Train one run into a run folder (docs/run-folder.md).
     Train {
-        #[arg(long)]
+        /// The run config (TOML; every key and default: `RunConfig::default` in
+        /// crates/scalelong-schema/src/config.rs), e.g. experiments/quick.toml.
+        #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// Override a config key, e.g. `--set strategy=ls --set model.depth=16`.
+        /// Override a config key (dotted, TOML value; a bare word is a string), e.g. `--set strategy=ls
+        /// --set model.depth=16`. Repeatable.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
-        /// Run folder (default: runs/<config file stem>).
-        #[arg(long)]
+        /// Run folder (default: runs/train-<config file stem>, apart from the sweeps' runs/<sweep name>).
+        #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
-        /// Continue from the run folder's latest checkpoint.
+        /// Continue from the run folder's latest checkpoint (bit-identically on flex). The config must
+        /// be the one the run was made with; only `steps` may change, and only under a constant
+        /// learning rate.
         #[arg(long)]
         resume: bool,
-        #[arg(long, default_value = "flex")]
+        #[arg(long, default_value = "flex", help = DEVICE_HELP)]
         device: String,
     },
-    /// Run (a share of) a sweep: every combination of its grid, skipping completed runs.
+    /// Run (a share of) a sweep: every combination of its grid, one run folder each under
+    /// <runs>/<sweep name>. Completed runs are skipped, interrupted ones resumed; a run folder
+    /// trained with another config than the one now planned is refused by name (see
+    /// --retrain-changed).
     Sweep {
+        /// The sweep file (TOML: `name`, `base` run config, `[grid]` axes, `[set]` shared overrides),
+        /// e.g. experiments/sweep-quick.toml.
         file: PathBuf,
+        /// Override a config key for every run of the sweep, after the file's `[set]` (as `train --set`;
+        /// a grid axis cannot be overridden). Repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Runs trained with another config than the one now planned: move each aside to
+        /// `<run>.replaced-<UTC time>` (kept, not deleted) and train it again. Without it they are an
+        /// error that lists them with the keys that differ, and nothing is trained. A finished run
+        /// whose only change is a larger `steps` under a constant learning rate is extended instead.
+        #[arg(long)]
+        retrain_changed: bool,
         /// Print one `scalelong train` command per run (for a job array) and exit.
         #[arg(long)]
         list: bool,
         /// Run only the runs whose index is i mod n (0-based), e.g. `--shard 1/4`.
-        #[arg(long, default_value = "0/1")]
+        #[arg(long, default_value = "0/1", value_name = "i/n")]
         shard: String,
         /// Train this many runs at once, each in its own process on an equal share of the CPU's
         /// threads (on 2 cores, two one-thread processes train 1.3x as many steps a second as
-        /// one two-thread process: the small presets do not keep two threads busy).
+        /// one two-thread process: the small presets do not keep two threads busy). The justfile
+        /// passes SCALELONG_JOBS, or the number of CPUs.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
         /// Where sweep folders live.
-        #[arg(long, default_value = "runs")]
+        #[arg(long, default_value = "runs", value_name = "DIR")]
         runs: PathBuf,
-        #[arg(long, default_value = "flex")]
+        #[arg(long, default_value = "flex", help = DEVICE_HELP)]
         device: String,
     },
-    /// Write the HTML/PNG report of a sweep folder (default: reports/<sweep name>).
+    /// Write the HTML/PNG report of a sweep folder.
     Report {
+        /// A sweep folder (one with sweep.json, as `sweep` and `diagnose` write), e.g. runs/quick.
         sweep: PathBuf,
-        #[arg(long)]
+        /// Where to write index.html, its figures (PNG) and tables (CSV, Parquet) (default:
+        /// reports/<sweep folder name>).
+        #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
     /// Import a PyTorch reference checkpoint (.safetensors, .pth, .pt) as a run folder.
     Import {
+        /// The state dict: .safetensors, .pth or .pt.
         checkpoint: PathBuf,
         #[command(flatten)]
         args: exchange::ImportArgs,
-        #[arg(long)]
+        /// The run folder to create (must not hold a run).
+        #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
     /// Write a run's weights under the PyTorch reference's names (default: <run>/ema.safetensors).
     Export {
+        /// A run folder with a checkpoint, e.g. runs/quick/ls_seed0.
         run: PathBuf,
+        /// The file format (safetensors only: burn cannot write .pth; PyTorch reads it with
+        /// `safetensors.torch.load_file`).
         #[arg(long, value_enum, default_value_t)]
         format: exchange::ExportFormat,
+        /// Which weights to write: the EMA (which samples are drawn from) or the raw trained ones.
         #[arg(long, value_enum, default_value_t)]
         weights: exchange::Weights,
-        #[arg(long)]
+        /// The file to write (default: <run>/<weights>.safetensors).
+        #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
     /// Record one pass of every diagnostic on runs or checkpoints (no training), as a folder
@@ -92,9 +143,10 @@ enum Command {
         /// Which weights of a run folder (an imported checkpoint has one set).
         #[arg(long, value_enum, default_value_t = exchange::Weights::Model)]
         weights: exchange::Weights,
-        #[arg(long)]
+        /// The folder to write: one subfolder per input and a sweep.json, so `report` reads it.
+        #[arg(long, value_name = "DIR")]
         out: PathBuf,
-        #[arg(long, default_value = "flex")]
+        #[arg(long, default_value = "flex", help = DEVICE_HELP)]
         device: String,
     },
     /// Evaluate trained runs under sampling-time skip edits (Skip-Tuning, FreeU, each LSC
@@ -104,9 +156,9 @@ enum Command {
         #[arg(required = true)]
         runs: Vec<PathBuf>,
         /// A TOML file with `skip_edits = [...]` (default: each run's own `eval.skip_edits`).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         edits: Option<PathBuf>,
-        #[arg(long, default_value = "flex")]
+        #[arg(long, default_value = "flex", help = DEVICE_HELP)]
         device: String,
     },
     /// Print every preset's parameter count per strategy.
@@ -150,7 +202,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train { config, overrides, out, resume, device } => {
             let device = device::parse(&device)?.autodiff();
             let run_config = config::load(&config, &overrides)?;
-            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(config.file_stem().unwrap_or_default()));
+            let out = out.unwrap_or_else(|| default_train_folder(&config));
             match train::train(&run_config, &out, &device, resume)? {
                 train::Outcome::Completed => Ok(ExitCode::SUCCESS),
                 train::Outcome::Diverged { step } => {
@@ -159,8 +211,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Sweep { file, list, shard, jobs, runs, device } => {
-            let plan = sweep::SweepPlan::load(&file)?;
+        Command::Sweep { file, overrides, retrain_changed, list, shard, jobs, runs, device } => {
+            let plan = sweep::SweepPlan::load(&file, &overrides)?;
             if list {
                 for command in plan.commands(&runs) {
                     println!("{command}");
@@ -172,24 +224,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 anyhow::bail!("--jobs: must be at least 1");
             }
             if jobs > 1 {
-                let args = ["sweep", &file.display().to_string(), "--shard", &format!("{}/{}", shard.0, shard.1)]
-                    .into_iter()
-                    .map(String::from)
-                    .chain(["--runs".into(), runs.display().to_string(), "--device".into(), device.clone()])
-                    .collect::<Vec<_>>();
+                // Refused here once, rather than by each process.
+                if !retrain_changed {
+                    sweep::refuse_changed_runs(&plan, &runs, shard)?;
+                }
+                let mut args: Vec<String> = vec![
+                    "sweep".into(),
+                    file.display().to_string(),
+                    "--shard".into(),
+                    format!("{}/{}", shard.0, shard.1),
+                    "--runs".into(),
+                    runs.display().to_string(),
+                    "--device".into(),
+                    device.clone(),
+                ];
+                args.extend(overrides.iter().flat_map(|o| ["--set".to_string(), o.clone()]));
+                if retrain_changed {
+                    args.push("--retrain-changed".into());
+                }
                 sweep::run_in_processes(&args, jobs)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let device = device::parse(&device)?.autodiff();
-            let summary = sweep::run(&plan, &runs, shard, &device)?;
-            eprintln!(
-                "sweep {}: {} trained, {} already complete, {} diverged, {} running elsewhere",
-                plan.name,
-                summary.trained.len(),
-                summary.skipped.len(),
-                summary.diverged.len(),
-                summary.locked_elsewhere.len()
-            );
+            let summary = sweep::run(&plan, &runs, shard, retrain_changed, &device)?;
+            eprintln!("{}", summary.describe(&plan.name));
             Ok(ExitCode::SUCCESS)
         }
         Command::Report { sweep, out } => {
@@ -236,5 +294,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", scalelong::parameter_table());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `runs/train-<config file stem>`: beside the sweeps' `runs/<sweep name>` folders, never one of
+/// them (`just train experiments/unet.toml` would otherwise write into `just sweep-unet`'s).
+fn default_train_folder(config: &std::path::Path) -> PathBuf {
+    let stem = config.file_stem().map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned());
+    PathBuf::from("runs").join(format!("train-{stem}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every command says what it is (`--help` is the manual).
+    #[test]
+    fn every_argument_has_help() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut missing = Vec::new();
+        for command in cli.get_subcommands() {
+            assert!(command.get_about().is_some(), "{}: no about", command.get_name());
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none() && !["help", "version"].contains(&arg.get_id().as_str()) {
+                    missing.push(format!("{} {}", command.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    #[test]
+    fn a_single_run_defaults_beside_the_sweep_folders() {
+        assert_eq!(
+            default_train_folder(std::path::Path::new("experiments/unet.toml")),
+            PathBuf::from("runs/train-unet")
+        );
     }
 }

@@ -7,7 +7,9 @@
 use crate::train::{self, Outcome};
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
-use scalelong_schema::{RunConfig, RunState, Status, SweepManifest, SweepRun, apply_override, write_json_atomic};
+use scalelong_schema::{
+    RunConfig, RunState, Status, SweepManifest, SweepRun, apply_override, read_json, write_json_atomic,
+};
 use serde::Deserialize;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -39,24 +41,41 @@ pub struct PlannedRun {
     pub id: String,
     /// This run's value on each grid axis.
     pub axis_values: toml::Table,
-    /// `key=value` overrides in `--set` form: the shared ones, then this run's axis values.
+    /// `key=value` overrides in `--set` form: the file's shared ones, the command line's, then this
+    /// run's axis values.
     pub settings: Vec<String>,
     pub config: RunConfig,
 }
 
 impl SweepPlan {
-    pub fn load(path: &Path) -> Result<Self> {
+    /// The sweep file at `path`, with `overrides` (`key=value`, as `train --set` takes them)
+    /// applied to every run after the file's `[set]`; a grid axis cannot be overridden.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("{}: cannot read sweep file", path.display()))?;
         let file: SweepFile =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+        Self::from_file(path, file, overrides)
+    }
+
+    /// The sweep `file`, read from `path` (its `base` is relative to it), expanded as [`Self::load`]
+    /// does.
+    pub fn from_file(path: &Path, file: SweepFile, overrides: &[String]) -> Result<Self> {
         let base_config = path.parent().unwrap_or(Path::new(".")).join(&file.base);
         let base_text = std::fs::read_to_string(&base_config)
             .with_context(|| format!("{}: base = {:?}: cannot read", path.display(), file.base))?;
         let base: toml::Table =
             toml::from_str(&base_text).map_err(|e| anyhow::anyhow!("{}: {e}", base_config.display()))?;
 
-        let shared: Vec<String> = file.set.iter().map(|(k, v)| format!("{k}={}", inline(v))).collect();
+        let mut shared: Vec<String> = file.set.iter().map(|(k, v)| format!("{k}={}", inline(v))).collect();
+        for item in overrides {
+            let key = item.split_once('=').map_or(item.as_str(), |(key, _)| key).trim();
+            let nested = |outer: &str, inner: &str| inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.'));
+            if let Some(axis) = file.grid.keys().find(|axis| *axis == key || nested(axis, key) || nested(key, axis)) {
+                bail!("--set {item}: {axis} is an axis of {}'s grid; edit the grid instead", path.display());
+            }
+            shared.push(item.clone());
+        }
         let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();
         for (key, values) in &file.grid {
             match values {
@@ -126,28 +145,179 @@ pub struct SweepSummary {
     pub skipped: Vec<String>,
     pub diverged: Vec<String>,
     pub locked_elsewhere: Vec<String>,
+    /// Completed runs continued to a longer `steps` (a constant learning rate allows it).
+    pub extended: Vec<String>,
+    /// Runs of another config moved aside (`--retrain-changed`) and trained again; also in
+    /// `trained` or `diverged`.
+    pub replaced: Vec<String>,
 }
 
-/// Runs share `shard` (`(i, n)`: runs whose index is `i` mod `n`) of the sweep.
-pub fn run(plan: &SweepPlan, runs_root: &Path, shard: (usize, usize), device: &Device) -> Result<SweepSummary> {
+impl SweepSummary {
+    /// One line: what this process did.
+    pub fn describe(&self, sweep: &str) -> String {
+        let mut line = format!(
+            "sweep {sweep}: {} trained, {} already complete, {} diverged, {} running elsewhere",
+            self.trained.len(),
+            self.skipped.len(),
+            self.diverged.len(),
+            self.locked_elsewhere.len()
+        );
+        if !self.extended.is_empty() {
+            line.push_str(&format!(", {} extended to more steps", self.extended.len()));
+        }
+        if !self.replaced.is_empty() {
+            line.push_str(&format!(", {} retrained after a config change", self.replaced.len()));
+        }
+        line
+    }
+}
+
+/// What a run's folder holds, against the run now planned for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing trained yet, or an interrupted run of the planned config: train it (resuming
+    /// where it stopped).
+    Train,
+    /// Completed with the planned config.
+    Completed,
+    /// Diverged with the planned config (or a length it never reached).
+    Diverged,
+    /// Completed at `from` steps under a constant learning rate, now planned longer: resuming it
+    /// gives what a run trained that long from the start gives, bit for bit on the CPU.
+    Extend { from: u64 },
+    /// Trained with another config: the dotted keys that differ.
+    Changed(Vec<String>),
+}
+
+/// What the run folder `dir` holds against `planned`: its `config.json` compared with the
+/// rule `train --resume` applies ([`RunConfig::continuation_conflicts`]).
+pub fn inspect(dir: &Path, planned: &RunConfig) -> Found {
+    let status = Status::read(dir);
+    let stored = dir.join("config.json");
+    if stored.exists() {
+        let stored: RunConfig = match read_json(&stored) {
+            Ok(config) => config,
+            Err(err) => return Found::Changed(vec![format!("config.json (unreadable: {err:#})")]),
+        };
+        let reached = status.as_ref().map_or(0, |s| s.step);
+        let conflicts = stored.continuation_conflicts(planned, reached);
+        if !conflicts.is_empty() {
+            return Found::Changed(conflicts);
+        }
+    }
+    match status {
+        Some(Status { state: RunState::Completed, step, .. }) if planned.steps > step => Found::Extend { from: step },
+        Some(Status { state: RunState::Completed, .. }) => Found::Completed,
+        Some(Status { state: RunState::Diverged, .. }) => Found::Diverged,
+        _ => Found::Train,
+    }
+}
+
+/// An error naming every run of `shard` whose folder holds a run of another config than the
+/// one planned, with the keys that differ; `Ok` when there is none. Reads only.
+pub fn refuse_changed_runs(plan: &SweepPlan, runs_root: &Path, shard: (usize, usize)) -> Result<()> {
+    let folder = plan.folder(runs_root);
+    let changed: Vec<(&str, Vec<String>)> = plan
+        .runs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % shard.1 == shard.0)
+        .filter_map(|(_, run)| match inspect(&folder.join(&run.id), &run.config) {
+            Found::Changed(keys) => Some((run.id.as_str(), keys)),
+            _ => None,
+        })
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(changed_error(plan, &folder, &changed))
+}
+
+fn changed_error(plan: &SweepPlan, folder: &Path, changed: &[(&str, Vec<String>)]) -> anyhow::Error {
+    let mut message = format!(
+        "sweep {}: {} run(s) in {} were trained with another config than the one now planned; nothing was \
+         trained or overwritten:",
+        plan.name,
+        changed.len(),
+        folder.display()
+    );
+    for (id, keys) in changed {
+        message.push_str(&format!("\n  {id}: {} differ", keys.join(", ")));
+    }
+    if changed.iter().any(|(_, keys)| keys.iter().any(|k| k == "steps")) {
+        message.push_str(
+            "\n(steps may grow for a finished run only under a constant learning rate: a cosine decay depends on \
+             the total steps, so the steps already taken would have had other rates)",
+        );
+    }
+    message.push_str(
+        "\nRestore the old config, give the sweep another name, or pass --retrain-changed to move these runs aside \
+         (to <run>.replaced-<UTC time>, kept) and train them again.",
+    );
+    anyhow::anyhow!(message)
+}
+
+/// Runs share `shard` (`(i, n)`: runs whose index is `i` mod `n`) of the sweep. A run whose
+/// folder holds a run of another config is an error naming it and the keys that differ, before
+/// anything is trained; with `retrain_changed` it is moved aside and trained again.
+pub fn run(
+    plan: &SweepPlan,
+    runs_root: &Path,
+    shard: (usize, usize),
+    retrain_changed: bool,
+    device: &Device,
+) -> Result<SweepSummary> {
+    if !retrain_changed {
+        refuse_changed_runs(plan, runs_root, shard)?;
+    }
     let folder = plan.folder(runs_root);
     std::fs::create_dir_all(&folder).with_context(|| format!("{}: cannot create", folder.display()))?;
     write_json_atomic(&folder.join("sweep.json"), &plan.manifest())?;
     let mut summary = SweepSummary::default();
     for (index, run) in plan.runs.iter().enumerate().filter(|(i, _)| i % shard.1 == shard.0) {
         let dir = folder.join(&run.id);
-        std::fs::create_dir_all(&dir)?;
-        let lock = File::create(dir.join(".lock"))?;
-        if lock.try_lock().is_err() {
+        let Some(mut lock) = lock_run(&dir)? else {
             summary.locked_elsewhere.push(run.id.clone());
             continue;
+        };
+        let mut found = inspect(&dir, &run.config);
+        if let Found::Changed(keys) = &found
+            && retrain_changed
+        {
+            // The lock moves with the folder; the fresh folder gets its own.
+            let moved = move_aside(&dir)?;
+            eprintln!(
+                "{}: trained with another config ({} differ); moved to {}, training it again",
+                run.id,
+                keys.join(", "),
+                moved.display()
+            );
+            summary.replaced.push(run.id.clone());
+            drop(lock);
+            let Some(fresh_lock) = lock_run(&dir)? else {
+                summary.locked_elsewhere.push(run.id.clone());
+                continue;
+            };
+            lock = fresh_lock;
+            found = inspect(&dir, &run.config);
         }
-        match Status::read(&dir).map(|s| s.state) {
-            Some(RunState::Completed) => summary.skipped.push(run.id.clone()),
-            Some(RunState::Diverged) => summary.diverged.push(run.id.clone()),
-            _ => {
-                eprintln!("[{}/{}] {}", index + 1, plan.runs.len(), run.id);
+        match found {
+            Found::Completed => summary.skipped.push(run.id.clone()),
+            Found::Diverged => summary.diverged.push(run.id.clone()),
+            // Only another process can have trained it with another config since the check above.
+            Found::Changed(keys) => return Err(changed_error(plan, &folder, &[(run.id.as_str(), keys)])),
+            Found::Train | Found::Extend { .. } => {
+                let position = format!("[{}/{}] {}", index + 1, plan.runs.len(), run.id);
+                match found {
+                    Found::Extend { from } => {
+                        eprintln!("{position}: extending from step {from} to {}", run.config.steps)
+                    }
+                    _ => eprintln!("{position}"),
+                }
                 match train::train(&run.config, &dir, device, true).with_context(|| format!("run {}", run.id))? {
+                    Outcome::Completed if matches!(found, Found::Extend { .. }) => {
+                        summary.extended.push(run.id.clone())
+                    }
                     Outcome::Completed => summary.trained.push(run.id.clone()),
                     Outcome::Diverged { step } => {
                         eprintln!("{} diverged at step {step}; the sweep goes on", run.id);
@@ -159,6 +329,49 @@ pub fn run(plan: &SweepPlan, runs_root: &Path, shard: (usize, usize), device: &D
         drop(lock);
     }
     Ok(summary)
+}
+
+/// The lock of the run folder `dir` (created if missing), `None` while another process holds it.
+pub(crate) fn lock_run(dir: &Path) -> Result<Option<File>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let path = dir.join(".lock");
+    let lock = File::create(&path).with_context(|| format!("{}: cannot create", path.display()))?;
+    Ok(lock.try_lock().is_ok().then_some(lock))
+}
+
+/// Renames the run folder `dir` to `<run>.replaced-<UTC time>` beside it (never over an existing
+/// folder) and returns the new path. Such folders are not in `sweep.json`, so reports skip them.
+fn move_aside(dir: &Path) -> Result<PathBuf> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stamp = utc_stamp(std::time::SystemTime::now());
+    for attempt in 0..100 {
+        let suffix = if attempt == 0 { String::new() } else { format!("-{attempt}") };
+        let target = dir.with_file_name(format!("{name}.replaced-{stamp}{suffix}"));
+        if !target.exists() {
+            std::fs::rename(dir, &target)
+                .with_context(|| format!("{}: cannot move to {}", dir.display(), target.display()))?;
+            return Ok(target);
+        }
+    }
+    bail!("{}: cannot move aside: 100 folders named {name}.replaced-{stamp}* exist", dir.display())
+}
+
+/// `20261206T201502Z`: the UTC time to the second (days to a civil date as in H. Hinnant's
+/// `civil_from_days`).
+fn utc_stamp(time: std::time::SystemTime) -> String {
+    let seconds = time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, second_of_day) = ((seconds / 86_400) as i64, seconds % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (second_of_day / 3600, second_of_day / 60 % 60, second_of_day % 60);
+    format!("{year:04}{month:02}{day:02}T{h:02}{m:02}{s:02}Z")
 }
 
 /// Runs `scalelong <args>` in `jobs` processes at once, each on an equal share of this machine's
@@ -236,7 +449,7 @@ fn inline(value: &toml::Value) -> String {
 
 /// A string or table names itself (`cs`, `uvit-deep`, `mp-cat0.3`); a number gets its key's last
 /// segment (`seed0`, `lr0.003`), so that run folders read without the sweep file.
-fn run_id_part(key: &str, value: &toml::Value) -> String {
+pub(crate) fn run_id_part(key: &str, value: &toml::Value) -> String {
     match value {
         toml::Value::String(_) | toml::Value::Table(_) => slug(value),
         _ => format!("{}{}", key.rsplit('.').next().unwrap_or(key), slug(value)),
@@ -258,5 +471,18 @@ fn shell_quote(text: &str) -> String {
         text.to_string()
     } else {
         format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps_read_as_calendar_time() {
+        let at = |seconds: u64| utc_stamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds));
+        assert_eq!(at(0), "19700101T000000Z");
+        assert_eq!(at(951_782_400), "20000229T000000Z", "a leap day");
+        assert_eq!(at(1_796_587_502), "20261206T200502Z");
     }
 }
