@@ -1,13 +1,14 @@
 //! Image data for scalelong, as plain `Vec<f32>` so it does not depend on burn.
 //!
 //! - [`ImageSet`]: an in-memory image set, NCHW, pixels scaled to [-1, 1].
-//! - [`load_idx`], [`load_png_folder`], [`synthetic`]: the sources.
+//! - [`load_idx`], [`load_png_folder`], [`load_cifar10`], [`synthetic`]: the sources.
 //! - [`fashion_mnist`] and [`DatasetSpec`]: finding the data a run config names.
 //! - [`Loader`]: a seeded, resumable, prefetching batch loader.
 
 // All unsafe code lives in scalelong-kernels, behind safe APIs.
 #![forbid(unsafe_code)]
 
+mod cifar;
 mod dataset;
 mod idx;
 mod loader;
@@ -20,11 +21,12 @@ mod test_support;
 
 use std::path::PathBuf;
 
+pub use cifar::{CIFAR10_RECORD_BYTES, CIFAR10_TEST_FILE, CIFAR10_TRAIN_FILES, load_cifar10};
 pub use dataset::{BLACK, ImageSet};
 pub use idx::load_idx;
 pub use loader::{Batch, Loader};
 pub use locate::{DATA_DIR_ENV, DatasetSpec, Split, fashion_mnist};
-pub use png_folder::load_png_folder;
+pub use png_folder::{load_png_folder, png_class_names};
 pub use synthetic::synthetic;
 
 /// Everything that can go wrong while reading or loading data. Every message names the file or
@@ -83,8 +85,28 @@ pub enum DataError {
         source: png::DecodingError,
     },
 
-    #[error("{}: no *.png files in this folder", dir.display())]
+    #[error("{}: no *.png files in this folder (nor in class subfolders)", dir.display())]
     NoImages { dir: PathBuf },
+
+    #[error(
+        "{}: class folders {found:?} differ from the training split's {expected:?} ({}); the labels would not match",
+        test_dir.display(),
+        train_dir.display()
+    )]
+    ClassMismatch { test_dir: PathBuf, found: Vec<String>, train_dir: PathBuf, expected: Vec<String> },
+
+    #[error("{}: {found_bytes} bytes is not a whole, non-zero number of {format} records of {record_bytes} bytes", path.display())]
+    BadRecords { path: PathBuf, found_bytes: usize, record_bytes: usize, format: &'static str },
+
+    #[error("{}: record {record} has label {label}, expected 0..={max}", path.display())]
+    BadLabel { path: PathBuf, record: usize, label: u32, max: u32 },
+
+    #[error(
+        "{}: {} missing; expected CIFAR-10's binary version (the folder cifar-10-batches-bin: data_batch_1.bin ... data_batch_5.bin, test_batch.bin)",
+        dir.display(),
+        missing.join(", ")
+    )]
+    MissingCifar10 { dir: PathBuf, missing: Vec<String> },
 
     #[error(
         "{}: image is {found_width}x{found_height}, expected {expected_width}x{expected_height} like {}",

@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DataError, ImageSet, load_idx, load_png_folder, synthetic};
+use crate::cifar::cifar10_split_files;
+use crate::{
+    CIFAR10_TEST_FILE, CIFAR10_TRAIN_FILES, DataError, ImageSet, load_cifar10, load_idx, load_png_folder,
+    png_class_names, synthetic,
+};
 
 /// Environment variable naming a folder searched for Fashion-MNIST before the default places.
 pub const DATA_DIR_ENV: &str = "SCALELONG_DATA";
@@ -87,6 +91,8 @@ pub fn fashion_mnist(split: Split) -> Result<ImageSet, DataError> {
 /// kind = "fashion-mnist"
 /// # kind = "idx", images = "a-images.gz", labels = "a-labels.gz", test_images = "...", test_labels = "..."
 /// # kind = "png-folder", path = "faces/", channels = 1, test_path = "faces-test/"
+/// # kind = "png-folder", path = "cifar/train", test_path = "cifar/test"   (cifar/train/<class>/*.png)
+/// # kind = "cifar10", path = "cifar-10-batches-bin"
 /// # kind = "synthetic", n = 512, channels = 1, size = 28, seed = 0
 /// ```
 ///
@@ -102,13 +108,17 @@ pub enum DatasetSpec {
     FashionMnist {},
     /// IDX files, see [`load_idx`]; without labels every label is 0.
     Idx { images: PathBuf, labels: Option<PathBuf>, test_images: Option<PathBuf>, test_labels: Option<PathBuf> },
-    /// A folder of PNGs, see [`load_png_folder`]; every label is 0.
+    /// A folder of PNGs, see [`load_png_folder`]: flat (every label 0) or one subfolder per class
+    /// (labelled in name order; the test split must have the same classes).
     PngFolder {
         path: PathBuf,
         /// Convert every image to this many channels (1 or 3); without it they must agree.
         channels: Option<usize>,
         test_path: Option<PathBuf>,
     },
+    /// CIFAR-10's binary version, see [`load_cifar10`]: the folder holding `data_batch_1.bin` ...
+    /// `data_batch_5.bin` (the training split) and `test_batch.bin` (the test split).
+    Cifar10 { path: PathBuf },
     /// Generated images, see [`synthetic`]. The test split has the same size and shape, from a
     /// seed derived from `seed`.
     Synthetic { n: usize, channels: usize, size: usize, seed: u64 },
@@ -136,12 +146,28 @@ impl DatasetSpec {
             DatasetSpec::PngFolder { path, channels, test_path } => {
                 let folder = match split {
                     Split::Train => path,
-                    Split::Test => test_path
-                        .as_ref()
-                        .ok_or(DataError::NoTestSplit { dataset: "png-folder", field: "test_path" })?,
+                    Split::Test => {
+                        let test_path = test_path
+                            .as_ref()
+                            .ok_or(DataError::NoTestSplit { dataset: "png-folder", field: "test_path" })?;
+                        let (expected, found) = (png_class_names(path)?, png_class_names(test_path)?);
+                        if expected != found {
+                            return Err(DataError::ClassMismatch {
+                                test_dir: test_path.clone(),
+                                found,
+                                train_dir: path.clone(),
+                                expected,
+                            });
+                        }
+                        test_path
+                    }
                 };
                 load_png_folder(folder, *channels)
             }
+            DatasetSpec::Cifar10 { path } => match split {
+                Split::Train => load_cifar10(&cifar10_split_files(path, &CIFAR10_TRAIN_FILES)?),
+                Split::Test => load_cifar10(&cifar10_split_files(path, &[CIFAR10_TEST_FILE])?),
+            },
             &DatasetSpec::Synthetic { n, channels, size, seed } => {
                 if channels == 0 || size == 0 {
                     return Err(DataError::InvalidSpec {
@@ -225,6 +251,10 @@ mod tests {
             parse("dataset = { kind = \"synthetic\", n = 8, channels = 3, size = 16, seed = 2 }").unwrap(),
             DatasetSpec::Synthetic { n: 8, channels: 3, size: 16, seed: 2 }
         );
+        assert_eq!(
+            parse("dataset = { kind = \"cifar10\", path = \"cifar-10-batches-bin\" }").unwrap(),
+            DatasetSpec::Cifar10 { path: "cifar-10-batches-bin".into() }
+        );
     }
 
     #[test]
@@ -234,6 +264,7 @@ mod tests {
             "[dataset]\nkind = \"fashion-mnist\"\npath = \"x\"",
             "[dataset]\nkind = \"synthetic\"\nn = 1\nchannels = 1\nsize = 4\nseed = 0\nsizee = 3",
             "[dataset]\nkind = \"cifar\"",
+            "[dataset]\nkind = \"cifar10\"",
             "[dataset]\nimages = \"a\"",
         ] {
             assert!(parse(bad).is_err(), "accepted: {bad}");

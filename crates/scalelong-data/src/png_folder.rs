@@ -1,4 +1,4 @@
-//! A folder of PNG images as an unlabelled [`ImageSet`].
+//! A folder of PNG images as an [`ImageSet`]: flat (unlabelled) or one subfolder per class.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -83,7 +83,35 @@ fn png_paths(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(paths)
 }
 
-/// Loads every `*.png` in `dir` (sorted by name) into an [`ImageSet`] with every label 0.
+/// The class subfolders of `dir`, sorted by name (hidden ones skipped): label `i` is the `i`-th.
+/// Empty when `dir` holds PNGs itself (a flat, unlabelled folder).
+pub fn png_class_names(dir: &Path) -> Result<Vec<String>, DataError> {
+    if !png_paths(dir)?.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(class_folders(dir)?.into_iter().map(|(name, _)| name).collect())
+}
+
+fn class_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
+    let io_error = |source| DataError::Io { path: dir.to_owned(), source };
+    let mut folders = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error)? {
+        let path = entry.map_err(io_error)?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if path.is_dir() && !name.starts_with('.') {
+            folders.push((name, path));
+        }
+    }
+    folders.sort();
+    Ok(folders)
+}
+
+/// Loads the PNGs of `dir` into an [`ImageSet`], in one of two layouts:
+///
+/// - flat: every `*.png` in `dir` (sorted by name), every label 0;
+/// - class folders (`dir` holds no PNG itself): `dir/<class>/*.png`, the classes sorted by name
+///   and labelled 0, 1, ... in that order ([`png_class_names`]), as torchvision's `ImageFolder`
+///   reads CIFAR-10 or CelebA exported as images. Every class folder must hold a PNG.
 ///
 /// Any bit depth and colour type reads; alpha is dropped. With `channels` `None`, grey images
 /// stay 1 channel, colour images 3, and all images must agree. With `Some(1)` or `Some(3)`,
@@ -91,9 +119,9 @@ fn png_paths(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 ///
 /// # Errors
 /// [`DataError::UnsupportedChannels`] for a `channels` other than 1 or 3,
-/// [`DataError::NoImages`] for a folder without PNGs, [`DataError::Png`] for an undecodable
-/// file, [`DataError::SizeMismatch`] / [`DataError::ChannelMismatch`] naming the first file that
-/// differs from the first image.
+/// [`DataError::NoImages`] for a folder (or class folder) without PNGs, [`DataError::Png`] for an
+/// undecodable file, [`DataError::SizeMismatch`] / [`DataError::ChannelMismatch`] naming the first
+/// file that differs from the first image.
 pub fn load_png_folder(dir: &Path, channels: Option<usize>) -> Result<ImageSet, DataError> {
     if let Some(channels) = channels
         && channels != 1
@@ -101,16 +129,25 @@ pub fn load_png_folder(dir: &Path, channels: Option<usize>) -> Result<ImageSet, 
     {
         return Err(DataError::UnsupportedChannels { channels });
     }
-    let paths = png_paths(dir)?;
-    let Some(first_path) = paths.first() else {
+    let mut files: Vec<(PathBuf, u32)> = png_paths(dir)?.into_iter().map(|path| (path, 0)).collect();
+    if files.is_empty() {
+        for (label, (_, class_dir)) in class_folders(dir)?.into_iter().enumerate() {
+            let paths = png_paths(&class_dir)?;
+            if paths.is_empty() {
+                return Err(DataError::NoImages { dir: class_dir });
+            }
+            files.extend(paths.into_iter().map(|path| (path, label as u32)));
+        }
+    }
+    let Some((first_path, _)) = files.first() else {
         return Err(DataError::NoImages { dir: dir.to_owned() });
     };
     let first = decode_png(first_path)?;
     let requested_channels = channels;
     let channels = requested_channels.unwrap_or(first.channels);
-    let mut raw_chw = Vec::with_capacity(paths.len() * channels * first.height * first.width);
+    let mut raw_chw = Vec::with_capacity(files.len() * channels * first.height * first.width);
     append_as_chw(&first, channels, &mut raw_chw);
-    for path in &paths[1..] {
+    for (path, _) in &files[1..] {
         let image = decode_png(path)?;
         if (image.width, image.height) != (first.width, first.height) {
             return Err(DataError::SizeMismatch {
@@ -132,7 +169,7 @@ pub fn load_png_folder(dir: &Path, channels: Option<usize>) -> Result<ImageSet, 
         }
         append_as_chw(&image, channels, &mut raw_chw);
     }
-    let labels = vec![0; paths.len()];
+    let labels = files.iter().map(|(_, label)| *label).collect();
     Ok(ImageSet::from_raw(channels, first.height, first.width, &raw_chw, labels))
 }
 
@@ -248,6 +285,26 @@ mod tests {
         let error = load_png_folder(dir.path(), None).unwrap_err();
         assert!(matches!(error, DataError::SizeMismatch { found_width: 3, .. }), "{error:?}");
         assert!(error.to_string().contains("c.png: image is 3x2, expected 2x2"), "{error}");
+    }
+
+    #[test]
+    fn class_folders_are_labelled_in_name_order_and_an_empty_class_is_an_error() {
+        let dir = TempDir::new("png-classes");
+        for (class, value) in [("dog", 255u8), ("cat", 0)] {
+            std::fs::create_dir(dir.path().join(class)).unwrap();
+            write_png(&dir.path().join(class).join("1.png"), 1, 1, ColorType::Rgb, &[value; 3]);
+            write_png(&dir.path().join(class).join("2.png"), 1, 1, ColorType::Grayscale, &[value]);
+        }
+        std::fs::create_dir(dir.path().join(".hidden")).unwrap();
+        assert_eq!(png_class_names(dir.path()).unwrap(), ["cat", "dog"]);
+        let set = load_png_folder(dir.path(), Some(3)).unwrap();
+        assert_eq!((set.len(), set.channels), (4, 3));
+        assert_eq!(set.labels, [0, 0, 1, 1], "cat before dog");
+        assert_eq!(set.image(0), [-1.0; 3]);
+        assert_eq!(set.image(3), [1.0; 3]);
+        std::fs::create_dir(dir.path().join("emu")).unwrap();
+        let error = load_png_folder(dir.path(), Some(3)).unwrap_err();
+        assert!(matches!(&error, DataError::NoImages { dir } if dir.ends_with("emu")), "{error:?}");
     }
 
     #[test]
