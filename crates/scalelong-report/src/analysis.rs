@@ -220,6 +220,7 @@ pub fn lsc_curves(group: &Group, quantity: &str) -> BTreeMap<u32, Vec<(u64, f64)
 /// and their exponential fit (docs/method.md §3.4).
 pub struct GateFit {
     pub model: String,
+    pub strategy: SkipScaling,
     pub strategy_label: String,
     /// Runs with gate records.
     pub runs: usize,
@@ -254,7 +255,8 @@ pub const DECAY_KAPPA_MAX: f64 = 0.9;
 /// `None` for a group without learned coefficients (not LS or learned-scalar, or diagnostics not
 /// recorded).
 pub fn gate_fit(group: &Group) -> Option<GateFit> {
-    let quantity = learned_quantity(group.runs.first()?.strategy)?;
+    let strategy = group.runs.first()?.strategy;
+    let quantity = learned_quantity(strategy)?;
     // Per LSC, per run: (first, last) value.
     let mut ends: BTreeMap<u32, Vec<(f64, f64)>> = BTreeMap::new();
     let mut per_run_kappa = Vec::new();
@@ -291,6 +293,7 @@ pub fn gate_fit(group: &Group) -> Option<GateFit> {
         .collect();
     Some(GateFit {
         model: group.model.to_string(),
+        strategy,
         strategy_label: group.strategy_label.to_string(),
         runs: group.runs.len(),
         initial_means: firsts.iter().map(|v| mean(v).expect("every LSC holds a value")).collect(),

@@ -9,9 +9,10 @@ use scalelong_analysis::theorems::{Level, SMALLEST_EFFECT, TheoremCheck};
 
 use scalelong_analysis::inference::{LEVEL, mean_correlation_interval, mean_interval};
 
-use crate::analysis::{DECAY_KAPPA_MAX, GateFit, ModelChecks};
+use crate::analysis::{GateFit, ModelChecks};
 use crate::compare::Comparison;
 use crate::format_number;
+use crate::learned::decay_claim;
 use crate::skips::{EditRow, ImportanceProfile, SkipFindings, SpectralRow};
 use crate::tables::StableLrRow;
 
@@ -82,8 +83,8 @@ pub struct Claim {
     pub note: String,
 }
 
-/// Every claim the sweep can speak to, in the order (a) speed, (b)-(d) the bounds, (e) the LS
-/// gates, (f) the stable learning rate.
+/// Every claim the sweep can speak to, in the order (a) speed, (b)-(d) the bounds, (e) the learned
+/// profiles, (f) the stable learning rate.
 pub fn assess_claims(
     comparisons: &[Comparison],
     model_checks: &[ModelChecks],
@@ -130,8 +131,9 @@ pub fn assess_claims(
             }
         }
     }
-    // The paper's observation is about LS gates; learned scalars are shown beside them, not claimed.
-    claims.extend(gate_fits.iter().filter(|fit| fit.strategy_label.starts_with("LS")).map(gate_claim));
+    // The paper's observation is about its LS gates; every learned profile (LS gates shared or one
+    // per LSC, learned scalars) is read the same way, a decay counting only where it was learned.
+    claims.extend(gate_fits.iter().map(decay_claim));
     if let Some(rows) = stable_lr {
         claims.extend(rows.iter().filter_map(stability_claim));
     }
@@ -294,7 +296,7 @@ pub fn summary(claims: &[Claim]) -> String {
     text
 }
 
-fn not_measured(name: &str, why: &str) -> Claim {
+pub(crate) fn not_measured(name: &str, why: &str) -> Claim {
     Claim {
         name: name.to_string(),
         claimed: String::new(),
@@ -307,7 +309,7 @@ fn not_measured(name: &str, why: &str) -> Claim {
 }
 
 /// `1.23 [0.95, 1.6] (95% paired Student t over 3 seeds)`, with `unit` after each number.
-fn interval_text(interval: &Interval, unit: &str) -> String {
+pub(crate) fn interval_text(interval: &Interval, unit: &str) -> String {
     format!(
         "{}{unit} [{}{unit}, {}{unit}] ({})",
         format_number(interval.estimate),
@@ -403,46 +405,6 @@ fn theorem_claim(title: &str, model: &str, check: &TheoremCheck, level: Level) -
         None => (association.explanation.clone(), Outcome::Inconclusive),
     };
     Claim { name, claimed, outcome, effect, detectable: String::new(), rests_on, note: String::new() }
-}
-
-/// (e) The LS gates decay roughly exponentially with the LSC index.
-fn gate_claim(gates: &GateFit) -> Claim {
-    let name = format!("(e) {} gates decay with the LSC index on {}", gates.strategy_label, gates.model);
-    let claimed = format!(
-        "the final gate means fitted as a * kappa_hat^(i-1) give kappa_hat < 1 (of interest: at most {})",
-        format_number(DECAY_KAPPA_MAX)
-    );
-    let rests_on = format!("{} LS runs", gates.runs);
-    let fit = gates.fit.map_or(String::new(), |fit| {
-        format!(" (pooled fit: a {}, R^2 {})", format_number(fit.a), format_number(fit.r2))
-    });
-    let Some(interval) = &gates.kappa else {
-        return Claim {
-            claimed,
-            rests_on,
-            ..not_measured(&name, "a kappa_hat interval needs 2 LS runs with gates on LSCs 1..N")
-        };
-    };
-    let effect = ClaimedEffect { null: 1.0, claimed: DECAY_KAPPA_MAX };
-    let (outcome, note) = if gates.any_moved() {
-        (Outcome::from(verdict(interval, &effect)), String::new())
-    } else {
-        (
-            Outcome::Inconclusive,
-            "no LSC's gates moved from their start by more than their seed-to-seed spread: the fit describes the \
-             initialisation, not anything learned"
-                .to_string(),
-        )
-    };
-    Claim {
-        name,
-        claimed,
-        outcome,
-        effect: format!("kappa_hat {}{fit}", interval_text(interval, "")),
-        detectable: String::new(),
-        rests_on,
-        note,
-    }
 }
 
 /// (f) A scaled strategy stays trained at larger learning rates than `1`.

@@ -11,6 +11,7 @@ use super::figures::Figure;
 use super::format_number;
 use crate::assess::{COLLAPSE_FRACTION, PLATEAU_MAX_DROP, PLATEAU_TAIL, SPIKE_K, SPIKE_WINDOW, Status};
 use crate::claims::{CLAIMED_FD_RATIO, CLAIMED_LR_RATIO, CLAIMED_SHARE_DIFFERENCE, CLAIMED_SPEEDUP, summary};
+use crate::learned;
 
 /// Counts the images that did not decode into `#broken-images` once the page has loaded, so a
 /// headless browser's DOM dump shows whether every embedded image is valid.
@@ -478,6 +479,40 @@ fn gates_section(content: &ReportContent, page: &mut String) {
     for figure in content.gate_figures {
         page.push_str(&figure_html(figure));
     }
+    gate_inputs_part(content, page);
+}
+
+/// What the LS gates saw, and whether a shared gate could tell the LSCs apart (learned.rs).
+fn gate_inputs_part(content: &ReportContent, page: &mut String) {
+    if !content.gate_fits.iter().any(|fit| fit.strategy_label.starts_with("LS")) {
+        return;
+    }
+    page.push_str("<h3>What the LS gates see</h3>\n");
+    if content.gate_inputs.is_empty() {
+        page.push_str(&note("The LS gates' pooled inputs were"));
+        return;
+    }
+    page.push_str(
+        "<p>A gate turns its LSC's pooled input p_i (for the U-ViT the skip averaged over its D channels, one number \
+         per token; for the conv UNet averaged over space, one per channel) into that LSC's coefficients, so a gate \
+         shared by all LSCs gives two LSCs different coefficients only where their inputs differ. Per LSC, at each \
+         run's last diagnostics record (mean over runs): the mean gate and its spread, the input's mean, RMS and \
+         standard deviations over positions and over probe samples, its cosine to LSC 1's input, and its RMS \
+         distance from LSC 1's input over the spread of LSC 1's input over samples (below 1, two LSCs' inputs \
+         differ less than two images' inputs at one LSC; docs/method.md §3.4).</p>\n",
+    );
+    for profile in content.gate_inputs {
+        page.push_str(&format!(
+            "<p>{}<b>{} on {}</b> ({} runs). {}</p>\n",
+            swatch(content, &profile.strategy_label),
+            escape(&profile.strategy_label),
+            escape(&profile.model),
+            profile.runs,
+            escape(&learned::separation_text(profile))
+        ));
+    }
+    page.push_str(&table(&learned::GATE_INPUT_HEADERS, &learned::gate_input_cells(content.gate_inputs)));
+    page.push_str(&table_links(&content.table_files.gate_inputs));
 }
 
 /// Sampling-time skip edits, the importance of each LSC and the skips' spectra (docs/method.md §3.5).

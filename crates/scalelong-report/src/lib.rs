@@ -5,7 +5,7 @@
 //!
 //! Output layout under the report folder: `index.html`, `figures/*.png`, `samples/<run id>.png`,
 //! `summary.{csv,parquet}`, and when their data exist `stable_lr`, `theorem_rows`, `gate_fits`,
-//! `skip_edits`, `importance` and `skip_spectrum` tables.
+//! `gate_inputs`, `skip_edits`, `importance` and `skip_spectrum` tables.
 
 // All unsafe code lives in scalelong-kernels, behind safe APIs.
 #![forbid(unsafe_code)]
@@ -16,6 +16,7 @@ mod claims;
 mod compare;
 mod figures;
 mod html;
+mod learned;
 mod plot;
 mod skips;
 mod sweep_data;
@@ -38,6 +39,7 @@ use analysis::{GateFit, ModelChecks};
 use claims::Claim;
 use compare::{Cell, Comparison};
 use figures::Figure;
+use learned::GateInputProfile;
 use plot::Palette;
 use skips::SkipFindings;
 use sweep_data::SweepData;
@@ -77,6 +79,8 @@ struct ReportContent<'a> {
     has_learned_runs: bool,
     gate_fits: &'a [GateFit],
     gate_figures: &'a [Figure],
+    /// What the LS gates saw, per model and LS strategy whose runs recorded it.
+    gate_inputs: &'a [GateInputProfile],
     model_checks: &'a [ModelChecks],
     /// Per model, per check, its scatter plot when it has plottable rows.
     theorem_figures: &'a [Vec<Option<Figure>>],
@@ -95,6 +99,7 @@ struct TableFiles {
     stable_lr: Vec<String>,
     theorem_rows: Vec<String>,
     gate_fits: Vec<String>,
+    gate_inputs: Vec<String>,
     skip_edits: Vec<String>,
     importance: Vec<String>,
     spectral: Vec<String>,
@@ -137,6 +142,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         .flat_map(|model| analysis::groups_of_model(&sweep, model))
         .filter_map(|group| analysis::gate_fit(&group))
         .collect();
+    let gate_inputs = learned::gate_input_profiles(&sweep);
     let has_learned_runs = sweep.runs.iter().any(|run| analysis::learned_quantity(run.strategy).is_some());
     let skips = SkipFindings::new(&judged);
     let claims = claims::assess_claims(&comparisons, &model_checks, &gate_fits, stable_lr.as_deref(), &skips);
@@ -218,6 +224,11 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         } else {
             write_table(tables::gate_fit_frame(&gate_fits)?, "gate_fits")?
         },
+        gate_inputs: if gate_inputs.is_empty() {
+            Vec::new()
+        } else {
+            write_table(learned::gate_inputs_frame(&gate_inputs)?, "gate_inputs")?
+        },
         skip_edits: if skips.edits.is_empty() {
             Vec::new()
         } else {
@@ -255,6 +266,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         has_learned_runs,
         gate_fits: &gate_fits,
         gate_figures: &gate_figures,
+        gate_inputs: &gate_inputs,
         model_checks: &model_checks,
         theorem_figures: &theorem_figures,
         samples: &samples,
