@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch side of `just bench-compare`: times the operations of
-crates/scalelong-model/benches/steps.rs on the same presets (batch 64, 32x32 grey images, 2 threads)
+crates/scalelong-model/benches/steps.rs on the same presets (batch 64, 32x32 grey images, `--threads` threads, 2 by default)
 and prints one JSON line per (preset, strategy, operation):
 
     train   one training step: forward, MSE loss (read back), backward, AdamW step
@@ -64,6 +64,18 @@ def batch(seed=0):
     return a.sqrt() * x0 + (1 - a).sqrt() * noise, noise, steps.float()
 
 
+def barrier(spec):
+    """Waits until `n` processes have reached this point (`dir:n`, one file each in dir; a minute at most),
+    so that two processes run side by side start timing together."""
+    if not spec:
+        return
+    folder, n = spec.rsplit(":", 1)
+    open(os.path.join(folder, f"torch-{os.getpid()}"), "w").close()
+    start = time.time()
+    while len(os.listdir(folder)) < int(n) and time.time() - start < 60:
+        time.sleep(0.001)
+
+
 def peak_rss_kb():
     with open("/proc/self/status") as f:
         for line in f:
@@ -72,7 +84,7 @@ def peak_rss_kb():
     return 0
 
 
-def bench(preset, strategy, op, samples):
+def bench(preset, strategy, op, samples, barrier_spec=None):
     torch.manual_seed(0)
     model = models.build(preset, strategy)
     x_t, noise, t = batch()
@@ -95,6 +107,7 @@ def bench(preset, strategy, op, samples):
     else:
         raise SystemExit(f"unknown op {op}")
     run()  # warm-up (and AdamW's state)
+    barrier(barrier_spec)
     times = []
     for _ in range(samples):
         start = time.perf_counter()
@@ -102,7 +115,7 @@ def bench(preset, strategy, op, samples):
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     print(json.dumps(dict(impl="torch", preset=preset, strategy=strategy, op=op, batch=BATCH, samples=samples,
-                          median_s=round(median, 6), examples_per_s=round(BATCH / median, 3),
+                          samples_s=[round(t, 6) for t in times], median_s=round(median, 6), examples_per_s=round(BATCH / median, 3),
                           params=models.param_count(model), threads=torch.get_num_threads(),
                           torch=torch.__version__, peak_rss_kb=peak_rss_kb())), flush=True)
 
@@ -115,6 +128,7 @@ def main():
     ap.add_argument("--op", action="append", choices=["train", "sample"], help="default: both")
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--barrier", help="dir:n: start timing once n processes have reached the barrier (side by side runs)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     found = counts()
@@ -125,7 +139,7 @@ def main():
     for preset in args.preset or BENCH_PRESETS:
         for strategy in args.strategy or BENCH_STRATEGIES:
             for op in args.op or ["train", "sample"]:
-                bench(preset, strategy, op, args.samples)
+                bench(preset, strategy, op, args.samples, args.barrier)
 
 
 if __name__ == "__main__":
