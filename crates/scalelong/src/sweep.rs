@@ -306,7 +306,7 @@ pub fn run(
             Found::Diverged => summary.diverged.push(run.id.clone()),
             // Only another process can have trained it with another config since the check above.
             Found::Changed(keys) => return Err(changed_error(plan, &folder, &[(run.id.as_str(), keys)])),
-            Found::Train | Found::Extend { .. } => {
+            found @ (Found::Train | Found::Extend { .. }) => {
                 let position = format!("[{}/{}] {}", index + 1, plan.runs.len(), run.id);
                 match found {
                     Found::Extend { from } => {
