@@ -116,6 +116,16 @@ impl Isa {
     }
 }
 
+/// The instruction set this thread's ops run on, in words (`"AVX-512"`, `"AVX2+FMA"` or
+/// `"portable"`): what a benchmark reports as the kernels the CPU picked.
+pub fn kernel_isa() -> &'static str {
+    match isa() {
+        Some(Isa::Avx512) => "AVX-512",
+        Some(Isa::Avx2) => "AVX2+FMA",
+        None => "portable",
+    }
+}
+
 /// The instruction set this thread's ops run on: the best one of its [`KernelSet`] that this CPU
 /// has; `None` for the portable kernels. Only ever a [`Isa::detected`] one.
 fn isa() -> Option<Isa> {

@@ -45,6 +45,18 @@ const CASES: &[&str] = &[
 
 fn main() {
     scalelong_kernels::tune_allocator();
+    // `SCALELONG_BENCH_PEAK=1`: the FMA peak of this process's rayon threads and the kernels' ISA
+    // (`just bench-compare` probes the machine with it at start).
+    if std::env::var("SCALELONG_BENCH_PEAK").is_ok() {
+        return peak_probe();
+    }
+    // `SCALELONG_BENCH_STEP=op::preset:strategy` (op train or sample): time that step alone
+    // (`SCALELONG_BENCH_SAMPLES` samples after a warm-up), started together with the other
+    // processes of `SCALELONG_BENCH_BARRIER=dir:n`; one BENCH_JSON line. `just bench-compare` runs
+    // it, one process or two side by side.
+    if let Ok(case) = std::env::var("SCALELONG_BENCH_STEP") {
+        return timed_step(&case);
+    }
     // `SCALELONG_BENCH_AB=cases` (comma-separated `op::preset:strategy`, op train or sample):
     // instead of divan, alternate the fused ops of scalelong_kernels with the plain burn
     // compositions they replace, step by step in this one process, and print the ratios.
@@ -57,6 +69,76 @@ fn main() {
     }
     divan::main();
     print_summary();
+}
+
+/// Prints the FMA peak of this process's rayon threads and the ISA the kernels run on.
+fn peak_probe() {
+    let peak = scalelong_kernels::testing::peak_gflops();
+    println!(
+        "BENCH_PEAK {{\"threads\":{},\"peak_gflops\":{peak:.3},\"isa\":\"{}\"}}",
+        rayon::current_num_threads(),
+        scalelong_kernels::kernel_isa()
+    );
+}
+
+/// Waits until `n` processes (this one included) have reached this point, each marking it with a
+/// file in `dir` (`SCALELONG_BENCH_BARRIER=dir:n`); gives up after a minute.
+fn barrier() {
+    let Ok(spec) = std::env::var("SCALELONG_BENCH_BARRIER") else { return };
+    let (dir, n) = spec.rsplit_once(':').expect("SCALELONG_BENCH_BARRIER is dir:n");
+    let n: usize = n.parse().expect("SCALELONG_BENCH_BARRIER's n");
+    std::fs::write(std::path::Path::new(dir).join(format!("rust-{}", std::process::id())), b"").unwrap();
+    let start = Instant::now();
+    while std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0) < n && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// One operation timed alone: a warm-up, the barrier, then `SCALELONG_BENCH_SAMPLES` samples.
+fn timed_step(case: &str) {
+    let (op, case) = case.split_once("::").expect("op::preset:strategy");
+    let samples: usize = std::env::var("SCALELONG_BENCH_SAMPLES").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let (preset, config, scaling) = parse_case(case);
+    let train = match op {
+        "train" => true,
+        "sample" => false,
+        other => panic!("unknown op {other} (train or sample)"),
+    };
+    let device = if train { Device::flex().autodiff() } else { Device::flex() };
+    let Setup { model, mut optim, batch, .. } = setup(&config, scaling, &device);
+    let mut model = Some(model);
+    let mut once = || {
+        let start = Instant::now();
+        let m = model.take().unwrap();
+        model = Some(if train {
+            step(m, &mut optim, &batch)
+        } else {
+            let _ = m.forward(batch.x_t.clone(), batch.model_time.clone(), None).into_data();
+            m
+        });
+        start.elapsed().as_secs_f64()
+    };
+    once(); // warm-up (AdamW's state, the allocator's free lists)
+    barrier();
+    let times: Vec<f64> = (0..samples).map(|_| once()).collect();
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let fwd_flops = 2.0 * forward_macs(&config, scaling) as f64;
+    let flops = if train { 3.0 } else { 1.0 } * fwd_flops * BATCH as f64;
+    let list = times.iter().map(|t| format!("{t:.6}")).collect::<Vec<_>>().join(",");
+    let (_, strategy) = case.split_once(':').unwrap();
+    println!(
+        "BENCH_JSON {{\"impl\":\"burn\",\"preset\":\"{preset}\",\"strategy\":\"{strategy}\",\"op\":\"{op}\",\"batch\":{BATCH},\
+         \"samples\":{samples},\"samples_s\":[{list}],\"median_s\":{median:.6},\"examples_per_s\":{:.3},\"gflops\":{:.3},\
+         \"fwd_gflop_per_example\":{:.6},\"threads\":{},\"isa\":\"{}\",\"peak_rss_kb\":{}}}",
+        BATCH as f64 / median,
+        flops / median / 1e9,
+        fwd_flops / 1e9,
+        rayon::current_num_threads(),
+        scalelong_kernels::kernel_isa(),
+        peak_rss_kb().unwrap_or(0)
+    );
 }
 
 /// Alternates fused and reference steps on twin models (same initial weights), `rounds` times;
