@@ -31,6 +31,7 @@ use std::fmt;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use scalelong_schema::{EvalLine, RunState};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 
@@ -598,6 +599,34 @@ pub fn classify_run(
     } else {
         Some(RunOutcome::Trained)
     }
+}
+
+/// A finished run whose final held-out loss is at least this fraction of the zero predictor's
+/// (predicting no noise at all) has collapsed: it learned nothing, whatever its NaN-free log says.
+pub const COLLAPSE_FRACTION: f64 = 0.9;
+/// The zero predictor's held-out loss where an evaluation did not record it: the mean squared
+/// standard-normal noise.
+pub const ZERO_PREDICTOR_LOSS: f64 = 1.0;
+
+/// The zero predictor's held-out loss on the samples of `last_eval`, [`ZERO_PREDICTOR_LOSS`] where
+/// it was not recorded.
+pub fn zero_predictor_loss(last_eval: Option<&EvalLine>) -> f64 {
+    last_eval.map(|line| line.zero_predictor_loss).filter(|loss| loss.is_finite()).unwrap_or(ZERO_PREDICTOR_LOSS)
+}
+
+/// What a run is by its `status.json` state and its last evaluation, the one rule the report and
+/// `scalelong frontier` judge runs by: diverged when it says so or its last held-out loss is not
+/// finite; a completed run is trained or collapsed by [`classify_run`] at [`COLLAPSE_FRACTION`];
+/// `None` while it is unfinished (running, interrupted, or completed without an evaluation).
+pub fn judge_run(state: Option<RunState>, last_eval: Option<&EvalLine>) -> Option<RunOutcome> {
+    let final_loss = last_eval.map(|line| line.heldout_loss);
+    if state == Some(RunState::Diverged) || final_loss.is_some_and(|loss| !loss.is_finite()) {
+        return Some(RunOutcome::Diverged);
+    }
+    if state != Some(RunState::Completed) {
+        return None;
+    }
+    classify_run(false, final_loss, zero_predictor_loss(last_eval), COLLAPSE_FRACTION)
 }
 
 /// Steps whose value exceeds the mean of the previous `window` values by more than `k` sample standard deviations
@@ -1235,6 +1264,30 @@ mod tests {
         assert_eq!(classify_run(false, Some(0.1), f64::NAN, 0.9), None);
         assert_eq!(classify_run(false, Some(0.1), 1.0, 0.0), None);
         assert_eq!(RunOutcome::Collapsed.to_string(), "collapsed");
+    }
+
+    #[test]
+    fn runs_are_judged_by_state_and_last_evaluation() {
+        let eval = |heldout_loss: f64, zero_predictor_loss: f64| EvalLine {
+            step: 300,
+            heldout_loss,
+            heldout_loss_bins: Vec::new(),
+            zero_predictor_loss,
+            fd: None,
+            classifier_accuracy: None,
+            n_samples: 0,
+        };
+        let completed = Some(RunState::Completed);
+        assert_eq!(judge_run(completed, Some(&eval(0.1, 1.0))), Some(RunOutcome::Trained));
+        assert_eq!(judge_run(completed, Some(&eval(0.95, 1.0))), Some(RunOutcome::Collapsed));
+        assert_eq!(judge_run(completed, Some(&eval(0.5, 0.5))), Some(RunOutcome::Collapsed), "the recorded zero loss");
+        assert_eq!(judge_run(completed, Some(&eval(0.85, f64::NAN))), Some(RunOutcome::Trained), "1.0 when missing");
+        assert_eq!(judge_run(completed, Some(&eval(f64::NAN, 1.0))), Some(RunOutcome::Diverged));
+        assert_eq!(judge_run(Some(RunState::Diverged), None), Some(RunOutcome::Diverged));
+        assert_eq!(judge_run(Some(RunState::Running), Some(&eval(f64::NAN, 1.0))), Some(RunOutcome::Diverged));
+        assert_eq!(judge_run(Some(RunState::Running), Some(&eval(0.1, 1.0))), None, "not finished");
+        assert_eq!(judge_run(completed, None), None, "nothing to judge it by");
+        assert_eq!(judge_run(None, None), None);
     }
 
     #[test]

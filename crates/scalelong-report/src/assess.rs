@@ -1,9 +1,10 @@
 //! What became of each run: trained, collapsed (finite but not learning) or diverged; whether its
 //! held-out loss reached a plateau; how many loss and gradient spikes it had. The rules and their
-//! constants are stated here once and printed in the report's methods paragraph.
+//! constants are stated here once and printed in the report's methods paragraph; the rule for
+//! trained, collapsed and diverged is scalelong-analysis's [`judge_run`], which `scalelong
+//! frontier` judges its probes by too.
 
-use scalelong_analysis::inference::{Plateau, RunOutcome, classify_run, plateau, spike_steps};
-use scalelong_schema::RunState;
+use scalelong_analysis::inference::{Plateau, RunOutcome, judge_run, plateau, spike_steps, zero_predictor_loss};
 
 use crate::sweep_data::RunData;
 
@@ -11,12 +12,8 @@ use crate::sweep_data::RunData;
 pub const PLATEAU_TAIL: f64 = 0.2;
 /// A run has plateaued when its held-out loss fell by less than this fraction over that tail.
 pub const PLATEAU_MAX_DROP: f64 = 0.05;
-/// A finished run whose final held-out loss is at least this fraction of the zero predictor's
-/// (predicting no noise at all) has collapsed: it learned nothing, whatever its NaN-free log says.
-pub const COLLAPSE_FRACTION: f64 = 0.9;
-/// The zero predictor's held-out loss where an evaluation did not record it: the mean squared
-/// standard-normal noise.
-const ZERO_PREDICTOR_LOSS: f64 = 1.0;
+/// The collapse rule's constant (it lives with [`judge_run`]), for the methods paragraph.
+pub use scalelong_analysis::inference::COLLAPSE_FRACTION;
 /// Logged points in the trailing window a spike is measured against.
 pub const SPIKE_WINDOW: usize = 20;
 /// A spike: a logged loss or gradient norm above its trailing window's mean by more than this many
@@ -70,19 +67,11 @@ pub fn assess(run: &RunData) -> Assessment {
         .collect();
     let last = run.last_eval.as_ref();
     let final_heldout = last.map(|line| line.heldout_loss).filter(|loss| loss.is_finite());
-    let zero_loss =
-        last.map(|line| line.zero_predictor_loss).filter(|loss| loss.is_finite()).unwrap_or(ZERO_PREDICTOR_LOSS);
-    let state = run.status.as_ref().map(|status| status.state);
-    let diverged = state == Some(RunState::Diverged) || last.is_some_and(|line| !line.heldout_loss.is_finite());
-    let status = match state {
-        _ if diverged => Status::Diverged,
-        Some(RunState::Completed) => match classify_run(false, final_heldout, zero_loss, COLLAPSE_FRACTION) {
-            Some(RunOutcome::Trained) => Status::Trained,
-            Some(RunOutcome::Collapsed) => Status::Collapsed,
-            Some(RunOutcome::Diverged) => Status::Diverged,
-            None => Status::Unfinished,
-        },
-        _ => Status::Unfinished,
+    let status = match judge_run(run.status.as_ref().map(|status| status.state), last) {
+        Some(RunOutcome::Trained) => Status::Trained,
+        Some(RunOutcome::Collapsed) => Status::Collapsed,
+        Some(RunOutcome::Diverged) => Status::Diverged,
+        None => Status::Unfinished,
     };
     let series = |value: fn(&scalelong_schema::MetricsLine) -> f64| -> Vec<(u64, f64)> {
         run.metrics.iter().map(|line| (line.step, value(line))).collect()
@@ -90,7 +79,7 @@ pub fn assess(run: &RunData) -> Assessment {
     Assessment {
         status,
         final_heldout,
-        zero_loss,
+        zero_loss: zero_predictor_loss(last),
         plateau: plateau(&heldout_curve, run.steps, PLATEAU_TAIL, PLATEAU_MAX_DROP),
         heldout_curve,
         loss_spikes: spike_steps(&series(|line| line.loss), SPIKE_WINDOW, SPIKE_K).len(),

@@ -14,7 +14,7 @@ use crate::compare::Comparison;
 use crate::format_number;
 use crate::learned::decay_claim;
 use crate::skips::{EditRow, ImportanceProfile, SkipFindings, SpectralRow};
-use crate::tables::StableLrRow;
+use crate::tables::{Bisection, StableLrRow};
 
 /// The paper's speed-up: "about 1.5x faster" training.
 pub const CLAIMED_SPEEDUP: f64 = 1.5;
@@ -135,7 +135,7 @@ pub fn assess_claims(
     // per LSC, learned scalars) is read the same way, a decay counting only where it was learned.
     claims.extend(gate_fits.iter().map(decay_claim));
     if let Some(rows) = stable_lr {
-        claims.extend(rows.iter().filter_map(stability_claim));
+        claims.extend(rows.iter().filter_map(|row| stability_claim(row, rows)));
     }
     claims.extend(importance_claims(&skips.importance));
     claims.extend(skips.edits.iter().filter(|row| row.strategy_label == "1").filter_map(edit_claim));
@@ -407,23 +407,68 @@ fn theorem_claim(title: &str, model: &str, check: &TheoremCheck, level: Level) -
     Claim { name, claimed, outcome, effect, detectable: String::new(), rests_on, note: String::new() }
 }
 
-/// (f) A scaled strategy stays trained at larger learning rates than `1`.
-fn stability_claim(row: &StableLrRow) -> Option<Claim> {
+/// (f) A scaled strategy stays trained at larger learning rates than `1` (`rows`: every row, for
+/// strategy 1's on the same model).
+fn stability_claim(row: &StableLrRow, rows: &[StableLrRow]) -> Option<Claim> {
     let ratio = row.ratio_to_1.as_ref()?;
     let name = format!("(f) {} trains at larger learning rates than 1 on {}", row.strategy_label, row.model);
+    let of_interest = match row.bisection {
+        Some(_) => "",
+        None => ", one step of the grid",
+    };
     let claimed = format!(
         "the largest learning rate at which a seed's run trained (not collapsed, not diverged), over strategy 1's \
-         at that seed, > 1 (of interest: {}x, one step of the grid)",
+         at that seed, > 1 (of interest: {}x{of_interest})",
         format_number(CLAIMED_LR_RATIO)
     );
     let effect = ClaimedEffect { null: 1.0, claimed: CLAIMED_LR_RATIO };
+    let (rests_on, note) = match &row.bisection {
+        None => (format!("{} seeds at {} learning rates", ratio.n, row.lrs_tried.len()), String::new()),
+        Some(bisection) => {
+            let baseline = rows
+                .iter()
+                .find(|other| other.strategy_label == "1" && other.model == row.model)
+                .and_then(|baseline| baseline.bisection.as_ref());
+            let mut censored = censored_seeds(&row.strategy_label, bisection);
+            censored.extend(baseline.map_or(Vec::new(), |baseline| censored_seeds("1", baseline)));
+            (
+                format!(
+                    "{} seed pairs, each seed's frontier bracketed by bisection in log learning rate to within {}x \
+                     ({} learning rates run)",
+                    ratio.n,
+                    format_number(bisection.step_ratio),
+                    row.lrs_tried.len()
+                ),
+                censored.join("; "),
+            )
+        }
+    };
     Some(Claim {
         name,
         claimed,
         outcome: verdict(ratio, &effect).into(),
         effect: interval_text(ratio, "x"),
         detectable: String::new(),
-        rests_on: format!("{} seeds at {} learning rates", ratio.n, row.lrs_tried.len()),
-        note: String::new(),
+        rests_on,
+        note,
     })
+}
+
+/// A strategy's censored seeds in words, one phrase per end that did not hold.
+fn censored_seeds(label: &str, bisection: &Bisection) -> Vec<String> {
+    let seeds = |seeds: &[u64]| seeds.iter().map(|seed| seed.to_string()).collect::<Vec<_>>().join(", ");
+    let mut phrases = Vec::new();
+    if !bisection.trained_at_high.is_empty() {
+        phrases.push(format!(
+            "{label} trained at the top of the searched interval at seed(s) {} (a lower bound, counted at it)",
+            seeds(&bisection.trained_at_high)
+        ));
+    }
+    if !bisection.failed_at_low.is_empty() {
+        phrases.push(format!(
+            "{label} failed at its bottom at seed(s) {} (left out of the ratio)",
+            seeds(&bisection.failed_at_low)
+        ));
+    }
+    phrases
 }

@@ -382,8 +382,17 @@ fn frontier_section(content: &ReportContent, page: &mut String) {
     page.push_str("<h2>Stability frontier</h2>\n");
     page.push_str(
         "<p>The largest learning rate at which every seed of the strategy trained (neither collapsed nor diverged), \
-         and per seed the largest at which that seed trained.</p>\n",
+         and per seed the largest at which that seed trained.",
     );
+    if let Some(bisection) = stable_rows.iter().find_map(|row| row.bisection.as_ref()) {
+        page.push_str(&format!(
+            " Each seed's frontier was bracketed by bisection in log learning rate (<code>scalelong frontier</code>, \
+             frontier.json) between a trained rate and a failed one {} times larger, the failed one in brackets; a seed \
+             that trained at the top of the searched interval or failed at its bottom is censored and marked.",
+            format_number(bisection.step_ratio)
+        ));
+    }
+    page.push_str("</p>\n");
     let rows: Vec<Vec<Cell>> = stable_rows
         .iter()
         .map(|row| {
@@ -391,13 +400,7 @@ fn frontier_section(content: &ReportContent, page: &mut String) {
                 Cell::Text(row.model.clone()),
                 Cell::Html(format!("{}{}", swatch(content, &row.strategy_label), escape(&row.strategy_label))),
                 row.largest_stable_lr.map_or(Cell::Text("none".to_string()), |lr| Cell::Number(Some(lr))),
-                Cell::Text(
-                    row.per_seed
-                        .iter()
-                        .map(|(seed, lr)| format!("{seed}: {}", format_number(*lr)))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                ),
+                Cell::Text(crate::tables::per_seed_text(row)),
                 interval_cell(row.ratio_to_1.as_ref()),
                 Cell::Text(row.lrs_tried.iter().map(|lr| format_number(*lr)).collect::<Vec<_>>().join(", ")),
             ]

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use scalelong_schema::{
-    EvalLine, MetricsLine, Record, RunConfig, SkipEvalLine, SkipScaling, Status, SweepManifest, SweepRun, read_json,
-    read_jsonl,
+    EvalLine, Frontier, MetricsLine, Record, RunConfig, SkipEvalLine, SkipScaling, Status, SweepManifest, SweepRun,
+    read_json, read_jsonl,
 };
 
 /// The sweep axis that varies the learning rate (a dotted config key, as in a sweep file).
@@ -27,6 +27,8 @@ pub struct SweepData {
     pub runs: Vec<RunData>,
     /// Runs listed in `sweep.json` whose folder holds no `config.json` yet.
     pub not_started: Vec<String>,
+    /// `frontier.json`, where `scalelong frontier` made the folder: each cell's learning-rate bracket.
+    pub frontier: Option<Frontier>,
 }
 
 pub struct RunData {
@@ -78,7 +80,14 @@ pub fn read_sweep(sweep_dir: &Path) -> Result<SweepData> {
             not_started.push(entry.id);
         }
     }
-    Ok(SweepData { name: sweep_file.name, axes: sweep_file.axes.keys().cloned().collect(), runs, not_started })
+    let frontier = sweep_dir.join("frontier.json");
+    Ok(SweepData {
+        name: sweep_file.name,
+        axes: sweep_file.axes.keys().cloned().collect(),
+        runs,
+        not_started,
+        frontier: frontier.is_file().then(|| read_json(&frontier)).transpose()?,
+    })
 }
 
 fn read_run(run_dir: &Path, entry: SweepRun) -> Result<RunData> {

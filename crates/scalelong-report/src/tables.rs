@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow};
 use polars::prelude::*;
 use scalelong_analysis::inference::{Interval, LEVEL, paired_ratio_interval};
-use scalelong_schema::write_atomic;
+use scalelong_schema::{Censoring, LrBracket, write_atomic};
 
 use crate::analysis::{GateFit, ModelChecks, strategies};
 use crate::assess::Status;
 use crate::compare::{Cell, Comparison, Judged};
+use crate::format_number;
 use crate::skips::{EditRow, ImportanceProfile, SpectralRow};
 use crate::sweep_data::{LR_AXIS, SweepData};
 
@@ -83,9 +84,28 @@ pub struct StableLrRow {
     /// This strategy's per-seed frontier over strategy 1's at the same seed (a geometric-mean
     /// ratio with its interval); `None` for strategy 1 itself or under 2 seeds.
     pub ratio_to_1: Option<Interval>,
+    /// Where the folder has `frontier.json`: the seeds' brackets, which `per_seed` and
+    /// `largest_stable_lr` then come from.
+    pub bisection: Option<Bisection>,
 }
 
-/// `None` unless the sweep has an `optimizer.lr` axis.
+/// A strategy's seeds as `scalelong frontier` bracketed them.
+pub struct Bisection {
+    /// The ratio of neighbouring rates the search probed: what an uncensored bracket spans.
+    pub step_ratio: f64,
+    /// Per seed, the smallest rate above its largest trained one at which it failed (none for a
+    /// seed that trained at the searched interval's top).
+    pub smallest_failed: BTreeMap<u64, f64>,
+    /// Seeds that trained at the top of the searched interval: their rate in `per_seed` is a lower
+    /// bound.
+    pub trained_at_high: Vec<u64>,
+    /// Seeds that failed at its bottom: no trained rate, so they are in no ratio.
+    pub failed_at_low: Vec<u64>,
+}
+
+/// `None` unless the sweep has an `optimizer.lr` axis. With `frontier.json`, each seed's largest
+/// trained rate is its bracket's, and the largest stable rate the smallest of them (none when a
+/// seed failed at the bottom of the searched interval); without, both come from the runs.
 pub fn stable_lr_rows(sweep: &SweepData, judged: &[Judged]) -> Option<Vec<StableLrRow>> {
     if !sweep.axes.contains(LR_AXIS) {
         return None;
@@ -113,7 +133,31 @@ pub fn stable_lr_rows(sweep: &SweepData, judged: &[Judged]) -> Option<Vec<Stable
             }
             let all_trained_at =
                 |lr: f64| statuses.iter().filter(|(l, _, _)| *l == lr).all(|(_, _, status)| *status == Status::Trained);
-            let largest_stable_lr = lrs_tried.iter().copied().rev().find(|&lr| all_trained_at(lr));
+            let mut largest_stable_lr = lrs_tried.iter().copied().rev().find(|&lr| all_trained_at(lr));
+            let bisection = sweep.frontier.as_ref().map(|frontier| {
+                let brackets: Vec<&LrBracket> = frontier
+                    .brackets
+                    .iter()
+                    .filter(|bracket| bracket.model == model && bracket.strategy == label)
+                    .collect();
+                per_seed =
+                    brackets.iter().filter_map(|bracket| Some((bracket.seed, bracket.largest_trained_lr?))).collect();
+                let seeds_where =
+                    |censoring| brackets.iter().filter(|b| b.censored == Some(censoring)).map(|b| b.seed).collect();
+                let failed_at_low: Vec<u64> = seeds_where(Censoring::FailedAtLow);
+                // Every seed trained up to its own bracket, so all of them at the smallest.
+                largest_stable_lr =
+                    if failed_at_low.is_empty() { per_seed.values().copied().min_by(f64::total_cmp) } else { None };
+                Bisection {
+                    step_ratio: frontier.step_ratio,
+                    smallest_failed: brackets
+                        .iter()
+                        .filter_map(|bracket| Some((bracket.seed, bracket.smallest_failed_lr?)))
+                        .collect(),
+                    trained_at_high: seeds_where(Censoring::TrainedAtHigh),
+                    failed_at_low,
+                }
+            });
             rows.push(StableLrRow {
                 model: model.to_string(),
                 strategy_label: label,
@@ -121,6 +165,7 @@ pub fn stable_lr_rows(sweep: &SweepData, judged: &[Judged]) -> Option<Vec<Stable
                 per_seed,
                 lrs_tried,
                 ratio_to_1: None,
+                bisection,
             });
         }
     }
@@ -202,8 +247,39 @@ pub fn comparisons_frame(comparisons: &[Comparison]) -> PolarsResult<DataFrame> 
     }
 }
 
+/// A row's per-seed frontiers in words: `0: 0.01189 (failed at 0.01414), 1: >= 0.02 (trained at the
+/// top), 2: < 0.005 (failed at the bottom)` with `frontier.json`, `0: 0.01, 1: 0.005` without.
+pub fn per_seed_text(row: &StableLrRow) -> String {
+    let mut seeds: Vec<(u64, String)> = row
+        .per_seed
+        .iter()
+        .map(|(&seed, &lr)| {
+            let text = match &row.bisection {
+                Some(b) if b.trained_at_high.contains(&seed) => {
+                    format!(">= {} (trained at the top)", format_number(lr))
+                }
+                Some(b) => match b.smallest_failed.get(&seed) {
+                    Some(failed) => format!("{} (failed at {})", format_number(lr), format_number(*failed)),
+                    None => format_number(lr),
+                },
+                None => format_number(lr),
+            };
+            (seed, text)
+        })
+        .collect();
+    if let Some(b) = &row.bisection {
+        for &seed in &b.failed_at_low {
+            let failed = b.smallest_failed.get(&seed).map_or(String::new(), |lr| format_number(*lr));
+            seeds.push((seed, format!("< {failed} (failed at the bottom)")));
+        }
+    }
+    seeds.sort_by_key(|(seed, _)| *seed);
+    seeds.into_iter().map(|(seed, text)| format!("{seed}: {text}")).collect::<Vec<_>>().join(", ")
+}
+
 pub fn stable_lr_frame(rows: &[StableLrRow]) -> PolarsResult<DataFrame> {
     let ratio: Vec<_> = rows.iter().map(|row| parts(row.ratio_to_1.as_ref())).collect();
+    let seeds_text = |seeds: &[u64]| seeds.iter().map(|seed| seed.to_string()).collect::<Vec<_>>().join("; ");
     df! {
         "model" => rows.iter().map(|row| row.model.as_str()).collect::<Vec<_>>(),
         "strategy" => rows.iter().map(|row| row.strategy_label.as_str()).collect::<Vec<_>>(),
@@ -213,6 +289,10 @@ pub fn stable_lr_frame(rows: &[StableLrRow]) -> PolarsResult<DataFrame> {
         "ratio_to_1_low" => ratio.iter().map(|p| p.1).collect::<Vec<_>>(),
         "ratio_to_1_high" => ratio.iter().map(|p| p.2).collect::<Vec<_>>(),
         "lrs_tried" => rows.iter().map(|row| join_numbers(&row.lrs_tried)).collect::<Vec<_>>(),
+        "bracket_step_ratio" => rows.iter().map(|row| row.bisection.as_ref().map(|b| b.step_ratio)).collect::<Vec<_>>(),
+        "per_seed_smallest_failed_lr" => rows.iter().map(|row| row.bisection.as_ref().map(|b| b.smallest_failed.iter().map(|(seed, lr)| format!("{seed}: {lr}")).collect::<Vec<_>>().join("; "))).collect::<Vec<_>>(),
+        "seeds_trained_at_high" => rows.iter().map(|row| row.bisection.as_ref().map(|b| seeds_text(&b.trained_at_high))).collect::<Vec<_>>(),
+        "seeds_failed_at_low" => rows.iter().map(|row| row.bisection.as_ref().map(|b| seeds_text(&b.failed_at_low))).collect::<Vec<_>>(),
     }
 }
 
@@ -350,4 +430,82 @@ pub fn write_table(frame: &mut DataFrame, out_dir: &Path, stem: &str) -> Result<
     ParquetWriter::new(&mut parquet).finish(frame).map_err(|error| encode_error(&parquet_path, error))?;
     write_atomic(&parquet_path, &parquet)?;
     Ok([csv_path, parquet_path])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::assess_claims;
+    use crate::compare::judge;
+    use crate::skips::SkipFindings;
+    use crate::sweep_data::read_sweep;
+    use crate::testing::SweepFixture;
+    use scalelong_schema::{Frontier, write_json_atomic};
+
+    #[test]
+    fn a_frontier_file_gives_each_seed_its_bracket() {
+        let root = std::env::temp_dir().join(format!("scalelong-report-{}-frontier", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        // Runs at two rates; frontier.json's brackets differ from what the runs alone would give,
+        // so that the rows can only have come from it.
+        let sweep_dir = SweepFixture { lrs: vec![1e-4, 2e-4], ..SweepFixture::default() }.write(&root);
+        let model = read_sweep(&sweep_dir).unwrap().runs[0].model.clone();
+        let bracket = |strategy: &str, seed, trained: Option<f64>, failed: Option<f64>, censored| LrBracket {
+            cell: format!("{strategy}_seed{seed}"),
+            model: model.clone(),
+            strategy: strategy.to_string(),
+            seed,
+            largest_trained_lr: trained,
+            smallest_failed_lr: failed,
+            censored,
+            probes: Vec::new(),
+        };
+        let frontier = Frontier {
+            low: 1e-4,
+            high: 2e-4,
+            resolution: 1.2,
+            step_ratio: 2f64.powf(0.25),
+            brackets: vec![
+                bracket("1", 0, Some(1e-4), Some(1.189e-4), None),
+                bracket("1", 1, Some(1e-4), Some(1.189e-4), None),
+                bracket("1", 2, Some(1.189e-4), Some(1.414e-4), None),
+                bracket("LS", 0, Some(1.5e-4), Some(1.8e-4), None),
+                bracket("LS", 1, Some(2e-4), None, Some(Censoring::TrainedAtHigh)),
+                bracket("LS", 2, None, Some(1e-4), Some(Censoring::FailedAtLow)),
+            ],
+        };
+        write_json_atomic(&sweep_dir.join("frontier.json"), &frontier).unwrap();
+        let sweep = read_sweep(&sweep_dir).unwrap();
+        let judged = judge(&sweep);
+        let rows = stable_lr_rows(&sweep, &judged).unwrap();
+        let [baseline, ls] = &rows[..] else { panic!("two strategies, got {}", rows.len()) };
+
+        assert_eq!(baseline.per_seed, BTreeMap::from([(0, 1e-4), (1, 1e-4), (2, 1.189e-4)]));
+        assert_eq!(baseline.largest_stable_lr, Some(1e-4), "the smallest seed's");
+        assert_eq!(ls.per_seed, BTreeMap::from([(0, 1.5e-4), (1, 2e-4)]));
+        assert_eq!(ls.largest_stable_lr, None, "seed 2 failed at the bottom");
+        let bisection = ls.bisection.as_ref().unwrap();
+        assert_eq!((bisection.trained_at_high.as_slice(), bisection.failed_at_low.as_slice()), (&[1][..], &[2][..]));
+        // Seeds 0 and 1 paired (seed 2 has no LS frontier): ratios 1.5 and 2.
+        let ratio = ls.ratio_to_1.as_ref().unwrap();
+        assert_eq!(ratio.n, 2);
+        assert!((ratio.estimate - 3f64.sqrt()).abs() < 1e-9, "{}", ratio.estimate);
+        let text = per_seed_text(ls);
+        for part in
+            ["0: 1.5e-4 (failed at 1.8e-4)", "1: >= 2e-4 (trained at the top)", "2: < 1e-4 (failed at the bottom)"]
+        {
+            assert!(text.contains(part), "{part:?} not in {text:?}");
+        }
+
+        let claims = assess_claims(&[], &[], &[], Some(&rows), &SkipFindings::new(&judged));
+        let claim = claims.iter().find(|claim| claim.name.starts_with("(f) LS")).unwrap();
+        assert!(
+            claim.rests_on.contains("bracketed by bisection in log learning rate to within 1.189x"),
+            "{}",
+            claim.rests_on
+        );
+        assert!(claim.note.contains("LS trained at the top of the searched interval at seed(s) 1"), "{}", claim.note);
+        assert!(claim.note.contains("LS failed at its bottom at seed(s) 2"), "{}", claim.note);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

@@ -13,6 +13,7 @@
 //! | `dose_response.jsonl` (a sweep folder's) | [`DoseResponseLine`] (planned by [`DoseResponsePlan`]) |
 //! | `checkpoint/state.json` | [`CheckpointState`] |
 //! | `sweep.json` | [`SweepManifest`] |
+//! | `frontier.json` (a sweep folder's, from `scalelong frontier`) | [`Frontier`] |
 //!
 //! Whole files go through [`write_json_atomic`] / [`read_json`], logs through [`JsonlLog`] and
 //! [`read_jsonl`] (which tolerates the torn last line of a killed writer).
@@ -24,6 +25,7 @@ pub mod config;
 pub mod diffusion;
 pub mod dose_response;
 pub mod files;
+pub mod frontier;
 pub mod io;
 pub mod records;
 pub mod strategy;
@@ -34,6 +36,7 @@ pub use config::{
 };
 pub use diffusion::{SamplerConfig, ScheduleConfig};
 pub use dose_response::{DoseQuantity, DoseResponseLine, DoseResponsePlan};
+pub use frontier::{Censoring, Frontier, LrBracket};
 pub use files::{CheckpointState, EvalLine, MetricsLine, RunState, SkipEvalLine, Status, SweepManifest, SweepRun};
 pub use io::{
     JsonlLog, read_json, read_jsonl, remove_stale_temporaries, truncate_jsonl_after, write_atomic, write_json_atomic,

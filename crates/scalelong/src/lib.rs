@@ -1,4 +1,5 @@
 //! The scalelong harness as a library: one training run ([`train`]), a sweep of them ([`sweep`]),
+//! the learning-rate frontier found by bisection ([`frontier`]),
 //! their evaluation ([`eval`]), sampling-time skip edits ([`skip_eval`]), checkpoints and the exchange with the PyTorch reference
 //! ([`checkpoint`], [`exchange`]), and one-pass diagnostics of trained networks ([`diagnose`]).
 //! The `scalelong` binary is a thin command line over it and `scalelong-report`.
@@ -13,6 +14,7 @@ pub mod diagnose;
 pub mod ema;
 pub mod eval;
 pub mod exchange;
+pub mod frontier;
 pub mod progress;
 pub mod samples;
 pub mod skip_eval;

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use scalelong::{config, device, diagnose, exchange, skip_eval, sweep, train};
+use scalelong::{config, device, diagnose, exchange, frontier, skip_eval, sweep, train};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -90,6 +90,23 @@ enum Command {
         /// threads (on 2 cores, two one-thread processes train 1.3x as many steps a second as
         /// one two-thread process: the small presets do not keep two threads busy). The justfile
         /// passes SCALELONG_JOBS, or the number of CPUs.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Where sweep folders live.
+        #[arg(long, default_value = "runs", value_name = "DIR")]
+        runs: PathBuf,
+        #[arg(long, default_value = "flex", help = DEVICE_HELP)]
+        device: String,
+    },
+    /// Find each grid cell's largest trained learning rate by bisection in log lr, one run folder
+    /// per probe under <runs>/<name> (collapsed and diverged ones kept), and write frontier.json
+    /// there. Finished probes are read back, not trained again.
+    Frontier {
+        /// The frontier file: a sweep file without an `optimizer.lr` axis, plus `[frontier] low,
+        /// high, resolution` (docs/experiment-design.md), e.g. experiments/frontier-lr.toml.
+        file: PathBuf,
+        /// Search this many cells at once, each in its own process on an equal share of the CPU's
+        /// threads (as `sweep --jobs`).
         #[arg(long, default_value_t = 1)]
         jobs: usize,
         /// Where sweep folders live.
@@ -248,6 +265,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let device = device::parse(&device)?.autodiff();
             let summary = sweep::run(&plan, &runs, shard, retrain_changed, &device)?;
             eprintln!("{}", summary.describe(&plan.name));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Frontier { file, jobs, runs, device } => {
+            frontier::run(&file, &runs, jobs, &device)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Report { sweep, out } => {
