@@ -1,7 +1,8 @@
 //! The scalelong harness as a library: one training run ([`train`]), a sweep of them ([`sweep`]),
 //! the learning-rate frontier found by bisection ([`frontier`]),
 //! their evaluation ([`eval`]), sampling-time skip edits ([`skip_eval`]), checkpoints and the exchange with the PyTorch reference
-//! ([`checkpoint`], [`exchange`]), and one-pass diagnostics of trained networks ([`diagnose`]).
+//! ([`checkpoint`], [`exchange`]), one-pass diagnostics of trained networks ([`diagnose`]), and the
+//! bound quantities of networks at initialisation over a kappa grid ([`dose_response`]).
 //! The `scalelong` binary is a thin command line over it and `scalelong-report`.
 
 // All unsafe code lives in scalelong-kernels, behind safe APIs.
@@ -11,6 +12,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod diagnose;
+pub mod dose_response;
 pub mod ema;
 pub mod eval;
 pub mod exchange;

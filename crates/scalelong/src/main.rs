@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use scalelong::{config, device, diagnose, exchange, frontier, skip_eval, sweep, train};
+use scalelong::{config, device, diagnose, dose_response, exchange, frontier, skip_eval, sweep, train};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -178,6 +178,26 @@ enum Command {
         #[arg(long, default_value = "flex", help = DEVICE_HELP)]
         device: String,
     },
+    /// Measure, at initialisation, what ScaleLong's bounds speak of (the feature norm at each LSC,
+    /// the gradient norm, the output's sensitivity to an input perturbation) for CS networks over a
+    /// kappa grid and many seeds, on the diagnostics' fixed probe, into one JSONL file that `report`
+    /// reads from a sweep folder (docs/method.md §4).
+    DoseResponse {
+        /// The plan (TOML: `base` run config, `kappas`, `seeds`, `[set]` overrides), e.g.
+        /// experiments/dose-response.toml.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Override a key of the base run config, after the plan's `[set]` (as `train --set`).
+        /// Repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// The file to write, e.g. runs/default/dose_response.jsonl (beside a sweep's runs, where
+        /// `report` finds it).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[arg(long, default_value = "flex", help = DEVICE_HELP)]
+        device: String,
+    },
     /// Print every preset's parameter count per strategy.
     Params,
 }
@@ -309,6 +329,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let lines = skip_eval::skip_eval_run(&run, edits.as_deref(), &device)?;
                 eprintln!("{}: {lines} settings", run.join("skip_eval.jsonl").display());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DoseResponse { config, overrides, out, device } => {
+            let device = device::parse(&device)?.autodiff();
+            let networks = dose_response::dose_response(&config, &overrides, &out, &device)?;
+            eprintln!("{networks} networks measured");
+            println!("{}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Params => {
