@@ -18,7 +18,7 @@ low = 3e-3
 high = 30.0
 resolution = 100.0
 [set]
-steps = 12
+steps = 40
 checkpoint_every = 0
 "diagnostics.every" = 0
 "optimizer.schedule" = { kind = "constant" }

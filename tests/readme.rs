@@ -162,7 +162,7 @@ fn every_run_folder_the_readme_names_is_one_its_sweep_makes() {
             folders.entry(sweep).or_default().insert(run);
         }
     }
-    assert!(folders.contains_key("default"), "{folders:?}");
+    assert!(folders.contains_key("stability"), "{folders:?}");
     let text = readme();
     let mut wrong = Vec::new();
     for token in text.split(|c: char| c.is_whitespace() || "`()\"',;".contains(c)) {

@@ -251,7 +251,10 @@ fn sweep_set_overrides_every_run_but_not_a_grid_axis() {
     let commands = String::from_utf8(list.stdout).unwrap();
     assert_eq!(commands.lines().count(), 6);
     for line in commands.lines() {
-        assert!(line.contains(" --set batch_size=4 --set optimizer.lr=0.003 --set strategy="), "{line}");
+        assert!(
+            line.contains(" --set batch_size=4 --set optimizer.lr=0.003 --set ") && line.contains("strategy="),
+            "{line}"
+        );
     }
     for axis in ["strategy=ls", "seed=3"] {
         let refused = scalelong(&sweep_args(&sweep, &["--list", "--set", axis]), &dir.0);

@@ -58,12 +58,15 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
     let previous = if resume { checkpoint::resume(run, &fresh, &ema.model, &optimizer)? } else { None };
     let (mut model, start) = match previous {
         Some(ckpt) => {
-            // Only the length may change on resume: extending a run is how a run is continued.
-            let same = RunConfig { steps: config.steps, ..ckpt.state.config.clone() } == *config;
-            if !same {
+            // Only the length may change on resume, where that continues the run bit-identically.
+            let conflicts = ckpt.state.config.continuation_conflicts(config, ckpt.state.step);
+            if !conflicts.is_empty() {
                 bail!(
-                    "{}: the checkpoint was made with a different config; resume with the same one (only steps may change)",
-                    checkpoint::folder(run).display()
+                    "{}: the checkpoint (step {}) was made with a different config: {} differ; resume with the same \
+                     one (steps may change only under a constant learning rate, and not below the checkpoint's step)",
+                    checkpoint::folder(run).display(),
+                    ckpt.state.step,
+                    conflicts.join(", ")
                 );
             }
             optimizer = ckpt.optimizer;
