@@ -9,11 +9,29 @@ bin := CARGO_TARGET_DIR / "debug/scalelong"
 # one-thread processes train 1.3x as many steps a second as one two-thread process on 2 cores).
 jobs := env_var_or_default("SCALELONG_JOBS", num_cpus())
 
-# The main job: the four strategies on the U-ViT, three seeds, every run to a plateau (about 50
-# minutes on 2 cores), then its report.
+# The main job, the stability experiment: the four strategies on the deeper U-ViT at a constant learning
+# rate where strategy 1 starts to fail, 8 seeds paired by seed, then its report
+# (docs/experiment-design.md; 36 minutes of sweep measured on 2 cores, in two segments).
 sweep: data build
-    {{bin}} sweep experiments/sweep-default.toml --jobs {{jobs}}
-    {{bin}} report runs/default
+    {{bin}} sweep experiments/sweep-stability.toml --jobs {{jobs}}
+    {{bin}} dose-response --config experiments/dose-response.toml --out runs/stability/dose_response.jsonl
+    {{bin}} report runs/stability
+
+# The tuned, annealed comparison (the main job until 2026-12-06): the four strategies where every one is
+# stable, three seeds, trained to a plateau; it measures final losses, not stability (about 50 minutes).
+sweep-tuned: data build
+    {{bin}} sweep experiments/sweep-tuned.toml --jobs {{jobs}}
+    {{bin}} report runs/tuned
+
+# The pilot that chose `just sweep`'s learning rate and speed targets (2 runs, about 3 minutes).
+pilot-stability: data build
+    {{bin}} sweep experiments/pilot-stability.toml --jobs {{jobs}}
+    {{bin}} report runs/pilot-stability
+
+# The bounds at initialisation as a dose-response over CS's kappa (16 seeds of uvit-deep, no training;
+# 1 min 46 s measured on one core), written beside a sweep's runs (`just sweep` runs it too).
+dose-response folder="runs/stability": build
+    {{bin}} dose-response --config experiments/dose-response.toml --out {{folder}}/dose_response.jsonl
 
 # The same comparison on the conv UNet (about as long).
 sweep-unet: data build

@@ -10,7 +10,7 @@ use scalelong_analysis::theorems::{Level, SMALLEST_EFFECT, TheoremCheck};
 use scalelong_analysis::inference::{LEVEL, mean_correlation_interval, mean_interval};
 
 use crate::analysis::{GateFit, ModelChecks};
-use crate::compare::Comparison;
+use crate::compare::{Comparison, Direction, Measure};
 use crate::format_number;
 use crate::learned::decay_claim;
 use crate::skips::{EditRow, ImportanceProfile, SkipFindings, SpectralRow};
@@ -27,20 +27,21 @@ pub const CLAIMED_FD_RATIO: f64 = 0.9;
 /// The difference of low-frequency shares (skip minus main path) of interest: 5 percentage points.
 pub const CLAIMED_SHARE_DIFFERENCE: f64 = -0.05;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Outcome {
     Held,
     DidNotHold,
     Inconclusive,
+    #[default]
     NotMeasured,
 }
 
 impl Outcome {
     pub fn text(self) -> &'static str {
         match self {
-            Outcome::Held => "held",
-            Outcome::DidNotHold => "did not hold",
-            Outcome::Inconclusive => "inconclusive",
+            Outcome::Held => "held: direction established",
+            Outcome::DidNotHold => "did not hold: the opposite direction established",
+            Outcome::Inconclusive => "direction not established",
             Outcome::NotMeasured => "not measured",
         }
     }
@@ -66,6 +67,7 @@ impl From<Verdict> for Outcome {
 }
 
 /// One row of the claims table.
+#[derive(Default)]
 pub struct Claim {
     /// `(a) CS(0.5) trains faster than 1 on uvit-small`.
     pub name: String,
@@ -76,6 +78,11 @@ pub struct Claim {
     pub effect: String,
     /// The smallest effect this sweep could have detected (80% power), where a test has one.
     pub detectable: String,
+    /// Whether the interval excludes the effect of interest (`1.2x excluded` / `1.2x not
+    /// excluded`): the size, read apart from the direction the verdict gives.
+    pub size: String,
+    /// The exact p-value and, in brackets, after Holm's correction, where the claim has them.
+    pub p_value: String,
     /// What the numbers come from.
     pub rests_on: String,
     /// Anything a reader needs next to the verdict (a magnitude below the claim, gates that did not
@@ -93,13 +100,19 @@ pub fn assess_claims(
     skips: &SkipFindings,
 ) -> Vec<Claim> {
     let mut claims: Vec<Claim> = Vec::new();
+    claims.extend(comparisons.iter().flat_map(comparison_claims));
     if !comparisons.is_empty() && comparisons.iter().all(|comparison| !comparison.has_curves) {
         claims.push(not_measured(
             "(a) Scaled strategies train faster than 1",
-            "the runs were evaluated at the end only, and a speed-up is read off held-out curves",
+            "the runs were evaluated at the end only, and a speed is read off held-out curves",
         ));
-    } else {
-        claims.extend(comparisons.iter().map(speed_claim));
+    } else if !comparisons.is_empty()
+        && !comparisons.iter().flat_map(|c| &c.readings).any(|r| matches!(r.measure, Measure::StepsTo { .. }))
+    {
+        claims.push(not_measured(
+            "(a) Scaled strategies reach fixed held-out losses sooner than 1",
+            "the sweep fixed no speed targets before its runs ([analysis] speed_targets in the sweep file)",
+        ));
     }
     if comparisons.is_empty() {
         claims.push(not_measured(
@@ -186,6 +199,8 @@ fn importance_claims(profiles: &[ImportanceProfile]) -> Vec<Claim> {
             outcome: verdict(&interval, &effect).into(),
             effect: format!("Spearman {}", interval_text(&interval, "")),
             detectable: String::new(),
+            size: size_text(&interval, &effect),
+            p_value: String::new(),
             rests_on,
             note: if per_strategy.is_empty() {
                 String::new()
@@ -227,6 +242,8 @@ fn edit_claim(row: &EditRow) -> Option<Claim> {
         outcome: verdict(interval, &effect).into(),
         effect: format!("FD ratio {}", interval_text(interval, "x")),
         detectable: String::new(),
+        size: size_text(interval, &effect),
+        p_value: String::new(),
         rests_on,
         note: loss,
     })
@@ -258,6 +275,8 @@ fn spectral_claims(rows: &[SpectralRow]) -> Vec<Claim> {
             outcome: verdict(&interval, &effect).into(),
             effect: format!("share difference {}", interval_text(&interval, "")),
             detectable: String::new(),
+            size: size_text(&interval, &effect),
+            p_value: String::new(),
             rests_on,
             note: String::new(),
         });
@@ -272,16 +291,15 @@ pub fn summary(claims: &[Claim]) -> String {
         claims.iter().filter(|claim| claim.outcome == outcome).map(|claim| claim.name.as_str()).collect::<Vec<_>>()
     };
     let mut text = format!(
-        "{} claims were tested: {} held, {} did not hold, {} were inconclusive and {} could not be measured here.",
+        "{} claims were tested: {} held (the claimed direction established), {} did not hold (the opposite direction \
+         established), {} had no direction established and {} could not be measured here.",
         claims.len(),
         count(Outcome::Held),
         count(Outcome::DidNotHold),
         count(Outcome::Inconclusive),
         count(Outcome::NotMeasured)
     );
-    for (outcome, phrase) in
-        [(Outcome::Held, "Held"), (Outcome::DidNotHold, "Did not hold (the interval excludes the claimed effect)")]
-    {
+    for (outcome, phrase) in [(Outcome::Held, "Held"), (Outcome::DidNotHold, "Did not hold")] {
         let held = names(outcome);
         if !held.is_empty() {
             text.push_str(&format!(" {phrase}: {}.", held.join("; ")));
@@ -289,8 +307,9 @@ pub fn summary(claims: &[Claim]) -> String {
     }
     if count(Outcome::Inconclusive) > 0 {
         text.push_str(
-            " An inconclusive claim is one whose interval neither supports nor excludes the claimed effect: more \
-             seeds would be needed to decide it (the table gives the smallest effect this sweep could detect).",
+            " A claim without an established direction is not a claim refuted: its size column says whether the \
+             sweep excludes the effect of interest (then the effect, if any, is smaller) or not (then more seeds \
+             would be needed).",
         );
     }
     text
@@ -303,6 +322,8 @@ pub(crate) fn not_measured(name: &str, why: &str) -> Claim {
         outcome: Outcome::NotMeasured,
         effect: why.to_string(),
         detectable: String::new(),
+        size: String::new(),
+        p_value: String::new(),
         rests_on: String::new(),
         note: String::new(),
     }
@@ -323,54 +344,116 @@ fn setting_suffix(setting: &str) -> String {
     if setting.is_empty() { String::new() } else { format!(" ({setting})") }
 }
 
-/// (a) One strategy trains faster than `1`: the speed-up to a held-out loss both reach.
-fn speed_claim(comparison: &Comparison) -> Claim {
-    let name = format!(
-        "(a) {} trains faster than 1 on {}{}",
-        comparison.strategy_label,
-        comparison.model,
-        setting_suffix(&comparison.setting)
-    );
-    let effect = ClaimedEffect { null: 1.0, claimed: CLAIMED_SPEEDUP };
-    let claimed = format!(
-        "speed-up (strategy 1's steps to a held-out loss both runs reach, over this strategy's) > 1; the paper \
-         reports about {}x",
-        format_number(CLAIMED_SPEEDUP)
-    );
+/// `1.2x excluded` or `1.2x not excluded`: whether the interval lies short of the effect of interest.
+fn size_text(interval: &Interval, effect: &ClaimedEffect) -> String {
+    let excluded = if claimed_magnitude_excluded(interval, effect) { "excluded" } else { "not excluded" };
+    format!("{} {excluded}", format_number(effect.claimed))
+}
+
+/// (a) One strategy against `1` on each paired measure: fewer failures, a lower final loss, fixed
+/// targets reached sooner, a lower curve. The verdict is the direction the Holm-adjusted exact test
+/// establishes; the size column says whether the interval excludes the effect of interest.
+fn comparison_claims(comparison: &Comparison) -> Vec<Claim> {
+    let on = format!("{}{}", comparison.model, setting_suffix(&comparison.setting));
     let seeds: Vec<String> = comparison.seeds.iter().map(u64::to_string).collect();
     let mut rests_on = format!("{} seed pairs (seeds {})", comparison.seeds.len(), seeds.join(", "));
-    if !comparison.excluded_seeds.is_empty() {
-        let excluded: Vec<String> = comparison.excluded_seeds.iter().map(u64::to_string).collect();
-        rests_on.push_str(&format!("; left out, a run did not train: seeds {}", excluded.join(", ")));
+    if !comparison.unfinished_seeds.is_empty() {
+        let left: Vec<String> = comparison.unfinished_seeds.iter().map(u64::to_string).collect();
+        rests_on.push_str(&format!("; left out, a run is unfinished: seeds {}", left.join(", ")));
     }
-    let Some(interval) = &comparison.speedup else {
-        return Claim {
-            outcome: Outcome::NotMeasured,
-            effect: "an interval needs at least 2 seeds where both runs trained and their held-out curves locate the \
-                     common loss (reached after their first evaluation)"
-                .to_string(),
-            claimed,
-            rests_on,
-            detectable: String::new(),
-            note: String::new(),
-            name,
-        };
-    };
-    let outcome = Outcome::from(verdict(interval, &effect));
-    let note = if outcome == Outcome::Held && claimed_magnitude_excluded(interval, &effect) {
-        format!("faster, but by less than the paper's {}x", format_number(CLAIMED_SPEEDUP))
-    } else {
-        String::new()
-    };
-    Claim {
-        name,
-        claimed,
-        outcome,
-        effect: interval_text(interval, "x"),
-        detectable: comparison.speedup_detectable.map_or(String::new(), |d| format!("{}x", format_number(d))),
-        rests_on,
-        note,
-    }
+    let label = &comparison.strategy_label;
+    comparison
+        .readings
+        .iter()
+        .map(|reading| {
+            let effect = reading.measure.effect();
+            let (name, claimed, unit) = match reading.measure {
+                Measure::Failures => (
+                    format!("(a) {label} collapses or diverges less often than 1 on {on}"),
+                    format!(
+                        "failure rate minus strategy 1's, paired by seed, < 0 (of interest: {}, {} fewer failures in 8 \
+                         seeds); exact McNemar test",
+                        format_number(effect.claimed),
+                        format_number(-effect.claimed * 8.0)
+                    ),
+                    "",
+                ),
+                Measure::FinalLoss => (
+                    format!("(a) {label} ends at a lower held-out loss than 1 on {on}"),
+                    format!(
+                        "final held-out loss over strategy 1's (a failed run at the zero predictor's), < 1 (of \
+                         interest: {}x); exact sign-flip test on the log ratios",
+                        format_number(effect.claimed)
+                    ),
+                    "x",
+                ),
+                Measure::StepsTo { target } => (
+                    format!("(a) {label} reaches held-out loss {} sooner than 1 on {on}", format_number(target)),
+                    format!(
+                        "strategy 1's steps to the fixed target {} over this strategy's (never reached: the last \
+                         step, censored), > 1 (of interest: {}x; the paper reports about {}x); exact sign-flip test",
+                        format_number(target),
+                        format_number(effect.claimed),
+                        format_number(CLAIMED_SPEEDUP)
+                    ),
+                    "x",
+                ),
+                Measure::CurveArea => (
+                    format!("(a) {label} has a lower held-out curve than 1 on {on}"),
+                    format!(
+                        "geometric mean of the held-out curve over the run, over strategy 1's, < 1 (of interest: \
+                         {}x); exact sign-flip test",
+                        format_number(effect.claimed)
+                    ),
+                    "x",
+                ),
+            };
+            let Some(interval) = &reading.interval else {
+                return Claim {
+                    claimed,
+                    rests_on: rests_on.clone(),
+                    ..not_measured(
+                        &name,
+                        "an exact 95% interval needs at least 6 seed pairs with the measure (the smallest two-sided \
+                         sign-flip p with 5 is 1/16)",
+                    )
+                };
+            };
+            let outcome = match reading.direction() {
+                Direction::Claimed => Outcome::Held,
+                Direction::Opposite => Outcome::DidNotHold,
+                Direction::NotEstablished => Outcome::Inconclusive,
+            };
+            let note = match reading.measure {
+                Measure::Failures => format!(
+                    "failed: strategy 1 {} of {}, {label} {} of {}",
+                    comparison.failures.baseline(),
+                    comparison.failures.pairs(),
+                    comparison.failures.other(),
+                    comparison.failures.pairs()
+                ),
+                Measure::StepsTo { .. } if reading.censored > 0 => {
+                    format!("{} seed pairs with a run that never reached the target", reading.censored)
+                }
+                _ => String::new(),
+            };
+            Claim {
+                name,
+                claimed,
+                outcome,
+                effect: interval_text(interval, unit),
+                size: size_text(interval, &effect),
+                p_value: format!(
+                    "{} ({})",
+                    reading.p_value.map_or("-".to_string(), format_number),
+                    reading.p_holm.map_or("-".to_string(), format_number)
+                ),
+                rests_on: rests_on.clone(),
+                note,
+                ..Default::default()
+            }
+        })
+        .collect()
 }
 
 /// (b)-(d) A bound's ordering at one level, by the rank correlation of measured against predicted.
@@ -404,7 +487,7 @@ fn theorem_claim(title: &str, model: &str, check: &TheoremCheck, level: Level) -
         }
         None => (association.explanation.clone(), Outcome::Inconclusive),
     };
-    Claim { name, claimed, outcome, effect, detectable: String::new(), rests_on, note: String::new() }
+    Claim { name, claimed, outcome, effect, rests_on, ..Default::default() }
 }
 
 /// (f) A scaled strategy stays trained at larger learning rates than `1` (`rows`: every row, for
@@ -449,6 +532,8 @@ fn stability_claim(row: &StableLrRow, rows: &[StableLrRow]) -> Option<Claim> {
         outcome: verdict(ratio, &effect).into(),
         effect: interval_text(ratio, "x"),
         detectable: String::new(),
+        size: size_text(ratio, &effect),
+        p_value: String::new(),
         rests_on,
         note,
     })

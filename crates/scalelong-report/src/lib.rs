@@ -134,7 +134,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
     let judged = compare::judge(&sweep);
     let summary = tables::summary_rows(&judged);
     let cells = compare::cells(&judged);
-    let comparisons = compare::comparisons(&cells);
+    let comparisons = compare::comparisons(&cells, &sweep.analysis);
     let stable_lr = tables::stable_lr_rows(&sweep, &judged);
     let model_checks: Vec<ModelChecks> = models.iter().map(|model| analysis::theorem_checks(&sweep, model)).collect();
     let gate_fits: Vec<GateFit> = models

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use scalelong_schema::{
-    EvalLine, Frontier, MetricsLine, Record, RunConfig, SkipEvalLine, SkipScaling, Status, SweepManifest, SweepRun,
-    read_json, read_jsonl,
+    AnalysisPlan, EvalLine, Frontier, MetricsLine, Record, RunConfig, SkipEvalLine, SkipScaling, Status, SweepManifest,
+    SweepRun, read_json, read_jsonl,
 };
 
 /// The sweep axis that varies the learning rate (a dotted config key, as in a sweep file).
@@ -27,6 +27,8 @@ pub struct SweepData {
     pub runs: Vec<RunData>,
     /// Runs listed in `sweep.json` whose folder holds no `config.json` yet.
     pub not_started: Vec<String>,
+    /// The analysis the sweep file fixed before its runs.
+    pub analysis: AnalysisPlan,
     /// `frontier.json`, where `scalelong frontier` made the folder: each cell's learning-rate bracket.
     pub frontier: Option<Frontier>,
 }
@@ -86,6 +88,7 @@ pub fn read_sweep(sweep_dir: &Path) -> Result<SweepData> {
         axes: sweep_file.axes.keys().cloned().collect(),
         runs,
         not_started,
+        analysis: sweep_file.analysis,
         frontier: frontier.is_file().then(|| read_json(&frontier)).transpose()?,
     })
 }

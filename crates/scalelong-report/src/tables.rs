@@ -13,7 +13,7 @@ use scalelong_schema::{Censoring, LrBracket, write_atomic};
 
 use crate::analysis::{GateFit, ModelChecks, strategies};
 use crate::assess::Status;
-use crate::compare::{Cell, Comparison, Judged};
+use crate::compare::{Cell, Comparison, Direction, Judged, Reading};
 use crate::format_number;
 use crate::skips::{EditRow, ImportanceProfile, SpectralRow};
 use crate::sweep_data::{LR_AXIS, SweepData};
@@ -228,22 +228,38 @@ pub fn cells_frame(cells: &[Cell]) -> PolarsResult<DataFrame> {
     }
 }
 
+/// One row per (comparison with strategy 1, measure): the estimate and its interval on the measure's
+/// scale, the exact p-value and its Holm-adjusted value, the direction and whether the size of
+/// interest is excluded.
 pub fn comparisons_frame(comparisons: &[Comparison]) -> PolarsResult<DataFrame> {
-    let loss: Vec<_> = comparisons.iter().map(|c| parts(c.loss_difference.as_ref())).collect();
-    let speed: Vec<_> = comparisons.iter().map(|c| parts(c.speedup.as_ref())).collect();
+    let rows: Vec<(&Comparison, &Reading)> =
+        comparisons.iter().flat_map(|c| c.readings.iter().map(move |reading| (c, reading))).collect();
+    let interval: Vec<_> = rows.iter().map(|(_, r)| parts(r.interval.as_ref())).collect();
     df! {
-        "model" => comparisons.iter().map(|c| c.model.as_str()).collect::<Vec<_>>(),
-        "strategy" => comparisons.iter().map(|c| c.strategy_label.as_str()).collect::<Vec<_>>(),
-        "setting" => comparisons.iter().map(|c| c.setting.as_str()).collect::<Vec<_>>(),
-        "seed_pairs" => comparisons.iter().map(|c| c.seeds.len() as u64).collect::<Vec<_>>(),
-        "heldout_loss_difference" => loss.iter().map(|p| p.0).collect::<Vec<_>>(),
-        "heldout_loss_difference_low" => loss.iter().map(|p| p.1).collect::<Vec<_>>(),
-        "heldout_loss_difference_high" => loss.iter().map(|p| p.2).collect::<Vec<_>>(),
-        "heldout_loss_difference_detectable" => comparisons.iter().map(|c| c.loss_difference_detectable).collect::<Vec<_>>(),
-        "speedup" => speed.iter().map(|p| p.0).collect::<Vec<_>>(),
-        "speedup_low" => speed.iter().map(|p| p.1).collect::<Vec<_>>(),
-        "speedup_high" => speed.iter().map(|p| p.2).collect::<Vec<_>>(),
-        "speedup_detectable" => comparisons.iter().map(|c| c.speedup_detectable).collect::<Vec<_>>(),
+        "model" => rows.iter().map(|(c, _)| c.model.as_str()).collect::<Vec<_>>(),
+        "strategy" => rows.iter().map(|(c, _)| c.strategy_label.as_str()).collect::<Vec<_>>(),
+        "setting" => rows.iter().map(|(c, _)| c.setting.as_str()).collect::<Vec<_>>(),
+        "seed_pairs" => rows.iter().map(|(c, _)| c.seeds.len() as u64).collect::<Vec<_>>(),
+        "measure" => rows.iter().map(|(_, r)| r.measure.name()).collect::<Vec<_>>(),
+        "estimate" => interval.iter().map(|p| p.0).collect::<Vec<_>>(),
+        "low" => interval.iter().map(|p| p.1).collect::<Vec<_>>(),
+        "high" => interval.iter().map(|p| p.2).collect::<Vec<_>>(),
+        "of_interest" => rows.iter().map(|(_, r)| r.measure.effect().claimed).collect::<Vec<_>>(),
+        "p" => rows.iter().map(|(_, r)| r.p_value).collect::<Vec<_>>(),
+        "p_holm" => rows.iter().map(|(_, r)| r.p_holm).collect::<Vec<_>>(),
+        "direction" => rows.iter().map(|(_, r)| direction_text(r.direction())).collect::<Vec<_>>(),
+        "size_excluded" => rows.iter().map(|(_, r)| r.size_excluded()).collect::<Vec<_>>(),
+        "censored_pairs" => rows.iter().map(|(_, r)| r.censored as u64).collect::<Vec<_>>(),
+        "per_seed" => rows.iter().map(|(_, r)| r.per_seed.iter().map(|(seed, v)| format!("{seed}: {v:.4}")).collect::<Vec<_>>().join("; ")).collect::<Vec<_>>(),
+    }
+}
+
+/// `established` (toward the effect of interest), `established, opposite`, `not established`.
+pub fn direction_text(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Claimed => "established",
+        Direction::Opposite => "established, opposite",
+        Direction::NotEstablished => "not established",
     }
 }
 

@@ -5,8 +5,8 @@ use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
 
 use scalelong_schema::{
-    EvalLine, MetricsLine, Record, RunConfig, RunState, SkipEvalLine, SkipScaling, Status, SweepManifest, SweepRun,
-    write_json_atomic,
+    AnalysisPlan, EvalLine, MetricsLine, Record, RunConfig, RunState, SkipEvalLine, SkipScaling, Status, SweepManifest,
+    SweepRun, write_json_atomic,
 };
 
 /// LSCs of the synthetic network; decoder block K consumes LSC `LSC_COUNT - K`.
@@ -22,7 +22,6 @@ const HELDOUT_FLOOR: f64 = 0.1;
 const HELDOUT_RATE: f64 = 6.0;
 /// The held-out loss of a collapsed run: 0.95 of the zero predictor's.
 const COLLAPSED_LOSS: f64 = 0.95;
-pub const SEEDS: [u64; 3] = [0, 1, 2];
 /// Training loss of strategy `1`: `LOSS_FLOOR + exp(-BASELINE_LOSS_RATE * step / STEPS)`.
 const BASELINE_LOSS_RATE: f64 = 3.0;
 const LOSS_FLOOR: f64 = 0.2;
@@ -55,6 +54,10 @@ pub struct SweepFixture {
     pub diverged: Vec<String>,
     /// Runs (by id) that finish without learning: their held-out loss stays at 0.95.
     pub collapsed: Vec<String>,
+    /// Every strategy's seeds (three by default; the exact paired tests need six or more).
+    pub seeds: Vec<u64>,
+    /// The sweep file's `[analysis]`, as `sweep.json` records it.
+    pub analysis: AnalysisPlan,
 }
 
 impl Default for SweepFixture {
@@ -67,6 +70,8 @@ impl Default for SweepFixture {
             lrs: vec![2e-4],
             diverged: Vec::new(),
             collapsed: Vec::new(),
+            seeds: vec![0, 1, 2],
+            analysis: AnalysisPlan::default(),
         }
     }
 }
@@ -84,7 +89,7 @@ impl SweepFixture {
         let mut runs = Vec::new();
         for ls in [false, true] {
             for &lr in &self.lrs {
-                for seed in SEEDS {
+                for &seed in &self.seeds {
                     let lr_part = if self.lrs.len() > 1 { format!("_lr{lr}") } else { String::new() };
                     let strategy = if ls { "ls" } else { "1" };
                     runs.push(FixtureRun { id: format!("uvit-small_{strategy}{lr_part}_seed{seed}"), ls, seed, lr });
@@ -105,7 +110,7 @@ impl SweepFixture {
         let list = |values: Vec<toml::Value>| toml::Value::Array(values);
         let mut axes = table(vec![
             ("strategy", list(vec!["1".into(), "ls".into()])),
-            ("seed", list(SEEDS.iter().map(|&seed| toml::Value::Integer(seed as i64)).collect())),
+            ("seed", list(self.seeds.iter().map(|&seed| toml::Value::Integer(seed as i64)).collect())),
         ]);
         if self.lrs.len() > 1 {
             axes.insert("optimizer.lr".to_string(), list(self.lrs.iter().map(|&lr| lr.into()).collect()));
@@ -122,8 +127,13 @@ impl SweepFixture {
                 SweepRun { id: run.id.clone(), overrides }
             })
             .collect();
-        let manifest =
-            SweepManifest { name: "fixture".into(), base_config: Some("quick.toml".into()), axes, runs: entries };
+        let manifest = SweepManifest {
+            name: "fixture".into(),
+            base_config: Some("quick.toml".into()),
+            axes,
+            runs: entries,
+            analysis: self.analysis.clone(),
+        };
         write_json_atomic(&sweep_dir.join("sweep.json"), &manifest).unwrap();
         for run in &runs {
             self.write_run(&sweep_dir.join(&run.id), run);

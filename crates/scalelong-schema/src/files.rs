@@ -109,6 +109,21 @@ pub struct SweepManifest {
     /// Axis key (dotted, as for `--set`) -> the values it takes.
     pub axes: toml::Table,
     pub runs: Vec<SweepRun>,
+    /// The analysis fixed with the design, before any run (absent in folders of older sweeps).
+    #[serde(default)]
+    pub analysis: AnalysisPlan,
+}
+
+/// What a sweep file fixes about its analysis before the runs (`[analysis]`), so that no
+/// threshold is chosen after seeing them (docs/experiment-design.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisPlan {
+    /// Held-out losses on the steep part of the curve (a pilot's loss at a quarter and at half of
+    /// its run): each run's speed is its steps to first reach each, a run that never does counted
+    /// at its last step (censored).
+    #[serde(default)]
+    pub speed_targets: Vec<f64>,
 }
 
 /// One run of a sweep: its folder name and its value on each axis.

@@ -36,8 +36,10 @@ pub use config::{
 };
 pub use diffusion::{SamplerConfig, ScheduleConfig};
 pub use dose_response::{DoseQuantity, DoseResponseLine, DoseResponsePlan};
+pub use files::{
+    AnalysisPlan, CheckpointState, EvalLine, MetricsLine, RunState, SkipEvalLine, Status, SweepManifest, SweepRun,
+};
 pub use frontier::{Censoring, Frontier, LrBracket};
-pub use files::{CheckpointState, EvalLine, MetricsLine, RunState, SkipEvalLine, Status, SweepManifest, SweepRun};
 pub use io::{
     JsonlLog, read_json, read_jsonl, remove_stale_temporaries, truncate_jsonl_after, write_atomic, write_json_atomic,
 };

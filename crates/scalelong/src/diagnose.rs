@@ -91,6 +91,7 @@ pub fn diagnose(
         base_config: None,
         axes: toml::Table::from_iter([("strategy".to_string(), toml::Value::Array(strategies))]),
         runs: entries.iter().map(|(id, s)| SweepRun { id: id.clone(), overrides: strategy(s) }).collect(),
+        analysis: Default::default(),
     };
     write_json_atomic(&out.join("sweep.json"), &sweep)?;
     Ok(done)

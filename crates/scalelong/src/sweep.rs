@@ -8,7 +8,7 @@ use crate::train::{self, Outcome};
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
 use scalelong_schema::{
-    RunConfig, RunState, Status, SweepManifest, SweepRun, apply_override, read_json, write_json_atomic,
+    AnalysisPlan, RunConfig, RunState, Status, SweepManifest, SweepRun, apply_override, read_json, write_json_atomic,
 };
 use serde::Deserialize;
 use std::fs::File;
@@ -25,6 +25,9 @@ pub struct SweepFile {
     /// Overrides shared by every run.
     #[serde(default)]
     pub set: toml::Table,
+    /// The analysis fixed before the runs, copied into `sweep.json` for the report.
+    #[serde(default)]
+    pub analysis: AnalysisPlan,
 }
 
 /// A sweep file expanded: every run with its resolved config.
@@ -34,6 +37,7 @@ pub struct SweepPlan {
     pub base_config: PathBuf,
     pub axes: toml::Table,
     pub runs: Vec<PlannedRun>,
+    pub analysis: AnalysisPlan,
 }
 
 #[derive(Debug, Clone)]
@@ -101,7 +105,10 @@ impl SweepPlan {
         if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
             bail!("{}: two runs would share the folder {:?}; make the grid values distinct", path.display(), w[0]);
         }
-        Ok(Self { name: file.name, base_config, axes: file.grid, runs })
+        if let Some(target) = file.analysis.speed_targets.iter().find(|t| !(t.is_finite() && **t > 0.0)) {
+            bail!("{}: analysis.speed_targets: expected positive held-out losses, got {target}", path.display());
+        }
+        Ok(Self { name: file.name, base_config, axes: file.grid, runs, analysis: file.analysis })
     }
 
     /// What `sweep.json` records of the plan.
@@ -115,6 +122,7 @@ impl SweepPlan {
                 .iter()
                 .map(|run| SweepRun { id: run.id.clone(), overrides: run.axis_values.clone() })
                 .collect(),
+            analysis: self.analysis.clone(),
         }
     }
 
