@@ -487,7 +487,17 @@ fn theorem_claim(title: &str, model: &str, check: &TheoremCheck, level: Level) -
         }
         None => (association.explanation.clone(), Outcome::Inconclusive),
     };
-    Claim { name, claimed, outcome, effect, rests_on, ..Default::default() }
+    // A squared-error gradient grows with the residual, so gradient norms follow the loss-weighted
+    // prediction over timestep bins in any network, whatever its skip coefficients (issue 20): this
+    // reading is kept for comparison with earlier reports but says nothing about kappa.
+    let note = if check.theorem == "Thm 3.3" && level == Level::WithinRuns {
+        "holds for any network trained with a squared error (the gradient scales with the residual): not evidence \
+         about the skip coefficients"
+            .to_string()
+    } else {
+        String::new()
+    };
+    Claim { name, claimed, outcome, effect, rests_on, note, ..Default::default() }
 }
 
 /// (f) A scaled strategy stays trained at larger learning rates than `1` (`rows`: every row, for
