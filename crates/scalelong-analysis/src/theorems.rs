@@ -30,14 +30,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::inference::{
     ClaimedEffect, Interval, LEVEL, Trend, Verdict, cluster_bootstrap_interval, detrended_range, permutation_p_value,
     spearman, verdict,
 };
+use crate::paired::sign_flip_p_value;
 use crate::stats::{LeastSquares, least_squares, mean};
 use scalelong_schema::{Record, series, series_values};
 
@@ -436,22 +435,6 @@ fn association(
     let effect = ClaimedEffect { null: 0.0, claimed: SMALLEST_EFFECT };
     let verdict = interval.as_ref().map_or(Verdict::Inconclusive, |interval| verdict(interval, &effect));
     Association { level, spearman, interval, p_value, runs, verdict, explanation }
-}
-
-/// Two-sided sign-flip p-value of the mean of `values` around 0 (each value's sign flipped at random,
-/// [`BOOTSTRAP_RESAMPLES`] times, seeded), counting the observed arrangement. Under "no ordering
-/// within runs" each run's correlation is as likely negative as positive.
-fn sign_flip_p_value(values: &[f64]) -> Option<f64> {
-    let observed = mean(values)?.abs();
-    let mut rng = ChaCha8Rng::seed_from_u64(RESAMPLING_SEED);
-    let mut at_least = 1usize;
-    for _ in 0..BOOTSTRAP_RESAMPLES {
-        let flipped: f64 = values.iter().map(|v| if rng.random_bool(0.5) { *v } else { -v }).sum::<f64>();
-        if (flipped / values.len() as f64).abs() >= observed - 1e-12 {
-            at_least += 1;
-        }
-    }
-    Some(at_least as f64 / (BOOTSTRAP_RESAMPLES + 1) as f64)
 }
 
 /// Whether the values differ by more than rounding error.

@@ -125,6 +125,17 @@ pub enum DatasetSpec {
 }
 
 impl DatasetSpec {
+    /// The `kind` a config names this data set by (`fashion-mnist`, `cifar10`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DatasetSpec::FashionMnist {} => "fashion-mnist",
+            DatasetSpec::Idx { .. } => "idx",
+            DatasetSpec::PngFolder { .. } => "png-folder",
+            DatasetSpec::Cifar10 { .. } => "cifar10",
+            DatasetSpec::Synthetic { .. } => "synthetic",
+        }
+    }
+
     /// Loads `split` of this data set.
     ///
     /// # Errors

@@ -291,7 +291,7 @@ fn compare(baseline: &Cell, cell: &Cell, speed_targets: &[f64]) -> Comparison {
         }
     }
     let has_curves = [baseline, cell].iter().flat_map(|c| &c.runs).any(|j| j.assessment.heldout_curve.len() >= 2);
-    let (failures, readings) = paired_readings(&pairs, if has_curves { speed_targets } else { &[] }, has_curves);
+    let (failures, readings) = paired_readings(&pairs, speed_targets, has_curves);
     Comparison {
         model: cell.model.clone(),
         strategy_label: cell.strategy_label.clone(),

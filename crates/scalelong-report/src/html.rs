@@ -12,6 +12,7 @@ use super::format_number;
 use crate::assess::{COLLAPSE_FRACTION, PLATEAU_MAX_DROP, PLATEAU_TAIL, SPIKE_K, SPIKE_WINDOW, Status};
 use crate::claims::{CLAIMED_FD_RATIO, CLAIMED_LR_RATIO, CLAIMED_SHARE_DIFFERENCE, CLAIMED_SPEEDUP, summary};
 use crate::learned;
+use crate::sweep_data::RunData;
 
 /// Counts the images that did not decode into `#broken-images` once the page has loaded, so a
 /// headless browser's DOM dump shows whether every embedded image is valid.
@@ -170,19 +171,7 @@ fn claims_section(content: &ReportContent, page: &mut String) {
 /// The regime of these runs beside the paper's, above the claims, so that a null here is not read as a
 /// refutation of the paper and a positive not as a confirmation at its scale.
 fn regime_paragraph(content: &ReportContent) -> String {
-    let runs = &content.sweep.runs;
-    let distinct = |f: &dyn Fn(&crate::sweep_data::RunData) -> String| {
-        let mut values: Vec<String> = runs.iter().map(f).collect();
-        values.sort();
-        values.dedup();
-        values.join(", ")
-    };
-    let dataset = |run: &crate::sweep_data::RunData| {
-        serde_json::to_value(&run.config.data.dataset)
-            .ok()
-            .and_then(|value| value.get("kind").and_then(|kind| kind.as_str().map(str::to_string)))
-            .unwrap_or_else(|| "unknown".to_string())
-    };
+    let distinct = |f: &dyn Fn(&RunData) -> String| distinct_values(&content.sweep.runs, f);
     format!(
         "<p id=\"regime\" class=\"flag\">Regime: {} steps at batch {} on {} ({}), learning rate {} ({}) after {} \
          warm-up steps. The paper's: 500k steps at batch 128 on CIFAR-10 with the width-512, depth-12 U-ViT-S/2, \
@@ -191,28 +180,34 @@ fn regime_paragraph(content: &ReportContent) -> String {
          them there.</p>\n",
         escape(&distinct(&|run| run.steps.to_string())),
         escape(&distinct(&|run| run.config.batch_size.to_string())),
-        escape(&distinct(&dataset)),
+        escape(&distinct(&|run| run.config.data.dataset.kind().to_string())),
         escape(&content.models.join(", ")),
         escape(&distinct(&|run| format_number(run.lr))),
-        escape(&distinct(&|run| match run.config.optimizer.schedule {
-            scalelong_schema::LrSchedule::Constant => "constant".to_string(),
-            scalelong_schema::LrSchedule::Cosine { final_fraction } => {
-                format!("cosine decay to {} of it", format_number(final_fraction))
-            }
-        })),
+        escape(&distinct(&|run| schedule_text(run.config.optimizer.schedule))),
         escape(&distinct(&|run| run.config.warmup_steps.to_string())),
     )
 }
 
+/// The distinct values of `f` over `runs`, sorted and joined: what the runs' configs say of one key.
+fn distinct_values(runs: &[RunData], f: &dyn Fn(&RunData) -> String) -> String {
+    let mut values: Vec<String> = runs.iter().map(f).collect();
+    values.sort();
+    values.dedup();
+    values.join(", ")
+}
+
+fn schedule_text(schedule: scalelong_schema::LrSchedule) -> String {
+    match schedule {
+        scalelong_schema::LrSchedule::Constant => "constant".to_string(),
+        scalelong_schema::LrSchedule::Cosine { final_fraction } => {
+            format!("cosine decay to {} of it", format_number(final_fraction))
+        }
+    }
+}
+
 fn methods_section(content: &ReportContent, page: &mut String) {
     page.push_str("<h2>How the runs were judged</h2>\n");
-    let runs = &content.sweep.runs;
-    let distinct = |f: &dyn Fn(&crate::sweep_data::RunData) -> String| {
-        let mut values: Vec<String> = runs.iter().map(f).collect();
-        values.sort();
-        values.dedup();
-        values.join(", ")
-    };
+    let distinct = |f: &dyn Fn(&RunData) -> String| distinct_values(&content.sweep.runs, f);
     page.push_str(&format!(
         "<p>Design, as the runs' configs say: models {}; strategies {}; seeds {}; {} steps at batch {}; AdamW with \
          learning rate {} (beta1 {}, beta2 {}, weight decay {}), {} warm-up steps, then {}; EMA {}; the held-out \
@@ -228,12 +223,7 @@ fn methods_section(content: &ReportContent, page: &mut String) {
         escape(&distinct(&|run| format_number(run.config.optimizer.beta2))),
         escape(&distinct(&|run| format_number(run.config.optimizer.weight_decay))),
         escape(&distinct(&|run| run.config.warmup_steps.to_string())),
-        escape(&distinct(&|run| match run.config.optimizer.schedule {
-            scalelong_schema::LrSchedule::Constant => "constant".to_string(),
-            scalelong_schema::LrSchedule::Cosine { final_fraction } => {
-                format!("cosine decay to {} of it", format_number(final_fraction))
-            }
-        })),
+        escape(&distinct(&|run| schedule_text(run.config.optimizer.schedule))),
         escape(&distinct(&|run| format_number(run.config.ema_decay))),
         escape(&distinct(&|run| run.config.eval.heldout_images.to_string())),
         escape(&distinct(&|run| run.config.eval.t_bins.to_string())),
