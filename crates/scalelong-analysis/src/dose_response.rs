@@ -7,8 +7,10 @@
 //! every comparison is made inside blocks. A unit is what a row measures inside its network (the LSC
 //! of a per-LSC quantity; one unit otherwise):
 //!
-//! - **Ordering**: the Spearman of value against factor over the networks of each (seed, unit),
-//!   averaged over units and then over seeds, with a Student t interval over seeds (the independent
+//! - **Ordering**: the Spearman of value against factor over the networks of each (seed, unit)
+//!   (with two networks, the sign of their concordance, +1 or -1, which is what a Spearman of two
+//!   points is: a sweep with strategies 1 and CS gives two fixed-coefficient runs a seed, and the
+//!   test below then is an exact sign test over seeds), averaged over units and then over seeds, with a Student t interval over seeds (the independent
 //!   blocks); its p-value permutes the networks of each seed, never across seeds (seed-to-seed spread
 //!   is no evidence about the factor), with one permutation for all units of a seed (a network's
 //!   units move together). One-sided: the bound predicts a rise; the opposite tail is reported too.
@@ -75,7 +77,7 @@ impl std::fmt::Display for PredictedOrdering {
 pub struct DoseResponse {
     /// Rows used (finite value and factor).
     pub rows: usize,
-    /// Seeds with a defined Spearman in at least one unit (3 networks or more whose factor and value
+    /// Seeds with a defined Spearman in at least one unit (2 networks or more whose factor and value
     /// both vary).
     pub seeds: usize,
     /// Mean within-seed Spearman of value against factor, Student t interval over seeds.
@@ -136,10 +138,22 @@ fn seed_spearman(block: &Block) -> Option<f64> {
         .values()
         .filter_map(|rows| {
             let (factors, values): (Vec<f64>, Vec<f64>) = rows.iter().map(|&(_, f, v)| (f, v)).unzip();
-            spearman(&factors, &values)
+            rank_correlation(&factors, &values)
         })
         .collect();
     mean(&correlations)
+}
+
+/// Spearman's rho of `values` against `factors`; for two points, the sign of their concordance (the
+/// Spearman of two distinct points), `None` when either pair ties.
+fn rank_correlation(factors: &[f64], values: &[f64]) -> Option<f64> {
+    match (factors, values) {
+        ([f0, f1], [v0, v1]) => {
+            let concordance = (f1 - f0) * (v1 - v0);
+            (concordance != 0.0 && concordance.is_finite()).then(|| concordance.signum())
+        }
+        _ => spearman(factors, values),
+    }
 }
 
 /// The mean over a seed's units of the least-squares slope of ln value on ln factor (rows with both
@@ -218,14 +232,24 @@ fn explain(
 ) -> String {
     let Some(rho) = mean(correlations) else {
         return format!(
-            "{ordering}: no seed has at least 3 networks whose factor and value both vary, so there is no \
+            "{ordering}: no seed has at least 2 networks whose factor and value both vary, so there is no \
              ordering to read."
         );
     };
     let interval = spearman.map_or(String::new(), |i| format!(" [{:.2}, {:.2}]", i.low, i.high));
     let p = p_value.map_or(String::new(), |p| format!(", permutation p = {p:.4} (networks permuted within seeds)"));
     let slope = slope.map_or(String::new(), |s| {
-        format!("; log-log slope {:.2} [{:.2}, {:.2}] ({})", s.estimate, s.low, s.high, s.describe())
+        let digits = decimals(s.estimate.abs().max(s.low.abs()).max(s.high.abs()));
+        format!(
+            "; log-log slope {:.*} [{:.*}, {:.*}] ({})",
+            digits,
+            s.estimate,
+            digits,
+            s.low,
+            digits,
+            s.high,
+            s.describe()
+        )
     });
     let caveat = match ordering {
         PredictedOrdering::Observed => String::new(),
@@ -241,6 +265,15 @@ fn explain(
         "{ordering}: mean within-seed Spearman {rho:.2}{interval} over {} seeds{p}{slope}.{caveat}",
         correlations.len()
     )
+}
+
+/// Decimals that give a number of magnitude `largest` two significant digits (at least two): a slope
+/// of 0.0047 must not print as 0.00.
+fn decimals(largest: f64) -> usize {
+    if !(largest.is_finite() && largest > 0.0) {
+        return 2;
+    }
+    (1 - largest.log10().floor() as i64).max(2) as usize
 }
 
 /// `c_1..c_n` of a strategy with fixed coefficients (`[i - 1]` on LSC i); `None` for a learned or
@@ -368,13 +401,27 @@ mod tests {
         assert!(result.p_value.unwrap() < 0.01, "{}", result.explanation);
     }
 
+    /// Two networks a seed (strategies 1 and CS in one sweep): the ordering is the sign test over
+    /// seeds, so 16 concordant seeds read observed and a flat response does not.
     #[test]
-    fn too_few_networks_per_seed_read_nothing() {
-        let two: Vec<DoseRow> = rows(1.5, 0.0).into_iter().filter(|r| r.factor > 2.0).collect();
-        let result = dose_response(&two);
+    fn two_networks_per_seed_are_a_sign_test() {
+        let two = |slope| -> Vec<DoseRow> { rows(slope, 0.2).into_iter().filter(|r| r.factor > 2.0).collect() };
+        let planted = dose_response(&two(1.5));
+        assert_eq!((planted.ordering, planted.seeds), (PredictedOrdering::Observed, 16), "{}", planted.explanation);
+        // All 16 seeds concordant: the exact sign-test p is 2^-16, below the permutations' resolution.
+        assert!(planted.p_value.unwrap() <= 2.0 / (PERMUTATIONS + 1) as f64, "{}", planted.explanation);
+        assert_eq!(planted.spearman.as_ref().unwrap().estimate, 1.0);
+        let flat = dose_response(&two(0.0));
+        assert_eq!(flat.ordering, PredictedOrdering::NotObserved, "{}", flat.explanation);
+        assert!(flat.p_value.unwrap() > ALPHA, "{}", flat.explanation);
+    }
+
+    #[test]
+    fn one_network_per_seed_reads_nothing() {
+        let one: Vec<DoseRow> = rows(1.5, 0.0).into_iter().filter(|r| r.network == 0).collect();
+        let result = dose_response(&one);
         assert_eq!((result.ordering, result.seeds, result.p_value), (PredictedOrdering::NotObserved, 0, None));
-        assert!(result.slope.is_some(), "two networks a seed still give a slope");
-        assert!(result.explanation.contains("no seed has at least 3"), "{}", result.explanation);
+        assert!(result.explanation.contains("no seed has at least 2"), "{}", result.explanation);
     }
 
     #[test]

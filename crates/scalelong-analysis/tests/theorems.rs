@@ -1,298 +1,265 @@
-//! The theorem checks on synthetic sweeps whose measurements follow, or reverse, each bound.
+//! The theorem checks on synthetic sweeps whose measurements follow, or reverse, each bound's factor,
+//! and on synthetic `dose_response.jsonl` lines.
 
-use std::f64::consts::FRAC_1_SQRT_2;
+use scalelong_analysis::dose_response::PredictedOrdering;
+use scalelong_analysis::theorems::{
+    RunRecords, Source, Theorem, TheoremCheck, descent_end, initialisation_checks, training_checks,
+};
+use scalelong_schema::{DoseQuantity, DoseResponseLine, Record, SkipScaling};
 
-use scalelong_analysis::inference::Verdict;
-use scalelong_analysis::theorems::{RunRecords, TheoremCheck, check_thm31, check_thm33, check_thm34};
-use scalelong_schema::Record;
-
-/// Long skips per synthetic UNet; decoder block K consumes LSC `N_LSC - K`.
+/// Long skips per synthetic network; decoder block K consumes LSC `N_LSC - K`.
 const N_LSC: u32 = 4;
-const STEPS: u64 = 20;
-const T_BINS: u32 = 3;
-const SEEDS: [u32; 2] = [0, 1];
+/// Diagnostics every 25 steps up to 400, as the stability sweep records them.
+const EVERY: u64 = 25;
+const STEPS: u64 = 400;
+const SEEDS: u64 = 6;
 
-/// How a synthetic run's measurements relate to the bound's prediction.
+/// How a synthetic run's measurements relate to the bound's factor.
 #[derive(Clone, Copy)]
 enum Relation {
-    /// measured = 2 * predicted: the bound's ordering holds.
+    /// measured = 2 * factor: the predicted ordering.
     Proportional,
-    /// measured = 1 / predicted: the ordering is reversed.
+    /// measured = 1 / factor: the opposite one.
     Reversed,
 }
 
 impl Relation {
-    fn measured(self, predicted: f64) -> f64 {
+    fn measured(self, factor: f64) -> f64 {
         match self {
-            Relation::Proportional => 2.0 * predicted,
-            Relation::Reversed => 1.0 / predicted,
+            Relation::Proportional => 2.0 * factor,
+            Relation::Reversed => 1.0 / factor,
         }
     }
 }
 
-/// The strategies of docs/method.md §3 with distinct coefficients on LSC 1..=4. By every bound here their
-/// order is 1 > 1/sqrt2 > LS > CS.
-fn strategies() -> Vec<(&'static str, Vec<f64>)> {
-    let geometric = |a: f64, kappa: f64| (0..N_LSC as i32).map(|i| a * kappa.powi(i)).collect();
-    vec![
-        ("1", vec![1.0; N_LSC as usize]),
-        ("1/sqrt2", vec![FRAC_1_SQRT_2; N_LSC as usize]),
-        ("CS", geometric(1.0, 0.5)),
-        ("LS", geometric(0.9, 0.7)),
-    ]
+/// The probe loss: falls from 1 to 0.1 with a time constant of 40 steps. The descent rule ends it
+/// where the smoothed loss is within 10% of the fall: at step 150 on this record grid.
+fn probe_loss(step: u64) -> f64 {
+    0.1 + 0.9 * (-(step as f64) / 40.0).exp()
 }
 
-const BOUND_ORDER: [&str; 4] = ["1", "1/sqrt2", "LS", "CS"];
-
-/// Appends one record a step for steps 1..=STEPS.
-struct RecordsBuilder(Vec<Record>);
-
-impl RecordsBuilder {
-    fn series(
-        &mut self,
-        quantity: &str,
-        layer: Option<&str>,
-        lsc: Option<u32>,
-        t_bin: Option<u32>,
-        value_at: impl Fn(u64) -> f64,
-    ) {
-        self.0.extend((1..=STEPS).map(|step| Record {
-            step,
-            quantity: quantity.to_string(),
-            layer: layer.map(str::to_string),
-            lsc,
-            t_bin,
-            value: Some(value_at(step)),
-        }));
-    }
-}
-
-/// +1 on even steps, -1 on odd ones: values alternating around a level average to that level.
+/// +1 on even records, -1 on odd ones.
 fn alternating(step: u64) -> f64 {
-    if step.is_multiple_of(2) { 1.0 } else { -1.0 }
+    if (step / EVERY).is_multiple_of(2) { 1.0 } else { -1.0 }
 }
 
-/// `S_i = sum_{j >= i} c_j^2`, written out independently of the crate.
-fn tail_square_sum(coefs: &[f64], lsc: u32) -> f64 {
-    coefs[lsc as usize - 1..].iter().map(|c| c * c).sum()
+fn record(step: u64, quantity: &str, layer: Option<&str>, lsc: Option<u32>, t_bin: Option<u32>, value: f64) -> Record {
+    Record { step, quantity: quantity.to_string(), layer: layer.map(str::to_string), lsc, t_bin, value: Some(value) }
 }
 
-/// Every quantity the three checks read, for one run, with each measured quantity set from the
-/// bound's prediction through `relation`. Also writes records the checks must ignore.
-fn synthetic_run(strategy: &str, coefs: &[f64], seed: u32, relation: Relation) -> RunRecords {
-    let mut builder = RecordsBuilder(Vec::new());
-    let seed_scale = 1.0 + 0.37 * f64::from(seed);
-    let xt_sq_norm = 3.0 * seed_scale;
-    builder.series("xt_sq_norm", None, None, None, |_| xt_sq_norm);
-
-    for lsc in 1..=N_LSC {
-        let layer = format!("dec.{}", N_LSC - lsc);
-        let coef = coefs[lsc as usize - 1];
-        // The checks use the mean coefficient, as an LS gate moves during training.
-        builder.series("coef", Some(&layer), Some(lsc), None, |step| coef * (1.0 + 0.1 * alternating(step)));
-        let range = relation.measured(tail_square_sum(coefs, lsc) * xt_sq_norm);
-        // The squared norm alternates between 10 and 10 + range, after an initialisation
-        // transient in the first 10% of steps that would swamp every range if not skipped.
-        builder.series("feature_l2", Some(&layer), Some(lsc), None, |step| {
-            if step <= STEPS / 10 { 1000.0 } else { (10.0 + range * (step % 2) as f64).sqrt() }
-        });
-        // Decoys: the encoder block producing the skip, and a per-bin value of the decoder block.
-        let wild = |step: u64| 1e3 * step as f64 * f64::from(lsc);
-        builder.series("feature_l2", Some(&format!("enc.{}", lsc - 1)), Some(lsc), None, wild);
-        builder.series("feature_l2", Some(&layer), Some(lsc), Some(0), wild);
-    }
-
-    for bin in 0..T_BINS {
-        let bin_xt_sq_norm = f64::from(1 << bin) * seed_scale;
-        let probe_loss = 1.0 / f64::from(bin + 1);
-        builder.series("xt_sq_norm", None, None, Some(bin), |_| bin_xt_sq_norm);
-        builder.series("probe_loss", None, None, Some(bin), |_| probe_loss);
-        let squared_grad_norm = relation.measured(probe_loss * bin_xt_sq_norm * tail_square_sum(coefs, 1));
-        // enc holds a quarter of the squared norm and dec the rest; both alternate, so the mean of
-        // the norms squared would differ from the mean of the squared norms.
-        for (group, share) in [("enc", 0.25), ("dec", 0.75)] {
-            builder.series("grad_norm_bin", Some(group), None, Some(bin), |step| {
-                (share * squared_grad_norm * (1.0 + 0.5 * alternating(step))).sqrt()
-            });
+/// One run's records: every quantity the training checks read, set from the bound's factors through
+/// `relation` after the descent, and reversed (and far larger) during it, so that a check that read
+/// the descent would see the opposite ordering. Also records the checks must ignore.
+fn synthetic_run(strategy: SkipScaling, seed: u64, relation: Relation) -> RunRecords {
+    let coefficients: Vec<f64> = match strategy {
+        SkipScaling::Learnable { .. } => (0..N_LSC).map(|i| 0.9 * 0.7f64.powi(i as i32)).collect(),
+        fixed => (1..=N_LSC as usize).map(|lsc| fixed.coefficient(lsc).unwrap()).collect(),
+    };
+    let tail_sum = |lsc: u32| coefficients[lsc as usize - 1..].iter().map(|c| c * c).sum::<f64>();
+    let seed_scale = 1.0 + 0.37 * seed as f64;
+    let mut records = Vec::new();
+    for step in (EVERY..=STEPS).step_by(EVERY as usize) {
+        let descending = step < 150;
+        records.push(record(step, "probe_loss", None, None, None, probe_loss(step)));
+        records.push(record(step, "probe_loss", None, None, Some(0), 1e3));
+        for lsc in 1..=N_LSC {
+            let layer = format!("dec.{}", N_LSC - lsc);
+            records.push(record(step, "coef", Some(&layer), Some(lsc), None, coefficients[lsc as usize - 1]));
+            // A squared norm growing linearly (no oscillation) plus an alternation of range
+            // `relation(S_i)`; during the descent a far larger alternation ordered the other way.
+            let range =
+                if descending { 1e3 / relation.measured(tail_sum(lsc)) } else { relation.measured(tail_sum(lsc)) };
+            let squared = seed_scale * (10.0 + 0.01 * step as f64 + 0.5 * range * alternating(step)) + range;
+            records.push(record(step, "feature_l2", Some(&layer), Some(lsc), None, squared.sqrt()));
+            records.push(record(
+                step,
+                "feature_l2",
+                Some(&format!("enc.{}", lsc - 1)),
+                Some(lsc),
+                None,
+                1e3 * step as f64,
+            ));
+            records.push(record(step, "feature_l2", Some(&layer), Some(lsc), Some(0), 1e3 * step as f64));
         }
-        builder.series("grad_norm_bin", Some("total"), None, Some(bin), |_| 1e9);
+        // The training batch's squared gradient of the encoder and decoder blocks is the batch's loss
+        // times relation(sum c^2), split over three groups; the embedding and total groups are not
+        // the blocks'.
+        let square = relation.measured(tail_sum(1)) * train_loss(step) * seed_scale;
+        for (group, share) in [("enc.0", 0.25), ("dec.0", 0.5), ("fusion.0", 0.25)] {
+            records.push(record(step, "grad_norm", Some(group), None, None, (share * square).sqrt()));
+        }
+        records.push(record(step, "grad_norm", Some("embed"), None, None, 1e3));
+        records.push(record(step, "grad_norm", Some("total"), None, None, 1e3));
+        let sensitivity = relation.measured(coefficients.iter().sum()) * seed_scale * (1.0 + 0.05 * alternating(step));
+        let sensitivity = if descending { 1e3 / sensitivity } else { sensitivity };
+        records.push(record(step, "robustness", None, None, None, sensitivity));
     }
-
-    let m0 = 1.5 + 0.1 * f64::from(seed);
-    let amplification: f64 = coefs.iter().zip(1..).map(|(c, i)| c * m0.powi(i)).sum();
-    builder.series("m0", None, None, None, |_| m0);
-    builder.series("robustness", None, None, None, |_| relation.measured(amplification));
-    builder.series("robustness", None, None, Some(0), |_| 1e9);
-
     RunRecords {
-        run_id: format!("{strategy}-seed{seed}"),
-        strategy: strategy.to_string(),
-        depth: Some(2 * N_LSC + 1),
-        records: builder.0,
+        run_id: format!("{}_seed{seed}", strategy.label()),
+        seed,
+        strategy,
+        losses: (1..=STEPS).map(|step| (step, train_loss(step))).collect(),
+        records,
     }
 }
 
-/// Every strategy of `strategies()` named in `names`, each with every seed.
-fn sweep(names: &[&str], relation: Relation) -> Vec<RunRecords> {
-    strategies()
-        .into_iter()
-        .filter(|(strategy, _)| names.contains(strategy))
-        .flat_map(|(strategy, coefs)| SEEDS.map(|seed| synthetic_run(strategy, &coefs, seed, relation)))
-        .collect()
+/// The training batch's loss at each step: noisier than the probe's, and what each gradient is
+/// divided by.
+fn train_loss(step: u64) -> f64 {
+    probe_loss(step) * (1.0 + 0.3 * ((step * 7) as f64).sin().abs())
 }
 
-fn full_sweep(relation: Relation) -> Vec<RunRecords> {
-    sweep(&BOUND_ORDER, relation)
+const STRATEGIES: [SkipScaling; 4] = [
+    SkipScaling::Original,
+    SkipScaling::InvSqrt2,
+    SkipScaling::Constant { kappa: 0.5 },
+    SkipScaling::Learnable { shared: true, reduction: 16 },
+];
+
+fn sweep(relation: Relation) -> Vec<RunRecords> {
+    (0..SEEDS).flat_map(|seed| STRATEGIES.map(|strategy| synthetic_run(strategy, seed, relation))).collect()
 }
 
-fn names(order: &[(String, f64)]) -> Vec<&str> {
-    order.iter().map(|(name, _)| name.as_str()).collect()
-}
-
-/// Runs `check` on the sweep that follows the bound, asserts it held with the bound's strategy
-/// order (measured = `slope` x predicted), and returns it for theorem-specific assertions.
-fn assert_supported(check: fn(&[RunRecords]) -> TheoremCheck, expected_rows: usize, slope: f64) -> TheoremCheck {
-    let result = check(&full_sweep(Relation::Proportional));
-    let between = &result.between_runs;
-    assert_eq!(between.verdict, Verdict::Held, "{}", between.explanation);
-    let interval = between.interval.as_ref().unwrap();
-    assert!(interval.low > 0.9, "{interval:?}");
-    assert!(between.p_value.unwrap() < 0.01, "{:?}", between.p_value);
-    if let Some(within) = &result.within_runs {
-        assert_eq!(within.verdict, Verdict::Held, "{}", within.explanation);
-        assert!(within.spearman.unwrap() > 0.99 && within.p_value.unwrap() < 0.01, "{}", within.explanation);
-    }
-    assert_eq!(result.rows.len(), expected_rows);
-    // Not exactly 1: some predictions tie across strategies (2 * (1/sqrt2)^2 = 1^2), and rounding
-    // decides their measured order.
-    assert!(result.pooled_spearman.unwrap() > 0.99, "{:?}", result.pooled_spearman);
-    let fit = result.fit.unwrap();
-    assert!((fit.slope - slope).abs() < 1e-9 && fit.intercept.abs() < 1e-9, "{fit:?}");
-    assert_eq!(names(&result.strategy_order_predicted), BOUND_ORDER);
-    assert_eq!(names(&result.strategy_order_measured), BOUND_ORDER);
-    let runs = BOUND_ORDER.len() * SEEDS.len();
-    assert!(
-        between.explanation.starts_with(&format!("Spearman 1.00 over the means of {runs} runs"))
-            && between.explanation.ends_with("strategies by mean measured value: 1 > 1/sqrt2 > LS > CS."),
-        "{}",
-        between.explanation
-    );
-    result
-}
-
-fn assert_refuted(check: fn(&[RunRecords]) -> TheoremCheck) {
-    let result = check(&full_sweep(Relation::Reversed));
-    for association in result.associations() {
-        assert_eq!(association.verdict, Verdict::DidNotHold, "{}", association.explanation);
-    }
-    assert!(result.pooled_spearman.unwrap() < -0.99, "{:?}", result.pooled_spearman);
-    assert!(
-        result.between_runs.explanation.ends_with("strategies by mean measured value: CS > LS > 1/sqrt2 > 1."),
-        "{}",
-        result.between_runs.explanation
-    );
-}
-
-fn assert_inconclusive_for_one_strategy(check: fn(&[RunRecords]) -> TheoremCheck) {
-    let result = check(&sweep(&["1"], Relation::Proportional));
-    for association in result.associations() {
-        assert_eq!(association.verdict, Verdict::Inconclusive, "{}", association.explanation);
-    }
-    assert!(!result.rows.is_empty());
-}
-
-/// The row of run `run_id` about `layer_or_bin`, as (measured, predicted).
-fn row_values(check: &TheoremCheck, run_id: &str, layer_or_bin: &str) -> (f64, f64) {
-    let row = check
-        .rows
-        .iter()
-        .find(|row| row.run_id == run_id && row.layer_or_bin == layer_or_bin)
-        .unwrap_or_else(|| panic!("no row {run_id} / {layer_or_bin}"));
-    (row.measured, row.predicted)
-}
-
-fn assert_close(actual: f64, expected: f64) {
-    assert!((actual - expected).abs() <= 1e-9 * expected.abs(), "{actual} is not close to {expected}");
+fn check(checks: &[TheoremCheck; 3], theorem: Theorem) -> &TheoremCheck {
+    checks.iter().find(|c| c.theorem == theorem).unwrap()
 }
 
 #[test]
-fn thm31_supported_when_ranges_follow_the_bound() {
-    // The squared norm alternates between 10 and 10 + range: around its centred moving average of
-    // five records it swings by 4/5 of the range.
-    let result = assert_supported(check_thm31, BOUND_ORDER.len() * SEEDS.len() * N_LSC as usize, 1.6);
-    // Original strategy, seed 0: S_1 = 4 LSCs * 1^2, ||x_t||^2 = 3 -> 12; range 2 * 12.
-    let (measured, predicted) = row_values(&result, "1-seed0", "LSC 1 (dec.3)");
-    assert_close(predicted, 12.0);
-    assert_close(measured, 0.8 * 24.0);
-    // CS, seed 0, innermost LSC: S_4 = 0.125^2, times 3.
-    let (_, predicted) = row_values(&result, "CS-seed0", "LSC 4 (dec.0)");
-    assert_close(predicted, 3.0 / 64.0);
+fn the_descent_ends_where_the_loss_has_covered_nine_tenths_of_its_fall() {
+    let series: Vec<(u64, f64)> = (EVERY..=STEPS).step_by(EVERY as usize).map(|s| (s, probe_loss(s))).collect();
+    // Smoothed over 3 records (from 0.470 at the first), the loss first lies within a tenth of its
+    // fall of the final 0.100 (at most 0.137) at step 150: 0.124; at step 125 it is 0.145.
+    assert_eq!(descent_end(&series), Some(150));
+    // One spike in the tail moves neither the final level (a median) nor the end.
+    let mut spiked = series.clone();
+    spiked[14].1 = 5.0;
+    assert_eq!(descent_end(&spiked), Some(150));
+    // A loss that never falls has no descent to skip.
+    let flat: Vec<(u64, f64)> = series.iter().map(|&(s, _)| (s, 1.0)).collect();
+    assert_eq!(descent_end(&flat), Some(EVERY));
+    assert_eq!(descent_end(&[]), None);
 }
 
-/// Growth is not oscillation: feature norms that grow, each faster the larger its bound, but
-/// smoothly, measure no oscillation at all (their raw max - min would follow the bound exactly).
 #[test]
-fn thm31_sees_no_oscillation_in_smooth_growth() {
-    let mut runs = full_sweep(Relation::Proportional);
+fn training_checks_observe_the_predicted_ordering_after_the_descent() {
+    let checks = training_checks(&sweep(Relation::Proportional));
+    for check in &checks {
+        assert_eq!(check.source, Source::Training);
+        assert_eq!(
+            check.response.ordering,
+            PredictedOrdering::Observed,
+            "{}: {}",
+            check.theorem.name(),
+            check.response.explanation
+        );
+        assert!(check.response.p_value.unwrap() < 0.01, "{}", check.response.explanation);
+        assert_eq!(check.response.seeds, SEEDS as usize);
+        // LS is left out, with the reason.
+        assert_eq!(check.excluded.len(), SEEDS as usize, "{:?}", check.excluded);
+        assert!(check.excluded[0].contains("learned"), "{}", check.excluded[0]);
+        assert!(check.rows.iter().all(|row| row.strategy != "LS"));
+    }
+    let features = check(&checks, Theorem::FeatureNorms);
+    assert_eq!(features.rows.len(), 3 * SEEDS as usize * N_LSC as usize);
+    // Strategy 1, seed 0, LSC 1: S_1 = 4, so the alternation's range is 2 * 4 = 8 around a line.
+    let row = features.rows.iter().find(|r| r.network == "1_seed0" && r.lsc == Some(1)).unwrap();
+    assert!((row.factor - 4.0).abs() < 1e-12 && (row.value - 8.0).abs() < 1e-9, "{row:?}");
+    assert_eq!(row.kappa, Some(1.0));
+    // 1/sqrt2 enters at its own factor, with no kappa.
+    let uniform = features.rows.iter().find(|r| r.network == "1/sqrt2_seed0" && r.lsc == Some(1)).unwrap();
+    assert!((uniform.factor - 2.0).abs() < 1e-12 && uniform.kappa.is_none(), "{uniform:?}");
+    // The gradient over the batch's own loss: 2 * sum c^2 * seed scale, whatever the loss did.
+    let gradients = check(&checks, Theorem::GradientNorms);
+    let row = gradients.rows.iter().find(|r| r.network == "CS(0.5)_seed0").unwrap();
+    assert!((row.value - 2.0 * (1.0 + 0.25 + 0.0625 + 0.015625)).abs() < 1e-9, "{row:?}");
+}
+
+#[test]
+fn training_checks_do_not_call_a_reversed_ordering_observed() {
+    for check in training_checks(&sweep(Relation::Reversed)) {
+        assert_eq!(check.response.ordering, PredictedOrdering::NotObserved, "{}", check.response.explanation);
+        assert!(check.response.reverse_p_value.unwrap() < 0.01, "{}", check.response.explanation);
+    }
+}
+
+/// Growth is not oscillation: feature norms that only grow along a line after the descent, each
+/// faster the larger its factor, oscillate by nothing.
+#[test]
+fn smooth_growth_is_no_oscillation() {
+    let mut runs = sweep(Relation::Proportional);
     for run in &mut runs {
         for record in run.records.iter_mut().filter(|r| r.quantity == "feature_l2" && r.t_bin.is_none()) {
-            if record.layer.as_deref().is_some_and(|layer| layer.starts_with("dec.")) {
-                let lsc = f64::from(record.lsc.unwrap());
-                record.value = Some((10.0 + record.step as f64 * 5.0 / lsc).sqrt());
-            }
+            let lsc = f64::from(record.lsc.unwrap());
+            record.value = Some((10.0 + record.step as f64 * 5.0 / lsc).sqrt());
         }
     }
-    let result = check_thm31(&runs);
-    assert!(result.rows.iter().all(|row| row.measured < 1e-9), "{:?}", &result.rows[..3]);
-    for association in result.associations() {
-        assert_eq!(association.verdict, Verdict::Inconclusive, "{}", association.explanation);
+    let checks = training_checks(&runs);
+    let features = check(&checks, Theorem::FeatureNorms);
+    assert!(features.rows.iter().all(|row| row.value < 1e-9), "{:?}", &features.rows[..2]);
+    assert_eq!(features.response.ordering, PredictedOrdering::NotObserved);
+}
+
+#[test]
+fn a_run_without_enough_records_after_its_descent_is_left_out_by_name() {
+    let mut runs = sweep(Relation::Proportional);
+    // This run is still descending at its last record.
+    for record in runs[0].records.iter_mut().filter(|r| r.quantity == "probe_loss") {
+        record.value = Some(1.0 - record.step as f64 / 1000.0);
     }
+    let checks = training_checks(&runs);
+    assert!(
+        checks[0].excluded.iter().any(|reason| reason.starts_with("1_seed0: ") && reason.contains("after its descent")),
+        "{:?}",
+        checks[0].excluded
+    );
+}
+
+/// Lines as `scalelong dose-response` writes them, each quantity `relation(factor)` times a seed's
+/// scale.
+fn init_lines(relation: Relation) -> Vec<DoseResponseLine> {
+    let mut lines = Vec::new();
+    for seed in 0..SEEDS {
+        for kappa in [0.5, 0.7, 0.85, 1.0] {
+            let coefficients: Vec<f64> = (0..N_LSC as i32).map(|i| f64::powi(kappa, i)).collect();
+            let scale = 1.0 + seed as f64;
+            let line = |quantity, lsc: Option<u32>, factor: Option<f64>| DoseResponseLine {
+                model: "uvit-deep".to_string(),
+                seed,
+                kappa,
+                quantity,
+                lsc,
+                factor,
+                value: Some(scale * relation.measured(factor.unwrap_or(1.0))),
+            };
+            for lsc in 1..=N_LSC {
+                let factor = coefficients[lsc as usize - 1..].iter().map(|c| c * c).sum();
+                lines.push(line(DoseQuantity::FeatureSqNorm, Some(lsc), Some(factor)));
+            }
+            let squares: f64 = coefficients.iter().map(|c| c * c).sum();
+            lines.push(line(DoseQuantity::GradSqNorm, None, Some(squares)));
+            lines.push(line(DoseQuantity::GradSqNormPerLoss, None, Some(squares)));
+            lines.push(line(DoseQuantity::ProbeLoss, None, None));
+            lines.push(line(DoseQuantity::Sensitivity, None, Some(coefficients.iter().sum())));
+        }
+    }
+    lines
 }
 
 #[test]
-fn thm31_refuted_when_ranges_reverse_the_bound() {
-    assert_refuted(check_thm31);
-}
-
-#[test]
-fn thm31_inconclusive_for_one_strategy() {
-    assert_inconclusive_for_one_strategy(check_thm31);
-}
-
-#[test]
-fn thm33_supported_when_gradients_follow_the_bound() {
-    let result = assert_supported(check_thm33, BOUND_ORDER.len() * SEEDS.len() * T_BINS as usize, 2.0);
-    // 1/sqrt2, seed 0, bin 2: loss 1/3, ||x_t||^2 = 4, sum c^2 = 4 * 1/2 -> 8/3.
-    let (measured, predicted) = row_values(&result, "1/sqrt2-seed0", "bin 2");
-    assert_close(predicted, 8.0 / 3.0);
-    assert_close(measured, 16.0 / 3.0);
-}
-
-#[test]
-fn thm33_refuted_when_gradients_reverse_the_bound() {
-    assert_refuted(check_thm33);
-}
-
-#[test]
-fn thm33_inconclusive_for_one_strategy() {
-    assert_inconclusive_for_one_strategy(check_thm33);
-}
-
-#[test]
-fn thm34_supported_when_sensitivity_follows_the_bound() {
-    let result = assert_supported(check_thm34, BOUND_ORDER.len() * SEEDS.len(), 2.0);
-    // CS, seed 0, M0 = 1.5: 1.5 + 0.5 * 2.25 + 0.25 * 3.375 + 0.125 * 5.0625.
-    let (measured, predicted) = row_values(&result, "CS-seed0", "whole probe batch");
-    assert_close(predicted, 4.1015625);
-    assert_close(measured, 8.203125);
-}
-
-#[test]
-fn thm34_refuted_when_sensitivity_reverses_the_bound() {
-    assert_refuted(check_thm34);
-}
-
-#[test]
-fn thm34_inconclusive_for_one_strategy() {
-    assert_inconclusive_for_one_strategy(check_thm34);
+fn initialisation_checks_read_the_dose_response_lines() {
+    let checks = initialisation_checks(&init_lines(Relation::Proportional));
+    for check in &checks {
+        assert_eq!(check.source, Source::Initialisation);
+        assert_eq!(check.response.ordering, PredictedOrdering::Observed, "{}", check.response.explanation);
+        assert!(check.response.slope.unwrap().contains(1.0), "{}", check.response.explanation);
+    }
+    assert_eq!(check(&checks, Theorem::FeatureNorms).rows.len(), SEEDS as usize * 4 * N_LSC as usize);
+    let gradient = check(&checks, Theorem::GradientNorms);
+    assert_eq!(gradient.rows.len(), SEEDS as usize * 4);
+    assert!(gradient.quantity.contains("over the probe loss"), "{}", gradient.quantity);
+    let strategy_one = gradient.rows.iter().find(|r| r.kappa == Some(1.0)).unwrap();
+    assert_eq!(strategy_one.strategy, "1");
+    for check in initialisation_checks(&init_lines(Relation::Reversed)) {
+        assert_eq!(check.response.ordering, PredictedOrdering::NotObserved, "{}", check.response.explanation);
+    }
 }

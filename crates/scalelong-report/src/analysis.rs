@@ -1,12 +1,10 @@
 //! The numbers behind the figures: smoothing, aggregation over seeds, per-LSC grids, the LS gate
-//! fits and the theorem checks, grouped by model and strategy.
+//! fits, grouped by model and strategy (the theorem checks are in `bounds.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use scalelong_analysis::inference::{Interval, LEVEL, mean_interval, sample_sd};
 use scalelong_analysis::stats::{DecayFit, exp_decay_fit, mean};
-use scalelong_analysis::theorems::RunRecords;
-use scalelong_analysis::theorems::{TheoremCheck, check_thm31, check_thm33, check_thm34};
 use scalelong_schema::SkipScaling;
 use scalelong_schema::{Record, series};
 
@@ -303,28 +301,6 @@ pub fn gate_fit(group: &Group) -> Option<GateFit> {
         moved,
         kappa: mean_interval(&per_run_kappa, LEVEL),
     })
-}
-
-/// The three theorem checks over the runs of one model.
-pub struct ModelChecks {
-    pub model: String,
-    /// Thm 3.1, 3.3 and 3.4, in this order.
-    pub checks: [TheoremCheck; 3],
-}
-
-pub fn theorem_checks(sweep: &SweepData, model: &str) -> ModelChecks {
-    let runs: Vec<RunRecords> = sweep
-        .runs
-        .iter()
-        .filter(|run| run.model == model && !run.diagnostics.is_empty())
-        .map(|run| RunRecords {
-            run_id: run.id.clone(),
-            strategy: run.strategy_label.clone(),
-            depth: None,
-            records: run.diagnostics.clone(),
-        })
-        .collect();
-    ModelChecks { model: model.to_string(), checks: [check_thm31(&runs), check_thm33(&runs), check_thm34(&runs)] }
 }
 
 /// Per LSC, the series of `quantity` on the decoder block consuming it (t_bin null).

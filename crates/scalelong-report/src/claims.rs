@@ -5,11 +5,11 @@
 //! not hold only when it excludes the claimed effect, inconclusive otherwise. Nothing is assumed.
 
 use scalelong_analysis::inference::{ClaimedEffect, Interval, Verdict, claimed_magnitude_excluded, verdict};
-use scalelong_analysis::theorems::{Level, SMALLEST_EFFECT, TheoremCheck};
 
 use scalelong_analysis::inference::{LEVEL, mean_correlation_interval, mean_interval};
 
-use crate::analysis::{GateFit, ModelChecks};
+use crate::analysis::GateFit;
+use crate::bounds::{self, BoundCheck};
 use crate::compare::{Comparison, Direction, Measure};
 use crate::format_number;
 use crate::learned::decay_claim;
@@ -24,6 +24,9 @@ pub const CLAIMED_LR_RATIO: f64 = 2.0;
 /// The FD ratio (edited over unedited) of interest for a sampling-time edit: 10% lower. Skip-Tuning
 /// and FreeU report larger gains on large models; a tenth is the smallest worth a user's attention.
 pub const CLAIMED_FD_RATIO: f64 = 0.9;
+/// The smallest rank correlation of interest (a moderate one): an interval entirely on the near side
+/// of it excludes the effect.
+pub const SMALLEST_EFFECT: f64 = 0.3;
 /// The difference of low-frequency shares (skip minus main path) of interest: 5 percentage points.
 pub const CLAIMED_SHARE_DIFFERENCE: f64 = -0.05;
 
@@ -32,6 +35,10 @@ pub enum Outcome {
     Held,
     DidNotHold,
     Inconclusive,
+    /// A bound's ordering (claims (b)-(d)): a bound is an upper bound, so its check reads an
+    /// ordering as seen or not seen, never as a bound that held or failed.
+    OrderingObserved,
+    OrderingNotObserved,
     #[default]
     NotMeasured,
 }
@@ -42,6 +49,8 @@ impl Outcome {
             Outcome::Held => "held: direction established",
             Outcome::DidNotHold => "did not hold: the opposite direction established",
             Outcome::Inconclusive => "direction not established",
+            Outcome::OrderingObserved => "the predicted ordering was observed",
+            Outcome::OrderingNotObserved => "the predicted ordering was not observed",
             Outcome::NotMeasured => "not measured",
         }
     }
@@ -49,9 +58,9 @@ impl Outcome {
     /// The CSS class of the verdict on the page.
     pub fn class(self) -> &'static str {
         match self {
-            Outcome::Held => "held",
+            Outcome::Held | Outcome::OrderingObserved => "held",
             Outcome::DidNotHold => "not-held",
-            Outcome::Inconclusive | Outcome::NotMeasured => "inconclusive",
+            Outcome::Inconclusive | Outcome::OrderingNotObserved | Outcome::NotMeasured => "inconclusive",
         }
     }
 }
@@ -94,7 +103,7 @@ pub struct Claim {
 /// profiles, (f) the stable learning rate.
 pub fn assess_claims(
     comparisons: &[Comparison],
-    model_checks: &[ModelChecks],
+    bound_checks: &[BoundCheck],
     gate_fits: &[GateFit],
     stable_lr: Option<&[StableLrRow]>,
     skips: &SkipFindings,
@@ -120,30 +129,7 @@ pub fn assess_claims(
             "the sweep has no strategy-1 run to compare with",
         ));
     }
-    // Each bound read between runs (what the coefficients change) and within runs (its ordering
-    // inside one network), as separate claims: see scalelong_analysis::theorems.
-    let theorems = [
-        (
-            "(b) Smaller feature-norm oscillation for smaller coefficients",
-            "(b) Feature-norm oscillation ordered as the bound orders the LSCs",
-            0,
-        ),
-        (
-            "(c) Smaller gradient norms for smaller coefficients",
-            "(c) Gradient norms ordered as the bound orders the timestep bins",
-            1,
-        ),
-        ("(d) Smaller sensitivity to perturbed inputs for smaller coefficients", "", 2),
-    ];
-    for (between_title, within_title, index) in theorems {
-        for model in model_checks {
-            let check = &model.checks[index];
-            claims.push(theorem_claim(between_title, &model.model, check, Level::BetweenRuns));
-            if check.within_runs.is_some() {
-                claims.push(theorem_claim(within_title, &model.model, check, Level::WithinRuns));
-            }
-        }
-    }
+    claims.extend(bounds::claims(bound_checks));
     // The paper's observation is about its LS gates; every learned profile (LS gates shared or one
     // per LSC, learned scalars) is read the same way, a decay counting only where it was learned.
     claims.extend(gate_fits.iter().map(decay_claim));
@@ -292,14 +278,21 @@ pub fn summary(claims: &[Claim]) -> String {
     };
     let mut text = format!(
         "{} claims were tested: {} held (the claimed direction established), {} did not hold (the opposite direction \
-         established), {} had no direction established and {} could not be measured here.",
+         established), {} had no direction established and {} could not be measured here; of the bounds' \
+         orderings, {} were observed and {} not observed.",
         claims.len(),
         count(Outcome::Held),
         count(Outcome::DidNotHold),
         count(Outcome::Inconclusive),
-        count(Outcome::NotMeasured)
+        count(Outcome::NotMeasured),
+        count(Outcome::OrderingObserved),
+        count(Outcome::OrderingNotObserved)
     );
-    for (outcome, phrase) in [(Outcome::Held, "Held"), (Outcome::DidNotHold, "Did not hold")] {
+    for (outcome, phrase) in [
+        (Outcome::Held, "Held"),
+        (Outcome::DidNotHold, "Did not hold"),
+        (Outcome::OrderingObserved, "Orderings observed"),
+    ] {
         let held = names(outcome);
         if !held.is_empty() {
             text.push_str(&format!(" {phrase}: {}.", held.join("; ")));
@@ -454,50 +447,6 @@ fn comparison_claims(comparison: &Comparison) -> Vec<Claim> {
             }
         })
         .collect()
-}
-
-/// (b)-(d) A bound's ordering at one level, by the rank correlation of measured against predicted.
-fn theorem_claim(title: &str, model: &str, check: &TheoremCheck, level: Level) -> Claim {
-    let name = format!("{title} ({}) on {model}, {level}", check.theorem);
-    let reading = match level {
-        Level::BetweenRuns => "runs with a larger mean prediction have a larger mean measured value (Spearman over \
-                               the runs' means)"
-            .to_string(),
-        Level::WithinRuns => {
-            format!(
-                "within each run, over {}, the ordering follows (the mean of the runs' Spearman)",
-                check.rows_range_over
-            )
-        }
-    };
-    let claimed =
-        format!("{}: {reading}, positive (of interest: at least {})", check.claim, format_number(SMALLEST_EFFECT));
-    let association = match level {
-        Level::BetweenRuns => Some(&check.between_runs),
-        Level::WithinRuns => check.within_runs.as_ref(),
-    };
-    let Some(association) = association.filter(|_| !check.rows.is_empty()) else {
-        return Claim { claimed, ..not_measured(&name, "the diagnostics it needs were not recorded") };
-    };
-    let rests_on = format!("{} rows from {} runs", check.rows.len(), check.runs);
-    let (effect, outcome) = match &association.interval {
-        Some(interval) => {
-            let p = association.p_value.map_or(String::new(), |p| format!("; p = {}", format_number(p)));
-            (format!("Spearman {}{p}", interval_text(interval, "")), association.verdict.into())
-        }
-        None => (association.explanation.clone(), Outcome::Inconclusive),
-    };
-    // A squared-error gradient grows with the residual, so gradient norms follow the loss-weighted
-    // prediction over timestep bins in any network, whatever its skip coefficients (issue 20): this
-    // reading is kept for comparison with earlier reports but says nothing about kappa.
-    let note = if check.theorem == "Thm 3.3" && level == Level::WithinRuns {
-        "holds for any network trained with a squared error (the gradient scales with the residual): not evidence \
-         about the skip coefficients"
-            .to_string()
-    } else {
-        String::new()
-    };
-    Claim { name, claimed, outcome, effect, rests_on, note, ..Default::default() }
 }
 
 /// (f) A scaled strategy stays trained at larger learning rates than `1` (`rows`: every row, for

@@ -2,7 +2,6 @@
 //! is a PNG in memory; the caller writes it beside the HTML and embeds it.
 
 use anyhow::Result;
-use scalelong_analysis::theorems::TheoremCheck;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -542,57 +541,6 @@ pub fn spectral_figures(sweep: &SweepData) -> Result<Vec<Figure>> {
         });
     }
     Ok(figures)
-}
-
-/// Figure 5: measured against predicted values of one theorem check, log-log, coloured by strategy;
-/// `None` when the check has no row a log axis can show.
-pub fn theorem_figure(
-    model_index: usize,
-    model: &str,
-    check: &TheoremCheck,
-    palette: &Palette,
-) -> Result<Option<Figure>> {
-    if !check.rows.iter().any(|row| row.predicted > 0.0 && row.measured > 0.0) {
-        return Ok(None);
-    }
-    let mut labels: Vec<&str> = Vec::new();
-    for row in &check.rows {
-        if !labels.contains(&row.strategy.as_str()) {
-            labels.push(&row.strategy);
-        }
-    }
-    let panel = ScatterPanel {
-        title: format!(
-            "{} on {model}: {}",
-            check.theorem,
-            check.associations().map(|a| format!("{} {}", a.level, a.verdict)).collect::<Vec<_>>().join(", ")
-        ),
-        x_desc: "predicted (bound, constants dropped)".to_string(),
-        y_desc: "measured".to_string(),
-        x_scale: Scale::Log,
-        y_scale: Scale::Log,
-        dots: labels
-            .iter()
-            .map(|label| XySeries {
-                label: label.to_string(),
-                colour: palette.colour(label),
-                points: check
-                    .rows
-                    .iter()
-                    .filter(|row| row.strategy == *label)
-                    .map(|row| (row.predicted, row.measured))
-                    .collect(),
-            })
-            .collect(),
-        lines: Vec::new(),
-    };
-    let png = render_png(PANEL_SIZE, |root| draw_scatter_panel(root, &panel))?;
-    Ok(Some(Figure {
-        file_name: format!("{}_{model_index}.png", slug(check.theorem)),
-        title: format!("{} on {model}", check.theorem),
-        caption: format!("Each dot is one row of the check: {}.", check.claim),
-        png,
-    }))
 }
 
 /// `text` with every character other than ASCII letters, digits and `-` replaced by `_`, for file

@@ -3,14 +3,17 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use scalelong_analysis::inference::{Interval, LEVEL, POWER, Verdict};
-use scalelong_analysis::theorems::{BOOTSTRAP_RESAMPLES, Level, SMALLEST_EFFECT, TREND_WINDOW};
+use scalelong_analysis::dose_response::{ALPHA, PERMUTATIONS};
+use scalelong_analysis::inference::{Interval, LEVEL, POWER};
+use scalelong_analysis::theorems::{DESCENT_REMAINING, MIN_SETTLED_RECORDS};
 
 use super::ReportContent;
 use super::figures::Figure;
 use super::format_number;
 use crate::assess::{COLLAPSE_FRACTION, PLATEAU_MAX_DROP, PLATEAU_TAIL, SPIKE_K, SPIKE_WINDOW, Status};
-use crate::claims::{CLAIMED_FD_RATIO, CLAIMED_LR_RATIO, CLAIMED_SHARE_DIFFERENCE, CLAIMED_SPEEDUP, summary};
+use crate::claims::{
+    CLAIMED_FD_RATIO, CLAIMED_LR_RATIO, CLAIMED_SHARE_DIFFERENCE, CLAIMED_SPEEDUP, SMALLEST_EFFECT, summary,
+};
 use crate::learned;
 use crate::sweep_data::RunData;
 
@@ -258,14 +261,15 @@ fn methods_section(content: &ReportContent, page: &mut String) {
          held-out curves' geometric means (intervals: the ratios the test does not reject). Speed targets are \
          held-out losses fixed in the sweep file before its runs; a run that never reaches one counts at its last \
          step (censored, which can only understate a difference). Holm's correction runs across the strategies \
-         compared with 1, measure by measure. The theorem checks, each read at two levels: between runs, Spearman of the runs' \
-         mean measured against mean predicted values (what the skip coefficients change), with a permutation test \
-         of the runs' means; within runs, the mean of each run's own Spearman over its LSCs or timestep bins (the \
-         bound's ordering inside one network), with a sign-flip test; both with a percentile bootstrap over runs \
-         ({resamples} resamples; rows of one run are not independent). Pooling all rows into one correlation would \
-         mix the two, which can point opposite ways. \
-         Thm 3.1 measures a feature norm's oscillation around its centred moving average of {trend} records, since \
-         the max - min of a growing series measures its growth. Each claim is read twice. Its <b>direction</b>: <b>held</b> when its \
+         compared with 1, measure by measure. \
+         The bounds (claims (b)-(d)) are read as dose-responses: each quantity against the bound's factor over \
+         networks that differ only in their coefficients, within seeds (each seed's Spearman, averaged; a \
+         permutation test of the networks within each seed, {permutations} permutations, one-sided; the predicted \
+         ordering counts as observed at p <= {alpha}), at initialisation (`scalelong dose-response`: CS over a kappa \
+         grid) and during training (the runs with fixed coefficients, after each run's descent: from the first \
+         record where the probe loss is within {remaining}% of its fall, at least {settled} records). A bound is an \
+         upper bound: an ordering not observed does not refute it. \
+         Each claim is read twice. Its <b>direction</b>: <b>held</b> when its \
          interval (for the comparisons with strategy 1, its Holm-adjusted exact test) lies on the claimed side of no \
          effect; <b>did not hold</b> only when it lies on the other side; <b>not established</b> otherwise. Its \
          <b>size</b>: whether the interval excludes the effect of interest (for the comparisons with 1: 2 fewer \
@@ -275,8 +279,10 @@ fn methods_section(content: &ReportContent, page: &mut String) {
          path's). \"1.2x excluded\" is not \"not faster\". The smallest detectable effect is the one a paired test over these \
          seeds finds with {power}% power at the measured spread.</p>\n",
         level = format_number(LEVEL * 100.0),
-        resamples = BOOTSTRAP_RESAMPLES,
-        trend = TREND_WINDOW,
+        permutations = PERMUTATIONS,
+        alpha = format_number(ALPHA),
+        remaining = format_number(DESCENT_REMAINING * 100.0),
+        settled = MIN_SETTLED_RECORDS,
         speedup = format_number(CLAIMED_SPEEDUP),
         effect = format_number(SMALLEST_EFFECT),
         lr = format_number(CLAIMED_LR_RATIO),
@@ -677,67 +683,52 @@ fn skips_section(content: &ReportContent, page: &mut String) {
 fn theorems_section(content: &ReportContent, page: &mut String) {
     page.push_str("<h2>Theorem checks</h2>\n");
     page.push_str(
-        "<p>Each check pairs a measured quantity with the bound's variable part (constants dropped) and tests the \
-         ordering the bound fixes, between runs (the runs' means: what the coefficients change) and within runs \
-         (each run's rows: the bound's ordering inside one network), each with its 95% bootstrap interval over runs \
-         and a p-value (see How the runs were judged).</p>\n",
+        "<p>Each bound as a dose-response: the quantity it speaks of against the bound's factor, over networks \
+         that differ only in their skip coefficients, compared within seeds (docs/method.md §4). At \
+         initialisation from the sweep folder's dose_response.jsonl (`just dose-response`), during training from \
+         the runs with fixed coefficients (1, 1/sqrt2, CS; learned ones are left out). A bound is an upper bound: \
+         \"not observed\" does not refute it.</p>\n",
     );
+    if content.bound_checks.is_empty() {
+        page.push_str(&note("The diagnostics and the dose-response the theorem checks need were"));
+        return;
+    }
     page.push_str(&table_links(&content.table_files.theorem_rows));
-    for (model_checks, figures) in content.model_checks.iter().zip(content.theorem_figures) {
-        for (check, figure) in model_checks.checks.iter().zip(figures) {
-            page.push_str(&format!("<h3>{} on {}</h3>\n", escape(check.theorem), escape(&model_checks.model)));
-            if check.rows.is_empty() {
-                page.push_str(&note(&format!("The diagnostics {} needs were", check.theorem)));
-                continue;
-            }
-            let readings: Vec<String> = check
-                .associations()
-                .map(|association| {
-                    let class = match association.verdict {
-                        Verdict::Held => "held",
-                        Verdict::DidNotHold => "not-held",
-                        Verdict::Inconclusive => "inconclusive",
-                    };
-                    let level = match association.level {
-                        Level::BetweenRuns => "Between runs",
-                        Level::WithinRuns => "Within runs",
-                    };
-                    format!(
-                        "<br>{level}: <span class=\"{class}\">{}</span>. {}",
-                        association.verdict,
-                        escape(&association.explanation)
-                    )
-                })
-                .collect();
-            let pooled = check.pooled_spearman.map_or(String::new(), |rho| {
-                format!(
-                    "<br>For reference, Spearman over all {} rows pooled: {}.",
-                    check.rows.len(),
-                    format_number(rho)
-                )
-            });
-            page.push_str(&format!("<p>Claim: {}.{}{pooled}</p>\n", escape(&check.claim), readings.concat()));
-            if let Some(figure) = figure {
-                page.push_str(&figure_html(figure));
-            }
-            let rows: Vec<Vec<Cell>> = check
-                .rows
-                .iter()
-                .map(|row| {
-                    vec![
-                        Cell::Text(row.run_id.clone()),
-                        Cell::Html(format!("{}{}", swatch(content, &row.strategy), escape(&row.strategy))),
-                        Cell::Text(row.layer_or_bin.clone()),
-                        Cell::Number(Some(row.measured)),
-                        Cell::Number(Some(row.predicted)),
-                    ]
-                })
-                .collect();
-            page.push_str(&format!(
-                "<details><summary>The {} rows</summary>\n{}</details>\n",
-                check.rows.len(),
-                table(&["run", "strategy", "layer or bin", "measured", "predicted"], &rows)
-            ));
+    let rows: Vec<Vec<Cell>> = content
+        .bound_checks
+        .iter()
+        .map(|bound| {
+            let response = &bound.check.response;
+            vec![
+                Cell::Text(format!("{} on {}, {}", bound.check.theorem.name(), bound.model, bound.check.source)),
+                Cell::Text(bound.check.quantity.clone()),
+                Cell::Text(bound.check.theorem.factor().to_string()),
+                Cell::Text(response.ordering.to_string()),
+                interval_cell(response.spearman.as_ref()),
+                interval_cell(response.slope.as_ref()),
+                Cell::Number(response.p_value),
+                Cell::Number(Some(response.seeds as f64)),
+            ]
+        })
+        .collect();
+    page.push_str(&table(
+        &["check", "quantity", "factor", "label", "within-seed Spearman", "log-log slope", "p (one-sided)", "seeds"],
+        &rows,
+    ));
+    for (bound, figure) in content.bound_checks.iter().zip(content.bound_figures) {
+        let check = &bound.check;
+        page.push_str(&format!(
+            "<h3>{} on {}, {}</h3>\n<p>{}</p>\n",
+            check.theorem.name(),
+            escape(&bound.model),
+            check.source,
+            escape(&check.response.explanation)
+        ));
+        if !check.excluded.is_empty() {
+            page.push_str(&format!("<p>Left out: {}.</p>\n", escape(&check.excluded.join("; "))));
+        }
+        if let Some(figure) = figure {
+            page.push_str(&figure_html(figure));
         }
     }
 }

@@ -12,6 +12,7 @@
 
 mod analysis;
 mod assess;
+mod bounds;
 mod claims;
 mod compare;
 mod figures;
@@ -35,7 +36,7 @@ use anyhow::{Context, Result};
 use scalelong_schema::SkipScaling;
 use scalelong_schema::write_atomic;
 
-use analysis::{GateFit, ModelChecks};
+use analysis::GateFit;
 use claims::Claim;
 use compare::{Cell, Comparison};
 use figures::Figure;
@@ -81,9 +82,9 @@ struct ReportContent<'a> {
     gate_figures: &'a [Figure],
     /// What the LS gates saw, per model and LS strategy whose runs recorded it.
     gate_inputs: &'a [GateInputProfile],
-    model_checks: &'a [ModelChecks],
-    /// Per model, per check, its scatter plot when it has plottable rows.
-    theorem_figures: &'a [Vec<Option<Figure>>],
+    /// Claims (b)-(d), the bounds as dose-responses, and each check's figure when it has one.
+    bound_checks: &'a [bounds::BoundCheck],
+    bound_figures: &'a [Option<Figure>],
     samples: &'a [SampleImage],
     skips: &'a SkipFindings,
     /// Sampling-time edits per timestep bin, LSC importance, skip spectra.
@@ -136,7 +137,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
     let cells = compare::cells(&judged);
     let comparisons = compare::comparisons(&cells, &sweep.analysis);
     let stable_lr = tables::stable_lr_rows(&sweep, &judged);
-    let model_checks: Vec<ModelChecks> = models.iter().map(|model| analysis::theorem_checks(&sweep, model)).collect();
+    let bound_checks = bounds::bound_checks(&sweep, sweep_dir, &models)?;
     let gate_fits: Vec<GateFit> = models
         .iter()
         .flat_map(|model| analysis::groups_of_model(&sweep, model))
@@ -145,7 +146,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
     let gate_inputs = learned::gate_input_profiles(&sweep);
     let has_learned_runs = sweep.runs.iter().any(|run| analysis::learned_quantity(run.strategy).is_some());
     let skips = SkipFindings::new(&judged);
-    let claims = claims::assess_claims(&comparisons, &model_checks, &gate_fits, stable_lr.as_deref(), &skips);
+    let claims = claims::assess_claims(&comparisons, &bound_checks, &gate_fits, stable_lr.as_deref(), &skips);
 
     let heldout_figure = figures::heldout_figure(&sweep, &palette)?;
     let frontier_figures = match &stable_lr {
@@ -164,16 +165,10 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
     .into_iter()
     .flatten()
     .collect();
-    let theorem_figures: Vec<Vec<Option<Figure>>> = model_checks
+    let bound_figures: Vec<Option<Figure>> = bound_checks
         .iter()
         .enumerate()
-        .map(|(model_index, checks)| {
-            checks
-                .checks
-                .iter()
-                .map(|check| figures::theorem_figure(model_index, &checks.model, check, &palette))
-                .collect::<Result<Vec<_>>>()
-        })
+        .map(|(index, bound)| bounds::figure(index, bound, &palette))
         .collect::<Result<_>>()?;
     let all_figures = heldout_figure
         .iter()
@@ -183,7 +178,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         .chain(&heatmap_figures)
         .chain(&gate_figures)
         .chain(&skip_figures)
-        .chain(theorem_figures.iter().flatten().flatten());
+        .chain(bound_figures.iter().flatten());
     let mut figure_paths = Vec::new();
     for figure in all_figures {
         let path = figures_dir.join(&figure.file_name);
@@ -200,8 +195,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         table_paths.extend(paths);
         Ok(names)
     };
-    let theorem_rows_recorded =
-        model_checks.iter().any(|model| model.checks.iter().any(|check| !check.rows.is_empty()));
+    let theorem_rows_recorded = bound_checks.iter().any(|bound| !bound.check.rows.is_empty());
     let table_files = TableFiles {
         summary: write_table(tables::summary_frame(&summary)?, "summary")?,
         cells: write_table(tables::cells_frame(&cells)?, "cells")?,
@@ -215,7 +209,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
             None => Vec::new(),
         },
         theorem_rows: if theorem_rows_recorded {
-            write_table(tables::theorem_rows_frame(&model_checks)?, "theorem_rows")?
+            write_table(bounds::rows_frame(&bound_checks)?, "theorem_rows")?
         } else {
             Vec::new()
         },
@@ -267,8 +261,8 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         gate_fits: &gate_fits,
         gate_figures: &gate_figures,
         gate_inputs: &gate_inputs,
-        model_checks: &model_checks,
-        theorem_figures: &theorem_figures,
+        bound_checks: &bound_checks,
+        bound_figures: &bound_figures,
         samples: &samples,
         skips: &skips,
         skip_figures: &skip_figures,

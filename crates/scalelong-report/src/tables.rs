@@ -1,6 +1,6 @@
 //! The report's tables: one row per run (its status, plateau, spikes and final numbers), one per
 //! cell (mean with interval over seeds), one per comparison with strategy `1`, the largest stable
-//! learning rate per strategy, the theorem checks' rows and the gate fits; each written as CSV and
+//! learning rate per strategy and the gate fits (the theorem checks' rows: `bounds.rs`); each written as CSV and
 //! Parquet with polars.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,7 +11,7 @@ use polars::prelude::*;
 use scalelong_analysis::inference::{Interval, LEVEL, paired_ratio_interval};
 use scalelong_schema::{Censoring, LrBracket, write_atomic};
 
-use crate::analysis::{GateFit, ModelChecks, strategies};
+use crate::analysis::{GateFit, strategies};
 use crate::assess::Status;
 use crate::compare::{Cell, Comparison, Direction, Judged, Reading};
 use crate::format_number;
@@ -309,28 +309,6 @@ pub fn stable_lr_frame(rows: &[StableLrRow]) -> PolarsResult<DataFrame> {
         "per_seed_smallest_failed_lr" => rows.iter().map(|row| row.bisection.as_ref().map(|b| b.smallest_failed.iter().map(|(seed, lr)| format!("{seed}: {lr}")).collect::<Vec<_>>().join("; "))).collect::<Vec<_>>(),
         "seeds_trained_at_high" => rows.iter().map(|row| row.bisection.as_ref().map(|b| seeds_text(&b.trained_at_high))).collect::<Vec<_>>(),
         "seeds_failed_at_low" => rows.iter().map(|row| row.bisection.as_ref().map(|b| seeds_text(&b.failed_at_low))).collect::<Vec<_>>(),
-    }
-}
-
-/// Every row of every check, with the model and theorem it belongs to.
-pub fn theorem_rows_frame(model_checks: &[ModelChecks]) -> PolarsResult<DataFrame> {
-    let rows: Vec<(&str, &str, &scalelong_analysis::theorems::CheckRow)> = model_checks
-        .iter()
-        .flat_map(|model| {
-            model
-                .checks
-                .iter()
-                .flat_map(move |check| check.rows.iter().map(move |row| (model.model.as_str(), check.theorem, row)))
-        })
-        .collect();
-    df! {
-        "model" => rows.iter().map(|(model, _, _)| *model).collect::<Vec<_>>(),
-        "theorem" => rows.iter().map(|(_, theorem, _)| *theorem).collect::<Vec<_>>(),
-        "run_id" => rows.iter().map(|(_, _, row)| row.run_id.as_str()).collect::<Vec<_>>(),
-        "strategy" => rows.iter().map(|(_, _, row)| row.strategy.as_str()).collect::<Vec<_>>(),
-        "layer_or_bin" => rows.iter().map(|(_, _, row)| row.layer_or_bin.as_str()).collect::<Vec<_>>(),
-        "measured" => rows.iter().map(|(_, _, row)| row.measured).collect::<Vec<_>>(),
-        "predicted" => rows.iter().map(|(_, _, row)| row.predicted).collect::<Vec<_>>(),
     }
 }
 

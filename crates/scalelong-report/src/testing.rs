@@ -5,8 +5,8 @@ use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
 
 use scalelong_schema::{
-    AnalysisPlan, EvalLine, MetricsLine, Record, RunConfig, RunState, SkipEvalLine, SkipScaling, Status, SweepManifest,
-    SweepRun, write_json_atomic,
+    AnalysisPlan, DoseQuantity, DoseResponseLine, EvalLine, MetricsLine, Record, RunConfig, RunState, SkipEvalLine,
+    SkipScaling, Status, SweepManifest, SweepRun, write_json_atomic,
 };
 
 /// LSCs of the synthetic network; decoder block K consumes LSC `LSC_COUNT - K`.
@@ -58,6 +58,9 @@ pub struct SweepFixture {
     pub seeds: Vec<u64>,
     /// The sweep file's `[analysis]`, as `sweep.json` records it.
     pub analysis: AnalysisPlan,
+    /// Write `dose_response.jsonl` (`scalelong dose-response`) into the sweep folder, every quantity
+    /// proportional to its bound's factor.
+    pub dose_response: bool,
 }
 
 impl Default for SweepFixture {
@@ -72,6 +75,7 @@ impl Default for SweepFixture {
             collapsed: Vec::new(),
             seeds: vec![0, 1, 2],
             analysis: AnalysisPlan::default(),
+            dose_response: true,
         }
     }
 }
@@ -137,6 +141,9 @@ impl SweepFixture {
         write_json_atomic(&sweep_dir.join("sweep.json"), &manifest).unwrap();
         for run in &runs {
             self.write_run(&sweep_dir.join(&run.id), run);
+        }
+        if self.dose_response {
+            write_jsonl(&sweep_dir.join("dose_response.jsonl"), dose_response_lines(&self.seeds));
         }
         sweep_dir
     }
@@ -324,6 +331,34 @@ fn diagnostics(run: &FixtureRun, last_step: u64) -> Vec<Record> {
         }
     }
     records
+}
+
+/// CS networks at initialisation over a kappa grid, each quantity twice its bound's factor times a
+/// seed's scale: every check at initialisation observes the predicted ordering.
+fn dose_response_lines(seeds: &[u64]) -> Vec<DoseResponseLine> {
+    let mut lines = Vec::new();
+    for &seed in seeds {
+        for kappa in [0.5, 0.7, 0.85, 1.0] {
+            let coefficients: Vec<f64> = (0..LSC_COUNT as i32).map(|i| f64::powi(kappa, i)).collect();
+            let line = |quantity, lsc: Option<u32>, factor: f64| DoseResponseLine {
+                model: "uvit-small".to_string(),
+                seed,
+                kappa,
+                quantity,
+                lsc,
+                factor: Some(factor),
+                value: Some(2.0 * factor * (1.0 + 0.1 * seed as f64)),
+            };
+            for lsc in 1..=LSC_COUNT {
+                let factor = coefficients[lsc as usize - 1..].iter().map(|c| c * c).sum();
+                lines.push(line(DoseQuantity::FeatureSqNorm, Some(lsc), factor));
+            }
+            let squares: f64 = coefficients.iter().map(|c| c * c).sum();
+            lines.push(line(DoseQuantity::GradSqNormPerLoss, None, squares));
+            lines.push(line(DoseQuantity::Sensitivity, None, coefficients.iter().sum()));
+        }
+    }
+    lines
 }
 
 /// A 16x16 grey gradient, brighter for later steps.

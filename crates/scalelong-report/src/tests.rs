@@ -111,7 +111,7 @@ fn every_link_and_image_resolves_and_every_figure_decodes() {
     let sources = attribute_values(&page, "src");
     let links = attribute_values(&page, "href");
     // Held-out and training loss, feature norm, two heatmaps, one gate figure, three theorem
-    // checks, the skip edits per timestep bin, LSC importance and skip spectra, six sample grids.
+    // checks at initialisation (none during training: only strategy 1's coefficients are fixed), the skip edits per timestep bin, LSC importance and skip spectra, six sample grids.
     assert_eq!(sources.len(), 18, "{} images", sources.len());
     for source in &sources {
         let encoded =
@@ -210,12 +210,21 @@ fn the_claims_follow_the_planted_effects() {
         "3 seeds"
     );
     for theorem in [
-        "(b) Smaller feature-norm oscillation for smaller coefficients (Thm 3.1) on uvit-small, between runs",
-        "(b) Feature-norm oscillation ordered as the bound orders the LSCs (Thm 3.1) on uvit-small, within runs",
-        "(c) Smaller gradient norms for smaller coefficients (Thm 3.3) on uvit-small, between runs",
-        "(c) Gradient norms ordered as the bound orders the timestep bins (Thm 3.3) on uvit-small, within runs",
+        "(b) Feature norms rise with the skips' S_i (Thm 3.1) on uvit-small",
+        "(c) Gradient norms rise with the skips' sum c_j^2 (Thm 3.3) on uvit-small",
+        "(d) Sensitivity to a perturbed input rises with the skips' sum c_i (Thm 3.4) on uvit-small",
     ] {
-        assert_eq!(verdict_of(&fast_page, theorem), "held", "{theorem}");
+        // At initialisation the planted dose-response; during training one strategy with fixed
+        // coefficients (LS's are learned) leaves no ordering to read.
+        assert_eq!(
+            verdict_of(&fast_page, &format!("{theorem}, at initialisation")),
+            "the predicted ordering was observed",
+            "{theorem}"
+        );
+        assert_eq!(
+            verdict_of(&fast_page, &format!("{theorem}, during training")),
+            "the predicted ordering was not observed"
+        );
     }
     assert_eq!(verdict_of(&fast_page, "(e) LS gates decay with the LSC index on uvit-small"), "held");
     assert!(
@@ -246,7 +255,13 @@ fn a_collapsed_run_is_an_outcome_kept_in_every_comparison() {
 
 #[test]
 fn missing_pieces_are_noted_instead_of_failing() {
-    let bare = SweepFixture { diagnostics: false, eval: false, samples: false, ..SweepFixture::default() };
+    let bare = SweepFixture {
+        diagnostics: false,
+        eval: false,
+        samples: false,
+        dose_response: false,
+        ..SweepFixture::default()
+    };
     let (summary, page) = report_of(&bare, "missing");
     // Only the training-loss figure remains.
     assert_eq!(summary.figures.len(), 1, "{:?}", summary.figures);
@@ -266,13 +281,7 @@ fn missing_pieces_are_noted_instead_of_failing() {
     // Never evaluated, no held-out curve: one unmeasured speed claim, not one per strategy.
     assert_eq!(verdict_of(&page, "(a) Scaled strategies train faster than 1"), "not measured");
     assert!(!page.contains("<tr><td>(a) LS trains faster than 1"));
-    assert_eq!(
-        verdict_of(
-            &page,
-            "(b) Smaller feature-norm oscillation for smaller coefficients (Thm 3.1) on uvit-small, between runs"
-        ),
-        "not measured"
-    );
+    assert_eq!(verdict_of(&page, "(b) Feature norms rise with the skips' S_i (Thm 3.1)"), "not measured");
 }
 
 #[test]
