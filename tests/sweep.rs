@@ -78,6 +78,38 @@ fn a_tiny_sweep_runs_through_the_report() {
     assert_eq!(csv.lines().count(), 1 + 6, "one row per run:\n{csv}");
 }
 
+/// With --jobs 2 off a terminal, the processes' lines interleave on stderr, each carrying its run's
+/// name; the sweep ends with one summary of every run, not one per process; `status` reads the
+/// same folder.
+#[test]
+fn a_sweep_in_processes_names_each_line_and_sums_up_once() {
+    let (dir, sweep) = setup("sweep-jobs", 6);
+    let output = scalelong(&sweep_args(&sweep, &["--jobs", "2"]), &dir.0);
+    let log = stderr(&output);
+    assert!(output.status.success(), "{log}");
+    assert_complete(&dir, 6);
+    let ids = ["1_seed0", "1_seed1", "cs_seed0", "cs_seed1", "ls_seed0", "ls_seed1"];
+    let step_lines: Vec<&str> = log.lines().filter(|line| line.contains(" loss ") && line.contains(" lr ")).collect();
+    assert_eq!(step_lines.len(), 6 * 6, "one line per step and run:\n{log}");
+    for line in step_lines {
+        assert!(ids.iter().any(|id| line.starts_with(&format!("[{id}] step "))), "a line without its run: {line}");
+    }
+    let summaries: Vec<&str> = log.lines().filter(|line| line.starts_with("sweep tiny")).collect();
+    assert_eq!(
+        summaries,
+        ["sweep tiny: 6 of 6 runs done (6 completed, 0 diverged), 0 running, 0 waiting; ETA 0s"],
+        "{log}"
+    );
+
+    let status = scalelong(&["status", "runs/tiny", "--all"], &dir.0);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let table = String::from_utf8(status.stdout).unwrap();
+    assert_eq!(table.lines().count(), 1 + 1 + 6, "headline, header, one line per run:\n{table}");
+    assert!(table.lines().skip(2).all(|line| line.contains("completed") && line.contains("6/6")), "{table}");
+    let missing = scalelong(&["status", "runs/none"], &dir.0);
+    assert!(!missing.status.success() && stderr(&missing).contains("runs/none: not a sweep folder"));
+}
+
 #[test]
 fn a_killed_sweep_finishes_without_redoing_completed_runs() {
     let (dir, sweep) = setup("sweep-kill", 40);

@@ -199,13 +199,8 @@ fn ab(case: &str, rounds: usize) {
 fn parse_case(case: &str) -> (String, ModelConfig, SkipScaling) {
     let (name, strategy) = case.split_once(':').expect("case is preset:strategy");
     let config = preset(name).unwrap_or_else(|| panic!("unknown preset {name}"));
-    let scaling: SkipScaling = match strategy {
-        "1" => SkipScaling::Original,
-        "1/sqrt2" => SkipScaling::InvSqrt2,
-        "cs" => SkipScaling::Constant { kappa: scalelong_model::skip_scaling::DEFAULT_KAPPA },
-        "ls" => SkipScaling::Learnable { shared: true, reduction: scalelong_model::skip_scaling::DEFAULT_REDUCTION },
-        other => panic!("unknown strategy {other}"),
-    };
+    // The config's own parser: a name the bench accepts is one a config accepts.
+    let scaling: SkipScaling = strategy.parse().unwrap_or_else(|error| panic!("{case}: {error}"));
     (name.to_string(), config, scaling)
 }
 

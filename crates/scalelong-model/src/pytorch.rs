@@ -198,14 +198,15 @@ pub fn tensor_shapes(file: &CheckpointFile) -> Result<BTreeMap<String, Vec<usize
         .map_err(|message| ExchangeError::Read { path: file.path.clone(), message })
 }
 
-/// MP-cat and the learned scalar are scalelong's own strategies (docs/method.md §3.5): the
-/// reference's code has neither, so no checkpoint of it holds one and it could not load ours.
+/// A strategy the reference's code lacks ([`SkipScaling::in_pytorch_reference`]) is in none of
+/// its checkpoints, and it could not load ours.
 fn reference_has(strategy: SkipScaling) -> Result<(), String> {
-    match strategy {
-        SkipScaling::MpCat { .. } | SkipScaling::LearnedScalar { .. } => Err(format!(
+    if strategy.in_pytorch_reference() {
+        Ok(())
+    } else {
+        Err(format!(
             "the PyTorch reference has no {strategy} strategy (one of scalelong's own): its code cannot hold or load it"
-        )),
-        _ => Ok(()),
+        ))
     }
 }
 

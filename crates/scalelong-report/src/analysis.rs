@@ -32,21 +32,7 @@ pub struct Group<'a> {
     pub runs: Vec<&'a RunData>,
 }
 
-/// Sort key placing strategies in docs/method.md §3's order: 1, 1/sqrt2, CS by kappa, LS, LS non-shared,
-/// then mp-cat and the learned scalars.
-pub fn strategy_rank(strategy: SkipScaling) -> (u8, f64) {
-    match strategy {
-        SkipScaling::Original => (0, 0.0),
-        SkipScaling::InvSqrt2 => (1, 0.0),
-        SkipScaling::Constant { kappa } => (2, kappa),
-        SkipScaling::Learnable { shared: true, .. } => (3, 0.0),
-        SkipScaling::Learnable { shared: false, .. } => (4, 0.0),
-        SkipScaling::MpCat { t } => (5, t),
-        SkipScaling::LearnedScalar { kappa } => (6, kappa),
-    }
-}
-
-/// Every strategy of the sweep once, in [`strategy_rank`] order, labels distinct.
+/// Every strategy of the sweep once, in [`SkipScaling::rank`] order, labels distinct.
 pub fn strategies(sweep: &SweepData) -> Vec<(SkipScaling, String)> {
     let mut strategies: Vec<(SkipScaling, String)> = Vec::new();
     for run in &sweep.runs {
@@ -55,8 +41,8 @@ pub fn strategies(sweep: &SweepData) -> Vec<(SkipScaling, String)> {
         }
     }
     strategies.sort_by(|(a, _), (b, _)| {
-        let (rank_a, kappa_a) = strategy_rank(*a);
-        let (rank_b, kappa_b) = strategy_rank(*b);
+        let (rank_a, kappa_a) = a.rank();
+        let (rank_b, kappa_b) = b.rank();
         rank_a.cmp(&rank_b).then(kappa_a.total_cmp(&kappa_b))
     });
     strategies
@@ -194,7 +180,9 @@ pub fn learned_quantity(strategy: SkipScaling) -> Option<&'static str> {
     match strategy {
         SkipScaling::Learnable { .. } => Some("gate_mean"),
         SkipScaling::LearnedScalar { .. } => Some("coef"),
-        _ => None,
+        SkipScaling::Original | SkipScaling::InvSqrt2 | SkipScaling::Constant { .. } | SkipScaling::MpCat { .. } => {
+            None
+        }
     }
 }
 

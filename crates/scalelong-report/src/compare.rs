@@ -16,7 +16,6 @@ use scalelong_analysis::paired::{
 };
 use scalelong_schema::{AnalysisPlan, SkipScaling};
 
-use crate::analysis::strategy_rank;
 use crate::assess::{Assessment, Status, steps_to_reach};
 use crate::sweep_data::{RunData, SweepData};
 
@@ -157,13 +156,13 @@ pub fn judge(sweep: &SweepData) -> Vec<Judged<'_>> {
     sweep.runs.iter().map(|run| Judged { run, assessment: crate::assess::assess(run) }).collect()
 }
 
-/// The cells of the sweep, by model, setting and strategy (in [`strategy_rank`] order).
+/// The cells of the sweep, by model, setting and strategy (in [`SkipScaling::rank`] order).
 pub fn cells<'a>(judged: &'a [Judged<'a>]) -> Vec<Cell<'a>> {
     // (model, setting, strategy rank, strategy label): cells sort by model, then setting, then strategy.
     type CellKey = (String, String, (u8, u64), String);
     let mut groups: BTreeMap<CellKey, Vec<&Judged>> = BTreeMap::new();
     for j in judged {
-        let (rank, kappa) = strategy_rank(j.run.strategy);
+        let (rank, kappa) = j.run.strategy.rank();
         let key = (j.run.model.clone(), j.run.setting.clone(), (rank, kappa.to_bits()), j.run.strategy_label.clone());
         groups.entry(key).or_default().push(j);
     }

@@ -16,6 +16,7 @@ use crate::claims::{
 };
 use crate::learned;
 use crate::sweep_data::RunData;
+use scalelong_schema::SkipScaling;
 
 /// Counts the images that did not decode into `#broken-images` once the page has loaded, so a
 /// headless browser's DOM dump shows whether every embedded image is valid.
@@ -542,7 +543,7 @@ fn gates_section(content: &ReportContent, page: &mut String) {
 
 /// What the LS gates saw, and whether a shared gate could tell the LSCs apart (learned.rs).
 fn gate_inputs_part(content: &ReportContent, page: &mut String) {
-    if !content.gate_fits.iter().any(|fit| fit.strategy_label.starts_with("LS")) {
+    if !content.gate_fits.iter().any(|fit| matches!(fit.strategy, SkipScaling::Learnable { .. })) {
         return;
     }
     page.push_str("<h3>What the LS gates see</h3>\n");

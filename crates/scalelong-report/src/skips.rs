@@ -16,7 +16,7 @@ use scalelong_analysis::inference::{
 use scalelong_analysis::stats::mean;
 use scalelong_schema::{SkipEvalLine, series};
 
-use crate::analysis::{learned_quantity, strategy_rank};
+use crate::analysis::learned_quantity;
 use crate::assess::Status;
 use crate::compare::Judged;
 use crate::sweep_data::RunData;
@@ -57,7 +57,7 @@ pub fn trained_groups<'a>(judged: &'a [Judged<'a>]) -> Vec<RunGroup<'a>> {
     type GroupKey = (String, (u8, u64), String);
     let mut groups: BTreeMap<GroupKey, Vec<&RunData>> = BTreeMap::new();
     for j in judged.iter().filter(|j| j.assessment.status == Status::Trained) {
-        let (rank, value) = strategy_rank(j.run.strategy);
+        let (rank, value) = j.run.strategy.rank();
         let key = (j.run.model.clone(), (rank, value.to_bits()), j.run.strategy_label.clone());
         groups.entry(key).or_default().push(j.run);
     }

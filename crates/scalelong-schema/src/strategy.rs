@@ -122,6 +122,30 @@ impl SkipScaling {
         }
     }
 
+    /// Where the report lists the strategy: docs/method.md §3's order (1, 1/sqrt2, CS, LS, LS
+    /// non-shared, mp-cat, learned scalar), then by its parameter (CS by kappa).
+    pub fn rank(self) -> (u8, f64) {
+        match self {
+            Self::Original => (0, 0.0),
+            Self::InvSqrt2 => (1, 0.0),
+            Self::Constant { kappa } => (2, kappa),
+            Self::Learnable { shared: true, .. } => (3, 0.0),
+            Self::Learnable { shared: false, .. } => (4, 0.0),
+            Self::MpCat { t } => (5, t),
+            Self::LearnedScalar { kappa } => (6, kappa),
+        }
+    }
+
+    /// Whether the PyTorch reference's code has the strategy, so that its checkpoints can hold it
+    /// and ours of it can be exported there. MP-cat and the learned scalar are scalelong's own
+    /// (docs/method.md §3.5).
+    pub fn in_pytorch_reference(self) -> bool {
+        match self {
+            Self::Original | Self::InvSqrt2 | Self::Constant { .. } | Self::Learnable { .. } => true,
+            Self::MpCat { .. } | Self::LearnedScalar { .. } => false,
+        }
+    }
+
     /// The short name used in tables and figure legends.
     pub fn label(self) -> String {
         match self {
@@ -140,6 +164,15 @@ impl SkipScaling {
 pub fn lsc_of_decoder_block(k: usize, n_skips: usize) -> usize {
     assert!(k < n_skips, "decoder block {k} of a network with {n_skips} skips");
     n_skips - k
+}
+
+/// A strategy by its config name (`"cs"`, `"ls-nonshared"`, ...), as `strategy = "..."` reads it.
+impl std::str::FromStr for SkipScaling {
+    type Err = SkipScalingError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::try_from(SkipScalingSpec::Name(name.to_string()))
+    }
 }
 
 impl fmt::Display for SkipScaling {
@@ -294,6 +327,26 @@ mod tests {
             let back = toml::to_string(&Holder { strategy: parsed }).unwrap();
             assert_eq!(parse(&back).unwrap(), expected, "round trip of {text}: {back}");
         }
+    }
+
+    #[test]
+    fn names_parse_as_a_config_reads_them_and_the_order_is_the_method_pages() {
+        assert_eq!("cs".parse(), Ok(SkipScaling::Constant { kappa: DEFAULT_KAPPA }));
+        assert_eq!("ls".parse(), Ok(SkipScaling::Learnable { shared: true, reduction: DEFAULT_REDUCTION }));
+        assert_eq!("1".parse(), Ok(SkipScaling::Original));
+        assert!(matches!("cs2".parse::<SkipScaling>(), Err(SkipScalingError::UnknownName(_))));
+        let mut strategies = [
+            SkipScaling::LearnedScalar { kappa: 0.5 },
+            SkipScaling::Constant { kappa: 0.7 },
+            SkipScaling::Learnable { shared: true, reduction: 16 },
+            SkipScaling::Constant { kappa: 0.5 },
+            SkipScaling::Original,
+        ];
+        strategies.sort_by(|a, b| a.rank().0.cmp(&b.rank().0).then(a.rank().1.total_cmp(&b.rank().1)));
+        let labels: Vec<String> = strategies.iter().map(|s| s.label()).collect();
+        assert_eq!(labels, ["1", "CS(0.5)", "CS(0.7)", "LS", "Scalar(0.5)"]);
+        assert!(!SkipScaling::MpCat { t: 0.5 }.in_pytorch_reference());
+        assert!(SkipScaling::Learnable { shared: false, reduction: 8 }.in_pytorch_reference());
     }
 
     #[test]

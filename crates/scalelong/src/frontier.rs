@@ -399,6 +399,7 @@ pub fn run(file: &Path, runs_root: &Path, jobs: usize, device_name: &str) -> Res
         bail!("--jobs: must be at least 1");
     }
     let plan = FrontierPlan::load(file)?;
+    let jobs = jobs.min(plan.cells.runs.len().max(1));
     if jobs > 1 {
         // Refused here once, rather than by each process.
         plan.refuse_changed_probes(runs_root)?;
@@ -410,14 +411,17 @@ pub fn run(file: &Path, runs_root: &Path, jobs: usize, device_name: &str) -> Res
             "--device".into(),
             device_name.into(),
         ];
-        sweep::run_in_processes(&args, jobs)?;
+        sweep::run_in_processes(&args, jobs, None)?;
         let written = write_frontier(&plan, runs_root)?;
         eprintln!("frontier {}: {}", plan.cells.name, written_text(written.as_deref()));
         return Ok(());
     }
     let device = crate::device::parse(device_name)?.autodiff();
     let summary = search_cells(&plan, runs_root, &device)?;
-    eprintln!("{}", summary.describe(&plan.cells.name));
+    // A process started by the branch above leaves the summary to its parent.
+    if std::env::var_os(sweep::SWEEP_CHILD_ENV).is_none() {
+        eprintln!("{}", summary.describe(&plan.cells.name));
+    }
     Ok(())
 }
 

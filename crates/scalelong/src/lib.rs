@@ -20,6 +20,7 @@ pub mod frontier;
 pub mod progress;
 pub mod samples;
 pub mod skip_eval;
+pub mod status;
 pub mod sweep;
 pub mod train;
 
@@ -38,8 +39,8 @@ pub fn parameter_table() -> String {
         table.push_str(&format!(
             "{name:<14} {:>12} {:>12} {:>14}  {description}\n",
             count(SkipScaling::Original),
-            count(SkipScaling::Learnable { shared: true, reduction: 16 }),
-            count(SkipScaling::Learnable { shared: false, reduction: 16 }),
+            count("ls".parse().expect("a config name")),
+            count("ls-nonshared".parse().expect("a config name")),
         ));
     }
     table

@@ -124,6 +124,20 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Where a sweep stands, read from its folder (for a sweep running elsewhere: another shell, a
+    /// cluster's job array): runs done, running and waiting, each running run's step, loss, last
+    /// held-out loss and ETA, and the sweep's ETA.
+    Status {
+        /// A sweep folder (one with sweep.json), e.g. runs/stability.
+        sweep: PathBuf,
+        /// List every run, not only the running ones.
+        #[arg(long)]
+        all: bool,
+        /// Processes the sweep trains with (its --jobs), for the sweep's ETA (default: the number
+        /// of runs running now).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+    },
     /// Import a PyTorch reference checkpoint (.safetensors, .pth, .pt) as a run folder.
     Import {
         /// The state dict: .safetensors, .pth or .pt.
@@ -260,6 +274,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if jobs == 0 {
                 anyhow::bail!("--jobs: must be at least 1");
             }
+            // No more processes than runs: on a large machine a 12-run sweep gets 12 processes,
+            // each with an equal share of the threads, not 64 processes of one thread.
+            let runs_in_shard = (0..plan.runs.len()).filter(|i| i % shard.1 == shard.0).count();
+            let jobs = jobs.min(runs_in_shard.max(1));
             if jobs > 1 {
                 // Refused here once, rather than by each process.
                 if !retrain_changed {
@@ -279,16 +297,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if retrain_changed {
                     args.push("--retrain-changed".into());
                 }
-                sweep::run_in_processes(&args, jobs)?;
+                sweep::run_in_processes(&args, jobs, Some(&plan.folder(&runs)))?;
                 return Ok(ExitCode::SUCCESS);
             }
             let device = device::parse(&device)?.autodiff();
             let summary = sweep::run(&plan, &runs, shard, retrain_changed, &device)?;
-            eprintln!("{}", summary.describe(&plan.name));
+            // A process of a sweep started with --jobs leaves the summary to the sweep's parent.
+            if std::env::var_os(sweep::SWEEP_CHILD_ENV).is_none() {
+                eprintln!("{}", summary.describe(&plan.name));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Frontier { file, jobs, runs, device } => {
             frontier::run(&file, &runs, jobs, &device)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { sweep, all, jobs } => {
+            for line in scalelong::status::SweepStatus::read(&sweep)?.table(jobs, all) {
+                println!("{line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Report { sweep, out } => {

@@ -1,4 +1,6 @@
-//! A progress bar with ETA, it/s and running loss on a terminal; plain log lines otherwise.
+//! A progress bar with ETA, it/s and running loss on a terminal; otherwise plain log lines, each
+//! prefixed with the run's name so that the interleaved lines of a sweep's processes can be told
+//! apart.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -6,10 +8,12 @@ use std::io::IsTerminal;
 pub struct Progress {
     bar: Option<ProgressBar>,
     running_loss: Option<f64>,
+    /// The run's name (its folder's), before every plain line.
+    run: String,
 }
 
 impl Progress {
-    pub fn new(start: u64, steps: u64) -> Self {
+    pub fn new(run: &str, start: u64, steps: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
             bar.set_style(
@@ -19,7 +23,7 @@ impl Progress {
             bar.set_position(start);
             bar
         });
-        Self { bar, running_loss: None }
+        Self { bar, running_loss: None, run: run.to_string() }
     }
 
     pub fn step(&mut self, step: u64, loss: f64) {
@@ -36,14 +40,14 @@ impl Progress {
     pub fn log(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
+            None => eprintln!("[{}] {line}", self.run),
         }
     }
 
     pub fn finish(&self, message: &str) {
         match &self.bar {
             Some(bar) => bar.finish_with_message(message.to_string()),
-            None => eprintln!("{message}"),
+            None => eprintln!("[{}] {message}", self.run),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! recorded and left; a per-run lock file lets several processes (`--shard i/n`, or a scheduler
 //! running the `--list` commands) share one sweep folder without running a run twice.
 
+use crate::status::SweepStatus;
 use crate::train::{self, Outcome};
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
@@ -12,6 +13,7 @@ use scalelong_schema::{
 };
 use serde::Deserialize;
 use std::fs::File;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -382,32 +384,107 @@ fn utc_stamp(time: std::time::SystemTime) -> String {
     format!("{year:04}{month:02}{day:02}T{h:02}{m:02}{s:02}Z")
 }
 
+/// Set in the environment of the processes [`run_in_processes`] starts: such a process leaves the
+/// sweep's summary to its parent, which sees every process's runs.
+pub const SWEEP_CHILD_ENV: &str = "SCALELONG_SWEEP_CHILD";
+/// Seconds between redraws of the live sweep table.
+const REDRAW_SECONDS: u64 = 2;
+
 /// Runs `scalelong <args>` in `jobs` processes at once, each on an equal share of this machine's
 /// threads (`RAYON_NUM_THREADS`). Every process walks the whole share of the sweep; the per-run
 /// locks hand each run to whichever process reaches it first, so the processes work off one queue
 /// and finish together. An error when any process fails.
-pub fn run_in_processes(args: &[String], jobs: usize) -> Result<()> {
+///
+/// With `watch` (the sweep folder) and stderr on a terminal, the processes' own lines go to
+/// `<watch>/sweep.log` and this process draws one table in their place, redrawn every
+/// [`REDRAW_SECONDS`] ([`crate::status::SweepStatus::table`]: runs done, running, waiting, each
+/// running run's step, loss and ETA, the sweep's ETA). Off a terminal the processes write to stderr
+/// as they go, every line prefixed with its run id.
+pub fn run_in_processes(args: &[String], jobs: usize, watch: Option<&Path>) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_job = (threads / jobs).max(1);
     let exe = std::env::current_exe().context("cannot find this program's path to start the sweep's processes")?;
-    let children = (0..jobs)
-        .map(|_| {
-            std::process::Command::new(&exe)
-                .args(args)
-                .env("RAYON_NUM_THREADS", per_job.to_string())
-                .spawn()
-                .with_context(|| format!("cannot start {}", exe.display()))
+    let live = watch.filter(|_| std::io::stderr().is_terminal());
+    let log = match live {
+        Some(folder) => {
+            std::fs::create_dir_all(folder).with_context(|| format!("{}: cannot create", folder.display()))?;
+            let path = folder.join("sweep.log");
+            let file = File::options()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("{}: cannot open", path.display()))?;
+            Some((path, file))
+        }
+        None => None,
+    };
+    let mut children = (0..jobs)
+        .map(|_| -> Result<std::process::Child> {
+            let mut command = std::process::Command::new(&exe);
+            command.args(args).env("RAYON_NUM_THREADS", per_job.to_string()).env(SWEEP_CHILD_ENV, "1");
+            if let Some((_, file)) = &log {
+                command.stderr(file.try_clone()?);
+            }
+            command.spawn().with_context(|| format!("cannot start {}", exe.display()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let failed = children
-        .into_iter()
-        .map(|mut child| child.wait().map(|status| status.success()).unwrap_or(false))
-        .filter(|ok| !ok)
-        .count();
+    let mut failed = 0;
+    match live {
+        Some(folder) => {
+            let mut drawn = 0;
+            let mut running = children.len();
+            while running > 0 {
+                running = 0;
+                for child in &mut children {
+                    running += usize::from(matches!(child.try_wait(), Ok(None)));
+                }
+                if let Ok(status) = SweepStatus::read(folder) {
+                    drawn = redraw(drawn, &status.table(jobs, false));
+                }
+                if running > 0 {
+                    std::thread::sleep(std::time::Duration::from_secs(REDRAW_SECONDS));
+                }
+            }
+            for child in &mut children {
+                failed += usize::from(!child.wait().is_ok_and(|status| status.success()));
+            }
+            if let Ok(status) = SweepStatus::read(folder) {
+                redraw(drawn, &[status.headline(jobs)]);
+            }
+        }
+        None => {
+            for mut child in children {
+                failed += usize::from(!child.wait().is_ok_and(|status| status.success()));
+            }
+            if let Some(status) = watch.and_then(|folder| SweepStatus::read(folder).ok()) {
+                eprintln!("{}", status.headline(jobs));
+            }
+        }
+    }
     if failed > 0 {
-        bail!("{failed} of the sweep's {jobs} processes failed (their errors are above)");
+        let errors = match &log {
+            Some((path, _)) => format!("their errors are at the end of {}", path.display()),
+            None => "their errors are above".to_string(),
+        };
+        bail!("{failed} of the sweep's {jobs} processes failed ({errors})");
     }
     Ok(())
+}
+
+/// Replaces the `drawn` lines printed last on the terminal with `lines`; returns how many it drew.
+fn redraw(drawn: usize, lines: &[String]) -> usize {
+    let mut text = String::new();
+    if drawn > 0 {
+        // Up to the first line drawn, then clear everything below.
+        text.push_str(&format!("\x1b[{drawn}A\r\x1b[J"));
+    }
+    for line in lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_all(text.as_bytes()).and_then(|()| stderr.flush());
+    lines.len()
 }
 
 /// Run folders as given, a sweep folder (one with `sweep.json`) as its runs in the manifest's order.

@@ -86,7 +86,8 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
     let recorder = Recorder::new(&config.diagnostics, &train_set, &schedule, device).map_err(anyhow::Error::msg)?;
     let mut loader =
         Loader::starting_at(train_set.clone(), config.batch_size, config.seed, config.data.random_flip, start)?;
-    let mut progress = Progress::new(start, config.steps);
+    let name = run.file_name().map_or_else(|| run.display().to_string(), |name| name.to_string_lossy().into_owned());
+    let mut progress = Progress::new(&name, start, config.steps);
     let save = |step: u64, model: &DiffusionNet, ema: &Ema, optimizer: &ModuleOptimizer| {
         checkpoint::save(run, &CheckpointState { step, config: config.clone() }, model, &ema.model, optimizer)
     };
