@@ -11,7 +11,7 @@ jobs := env_var_or_default("SCALELONG_JOBS", num_cpus())
 
 # The main job, the stability experiment: the four strategies on the deeper U-ViT at a constant learning
 # rate where strategy 1 starts to fail, 8 seeds paired by seed, then its report
-# (docs/experiment-design.md; 36 minutes of sweep measured on 2 cores, in two segments).
+# (docs/experiment-design.md; 48 minutes timed whole from a fresh clone on 2 cores, report included).
 sweep: data build
     {{bin}} sweep experiments/sweep-stability.toml --jobs {{jobs}}
     {{bin}} dose-response --config experiments/dose-response.toml --out runs/stability/dose_response.jsonl
