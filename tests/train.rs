@@ -217,3 +217,47 @@ fn skip_edits_run_at_the_end_of_training_and_again_from_the_command_line() {
     assert!(stderr(&refused).contains("bad.toml: skip_edits[0].factors"), "{}", stderr(&refused));
     assert_eq!(jsonl(&run.join("skip_eval.jsonl")), replaced, "a refused command changes nothing");
 }
+
+/// Grey pixels of a PNG, with its width and height.
+fn grey_png(path: &std::path::Path) -> (Vec<u8>, u32, u32) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Grayscale);
+    pixels.truncate(info.buffer_size());
+    (pixels, info.width, info.height)
+}
+
+#[test]
+fn sample_draws_a_run_unedited_and_under_each_edit_from_the_same_noise() {
+    let dir = TempDir::new("sample");
+    let config = write_config(&dir, "tiny.toml", TINY_CONFIG);
+    let out = train(&dir, &config, "run", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    write_config(
+        &dir,
+        "edits.toml",
+        "skip_edits = [{ kind = \"skip-tuning\", rho_outer = 1.0, rho_inner = 0.0 }, { kind = \"freeu\" }]\n",
+    );
+    let sample = |seed: &str, out: &str| {
+        let args = ["sample", "run", "--edits", "edits.toml", "--count", "3", "--seed", seed, "--out", out];
+        let output = scalelong(&args, dir.path());
+        assert!(output.status.success(), "{}", stderr(&output));
+        grey_png(&dir.join(out))
+    };
+    let (pixels, width, height) = sample("7", "a.png");
+    // 3 samples of 16x16 a row, 3 rows (unedited, the ramp, FreeU), 2-pixel gaps.
+    assert_eq!((width, height), (3 * 18 + 2, 3 * 18 + 2));
+    let rows = std::fs::read_to_string(dir.join("a.txt")).unwrap();
+    assert_eq!(rows.lines().collect::<Vec<_>>(), ["unedited", "rho 1 -> 0", "b 1.2/1.4 s 0.9/0.2 threshold 1"]);
+    let row =
+        |pixels: &[u8], r: usize| pixels[(2 + r * 18) * width as usize..(2 + r * 18 + 16) * width as usize].to_vec();
+    assert_ne!(row(&pixels, 0), row(&pixels, 1), "the ramp to 0 changes the samples");
+    assert_eq!(sample("7", "b.png").0, pixels, "one seed, the same grid");
+    assert_ne!(row(&sample("8", "c.png").0, 0), row(&pixels, 0), "another seed, other samples");
+    assert!(leftover_tmp_files(dir.path()).is_empty());
+
+    let missing = scalelong(&["sample", "nowhere"], dir.path());
+    assert!(!missing.status.success() && stderr(&missing).contains("nowhere"), "{}", stderr(&missing));
+}

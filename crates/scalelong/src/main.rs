@@ -192,6 +192,29 @@ enum Command {
         #[arg(long, default_value = "flex", help = DEVICE_HELP)]
         device: String,
     },
+    /// Sample a trained run (its latest checkpoint's EMA weights) unedited and under each
+    /// sampling-time skip edit, one row each, every row from the same noise: FreeU or a
+    /// Skip-Tuning ramp judged by eye. Writes <run>/samples/edits_seed<N>.png and the rows'
+    /// settings beside it (.txt).
+    Sample {
+        /// A run folder, e.g. runs/stability/cs_seed0.
+        run: PathBuf,
+        /// A TOML file with `skip_edits = [...]` (default: the run's own `eval.skip_edits`; with
+        /// neither, the unedited row alone).
+        #[arg(long, value_name = "FILE")]
+        edits: Option<PathBuf>,
+        /// The sampling noise's seed (default: the one the run's own sample grids use).
+        #[arg(long, default_value_t = scalelong::samples::SAMPLE_SEED)]
+        seed: u64,
+        /// Samples per row (default: the run's `sample_count`).
+        #[arg(long)]
+        count: Option<usize>,
+        /// Where to write the PNG (default: <run>/samples/edits_seed<seed>.png).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "flex", help = DEVICE_HELP)]
+        device: String,
+    },
     /// Measure, at initialisation, what ScaleLong's bounds speak of (the feature norm at each LSC,
     /// the gradient norm, the output's sensitivity to an input perturbation) for CS networks over a
     /// kappa grid and many seeds, on the diagnostics' fixed probe, into one JSONL file that `report`
@@ -356,6 +379,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let lines = skip_eval::skip_eval_run(&run, edits.as_deref(), &device)?;
                 eprintln!("{}: {lines} settings", run.join("skip_eval.jsonl").display());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sample { run, edits, seed, count, out, device } => {
+            let device = device::parse(&device)?;
+            let edits = edits.map(|path| skip_eval::read_edits_file(&path)).transpose()?;
+            let written = skip_eval::sample_edits(&run, edits.as_deref(), seed, count, out.as_deref(), &device)?;
+            for (row, setting) in written.rows.iter().enumerate() {
+                eprintln!("row {}: {setting}", row + 1);
+            }
+            println!("{}", written.grid.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::DoseResponse { config, overrides, out, device } => {

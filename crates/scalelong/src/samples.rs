@@ -47,9 +47,15 @@ pub fn generate(
 }
 
 /// Tiles NCHW images in [-1, 1] into a square-ish grid with 2-pixel gaps, as 8-bit grey or RGB.
-pub fn encode_grid(pixels: &[f32], [n, c, h, w]: [usize; 4]) -> Result<Vec<u8>> {
+pub fn encode_grid(pixels: &[f32], dims: [usize; 4]) -> Result<Vec<u8>> {
+    encode_rows(pixels, dims, (dims[0] as f64).sqrt().ceil() as usize)
+}
+
+/// Tiles NCHW images in [-1, 1] `cols` to a row, row after row, with 2-pixel gaps, as 8-bit grey or
+/// RGB.
+pub fn encode_rows(pixels: &[f32], [n, c, h, w]: [usize; 4], cols: usize) -> Result<Vec<u8>> {
     const GAP: usize = 2;
-    let cols = (n as f64).sqrt().ceil() as usize;
+    let cols = cols.max(1);
     let rows = n.div_ceil(cols);
     let (gw, gh) = (cols * (w + GAP) + GAP, rows * (h + GAP) + GAP);
     let out_channels = if c == 1 { 1 } else { 3 };

@@ -10,6 +10,7 @@
 use crate::checkpoint::load_latest_weights;
 use crate::config::ResolveModel;
 use crate::eval::evaluate;
+use crate::samples::encode_rows;
 use crate::train::load_images;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
@@ -17,7 +18,7 @@ use scalelong_data::{ImageSet, Split};
 use scalelong_model::diffusion::NoiseSchedule;
 use scalelong_model::{DiffusionNet, FreeU, ModelConfig, SkipEdit};
 use scalelong_schema::{RunConfig, SkipEditSpec, SkipEvalLine, write_atomic};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One setting: what `skip_eval.jsonl` names it, the edit, and whether it gets an FD.
 struct Setting {
@@ -164,6 +165,56 @@ pub fn skip_eval_run(run: &Path, specs: Option<&[SkipEditSpec]>, device: &Device
     )?;
     write_lines(run, &lines)?;
     Ok(lines.len())
+}
+
+/// What `scalelong sample` wrote: the grid and, per row, the setting it shows.
+pub struct EditedSamples {
+    pub grid: PathBuf,
+    pub rows: Vec<String>,
+}
+
+/// `scalelong sample`: `count` samples (default the run's `sample_count`) of the latest
+/// checkpoint's EMA weights of `run`, unedited in the first row and under each setting of `specs`
+/// (default the run's own `eval.skip_edits`; none gives the unedited row alone) in the rows below,
+/// every row from the same sampling noise (`seed`), so an edit's effect is seen image by image.
+/// Written to `out` (default `<run>/samples/edits_seed<seed>.png`), the rows' settings beside it
+/// (`.txt`, one a line).
+pub fn sample_edits(
+    run: &Path,
+    specs: Option<&[SkipEditSpec]>,
+    seed: u64,
+    count: Option<usize>,
+    out: Option<&Path>,
+    device: &Device,
+) -> Result<EditedSamples> {
+    let inner = device.clone().inner();
+    let (state, ema) = load_latest_weights(run, "ema", &inner)?;
+    let config = state.config;
+    let specs = specs.unwrap_or(&config.eval.skip_edits);
+    let count = count.unwrap_or(config.sample_count);
+    if count == 0 {
+        bail!("--count: must be at least 1");
+    }
+    let model_config = config.model.resolve()?;
+    let schedule = NoiseSchedule::new(&config.diffusion.schedule);
+    let [c, h, w] = model_config.image_shape();
+    let mut pixels = Vec::new();
+    let mut rows = Vec::new();
+    for s in settings(specs, ema.num_skips(), false) {
+        let edited = ema.clone().with_edit(s.edit);
+        let images = schedule
+            .sample(config.diffusion.sampler, [count, c, h, w], seed, &inner, |x, t| edited.forward(x, t, None)); // [count, C, H, W]
+        pixels.extend(images.into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?);
+        rows.push(s.setting);
+    }
+    let png = encode_rows(&pixels, [rows.len() * count, c, h, w], count)?;
+    let grid = out.map_or_else(|| run.join("samples").join(format!("edits_seed{seed}.png")), Path::to_path_buf);
+    if let Some(folder) = grid.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).with_context(|| format!("{}: cannot create", folder.display()))?;
+    }
+    write_atomic(&grid, &png)?;
+    write_atomic(&grid.with_extension("txt"), (rows.join("\n") + "\n").as_bytes())?;
+    Ok(EditedSamples { grid, rows })
 }
 
 /// `--edits FILE`: a TOML file holding `skip_edits = [...]`, checked like `eval.skip_edits`.
