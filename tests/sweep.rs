@@ -67,9 +67,17 @@ fn a_tiny_sweep_runs_through_the_report() {
     assert!(report.status.success(), "{}", stderr(&report));
     let html = std::fs::read_to_string(dir.join("reports/tiny/index.html")).unwrap();
     for reference in
-        html.split(['"', '\'']).filter(|s| s.ends_with(".png") || s.ends_with(".csv") || s.ends_with(".parquet"))
+        html.split(['"', '\'']).filter(|s| [".png", ".svg", ".csv", ".parquet"].iter().any(|end| s.ends_with(end)))
     {
         assert!(dir.join("reports/tiny").join(reference).exists(), "{reference} referenced but missing");
+    }
+    // Every figure also as SVG, linked beside its PNG.
+    let svgs: Vec<String> = html.split('"').filter(|s| s.ends_with(".svg")).map(str::to_string).collect();
+    assert!(svgs.len() >= 3, "{svgs:?}");
+    for svg in svgs {
+        let text = std::fs::read_to_string(dir.join("reports/tiny").join(&svg)).unwrap();
+        assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"), "{svg} is not an SVG document");
+        assert!(html.contains(&svg.replace(".svg", ".png")), "{svg} without its PNG");
     }
     for strategy in ["1", "CS(0.5)", "LS"] {
         assert!(html.contains(strategy), "{strategy} missing from the report");

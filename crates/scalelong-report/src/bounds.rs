@@ -17,9 +17,7 @@ use scalelong_schema::{DoseResponseLine, read_jsonl};
 use crate::claims::{Claim, Outcome};
 use crate::figures::Figure;
 use crate::format_number;
-use crate::plot::{
-    PANEL_SIZE, Palette, Scale, ScatterPanel, XySeries, draw_scatter_panel, render_png, sequential_colour,
-};
+use crate::plot::{PANEL_SIZE, Palette, Scale, ScatterPanel, XySeries, draw_scatter_panel, render, sequential_colour};
 use crate::sweep_data::SweepData;
 
 /// What `scalelong dose-response` writes into a sweep folder for the report to find.
@@ -233,7 +231,7 @@ pub fn figure(index: usize, bound: &BoundCheck, palette: &Palette) -> Result<Opt
         dots,
         lines,
     };
-    let png = render_png(PANEL_SIZE, |root| draw_scatter_panel(root, &panel))?;
+    let image = render(PANEL_SIZE, |root| draw_scatter_panel(root, &panel))?;
     let source = match check.source {
         Source::Initialisation => "init",
         Source::Training => "training",
@@ -255,7 +253,7 @@ pub fn figure(index: usize, bound: &BoundCheck, palette: &Palette) -> Result<Opt
                 format!(" Left out: {}.", check.excluded.join("; "))
             }
         ),
-        png,
+        image,
     }))
 }
 

@@ -13,8 +13,8 @@ use super::analysis::{
 };
 use super::format_number;
 use super::plot::{
-    BandPanel, Curve, PANEL_SIZE, Palette, Scale, ScatterPanel, XySeries, draw_band_panel, draw_heatmaps,
-    draw_scatter_panel, figure_size, heatmap_figure_size, panel_areas, render_png, sequential_colour,
+    BandPanel, Curve, PANEL_SIZE, Palette, Rendered, Scale, ScatterPanel, XySeries, draw_band_panel, draw_heatmaps,
+    draw_scatter_panel, figure_size, heatmap_figure_size, panel_areas, render, sequential_colour,
 };
 use super::skips::{EditRow, ImportanceProfile, SKIP_SHARE};
 use super::sweep_data::SweepData;
@@ -27,14 +27,15 @@ pub struct Figure {
     pub file_name: String,
     pub title: String,
     pub caption: String,
-    pub png: Vec<u8>,
+    /// The figure as PNG (embedded in the page) and SVG (linked beside it).
+    pub image: Rendered,
 }
 
 /// Figure 1: smoothed training loss of every strategy, one panel per model; `None` when no run
 /// logged a loss.
 pub fn loss_figure(sweep: &SweepData, palette: &Palette) -> Result<Option<Figure>> {
-    band_figure_per_model(sweep, palette, loss_band, "training loss").map(|png| {
-        png.map(|png| Figure {
+    band_figure_per_model(sweep, palette, loss_band, "training loss").map(|image| {
+        image.map(|image| Figure {
             file_name: "loss.png".to_string(),
             title: "Training loss".to_string(),
             caption: format!(
@@ -42,7 +43,7 @@ pub fn loss_figure(sweep: &SweepData, palette: &Palette) -> Result<Option<Figure
                  moving average over {LOSS_SMOOTHING_WINDOW} logged points; the line is the mean over the runs \
                  of a strategy (its seeds), the band their min..max."
             ),
-            png,
+            image,
         })
     })
 }
@@ -60,15 +61,15 @@ pub fn heldout_figure(sweep: &SweepData, palette: &Palette) -> Result<Option<Fig
             .collect();
         band_over_seeds(&per_run)
     };
-    band_figure_per_model(sweep, palette, band, "held-out loss (EMA weights)").map(|png| {
-        png.map(|png| Figure {
+    band_figure_per_model(sweep, palette, band, "held-out loss (EMA weights)").map(|image| {
+        image.map(|image| Figure {
             file_name: "heldout_loss.png".to_string(),
             title: "Held-out loss".to_string(),
             caption: "The noise-prediction loss of the EMA weights on the test split (fixed images, timesteps and \
                       noise) at every evaluation, one panel per model: the line is the mean over a strategy's \
                       runs (its seeds), the band their min..max. The speed-ups compare these curves."
                 .to_string(),
-            png,
+            image,
         })
     })
 }
@@ -140,7 +141,7 @@ pub fn frontier_figures(judged: &[Judged], rows: &[StableLrRow], palette: &Palet
                 }
             })
             .collect();
-        let png = render_png(figure_size(panels.len()), |root| {
+        let image = render(figure_size(panels.len()), |root| {
             for (area, panel) in panel_areas(root, panels.len()).iter().zip(&panels) {
                 draw_scatter_panel(area, panel)?;
             }
@@ -154,7 +155,7 @@ pub fn frontier_figures(judged: &[Judged], rows: &[StableLrRow], palette: &Palet
                       predictor's loss), the line the mean over the seeds that trained, the vertical line the \
                       largest learning rate at which every seed trained."
                 .to_string(),
-            png,
+            image,
         });
     }
     Ok(figures)
@@ -163,8 +164,8 @@ pub fn frontier_figures(judged: &[Judged], rows: &[StableLrRow], palette: &Palet
 /// Figure 2, the analogue of the paper's Figure 1: the norm of the last decoder block's output
 /// against step; `None` when no run recorded it.
 pub fn feature_norm_figure(sweep: &SweepData, palette: &Palette) -> Result<Option<Figure>> {
-    band_figure_per_model(sweep, palette, outer_feature_norm_band, "||h|| (feature_l2)").map(|png| {
-        png.map(|png| Figure {
+    band_figure_per_model(sweep, palette, outer_feature_norm_band, "||h|| (feature_l2)").map(|image| {
+        image.map(|image| Figure {
             file_name: "feature_norm.png".to_string(),
             title: "Hidden-feature norm and its oscillation (the paper's Figure 1)".to_string(),
             caption: format!(
@@ -172,7 +173,7 @@ pub fn feature_norm_figure(sweep: &SweepData, palette: &Palette) -> Result<Optio
                  against step, one panel per model. Line: mean over the runs of a strategy; band: min..max of \
                  that mean over a centred window of {OSCILLATION_WINDOW} diagnostics records."
             ),
-            png,
+            image,
         })
     })
 }
@@ -183,7 +184,7 @@ fn band_figure_per_model(
     palette: &Palette,
     band_of: impl Fn(&Group) -> Vec<BandPoint>,
     y_desc: &str,
-) -> Result<Option<Vec<u8>>> {
+) -> Result<Option<Rendered>> {
     let panels: Vec<BandPanel> = models(sweep)
         .into_iter()
         .map(|model| BandPanel {
@@ -203,7 +204,7 @@ fn band_figure_per_model(
     if panels.iter().all(|panel| panel.curves.is_empty()) {
         return Ok(None);
     }
-    render_png(figure_size(panels.len()), |root| {
+    render(figure_size(panels.len()), |root| {
         for (area, panel) in panel_areas(root, panels.len()).iter().zip(&panels) {
             draw_band_panel(area, panel, y_desc)?;
         }
@@ -238,7 +239,7 @@ pub fn heatmap_figures(sweep: &SweepData) -> Result<Vec<Figure>> {
             }
             let panels: Vec<(String, _)> =
                 groups.iter().zip(&grids).map(|(group, grid)| (group.strategy_label.to_string(), grid)).collect();
-            let png = render_png(heatmap_figure_size(panels.len()), |root| draw_heatmaps(root, &panels, name))?;
+            let image = render(heatmap_figure_size(panels.len()), |root| draw_heatmaps(root, &panels, name))?;
             figures.push(Figure {
                 file_name: format!("{file_stem}_{model_index}.png"),
                 title: format!("Per-LSC {name}, {model}"),
@@ -246,7 +247,7 @@ pub fn heatmap_figures(sweep: &SweepData) -> Result<Vec<Figure>> {
                     "{description}, against step; one panel per strategy, mean over its runs. The colour scale is \
                      logarithmic and shared by the panels; grey cells were not recorded."
                 ),
-                png,
+                image,
             });
         }
     }
@@ -317,7 +318,7 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
                 }],
                 lines,
             };
-            let png = render_png((PANEL_SIZE.0 * 2, PANEL_SIZE.1), |root| {
+            let image = render((PANEL_SIZE.0 * 2, PANEL_SIZE.1), |root| {
                 let halves = panel_areas(root, 2);
                 draw_band_panel(&halves[0], &over_training, quantity)?;
                 draw_scatter_panel(&halves[1], &against_lsc)
@@ -334,7 +335,7 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
                     "Left: {quantity} of each LSC against step, mean over the runs. Right: each run's last {quantity} \
                      per LSC, averaged over the runs, on a log axis. {fit_note}"
                 ),
-                png,
+                image,
             });
         }
     }
@@ -383,7 +384,7 @@ pub fn edit_bin_figures(rows: &[EditRow]) -> Result<Vec<Figure>> {
         if panels.iter().all(|panel| panel.curves.iter().all(|curve| curve.points.is_empty())) {
             continue;
         }
-        let png = render_png(figure_size(panels.len()), |root| {
+        let image = render(figure_size(panels.len()), |root| {
             for (area, panel) in panel_areas(root, panels.len()).iter().zip(&panels) {
                 draw_band_panel(area, panel, "held-out loss, edited - unedited")?;
             }
@@ -397,7 +398,7 @@ pub fn edit_bin_figures(rows: &[EditRow]) -> Result<Vec<Figure>> {
                       Student t interval (no band: fewer than 2 runs). Below 0: the edit denoises better at those \
                       noise levels."
                 .to_string(),
-            png,
+            image,
         });
     }
     Ok(figures)
@@ -468,7 +469,7 @@ pub fn importance_figures(profiles: &[ImportanceProfile]) -> Result<Vec<Figure>>
             });
         }
         let panels = strategies.len() * 2;
-        let png = render_png(figure_size(panels), |root| {
+        let image = render(figure_size(panels), |root| {
             let areas = panel_areas(root, panels);
             for (k, (importance, coefficient)) in importance_panels.iter().zip(&coefficient_panels).enumerate() {
                 draw_band_panel(&areas[2 * k], importance, "held-out loss increase")?;
@@ -486,7 +487,7 @@ pub fn importance_figures(profiles: &[ImportanceProfile]) -> Result<Vec<Figure>>
                       main-path weight), mean over runs, on a log axis. Does importance fall with i as the \
                       coefficients do?"
                 .to_string(),
-            png,
+            image,
         });
     }
     Ok(figures)
@@ -523,7 +524,7 @@ pub fn spectral_figures(sweep: &SweepData) -> Result<Vec<Figure>> {
         if panels.iter().all(|panel| panel.curves.is_empty()) {
             continue;
         }
-        let png = render_png(figure_size(panels.len()), |root| {
+        let image = render(figure_size(panels.len()), |root| {
             for (area, panel) in panel_areas(root, panels.len()).iter().zip(&panels) {
                 draw_band_panel(area, panel, "skip's low-frequency energy share")?;
             }
@@ -537,7 +538,7 @@ pub fn spectral_figures(sweep: &SweepData) -> Result<Vec<Figure>> {
                       one panel per strategy, one line per LSC, mean over the runs. The table beside compares it \
                       with the main path's share at the same fusion."
                 .to_string(),
-            png,
+            image,
         });
     }
     Ok(figures)

@@ -1,6 +1,8 @@
 //! The report page: one self-contained HTML file. Figures and samples are embedded as PNG data URIs
 //! (the page needs nothing else to display offline) and also linked as the files beside it.
 
+use std::path::Path;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use scalelong_analysis::dose_response::{ALPHA, PERMUTATIONS};
@@ -813,12 +815,14 @@ fn note(subject: &str) -> String {
 
 fn figure_html(figure: &Figure) -> String {
     format!(
-        "<figure><img src=\"{}\" alt=\"{}\"><figcaption><b>{}.</b> {} <a href=\"figures/{}\">PNG file</a></figcaption></figure>\n",
-        data_uri(&figure.png),
+        "<figure><img src=\"{}\" alt=\"{}\"><figcaption><b>{}.</b> {} <a href=\"figures/{}\">PNG file</a>, \
+         <a href=\"figures/{}\">SVG file</a></figcaption></figure>\n",
+        data_uri(&figure.image.png),
         escape(&figure.title),
         escape(&figure.title),
         escape(&figure.caption),
-        escape(&figure.file_name)
+        escape(&figure.file_name),
+        escape(&Path::new(&figure.file_name).with_extension("svg").to_string_lossy())
     )
 }
 

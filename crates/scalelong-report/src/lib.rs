@@ -13,6 +13,7 @@
 mod analysis;
 mod assess;
 mod bounds;
+mod canvas;
 mod claims;
 mod compare;
 mod figures;
@@ -182,7 +183,8 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
     let mut figure_paths = Vec::new();
     for figure in all_figures {
         let path = figures_dir.join(&figure.file_name);
-        write_atomic(&path, &figure.png)?;
+        write_atomic(&path, &figure.image.png)?;
+        write_atomic(&path.with_extension("svg"), figure.image.svg.as_bytes())?;
         figure_paths.push(path);
     }
 

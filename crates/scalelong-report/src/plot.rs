@@ -1,4 +1,4 @@
-//! Drawing primitives of the report: an in-memory bitmap encoded as PNG, the strategy palette, and
+//! Drawing primitives of the report: each figure drawn as a PNG and an SVG ([`Canvas`]), the strategy palette, and
 //! three kinds of panel (lines with bands, per-LSC heatmaps, scatter plots with fitted lines).
 //! Text uses the DejaVu font compiled into the binary, so no system font is needed.
 
@@ -13,9 +13,10 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use scalelong_schema::SkipScaling;
 
 use super::analysis::{BandPoint, LscGrid};
+use super::canvas::Canvas;
 use super::format_number;
 
-pub type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+pub type Area<'a> = DrawingArea<Canvas<'a>, Shift>;
 
 /// The family name the embedded font is registered under.
 const FONT: &str = "sans-serif";
@@ -125,24 +126,38 @@ pub fn panel_areas<'a>(area: &Area<'a>, panels: usize) -> Vec<Area<'a>> {
     areas
 }
 
-/// Draws a figure of `size` pixels and returns it PNG-encoded.
-pub fn render_png(size: (u32, u32), draw: impl FnOnce(&Area) -> Result<()>) -> Result<Vec<u8>> {
+/// One figure in both formats: the PNG the page embeds, the SVG linked beside it.
+pub struct Rendered {
+    pub png: Vec<u8>,
+    pub svg: String,
+}
+
+/// Draws a figure of `size` pixels twice, into a bitmap encoded as PNG and into an SVG
+/// ([`Canvas`]).
+pub fn render(size: (u32, u32), draw: impl Fn(&Area) -> Result<()>) -> Result<Rendered> {
     register_font()?;
     let mut rgb = vec![255u8; size.0 as usize * size.1 as usize * 3];
     {
-        let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+        let root = Canvas::Bitmap(BitMapBackend::with_buffer(&mut rgb, size)).into_drawing_area();
         root.fill(&WHITE)?;
         draw(&root)?;
         root.present()?;
     }
-    let mut png_bytes = Vec::new();
-    let mut encoder = png::Encoder::new(&mut png_bytes, size.0, size.1);
+    let mut png = Vec::new();
+    let mut encoder = png::Encoder::new(&mut png, size.0, size.1);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header().context("cannot encode a figure as PNG")?;
     writer.write_image_data(&rgb).context("cannot encode a figure as PNG")?;
     writer.finish().context("cannot encode a figure as PNG")?;
-    Ok(png_bytes)
+    let mut svg = String::new();
+    {
+        let root = Canvas::Svg(SVGBackend::with_string(&mut svg, size)).into_drawing_area();
+        root.fill(&WHITE)?;
+        draw(&root)?;
+        root.present()?;
+    }
+    Ok(Rendered { png, svg })
 }
 
 /// Without a registered font, plotters panics on the first text it draws on a bitmap.
@@ -260,7 +275,7 @@ impl Ranged for TickedRange {
     }
 }
 
-type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<TickedRange, TickedRange>>;
+type Chart<'a, 'b> = ChartContext<'a, Canvas<'b>, Cartesian2d<TickedRange, TickedRange>>;
 
 /// A chart on `area` with ticks and labels at the axes' round values; `grid_lines` draws a light
 /// line at each tick.

@@ -10,6 +10,7 @@
 //! processes share one folder as `scalelong sweep`'s do: a lock per cell hands each cell's
 //! (sequential) search to one of them, a lock per run keeps any run to one trainer.
 
+use crate::progress::log_line;
 use crate::sweep::{self, Found, PlannedRun, SweepFile, SweepPlan, inspect, lock_run, run_id_part};
 use crate::train::{self, Outcome};
 use anyhow::{Context, Result, anyhow, bail};
@@ -444,7 +445,7 @@ pub fn search_cells(plan: &FrontierPlan, runs_root: &Path, device: &Device) -> R
             let probe = plan.probe(cell, rung);
             let dir = folder.join(&probe.id);
             let Some(run_lock) = lock_run(&dir)? else {
-                eprintln!("{position} {}: being trained by another process; this cell waits for it", probe.id);
+                log_line(&format!("{position} {}: being trained by another process; this cell waits for it", probe.id));
                 return Ok(None);
             };
             write_manifest(plan, &folder)?;
@@ -454,18 +455,18 @@ pub fn search_cells(plan: &FrontierPlan, runs_root: &Path, device: &Device) -> R
                     bail!("{}: trained with another config since the start ({} differ)", dir.display(), keys.join(", "))
                 }
                 Found::Train | Found::Extend { .. } => {
-                    eprintln!("{position} {} (lr {})", probe.id, probe.lr);
+                    log_line(&format!("{position} {} (lr {})", probe.id, probe.lr));
                     let outcome = train::train(&probe.config, &dir, device, true)
                         .with_context(|| format!("probe {}", probe.id))?;
                     if let Outcome::Diverged { step } = outcome {
-                        eprintln!("{} diverged at step {step}: a failed probe, kept", probe.id);
+                        log_line(&format!("{} diverged at step {step}: a failed probe, kept", probe.id));
                     }
                     summary.trained.push(probe.id.clone());
                 }
             }
             drop(run_lock);
             let trained = trained(&dir)?;
-            eprintln!("{position} {}: {}", probe.id, if trained { "trained" } else { "failed" });
+            log_line(&format!("{position} {}: {}", probe.id, if trained { "trained" } else { "failed" }));
             Ok(Some(trained))
         })?;
         drop(cell_lock);

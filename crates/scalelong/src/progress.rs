@@ -40,14 +40,22 @@ impl Progress {
     pub fn log(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => eprintln!("[{}] {line}", self.run),
+            None => log_line(&format!("[{}] {line}", self.run)),
         }
     }
 
     pub fn finish(&self, message: &str) {
         match &self.bar {
             Some(bar) => bar.finish_with_message(message.to_string()),
-            None => eprintln!("[{}] {message}", self.run),
+            None => log_line(&format!("[{}] {message}", self.run)),
         }
     }
+}
+
+/// Writes `line` and a newline to stderr in one `write` call. `eprintln!` writes each piece of its
+/// format on its own, and the processes of a sweep share one stderr: their pieces interleaved
+/// mid-line (measured in the sweep test); a single write of under 4 KiB to a pipe is not split.
+pub fn log_line(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(format!("{line}\n").as_bytes());
 }

@@ -4,6 +4,7 @@
 //! recorded and left; a per-run lock file lets several processes (`--shard i/n`, or a scheduler
 //! running the `--list` commands) share one sweep folder without running a run twice.
 
+use crate::progress::log_line;
 use crate::status::SweepStatus;
 use crate::train::{self, Outcome};
 use anyhow::{Context, Result, bail};
@@ -320,9 +321,9 @@ pub fn run(
                 let position = format!("[{}/{}] {}", index + 1, plan.runs.len(), run.id);
                 match found {
                     Found::Extend { from } => {
-                        eprintln!("{position}: extending from step {from} to {}", run.config.steps)
+                        log_line(&format!("{position}: extending from step {from} to {}", run.config.steps))
                     }
-                    _ => eprintln!("{position}"),
+                    _ => log_line(&position),
                 }
                 match train::train(&run.config, &dir, device, true).with_context(|| format!("run {}", run.id))? {
                     Outcome::Completed if matches!(found, Found::Extend { .. }) => {
@@ -330,7 +331,7 @@ pub fn run(
                     }
                     Outcome::Completed => summary.trained.push(run.id.clone()),
                     Outcome::Diverged { step } => {
-                        eprintln!("{} diverged at step {step}; the sweep goes on", run.id);
+                        log_line(&format!("{} diverged at step {step}; the sweep goes on", run.id));
                         summary.diverged.push(run.id.clone());
                     }
                 }
