@@ -7,6 +7,7 @@
 use scalelong_analysis::inference::{ClaimedEffect, Interval, Verdict, claimed_magnitude_excluded, verdict};
 
 use scalelong_analysis::inference::{LEVEL, mean_correlation_interval, mean_interval};
+use scalelong_schema::SkipScaling;
 
 use crate::analysis::GateFit;
 use crate::bounds::{self, BoundCheck};
@@ -137,7 +138,7 @@ pub fn assess_claims(
         claims.extend(rows.iter().filter_map(|row| stability_claim(row, rows)));
     }
     claims.extend(importance_claims(&skips.importance));
-    claims.extend(skips.edits.iter().filter(|row| row.strategy_label == "1").filter_map(edit_claim));
+    claims.extend(skips.edits.iter().filter(|row| row.strategy == SkipScaling::Original).filter_map(edit_claim));
     claims.extend(spectral_claims(&skips.spectral));
     claims
 }
@@ -469,7 +470,7 @@ fn stability_claim(row: &StableLrRow, rows: &[StableLrRow]) -> Option<Claim> {
         Some(bisection) => {
             let baseline = rows
                 .iter()
-                .find(|other| other.strategy_label == "1" && other.model == row.model)
+                .find(|other| other.strategy == SkipScaling::Original && other.model == row.model)
                 .and_then(|baseline| baseline.bisection.as_ref());
             let mut censored = censored_seeds(&row.strategy_label, bisection);
             censored.extend(baseline.map_or(Vec::new(), |baseline| censored_seeds("1", baseline)));

@@ -14,7 +14,7 @@ use scalelong_analysis::inference::{
     Interval, LEVEL, mean_correlation_interval, mean_interval, paired_difference_interval, paired_ratio_interval,
 };
 use scalelong_analysis::stats::mean;
-use scalelong_schema::{SkipEvalLine, series};
+use scalelong_schema::{SkipEvalLine, SkipScaling, series};
 
 use crate::analysis::learned_quantity;
 use crate::assess::Status;
@@ -46,6 +46,7 @@ impl SkipFindings {
 /// The trained runs of one model and strategy, in strategy order.
 pub struct RunGroup<'a> {
     pub model: String,
+    pub strategy: SkipScaling,
     pub strategy_label: String,
     pub runs: Vec<&'a RunData>,
 }
@@ -61,12 +62,16 @@ pub fn trained_groups<'a>(judged: &'a [Judged<'a>]) -> Vec<RunGroup<'a>> {
         let key = (j.run.model.clone(), (rank, value.to_bits()), j.run.strategy_label.clone());
         groups.entry(key).or_default().push(j.run);
     }
-    groups.into_iter().map(|((model, _, strategy_label), runs)| RunGroup { model, strategy_label, runs }).collect()
+    groups
+        .into_iter()
+        .map(|((model, _, strategy_label), runs)| RunGroup { model, strategy: runs[0].strategy, strategy_label, runs })
+        .collect()
 }
 
 /// One sampling-time setting on one model and strategy against the unedited networks.
 pub struct EditRow {
     pub model: String,
+    pub strategy: SkipScaling,
     pub strategy_label: String,
     /// `none` (the unedited networks), `skip-tuning`, `freeu` or `importance`.
     pub kind: String,
@@ -113,6 +118,7 @@ pub fn edit_rows(groups: &[RunGroup]) -> Vec<EditRow> {
             let bins = template.heldout_loss_bins.len();
             rows.push(EditRow {
                 model: group.model.clone(),
+                strategy: group.strategy,
                 strategy_label: group.strategy_label.clone(),
                 kind: template.kind.clone(),
                 setting: template.setting.clone(),

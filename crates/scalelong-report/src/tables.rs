@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow};
 use polars::prelude::*;
 use scalelong_analysis::inference::{Interval, LEVEL, paired_ratio_interval};
-use scalelong_schema::{Censoring, LrBracket, write_atomic};
+use scalelong_schema::{Censoring, LrBracket, SkipScaling, write_atomic};
 
 use crate::analysis::{GateFit, strategies};
 use crate::assess::Status;
@@ -74,6 +74,7 @@ pub fn summary_rows(judged: &[Judged]) -> Vec<SummaryRow> {
 /// The stability frontier of one model and strategy over a learning-rate axis.
 pub struct StableLrRow {
     pub model: String,
+    pub strategy: SkipScaling,
     pub strategy_label: String,
     /// The largest learning rate at which every seed's run trained; `None` when none did.
     pub largest_stable_lr: Option<f64>,
@@ -113,7 +114,7 @@ pub fn stable_lr_rows(sweep: &SweepData, judged: &[Judged]) -> Option<Vec<Stable
     let models: BTreeSet<&str> = judged.iter().map(|j| j.run.model.as_str()).collect();
     let mut rows = Vec::new();
     for model in models {
-        for (_, label) in strategies(sweep) {
+        for (strategy, label) in strategies(sweep) {
             let runs: Vec<&Judged> =
                 judged.iter().filter(|j| j.run.model == model && j.run.strategy_label == label).collect();
             if runs.is_empty() {
@@ -160,6 +161,7 @@ pub fn stable_lr_rows(sweep: &SweepData, judged: &[Judged]) -> Option<Vec<Stable
             });
             rows.push(StableLrRow {
                 model: model.to_string(),
+                strategy,
                 strategy_label: label,
                 largest_stable_lr,
                 per_seed,
@@ -173,10 +175,10 @@ pub fn stable_lr_rows(sweep: &SweepData, judged: &[Judged]) -> Option<Vec<Stable
     // frontier and is left out).
     let baselines: Vec<(String, BTreeMap<u64, f64>)> = rows
         .iter()
-        .filter(|row| row.strategy_label == "1")
+        .filter(|row| row.strategy == SkipScaling::Original)
         .map(|row| (row.model.clone(), row.per_seed.clone()))
         .collect();
-    for row in rows.iter_mut().filter(|row| row.strategy_label != "1") {
+    for row in rows.iter_mut().filter(|row| row.strategy != SkipScaling::Original) {
         let Some((_, base)) = baselines.iter().find(|(model, _)| *model == row.model) else { continue };
         let seeds: Vec<u64> = row.per_seed.keys().filter(|seed| base.contains_key(seed)).copied().collect();
         let this: Vec<f64> = seeds.iter().map(|seed| row.per_seed[seed]).collect();
