@@ -31,6 +31,13 @@ pub struct Figure {
     pub image: Rendered,
 }
 
+impl Figure {
+    /// The SVG's file name beside the PNG's in `figures/`.
+    pub fn svg_file_name(&self) -> String {
+        std::path::Path::new(&self.file_name).with_extension("svg").to_string_lossy().into_owned()
+    }
+}
+
 /// Figure 1: smoothed training loss of every strategy, one panel per model; `None` when no run
 /// logged a loss.
 pub fn loss_figure(sweep: &SweepData, palette: &Palette) -> Result<Option<Figure>> {

@@ -1,8 +1,6 @@
 //! The report page: one self-contained HTML file. Figures and samples are embedded as PNG data URIs
 //! (the page needs nothing else to display offline) and also linked as the files beside it.
 
-use std::path::Path;
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use scalelong_analysis::dose_response::{ALPHA, PERMUTATIONS};
@@ -822,7 +820,7 @@ fn figure_html(figure: &Figure) -> String {
         escape(&figure.title),
         escape(&figure.caption),
         escape(&figure.file_name),
-        escape(&Path::new(&figure.file_name).with_extension("svg").to_string_lossy())
+        escape(&figure.svg_file_name())
     )
 }
 

@@ -184,7 +184,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
     for figure in all_figures {
         let path = figures_dir.join(&figure.file_name);
         write_atomic(&path, &figure.image.png)?;
-        write_atomic(&path.with_extension("svg"), figure.image.svg.as_bytes())?;
+        write_atomic(&figures_dir.join(figure.svg_file_name()), figure.image.svg.as_bytes())?;
         figure_paths.push(path);
     }
 

@@ -24,7 +24,7 @@ pub fn write_grid(
     config: &RunConfig,
     device: &Device,
 ) -> Result<()> {
-    let images = generate(ema, model, schedule, config, config.sample_count, device);
+    let images = generate(ema, model, schedule, config, (config.sample_count, SAMPLE_SEED), device);
     let [n, c, h, w] = images.dims();
     let pixels = images.into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let png = encode_grid(&pixels, [n, c, h, w])?;
@@ -32,18 +32,19 @@ pub fn write_grid(
     write_atomic(&grid_path(run, step), &png)
 }
 
-/// `count` samples, `[count, C, H, W]` in [-1, 1], on the inference backend.
+/// `count` samples from the sampling noise of `seed`, `[count, C, H, W]` in [-1, 1], on the
+/// inference backend.
 pub fn generate(
     ema: &DiffusionNet,
     model: &ModelConfig,
     schedule: &NoiseSchedule,
     config: &RunConfig,
-    count: usize,
+    (count, seed): (usize, u64),
     device: &Device,
 ) -> Tensor<4> {
     let [c, h, w] = model.image_shape();
     let device = device.clone().inner();
-    schedule.sample(config.diffusion.sampler, [count, c, h, w], SAMPLE_SEED, &device, |x, t| ema.forward(x, t, None))
+    schedule.sample(config.diffusion.sampler, [count, c, h, w], seed, &device, |x, t| ema.forward(x, t, None))
 }
 
 /// Tiles NCHW images in [-1, 1] into a square-ish grid with 2-pixel gaps, as 8-bit grey or RGB.

@@ -10,7 +10,7 @@
 use crate::checkpoint::load_latest_weights;
 use crate::config::ResolveModel;
 use crate::eval::evaluate;
-use crate::samples::encode_rows;
+use crate::samples::{encode_rows, generate};
 use crate::train::load_images;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
@@ -187,8 +187,7 @@ pub fn sample_edits(
     out: Option<&Path>,
     device: &Device,
 ) -> Result<EditedSamples> {
-    let inner = device.clone().inner();
-    let (state, ema) = load_latest_weights(run, "ema", &inner)?;
+    let (state, ema) = load_latest_weights(run, "ema", &device.clone().inner())?;
     let config = state.config;
     let specs = specs.unwrap_or(&config.eval.skip_edits);
     let count = count.unwrap_or(config.sample_count);
@@ -202,8 +201,7 @@ pub fn sample_edits(
     let mut rows = Vec::new();
     for s in settings(specs, ema.num_skips(), false) {
         let edited = ema.clone().with_edit(s.edit);
-        let images = schedule
-            .sample(config.diffusion.sampler, [count, c, h, w], seed, &inner, |x, t| edited.forward(x, t, None)); // [count, C, H, W]
+        let images = generate(&edited, &model_config, &schedule, &config, (count, seed), device); // [count, C, H, W]
         pixels.extend(images.into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?);
         rows.push(s.setting);
     }
