@@ -44,7 +44,7 @@ sweep-quick: data build
     {{bin}} report runs/quick
 
 # The stability frontier: each strategy's and seed's largest trained learning rate on the deeper U-ViT,
-# found by bisection in log lr to 2^(1/4) (44 minutes measured on 2 cores, over its 30-minute budget).
+# strategies 1, CS and LS, found by bisection in log lr to 2^(1/2) (29 minutes measured on 2 cores).
 sweep-lr: data build
     {{bin}} frontier experiments/frontier-lr.toml --jobs {{jobs}}
     {{bin}} report runs/lr
