@@ -29,7 +29,8 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::inference::{Interval, LEVEL, mean_correlation_interval, mean_interval, spearman};
+use crate::inference::{Interval, LEVEL, mean_correlation_interval, mean_interval};
+use crate::resampling::spearman;
 use crate::stats::{least_squares, mean};
 use scalelong_schema::SkipScaling;
 

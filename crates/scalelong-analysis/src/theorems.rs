@@ -27,9 +27,9 @@ use crate::dose_response::{
     DoseResponse, DoseRow, dose_response, feature_norm_factor, fixed_coefficients, gradient_norm_factor,
     sensitivity_factor,
 };
-use crate::inference::{Trend, detrended_range};
+use crate::run_rules::{Trend, detrended_range};
 use crate::stats::mean;
-use scalelong_schema::{DoseQuantity, DoseResponseLine, Record, SkipScaling, series};
+use scalelong_schema::{DoseQuantity, DoseResponseLine, Quantity, Record, SkipScaling, series};
 
 /// Which bound a check tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -237,7 +237,7 @@ struct RunQuantities {
 
 fn run_quantities(run: &RunRecords) -> Result<RunQuantities, String> {
     let records = &run.records;
-    let probe_loss = series(records, "probe_loss", None, None, None);
+    let probe_loss = series(records, Quantity::ProbeLoss, None, None, None);
     let end = descent_end(&probe_loss).ok_or("no probe_loss recorded")?;
     let settled =
         |points: Vec<(u64, f64)>| -> Vec<(u64, f64)> { points.into_iter().filter(|&(s, _)| s >= end).collect() };
@@ -249,8 +249,8 @@ fn run_quantities(run: &RunRecords) -> Result<RunQuantities, String> {
         ));
     }
     let mut oscillations = BTreeMap::new();
-    for (lsc, layer) in decoder_layers(records, "feature_l2") {
-        let squared: Vec<(u64, f64)> = settled(series(records, "feature_l2", Some(&layer), Some(lsc), None))
+    for (lsc, layer) in decoder_layers(records, Quantity::FeatureL2) {
+        let squared: Vec<(u64, f64)> = settled(series(records, Quantity::FeatureL2, Some(&layer), Some(lsc), None))
             .into_iter()
             .map(|(step, norm)| (step, norm * norm))
             .collect();
@@ -262,7 +262,7 @@ fn run_quantities(run: &RunRecords) -> Result<RunQuantities, String> {
     // batch's own loss: an MSE gradient scales with its residual in any network.
     let losses: BTreeMap<u64, f64> = run.losses.iter().copied().collect();
     let mut squares: BTreeMap<u64, f64> = BTreeMap::new();
-    for record in records.iter().filter(|r| r.quantity == "grad_norm" && r.t_bin.is_none() && r.step >= end) {
+    for record in records.iter().filter(|r| r.quantity == Quantity::GradNorm && r.t_bin.is_none() && r.step >= end) {
         let block =
             record.layer.as_deref().is_some_and(|l| ["enc.", "dec.", "fusion."].iter().any(|p| l.starts_with(p)));
         if let (true, Some(norm)) = (block, record.value) {
@@ -275,12 +275,12 @@ fn run_quantities(run: &RunRecords) -> Result<RunQuantities, String> {
         .filter(|v| v.is_finite())
         .collect();
     let sensitivity: Vec<f64> =
-        settled(series(records, "robustness", None, None, None)).into_iter().map(|(_, v)| v).collect();
+        settled(series(records, Quantity::Robustness, None, None, None)).into_iter().map(|(_, v)| v).collect();
     Ok(RunQuantities { oscillations, gradient_per_loss: mean(&per_loss), sensitivity: mean(&sensitivity) })
 }
 
 /// The decoder layer (`dec.K`) that carries `quantity` for each LSC index found in the records.
-fn decoder_layers(records: &[Record], quantity: &str) -> BTreeMap<u32, String> {
+fn decoder_layers(records: &[Record], quantity: Quantity) -> BTreeMap<u32, String> {
     records
         .iter()
         .filter(|r| r.quantity == quantity)
@@ -298,7 +298,8 @@ pub fn training_checks(runs: &[RunRecords]) -> [TheoremCheck; 3] {
     let mut rows: BTreeMap<Theorem, Vec<CheckRow>> = BTreeMap::new();
     let mut excluded = Vec::new();
     for run in runs {
-        let lsc_count = run.records.iter().filter(|r| r.quantity == "coef").filter_map(|r| r.lsc).max().unwrap_or(0);
+        let lsc_count =
+            run.records.iter().filter(|r| r.quantity == Quantity::Coef).filter_map(|r| r.lsc).max().unwrap_or(0);
         let Some(coefficients) = fixed_coefficients(run.strategy, lsc_count as usize).filter(|c| !c.is_empty()) else {
             excluded.push(format!(
                 "{} ({}): its coefficients are learned, an outcome of the training, not a setting",

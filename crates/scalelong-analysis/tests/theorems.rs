@@ -5,7 +5,7 @@ use scalelong_analysis::dose_response::PredictedOrdering;
 use scalelong_analysis::theorems::{
     RunRecords, Source, Theorem, TheoremCheck, descent_end, initialisation_checks, training_checks,
 };
-use scalelong_schema::{DoseQuantity, DoseResponseLine, Record, SkipScaling};
+use scalelong_schema::{DoseQuantity, DoseResponseLine, Quantity, Record, SkipScaling};
 
 /// Long skips per synthetic network; decoder block K consumes LSC `N_LSC - K`.
 const N_LSC: u32 = 4;
@@ -43,8 +43,15 @@ fn alternating(step: u64) -> f64 {
     if (step / EVERY).is_multiple_of(2) { 1.0 } else { -1.0 }
 }
 
-fn record(step: u64, quantity: &str, layer: Option<&str>, lsc: Option<u32>, t_bin: Option<u32>, value: f64) -> Record {
-    Record { step, quantity: quantity.to_string(), layer: layer.map(str::to_string), lsc, t_bin, value: Some(value) }
+fn record(
+    step: u64,
+    quantity: Quantity,
+    layer: Option<&str>,
+    lsc: Option<u32>,
+    t_bin: Option<u32>,
+    value: f64,
+) -> Record {
+    Record { step, quantity, layer: layer.map(str::to_string), lsc, t_bin, value: Some(value) }
 }
 
 /// One run's records: every quantity the training checks read, set from the bound's factors through
@@ -60,39 +67,39 @@ fn synthetic_run(strategy: SkipScaling, seed: u64, relation: Relation) -> RunRec
     let mut records = Vec::new();
     for step in (EVERY..=STEPS).step_by(EVERY as usize) {
         let descending = step < 150;
-        records.push(record(step, "probe_loss", None, None, None, probe_loss(step)));
-        records.push(record(step, "probe_loss", None, None, Some(0), 1e3));
+        records.push(record(step, Quantity::ProbeLoss, None, None, None, probe_loss(step)));
+        records.push(record(step, Quantity::ProbeLoss, None, None, Some(0), 1e3));
         for lsc in 1..=N_LSC {
             let layer = format!("dec.{}", N_LSC - lsc);
-            records.push(record(step, "coef", Some(&layer), Some(lsc), None, coefficients[lsc as usize - 1]));
+            records.push(record(step, Quantity::Coef, Some(&layer), Some(lsc), None, coefficients[lsc as usize - 1]));
             // A squared norm growing linearly (no oscillation) plus an alternation of range
             // `relation(S_i)`; during the descent a far larger alternation ordered the other way.
             let range =
                 if descending { 1e3 / relation.measured(tail_sum(lsc)) } else { relation.measured(tail_sum(lsc)) };
             let squared = seed_scale * (10.0 + 0.01 * step as f64 + 0.5 * range * alternating(step)) + range;
-            records.push(record(step, "feature_l2", Some(&layer), Some(lsc), None, squared.sqrt()));
+            records.push(record(step, Quantity::FeatureL2, Some(&layer), Some(lsc), None, squared.sqrt()));
             records.push(record(
                 step,
-                "feature_l2",
+                Quantity::FeatureL2,
                 Some(&format!("enc.{}", lsc - 1)),
                 Some(lsc),
                 None,
                 1e3 * step as f64,
             ));
-            records.push(record(step, "feature_l2", Some(&layer), Some(lsc), Some(0), 1e3 * step as f64));
+            records.push(record(step, Quantity::FeatureL2, Some(&layer), Some(lsc), Some(0), 1e3 * step as f64));
         }
         // The training batch's squared gradient of the encoder and decoder blocks is the batch's loss
         // times relation(sum c^2), split over three groups; the embedding and total groups are not
         // the blocks'.
         let square = relation.measured(tail_sum(1)) * train_loss(step) * seed_scale;
         for (group, share) in [("enc.0", 0.25), ("dec.0", 0.5), ("fusion.0", 0.25)] {
-            records.push(record(step, "grad_norm", Some(group), None, None, (share * square).sqrt()));
+            records.push(record(step, Quantity::GradNorm, Some(group), None, None, (share * square).sqrt()));
         }
-        records.push(record(step, "grad_norm", Some("embed"), None, None, 1e3));
-        records.push(record(step, "grad_norm", Some("total"), None, None, 1e3));
+        records.push(record(step, Quantity::GradNorm, Some("embed"), None, None, 1e3));
+        records.push(record(step, Quantity::GradNorm, Some("total"), None, None, 1e3));
         let sensitivity = relation.measured(coefficients.iter().sum()) * seed_scale * (1.0 + 0.05 * alternating(step));
         let sensitivity = if descending { 1e3 / sensitivity } else { sensitivity };
-        records.push(record(step, "robustness", None, None, None, sensitivity));
+        records.push(record(step, Quantity::Robustness, None, None, None, sensitivity));
     }
     RunRecords {
         run_id: format!("{}_seed{seed}", strategy.label()),
@@ -188,7 +195,7 @@ fn training_checks_do_not_call_a_reversed_ordering_observed() {
 fn smooth_growth_is_no_oscillation() {
     let mut runs = sweep(Relation::Proportional);
     for run in &mut runs {
-        for record in run.records.iter_mut().filter(|r| r.quantity == "feature_l2" && r.t_bin.is_none()) {
+        for record in run.records.iter_mut().filter(|r| r.quantity == Quantity::FeatureL2 && r.t_bin.is_none()) {
             let lsc = f64::from(record.lsc.unwrap());
             record.value = Some((10.0 + record.step as f64 * 5.0 / lsc).sqrt());
         }
@@ -203,7 +210,7 @@ fn smooth_growth_is_no_oscillation() {
 fn a_run_without_enough_records_after_its_descent_is_left_out_by_name() {
     let mut runs = sweep(Relation::Proportional);
     // This run is still descending at its last record.
-    for record in runs[0].records.iter_mut().filter(|r| r.quantity == "probe_loss") {
+    for record in runs[0].records.iter_mut().filter(|r| r.quantity == Quantity::ProbeLoss) {
         record.value = Some(1.0 - record.step as f64 / 1000.0);
     }
     let checks = training_checks(&runs);

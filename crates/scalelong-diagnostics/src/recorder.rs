@@ -24,7 +24,7 @@ use scalelong_data::ImageSet;
 use scalelong_model::diffusion::{NoiseSchedule, per_sample_loss, seeded_noise};
 use scalelong_model::{Coefficient, DiffusionNet, ForwardTrace};
 pub use scalelong_schema::DiagnosticsConfig;
-use scalelong_schema::{GateInput, Record};
+use scalelong_schema::{GateInput, Quantity, Record};
 use std::collections::BTreeMap;
 
 /// The seed of the probe's noise and perturbation. It is not the run's seed, so runs of different
@@ -110,7 +110,7 @@ impl Recorder {
     pub fn gradient_rows(&self, step: u64, model: &DiffusionNet, grads: &GradientsParams) -> Vec<Record> {
         group_sums(model, grads)
             .into_iter()
-            .map(|(group, sq)| row(step, "grad_norm", Some(group), None, None, sq.sqrt()))
+            .map(|(group, sq)| row(step, Quantity::GradNorm, Some(group), None, None, sq.sqrt()))
             .collect()
     }
 
@@ -137,8 +137,15 @@ impl Recorder {
     }
 }
 
-fn row(step: u64, quantity: &str, layer: Option<String>, lsc: Option<u32>, t_bin: Option<u32>, value: f64) -> Record {
-    Record { step, quantity: quantity.into(), layer, lsc, t_bin, value: value.is_finite().then_some(value) }
+fn row(
+    step: u64,
+    quantity: Quantity,
+    layer: Option<String>,
+    lsc: Option<u32>,
+    t_bin: Option<u32>,
+    value: f64,
+) -> Record {
+    Record { step, quantity, layer, lsc, t_bin, value: value.is_finite().then_some(value) }
 }
 
 /// The diagnostics group of a parameter, from its module path (see docs/run-folder.md).
@@ -238,8 +245,9 @@ fn weight_rows(step: u64, before: Option<&DiffusionNet>, after: &DiffusionNet) -
     sums.into_iter()
         .flat_map(|(group, sq)| {
             let after_sq = sq[width - 1];
-            let norm = row(step, "weight_norm", Some(group.clone()), None, None, after_sq.sqrt());
-            let update = (width == 3).then(|| row(step, "rel_update", Some(group), None, None, (sq[0] / sq[1]).sqrt()));
+            let norm = row(step, Quantity::WeightNorm, Some(group.clone()), None, None, after_sq.sqrt());
+            let update =
+                (width == 3).then(|| row(step, Quantity::RelUpdate, Some(group), None, None, (sq[0] / sq[1]).sqrt()));
             std::iter::once(norm).chain(update)
         })
         .collect()
@@ -247,7 +255,7 @@ fn weight_rows(step: u64, before: Option<&DiffusionNet>, after: &DiffusionNet) -
 
 /// Per-sample values of one probe quantity, to be averaged per bin and overall.
 struct PerSample {
-    quantity: &'static str,
+    quantity: Quantity,
     layer: Option<String>,
     lsc: Option<u32>,
     values: Tensor<1>,
@@ -285,19 +293,19 @@ fn probe_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionNet) -> 
 
     let mut series = vec![
         PerSample {
-            quantity: "probe_loss",
+            quantity: Quantity::ProbeLoss,
             layer: None,
             lsc: None,
             values: per_sample_loss(out.clone(), probe.noise.clone()),
         },
         PerSample {
-            quantity: "xt_sq_norm",
+            quantity: Quantity::XtSqNorm,
             layer: None,
             lsc: None,
             values: row_norms(flat(probe.x_t.clone())).square(),
         },
         PerSample {
-            quantity: "robustness",
+            quantity: Quantity::Robustness,
             layer: None,
             lsc: None,
             values: row_norms(flat(noisy_out - out)) / row_norms(flat(probe.delta.clone())),
@@ -307,12 +315,12 @@ fn probe_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionNet) -> 
         let numel = h.dims()[1] as f64;
         let l2 = row_norms(h.clone());
         series.push(PerSample {
-            quantity: "feature_rms",
+            quantity: Quantity::FeatureRms,
             layer: Some(layer.clone()),
             lsc,
             values: l2.clone().div_scalar(numel.sqrt()),
         });
-        series.push(PerSample { quantity: "feature_l2", layer: Some(layer), lsc, values: l2 });
+        series.push(PerSample { quantity: Quantity::FeatureL2, layer: Some(layer), lsc, values: l2 });
     };
     for (k, h) in trace.encoder.iter().enumerate() {
         feature(format!("enc.{k}"), Some(k as u32 + 1), h);
@@ -332,22 +340,22 @@ fn probe_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionNet) -> 
         let skip_l2 = row_norms(fusion.skip.clone());
         let scaled_l2 = row_norms(scaled);
         let main_l2 = row_norms(fusion.main.clone());
-        series.push(PerSample { quantity: "skip_l2", layer: layer.clone(), lsc, values: skip_l2 });
+        series.push(PerSample { quantity: Quantity::SkipL2, layer: layer.clone(), lsc, values: skip_l2 });
         series.push(PerSample {
-            quantity: "skip_ratio",
+            quantity: Quantity::SkipRatio,
             layer: layer.clone(),
             lsc,
             values: scaled_l2.clone() / main_l2,
         });
-        series.push(PerSample { quantity: "scaled_skip_l2", layer: layer.clone(), lsc, values: scaled_l2 });
+        series.push(PerSample { quantity: Quantity::ScaledSkipL2, layer: layer.clone(), lsc, values: scaled_l2 });
         series.push(PerSample {
-            quantity: "skip_low_freq_share",
+            quantity: Quantity::SkipLowFreqShare,
             layer: layer.clone(),
             lsc,
             values: fusion.skip_low_frequency_share.clone(),
         });
         series.push(PerSample {
-            quantity: "main_low_freq_share",
+            quantity: Quantity::MainLowFreqShare,
             layer,
             lsc,
             values: fusion.main_low_frequency_share.clone(),
@@ -374,7 +382,7 @@ fn probe_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionNet) -> 
         }
     }
     if let Some(m0) = read_scalars(gains).into_iter().reduce(f64::max) {
-        rows.push(row(step, "m0", None, None, None, m0));
+        rows.push(row(step, Quantity::M0, None, None, None, m0));
     }
     rows.extend(coefficient_rows(step, &trace));
     rows.extend(gate_input_rows(step, &trace));
@@ -389,17 +397,19 @@ fn coefficient_rows(step: u64, trace: &ForwardTrace) -> Vec<Record> {
         let layer = Some(format!("dec.{k}"));
         let lsc = Some(fusion.lsc as u32);
         match &fusion.coefficient {
-            Coefficient::Fixed(c) => rows.push(row(step, "coef", layer, lsc, None, *c)),
+            Coefficient::Fixed(c) => rows.push(row(step, Quantity::Coef, layer, lsc, None, *c)),
             Coefficient::Learned(c) => {
                 let value = read_scalars(vec![c.clone().mean()])[0];
-                rows.push(row(step, "coef", layer, lsc, None, value));
+                rows.push(row(step, Quantity::Coef, layer, lsc, None, value));
             }
             Coefficient::Gate(gate) => {
                 let g = gate.clone().reshape([-1]);
                 let stats = read_scalars(vec![g.clone().mean(), g.clone().var(0).sqrt(), g.clone().min(), g.max()]);
                 gate_means.insert(fusion.lsc, stats[0]);
-                rows.push(row(step, "coef", layer.clone(), lsc, None, stats[0]));
-                for (q, v) in ["gate_mean", "gate_std", "gate_min", "gate_max"].into_iter().zip(stats) {
+                rows.push(row(step, Quantity::Coef, layer.clone(), lsc, None, stats[0]));
+                for (q, v) in
+                    [Quantity::GateMean, Quantity::GateStd, Quantity::GateMin, Quantity::GateMax].into_iter().zip(stats)
+                {
                     rows.push(row(step, q, layer.clone(), lsc, None, v));
                 }
             }
@@ -407,7 +417,9 @@ fn coefficient_rows(step: u64, trace: &ForwardTrace) -> Vec<Record> {
     }
     let means: Vec<f64> = gate_means.values().copied().collect(); // ordered by LSC, 1 first
     if let Some(fit) = exp_decay_fit(&means) {
-        for (q, v) in [("gate_fit_a", fit.a), ("gate_fit_kappa", fit.kappa_hat), ("gate_fit_r2", fit.r2)] {
+        for (q, v) in
+            [(Quantity::GateFitA, fit.a), (Quantity::GateFitKappa, fit.kappa_hat), (Quantity::GateFitR2, fit.r2)]
+        {
             rows.push(row(step, q, None, None, None, v));
         }
     }
@@ -470,7 +482,7 @@ fn bin_gradient_rows(step: u64, probe: &Probe, t_bins: usize, model: &DiffusionN
         let sums = group_sums(model, &grads);
         let (enc, dec) = block_square_sums(&sums);
         for (layer, sq) in [("enc", enc), ("dec", dec), ("total", sums.get("total").copied().unwrap_or(0.0))] {
-            rows.push(row(step, "grad_norm_bin", Some(layer.into()), None, Some(bin), sq.sqrt()));
+            rows.push(row(step, Quantity::GradNormBin, Some(layer.into()), None, Some(bin), sq.sqrt()));
         }
     }
     rows

@@ -6,7 +6,7 @@ use scalelong_diagnostics::recorder::{DiagnosticsConfig, Recorder};
 use scalelong_model::diffusion::{NoiseSchedule, ScheduleConfig};
 use scalelong_model::uvit::UViTConfig;
 use scalelong_model::{ForwardTrace, ModelConfig, SkipScaling};
-use scalelong_schema::{GateInput, Record};
+use scalelong_schema::{GateInput, Quantity, Record};
 use std::collections::BTreeMap;
 
 fn values(t: Tensor<2>) -> (usize, Vec<f64>) {
@@ -24,7 +24,7 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-fn find<'a>(rows: &'a [Record], quantity: &str, layer: Option<&str>, t_bin: Option<u32>) -> &'a Record {
+fn find<'a>(rows: &'a [Record], quantity: Quantity, layer: Option<&str>, t_bin: Option<u32>) -> &'a Record {
     rows.iter()
         .find(|r| r.quantity == quantity && r.layer.as_deref() == layer && r.t_bin == t_bin)
         .unwrap_or_else(|| panic!("no {quantity} {layer:?} {t_bin:?}"))
@@ -38,14 +38,7 @@ fn close(a: f64, b: f64) -> bool {
 fn recorded_norms_coefficients_and_bins_match_a_direct_computation() {
     let device = Device::flex().autodiff();
     device.seed(9);
-    let config = ModelConfig::Uvit(UViTConfig {
-        img_size: 8,
-        patch_size: 2,
-        embed_dim: 16,
-        depth: 6,
-        num_heads: 2,
-        ..UViTConfig::default()
-    });
+    let config = ModelConfig::Uvit(UViTConfig::tiny(6));
     let kappa = 0.5;
     let net = config.init(SkipScaling::Constant { kappa }, &device);
     let images = synthetic(32, 1, 8, 4);
@@ -73,11 +66,11 @@ fn recorded_norms_coefficients_and_bins_match_a_direct_computation() {
         .chain(trace.decoder.iter().enumerate().map(|(k, h)| (format!("dec.{k}"), h.clone())));
     for (layer, h) in blocks {
         let norms = row_norms(&h);
-        let recorded = find(&rows, "feature_l2", Some(&layer), None).value.unwrap();
+        let recorded = find(&rows, Quantity::FeatureL2, Some(&layer), None).value.unwrap();
         assert!(close(recorded, mean(&norms)), "{layer}: {recorded} vs {}", mean(&norms));
-        let bin2 = find(&rows, "feature_l2", Some(&layer), Some(2)).value.unwrap();
+        let bin2 = find(&rows, Quantity::FeatureL2, Some(&layer), Some(2)).value.unwrap();
         assert!(close(bin2, mean(&norms[6..9])), "{layer} bin 2");
-        let rms = find(&rows, "feature_rms", Some(&layer), None).value.unwrap();
+        let rms = find(&rows, Quantity::FeatureRms, Some(&layer), None).value.unwrap();
         assert!(close(rms, mean(&norms) / (h.dims()[1] as f64).sqrt()));
     }
 
@@ -85,34 +78,27 @@ fn recorded_norms_coefficients_and_bins_match_a_direct_computation() {
     for (k, fusion) in trace.fusions.iter().enumerate() {
         let layer = format!("dec.{k}");
         let c = kappa.powi(fusion.lsc as i32 - 1);
-        assert_eq!(find(&rows, "coef", Some(&layer), None).value.unwrap(), c);
-        assert_eq!(find(&rows, "coef", Some(&layer), None).lsc, Some((n - k) as u32));
+        assert_eq!(find(&rows, Quantity::Coef, Some(&layer), None).value.unwrap(), c);
+        assert_eq!(find(&rows, Quantity::Coef, Some(&layer), None).lsc, Some((n - k) as u32));
         let ratios: Vec<f64> =
             row_norms(&fusion.skip).iter().zip(row_norms(&fusion.main)).map(|(s, m)| c * s / m).collect();
-        assert!(close(find(&rows, "skip_ratio", Some(&layer), None).value.unwrap(), mean(&ratios)), "{layer}");
+        assert!(close(find(&rows, Quantity::SkipRatio, Some(&layer), None).value.unwrap(), mean(&ratios)), "{layer}");
     }
 
     // ||x_t||^2 per bin.
     let flat = x_t.inner().reshape([12, 64]);
     let sq: Vec<f64> = row_norms(&flat).iter().map(|v| v * v).collect();
-    assert!(close(find(&rows, "xt_sq_norm", None, Some(0)).value.unwrap(), mean(&sq[0..3])));
-    assert!(find(&rows, "robustness", None, None).value.unwrap() > 0.0);
-    assert!(find(&rows, "m0", None, None).value.unwrap() > 0.0);
+    assert!(close(find(&rows, Quantity::XtSqNorm, None, Some(0)).value.unwrap(), mean(&sq[0..3])));
+    assert!(find(&rows, Quantity::Robustness, None, None).value.unwrap() > 0.0);
+    assert!(find(&rows, Quantity::M0, None, None).value.unwrap() > 0.0);
     // CS records no gates.
-    assert!(!rows.iter().any(|r| r.quantity.starts_with("gate")));
+    assert!(!rows.iter().any(|r| r.quantity.name().starts_with("gate")));
 }
 
 #[test]
 fn learnable_scaling_records_gate_statistics_and_their_decay_fit() {
     let device = Device::flex().autodiff();
-    let config = ModelConfig::Uvit(UViTConfig {
-        img_size: 8,
-        patch_size: 2,
-        embed_dim: 16,
-        depth: 6,
-        num_heads: 2,
-        ..UViTConfig::default()
-    });
+    let config = ModelConfig::Uvit(UViTConfig::tiny(6));
     let net = config.init(SkipScaling::Learnable { shared: false, reduction: 4 }, &device);
     let images = synthetic(16, 1, 8, 4);
     let schedule = NoiseSchedule::new(&ScheduleConfig::default());
@@ -123,11 +109,11 @@ fn learnable_scaling_records_gate_statistics_and_their_decay_fit() {
     for k in 0..3 {
         let layer = format!("dec.{k}");
         let stat = |q| find(&rows, q, Some(&layer), None).value.unwrap();
-        let (mean, min, max) = (stat("gate_mean"), stat("gate_min"), stat("gate_max"));
+        let (mean, min, max) = (stat(Quantity::GateMean), stat(Quantity::GateMin), stat(Quantity::GateMax));
         assert!(0.0 < min && min <= mean && mean <= max && max < 1.0);
-        assert_eq!(stat("coef"), mean);
+        assert_eq!(stat(Quantity::Coef), mean);
     }
-    for q in ["gate_fit_a", "gate_fit_kappa", "gate_fit_r2"] {
+    for q in [Quantity::GateFitA, Quantity::GateFitKappa, Quantity::GateFitR2] {
         assert!(find(&rows, q, None, None).value.is_some(), "{q}");
     }
 }
@@ -164,21 +150,14 @@ fn recording_is_off_when_every_is_zero() {
 #[test]
 fn per_bin_gradient_norms_come_on_every_configured_record() {
     let device = Device::flex().autodiff();
-    let config = ModelConfig::Uvit(UViTConfig {
-        img_size: 8,
-        patch_size: 2,
-        embed_dim: 16,
-        depth: 2,
-        num_heads: 2,
-        ..UViTConfig::default()
-    });
+    let config = ModelConfig::Uvit(UViTConfig::tiny(2));
     let net = config.init(SkipScaling::Original, &device);
     let images = synthetic(8, 1, 8, 4);
     let schedule = NoiseSchedule::new(&ScheduleConfig::default());
     let diagnostics =
         DiagnosticsConfig { every: 3, t_bins: 2, probe_per_bin: 1, robustness_delta: 1e-2, gradient_bins_every: 2 };
     let recorder = Recorder::new(&diagnostics, &images, &schedule, &device).unwrap();
-    let bins = |step| recorder.record(step, &net, &net).iter().filter(|r| r.quantity == "grad_norm_bin").count();
+    let bins = |step| recorder.record(step, &net, &net).iter().filter(|r| r.quantity == Quantity::GradNormBin).count();
     assert_eq!(bins(3), 0, "the first record skips them");
     assert_eq!(bins(6), 2 * 3, "enc, dec and total for each of 2 bins");
 }

@@ -25,6 +25,24 @@ pub fn fused_path_available<const D: usize>(t: &Tensor<D>) -> bool {
     placed(t).is_some()
 }
 
+/// The values of `t`, flattened (f32).
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().expect("an f32 tensor")
+}
+
+/// Largest |a - b| / (max |b| + tiny) over the elements: how far a fast op is from its composition.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())) + 1e-12;
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// Panics naming `what` unless [`rel_err`] of `a` against `b` is at most `tol`.
+pub fn assert_close(what: &str, a: Vec<f32>, b: Vec<f32>, tol: f32) {
+    let e = rel_err(&a, &b);
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
+
 /// For benchmarks: this machine's fp32 peak in GFLOP/s on rayon's threads, measured once: 12 independent FMA
 /// chains per thread on the widest vectors the CPU has, about 0.2 s. Measured rather than
 /// nominal (clock x lanes x units), since a shared VM's clock is not its label's (this machine

@@ -5,24 +5,8 @@
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use scalelong_kernels::testing::{fused_path_available, with_kernel_set, with_reference_ops};
+use scalelong_kernels::testing::{assert_close, fused_path_available, to_vec, with_kernel_set, with_reference_ops};
 use scalelong_kernels::{self as kernels, Activation, Fused, FusedSilu, KernelSet, reference};
-
-fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
-}
-
-/// Largest |a - b| / (max |b| + tiny) over the elements.
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())) + 1e-12;
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-fn assert_close(what: &str, a: Vec<f32>, b: Vec<f32>, tol: f32) {
-    let e = rel_err(&a, &b);
-    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
-}
 
 /// Compares `fast` with `reference` (forward on both backends, input gradients on autodiff).
 fn check<const D: usize, const O: usize>(

@@ -2,7 +2,8 @@
 //! with the run's schema) applied to tensors, in one place for both networks (docs/method.md §2-3).
 
 use crate::gate::SeGate;
-use crate::trace::Coefficient;
+use crate::skip_edit::{Layout, SkipEdit, edit_fusion, low_frequency_share};
+use crate::trace::{Coefficient, ForwardTrace, FusionTrace, record};
 use burn::module::Param;
 use burn::prelude::*;
 
@@ -51,6 +52,53 @@ pub trait ScaleSkip {
         widths: (usize, usize),
         params: SkipParams,
     ) -> Fusion<D>;
+}
+
+/// Where a decoder block fuses its long skip: what [`fuse_long_skip`] needs beyond the tensors.
+#[derive(Clone, Copy)]
+pub(crate) struct FusionSite<'a> {
+    /// 1-based LSC index (1 = outermost).
+    pub lsc: usize,
+    /// The learned parameters the strategy scales this LSC's skip with.
+    pub params: SkipParams<'a>,
+    /// The widths `(main, skip)` of the axis the two are concatenated along.
+    pub widths: (usize, usize),
+    /// The resolution stage, counted from the innermost, where FreeU edits stages 0 and 1 (`None`:
+    /// a block FreeU never edits).
+    pub stage: Option<usize>,
+    pub layout: Layout,
+}
+
+/// One decoder block's long-skip fusion, the same recipe in both networks: the strategy scales
+/// the popped skip ([`ScaleSkip::fuse`]), the sampling-time edit rescales the pair
+/// ([`edit_fusion`]), and a trace, when one is kept, records what entered the fusion.
+///
+/// # Shapes
+/// - main, skip: `[B, L, D]` tokens or `[B, C, H, W]` channels; output: as the inputs
+pub(crate) fn fuse_long_skip<const D: usize>(
+    scaling: SkipScaling,
+    edit: &SkipEdit,
+    main: Tensor<D>,
+    skip: Tensor<D>,
+    site: FusionSite,
+    trace: &mut Option<&mut ForwardTrace>,
+) -> Fusion<D> {
+    // The main path as it enters the fusion, kept only for a trace (mp-cat scales it).
+    let entering = trace.is_some().then(|| (ForwardTrace::flat(&main), low_frequency_share(&main, site.layout, 1)));
+    let fusion = scaling.fuse(main, &skip, site.lsc, site.widths, site.params);
+    let fusion = edit_fusion(edit, fusion, site.lsc, site.stage, site.layout);
+    record(trace, |t| {
+        let (main, main_low_frequency_share) = entering.expect("kept when tracing");
+        t.fusions.push(FusionTrace {
+            lsc: site.lsc,
+            main,
+            skip: ForwardTrace::flat(&skip),
+            coefficient: fusion.coefficient.clone(),
+            skip_low_frequency_share: low_frequency_share(&skip, site.layout, 1),
+            main_low_frequency_share,
+        })
+    });
+    fusion
 }
 
 impl ScaleSkip for SkipScaling {

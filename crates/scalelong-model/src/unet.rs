@@ -15,9 +15,9 @@ pub use sampling::{Downsample, SpatialAttention, Upsample};
 use crate::embeddings::timestep_embedding;
 use crate::gate::SeGate;
 use crate::init::{LinearInit, linear};
-use crate::skip_edit::{Layout, SkipEdit, edit_fusion, low_frequency_share};
-use crate::skip_scaling::{ScaleSkip, SkipParams, SkipScaling, learned_scalars, lsc_of_decoder_block};
-use crate::trace::{ForwardTrace, FusionTrace, record};
+use crate::skip_edit::{Layout, SkipEdit};
+use crate::skip_scaling::{FusionSite, SkipParams, SkipScaling, fuse_long_skip, learned_scalars, lsc_of_decoder_block};
+use crate::trace::{ForwardTrace, record};
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
@@ -273,22 +273,9 @@ impl UNet {
                 (None, Some(scalar)) => SkipParams::Scalar(scalar),
                 (None, None) => SkipParams::None,
             };
-            // The main path as it enters the fusion, kept only for a trace (mp-cat scales it).
-            let main = trace.is_some().then(|| (ForwardTrace::flat(&h), low_frequency_share(&h, Layout::Channels, 1)));
             let widths = (h.dims()[1], skip.dims()[1]);
-            let fusion = self.scaling.fuse(h, &skip, lsc, widths, params);
-            let fusion = edit_fusion(&self.edit, fusion, lsc, Some(stage), Layout::Channels);
-            record(&mut trace, |t| {
-                let (main, main_low_frequency_share) = main.expect("kept when tracing");
-                t.fusions.push(FusionTrace {
-                    lsc,
-                    main,
-                    skip: ForwardTrace::flat(&skip),
-                    coefficient: fusion.coefficient.clone(),
-                    skip_low_frequency_share: low_frequency_share(&skip, Layout::Channels, 1),
-                    main_low_frequency_share,
-                })
-            });
+            let site = FusionSite { lsc, params, widths, stage: Some(stage), layout: Layout::Channels };
+            let fusion = fuse_long_skip(self.scaling, &self.edit, h, skip, site, &mut trace);
             h = block.res.forward(Tensor::cat(vec![fusion.main, fusion.skip], 1), time.clone()); // [B, C_l, H, W]
             if let Some(attn) = &block.attn {
                 h = attn.forward(h);

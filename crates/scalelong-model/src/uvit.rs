@@ -14,9 +14,9 @@ pub use block::{Block, BlockConfig, Mlp};
 use crate::embeddings::timestep_embedding;
 use crate::gate::SeGate;
 use crate::init::{LinearInit, linear};
-use crate::skip_edit::{Layout, SkipEdit, edit_fusion, low_frequency_share};
-use crate::skip_scaling::{ScaleSkip, SkipParams, SkipScaling, learned_scalars, lsc_of_decoder_block};
-use crate::trace::{ForwardTrace, FusionTrace, record};
+use crate::skip_edit::{Layout, SkipEdit};
+use crate::skip_scaling::{FusionSite, SkipParams, SkipScaling, fuse_long_skip, learned_scalars, lsc_of_decoder_block};
+use crate::trace::{ForwardTrace, record};
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
@@ -64,6 +64,12 @@ impl Default for UViTConfig {
 }
 
 impl UViTConfig {
+    /// The smallest U-ViT the tests train: 8x8 images in patches of 2 (17 tokens), width 16, two
+    /// heads, `depth` blocks (`depth / 2` LSCs); milliseconds a step.
+    pub fn tiny(depth: usize) -> Self {
+        Self { img_size: 8, patch_size: 2, embed_dim: 16, depth, num_heads: 2, ..Self::default() }
+    }
+
     pub fn num_skips(&self) -> usize {
         self.depth / 2
     }
@@ -255,21 +261,8 @@ impl UViT {
                 (None, Some(scalar)) => SkipParams::Scalar(scalar),
                 (None, None) => SkipParams::None,
             };
-            // The main path as it enters the fusion, kept only for a trace (mp-cat scales it).
-            let main = trace.is_some().then(|| (ForwardTrace::flat(&h), low_frequency_share(&h, layout, 1)));
-            let fusion = self.scaling.fuse(h, &skip, lsc, (dim, dim), params);
-            let fusion = edit_fusion(&self.edit, fusion, lsc, (k < 2).then_some(k), layout);
-            record(&mut trace, |t| {
-                let (main, main_low_frequency_share) = main.expect("kept when tracing");
-                t.fusions.push(FusionTrace {
-                    lsc,
-                    main,
-                    skip: ForwardTrace::flat(&skip),
-                    coefficient: fusion.coefficient.clone(),
-                    skip_low_frequency_share: low_frequency_share(&skip, layout, 1),
-                    main_low_frequency_share,
-                })
-            });
+            let site = FusionSite { lsc, params, widths: (dim, dim), stage: (k < 2).then_some(k), layout };
+            let fusion = fuse_long_skip(self.scaling, &self.edit, h, skip, site, &mut trace);
             h = blk.forward(fusion.main, Some(fusion.skip)); // [B, L, D]
             record(&mut trace, |t| t.decoder.push(ForwardTrace::flat(&h)));
         }

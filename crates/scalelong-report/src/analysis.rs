@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use scalelong_analysis::inference::{Interval, LEVEL, mean_interval, sample_sd};
 use scalelong_analysis::stats::{DecayFit, exp_decay_fit, mean};
 use scalelong_schema::SkipScaling;
-use scalelong_schema::{Record, series};
+use scalelong_schema::{Quantity, Record, series};
 
 use super::sweep_data::{RunData, SweepData};
 
@@ -128,7 +128,7 @@ pub fn loss_band(group: &Group) -> Vec<BandPoint> {
 /// with its sliding-window oscillation band; empty when no run recorded it.
 pub fn outer_feature_norm_band(group: &Group) -> Vec<BandPoint> {
     let per_run: Vec<Vec<(u64, f64)>> =
-        group.runs.iter().filter_map(|run| per_lsc_series(&run.diagnostics, "feature_l2").remove(&1)).collect();
+        group.runs.iter().filter_map(|run| per_lsc_series(&run.diagnostics, Quantity::FeatureL2).remove(&1)).collect();
     let seed_mean: Vec<(u64, f64)> =
         band_over_seeds(&per_run).into_iter().map(|point| (point.step, point.mean)).collect();
     window_band(&seed_mean, OSCILLATION_WINDOW)
@@ -161,7 +161,7 @@ pub fn lsc_grid(group: &Group, quantity: LscQuantity) -> LscGrid {
         .runs
         .iter()
         .map(|run| match quantity {
-            LscQuantity::FeatureNorm => per_lsc_series(&run.diagnostics, "feature_l2"),
+            LscQuantity::FeatureNorm => per_lsc_series(&run.diagnostics, Quantity::FeatureL2),
             LscQuantity::GradientNorm => decoder_gradient_series(&run.diagnostics),
         })
         .collect();
@@ -174,29 +174,17 @@ pub fn lsc_grid(group: &Group, quantity: LscQuantity) -> LscGrid {
     LscGrid { steps: steps.into_iter().collect(), lscs: lscs.into_iter().collect(), cells }
 }
 
-/// The quantity that holds a group's learned coefficients per LSC: the LS gates' mean, or a learned
-/// scalar's value; `None` for strategies whose coefficients are not learned.
-pub fn learned_quantity(strategy: SkipScaling) -> Option<&'static str> {
-    match strategy {
-        SkipScaling::Learnable { .. } => Some("gate_mean"),
-        SkipScaling::LearnedScalar { .. } => Some("coef"),
-        SkipScaling::Original | SkipScaling::InvSqrt2 | SkipScaling::Constant { .. } | SkipScaling::MpCat { .. } => {
-            None
-        }
-    }
-}
-
 /// The learned coefficients (LS gate means, learned scalars) per LSC against step, mean over the
 /// group's runs; empty for other groups.
 pub fn gate_curves(group: &Group) -> BTreeMap<u32, Vec<(u64, f64)>> {
-    match group.runs.first().and_then(|run| learned_quantity(run.strategy)) {
+    match group.runs.first().and_then(|run| run.strategy.learned_quantity()) {
         Some(quantity) => lsc_curves(group, quantity),
         None => BTreeMap::new(),
     }
 }
 
 /// A per-LSC diagnostics quantity against step, mean over the group's runs.
-pub fn lsc_curves(group: &Group, quantity: &str) -> BTreeMap<u32, Vec<(u64, f64)>> {
+pub fn lsc_curves(group: &Group, quantity: Quantity) -> BTreeMap<u32, Vec<(u64, f64)>> {
     let per_run: Vec<BTreeMap<u32, Vec<(u64, f64)>>> =
         group.runs.iter().map(|run| per_lsc_series(&run.diagnostics, quantity)).collect();
     mean_per_lsc(&per_run)
@@ -242,7 +230,7 @@ pub const DECAY_KAPPA_MAX: f64 = 0.9;
 /// recorded).
 pub fn gate_fit(group: &Group) -> Option<GateFit> {
     let strategy = group.runs.first()?.strategy;
-    let quantity = learned_quantity(strategy)?;
+    let quantity = strategy.learned_quantity()?;
     // Per LSC, per run: (first, last) value.
     let mut ends: BTreeMap<u32, Vec<(f64, f64)>> = BTreeMap::new();
     let mut per_run_kappa = Vec::new();
@@ -292,7 +280,7 @@ pub fn gate_fit(group: &Group) -> Option<GateFit> {
 }
 
 /// Per LSC, the series of `quantity` on the decoder block consuming it (t_bin null).
-fn per_lsc_series(records: &[Record], quantity: &str) -> BTreeMap<u32, Vec<(u64, f64)>> {
+fn per_lsc_series(records: &[Record], quantity: Quantity) -> BTreeMap<u32, Vec<(u64, f64)>> {
     let layers: BTreeMap<u32, &str> = records
         .iter()
         .filter(|record| record.quantity == quantity && record.t_bin.is_none())
@@ -317,7 +305,7 @@ fn decoder_gradient_series(records: &[Record]) -> BTreeMap<u32, Vec<(u64, f64)>>
     };
     let decoder_blocks: BTreeSet<u32> = records
         .iter()
-        .filter(|record| record.quantity == "grad_norm")
+        .filter(|record| record.quantity == Quantity::GradNorm)
         .filter_map(|record| record.layer.as_deref()?.strip_prefix("dec.")?.parse().ok())
         .collect();
     decoder_blocks
@@ -325,7 +313,7 @@ fn decoder_gradient_series(records: &[Record]) -> BTreeMap<u32, Vec<(u64, f64)>>
         .filter(|&block| block < lsc_count)
         .map(|block| {
             let layer = format!("dec.{block}");
-            (lsc_count - block, series(records, "grad_norm", Some(&layer), None, None))
+            (lsc_count - block, series(records, Quantity::GradNorm, Some(&layer), None, None))
         })
         .filter(|(_, points)| !points.is_empty())
         .collect()

@@ -1,24 +1,14 @@
 //! What became of each run: trained, collapsed (finite but not learning) or diverged; whether its
 //! held-out loss reached a plateau; how many loss and gradient spikes it had. The rules and their
-//! constants are stated here once and printed in the report's methods paragraph; the rule for
-//! trained, collapsed and diverged is scalelong-analysis's [`judge_run`], which `scalelong
-//! frontier` judges its probes by too.
+//! constants live together in scalelong-analysis's `run_rules` (printed in the report's methods
+//! paragraph); `scalelong frontier` judges its probes by the same [`judge_run`].
 
-use scalelong_analysis::inference::{Plateau, RunOutcome, judge_run, plateau, spike_steps, zero_predictor_loss};
+use scalelong_analysis::run_rules::{
+    PLATEAU_MAX_DROP, PLATEAU_TAIL, Plateau, RunOutcome, SPIKE_K, SPIKE_WINDOW, judge_run, plateau, spike_steps,
+    zero_predictor_loss,
+};
 
 use crate::sweep_data::RunData;
-
-/// The share of training, at the end, over which the plateau rule looks.
-pub const PLATEAU_TAIL: f64 = 0.2;
-/// A run has plateaued when its held-out loss fell by less than this fraction over that tail.
-pub const PLATEAU_MAX_DROP: f64 = 0.05;
-/// The collapse rule's constant (it lives with [`judge_run`]), for the methods paragraph.
-pub use scalelong_analysis::inference::COLLAPSE_FRACTION;
-/// Logged points in the trailing window a spike is measured against.
-pub const SPIKE_WINDOW: usize = 20;
-/// A spike: a logged loss or gradient norm above its trailing window's mean by more than this many
-/// of the window's standard deviations.
-pub const SPIKE_K: f64 = 4.0;
 
 /// Where a run stands, for every table and claim: a finished run is trained, collapsed or
 /// diverged; an unfinished one is left out of every comparison.

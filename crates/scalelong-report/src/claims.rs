@@ -1,13 +1,14 @@
 //! The paper's claims judged from this sweep's numbers, each with the effect it claims stated up
 //! front, the measured effect with its 95% interval, the smallest effect the sweep could have
 //! detected, and the runs it rests on. The verdict comes from the interval alone
-//! ([`scalelong_analysis::inference::verdict`]): held when it supports the claimed direction, did
+//! ([`scalelong_analysis::verdict::verdict`]): held when it supports the claimed direction, did
 //! not hold only when it excludes the claimed effect, inconclusive otherwise. Nothing is assumed.
 
-use scalelong_analysis::inference::{ClaimedEffect, Interval, Verdict, claimed_magnitude_excluded, verdict};
+use scalelong_analysis::inference::Interval;
+use scalelong_analysis::verdict::{ClaimedEffect, Verdict, claimed_magnitude_excluded, verdict};
 
 use scalelong_analysis::inference::{LEVEL, mean_correlation_interval, mean_interval};
-use scalelong_schema::SkipScaling;
+use scalelong_schema::{EditKind, SkipScaling};
 
 use crate::analysis::GateFit;
 use crate::bounds::{self, BoundCheck};
@@ -205,10 +206,10 @@ fn importance_claims(profiles: &[ImportanceProfile]) -> Vec<Claim> {
 /// (h) A sampling-time edit, applied as its papers do to networks trained with coefficient 1,
 /// lowers the FD.
 fn edit_claim(row: &EditRow) -> Option<Claim> {
-    if row.kind == "none" || row.kind == "importance" {
+    if !row.kind.is_method() {
         return None;
     }
-    let what = if row.kind == "freeu" { "FreeU" } else { "Skip-Tuning" };
+    let what = if row.kind == EditKind::FreeU { "FreeU" } else { "Skip-Tuning" };
     let name = format!("(h) {what} ({}) lowers the FD of strategy-1 networks on {}", row.setting, row.model);
     let claimed = format!(
         "FD of the edited network over the unedited one's, paired by run, < 1 (of interest: {}, a tenth lower)",

@@ -9,11 +9,12 @@
 
 use std::collections::BTreeMap;
 
-use scalelong_analysis::inference::{ClaimedEffect, Interval, LEVEL, claimed_magnitude_excluded, mean_interval};
+use scalelong_analysis::inference::{Interval, LEVEL, mean_interval};
 use scalelong_analysis::paired::{
     PairedCounts, holm_adjust, log_ratios, mcnemar_exact_p_value, paired_proportion_interval, sign_flip_p_value,
     sign_flip_ratio_interval,
 };
+use scalelong_analysis::verdict::{ClaimedEffect, claimed_magnitude_excluded};
 use scalelong_schema::{AnalysisPlan, SkipScaling};
 
 use crate::assess::{Assessment, Status, steps_to_reach};

@@ -9,18 +9,19 @@ use plotters::style::RGBColor;
 
 use super::analysis::{
     BandPoint, GateFit, Group, LOSS_SMOOTHING_WINDOW, LscQuantity, OSCILLATION_WINDOW, band_over_seeds, gate_curves,
-    groups_of_model, learned_quantity, loss_band, lsc_curves, lsc_grid, models, outer_feature_norm_band,
+    groups_of_model, loss_band, lsc_curves, lsc_grid, models, outer_feature_norm_band,
 };
 use super::format_number;
 use super::plot::{
     BandPanel, Curve, PANEL_SIZE, Palette, Rendered, Scale, ScatterPanel, XySeries, draw_band_panel, draw_heatmaps,
     draw_scatter_panel, figure_size, heatmap_figure_size, panel_areas, render, sequential_colour,
 };
-use super::skips::{EditRow, ImportanceProfile, SKIP_SHARE};
+use super::skips::{EditRow, ImportanceProfile};
 use super::sweep_data::SweepData;
 use crate::assess::Status;
 use crate::compare::Judged;
 use crate::tables::StableLrRow;
+use scalelong_schema::Quantity;
 
 pub struct Figure {
     /// File name inside the report's `figures/` folder.
@@ -273,9 +274,9 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
             else {
                 continue;
             };
-            let Some(quantity) = group.runs.first().and_then(|run| learned_quantity(run.strategy)) else { continue };
+            let Some(quantity) = group.runs.first().and_then(|run| run.strategy.learned_quantity()) else { continue };
             let (name, value) =
-                if quantity == "gate_mean" { ("gates", "mean gate") } else { ("learned scalars", "scalar") };
+                if quantity == Quantity::GateMean { ("gates", "mean gate") } else { ("learned scalars", "scalar") };
             let curves = gate_curves(&group);
             let lsc_count = curves.len().max(2);
             let over_training = BandPanel {
@@ -327,7 +328,7 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
             };
             let image = render((PANEL_SIZE.0 * 2, PANEL_SIZE.1), |root| {
                 let halves = panel_areas(root, 2);
-                draw_band_panel(&halves[0], &over_training, quantity)?;
+                draw_band_panel(&halves[0], &over_training, &quantity.name())?;
                 draw_scatter_panel(&halves[1], &against_lsc)
             })?;
             let fit_note = if gates.fit.is_some() {
@@ -353,7 +354,7 @@ pub fn gate_figures(sweep: &SweepData, gate_fits: &[GateFit]) -> Result<Vec<Figu
 /// (Skip-Tuning, FreeU) against the unedited networks, one panel per strategy.
 pub fn edit_bin_figures(rows: &[EditRow]) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
-    let is_edit = |row: &&EditRow| row.kind != "none" && row.kind != "importance";
+    let is_edit = |row: &&EditRow| row.kind.is_method();
     let settings: Vec<&str> = rows.iter().filter(is_edit).fold(Vec::new(), |mut seen, row| {
         if !seen.contains(&row.setting.as_str()) {
             seen.push(row.setting.as_str());
@@ -508,7 +509,7 @@ pub fn spectral_figures(sweep: &SweepData) -> Result<Vec<Figure>> {
         let panels: Vec<BandPanel> = groups_of_model(sweep, model)
             .iter()
             .map(|group| {
-                let curves = lsc_curves(group, SKIP_SHARE);
+                let curves = lsc_curves(group, Quantity::SkipLowFreqShare);
                 let lsc_count = curves.len().max(2);
                 BandPanel {
                     title: group.strategy_label.to_string(),

@@ -10,13 +10,14 @@ use scalelong_analysis::theorems::{DESCENT_REMAINING, MIN_SETTLED_RECORDS};
 use super::ReportContent;
 use super::figures::Figure;
 use super::format_number;
-use crate::assess::{COLLAPSE_FRACTION, PLATEAU_MAX_DROP, PLATEAU_TAIL, SPIKE_K, SPIKE_WINDOW, Status};
+use crate::assess::Status;
 use crate::claims::{
     CLAIMED_FD_RATIO, CLAIMED_LR_RATIO, CLAIMED_SHARE_DIFFERENCE, CLAIMED_SPEEDUP, SMALLEST_EFFECT, summary,
 };
 use crate::learned;
 use crate::sweep_data::RunData;
-use scalelong_schema::SkipScaling;
+use scalelong_analysis::run_rules::{COLLAPSE_FRACTION, PLATEAU_MAX_DROP, PLATEAU_TAIL, SPIKE_K, SPIKE_WINDOW};
+use scalelong_schema::{EditKind, SkipScaling};
 
 /// Counts the images that did not decode into `#broken-images` once the page has loaded, so a
 /// headless browser's DOM dump shows whether every embedded image is valid.
@@ -595,7 +596,7 @@ fn skips_section(content: &ReportContent, page: &mut String) {
         let rows: Vec<Vec<Cell>> = skips
             .edits
             .iter()
-            .filter(|row| row.kind != "importance")
+            .filter(|row| row.kind != EditKind::Importance)
             .map(|row| {
                 vec![
                     Cell::Text(row.model.clone()),

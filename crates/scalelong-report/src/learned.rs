@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 
 use polars::prelude::*;
-use scalelong_analysis::inference::{ClaimedEffect, claimed_magnitude_excluded, verdict};
 use scalelong_analysis::stats::mean;
-use scalelong_schema::{GateInput, Record, SkipScaling};
+use scalelong_analysis::verdict::{ClaimedEffect, claimed_magnitude_excluded, verdict};
+use scalelong_schema::{GateInput, Quantity, Record, SkipScaling};
 
 use crate::analysis::{DECAY_KAPPA_MAX, GateFit, groups_of_model, models};
 use crate::claims::{Claim, Outcome, interval_text, not_measured};
@@ -146,7 +146,7 @@ pub fn gate_input_profiles(sweep: &SweepData) -> Vec<GateInputProfile> {
             if runs.is_empty() {
                 continue;
             }
-            let mean_over_runs = |quantity: &str| -> BTreeMap<u32, f64> {
+            let mean_over_runs = |quantity: Quantity| -> BTreeMap<u32, f64> {
                 let mut values: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
                 for records in &runs {
                     for (lsc, value) in last_per_lsc(records, quantity) {
@@ -155,8 +155,8 @@ pub fn gate_input_profiles(sweep: &SweepData) -> Vec<GateInputProfile> {
                 }
                 values.into_iter().filter_map(|(lsc, v)| Some((lsc, mean(&v)?))).collect()
             };
-            let gate_means = mean_over_runs("gate_mean");
-            let gate_sds = mean_over_runs("gate_std");
+            let gate_means = mean_over_runs(Quantity::GateMean);
+            let gate_sds = mean_over_runs(Quantity::GateStd);
             let inputs: Vec<BTreeMap<u32, f64>> =
                 GateInput::ALL.iter().map(|input| mean_over_runs(input.quantity())).collect();
             let lscs = inputs[GateInput::Rms as usize]
@@ -181,7 +181,7 @@ pub fn gate_input_profiles(sweep: &SweepData) -> Vec<GateInputProfile> {
 
 /// Per LSC, the value of `quantity` (whole probe batch) at its last record; a step recorded twice
 /// (a resumed run) reads the record written last.
-fn last_per_lsc(records: &[Record], quantity: &str) -> BTreeMap<u32, f64> {
+fn last_per_lsc(records: &[Record], quantity: Quantity) -> BTreeMap<u32, f64> {
     let mut last: BTreeMap<u32, (u64, f64)> = BTreeMap::new();
     for record in records.iter().filter(|record| record.quantity == quantity && record.t_bin.is_none()) {
         if let (Some(lsc), Some(value)) = (record.lsc, record.value) {
@@ -336,12 +336,12 @@ pub fn gate_inputs_frame(profiles: &[GateInputProfile]) -> PolarsResult<DataFram
         ),
         Column::new("runs".into(), rows.iter().map(|(profile, _)| profile.runs as u32).collect::<Vec<_>>()),
         Column::new("lsc".into(), rows.iter().map(|(_, lsc)| lsc.lsc).collect::<Vec<_>>()),
-        Column::new("gate_mean".into(), rows.iter().map(|(_, lsc)| lsc.gate_mean).collect::<Vec<_>>()),
-        Column::new("gate_std".into(), rows.iter().map(|(_, lsc)| lsc.gate_sd).collect::<Vec<_>>()),
+        Column::new(Quantity::GateMean.name().into(), rows.iter().map(|(_, lsc)| lsc.gate_mean).collect::<Vec<_>>()),
+        Column::new(Quantity::GateStd.name().into(), rows.iter().map(|(_, lsc)| lsc.gate_sd).collect::<Vec<_>>()),
     ];
     for input in GateInput::ALL {
         columns.push(Column::new(
-            input.quantity().into(),
+            input.quantity().name().into(),
             rows.iter().map(|(_, lsc)| lsc.input(input)).collect::<Vec<_>>(),
         ));
     }
@@ -385,14 +385,15 @@ mod tests {
                 std::fs::create_dir_all(&run_dir).unwrap();
                 let config = RunConfig { seed, strategy, ..RunConfig::default() };
                 write_json_atomic(&run_dir.join("config.json"), &config).unwrap();
-                let quantity = if matches!(strategy, SkipScaling::Learnable { .. }) { "gate_mean" } else { "coef" };
+                let quantity =
+                    if matches!(strategy, SkipScaling::Learnable { .. }) { Quantity::GateMean } else { Quantity::Coef };
                 let mut records: Vec<Record> = [25, 300]
                     .into_iter()
                     .enumerate()
                     .flat_map(|(index, step)| {
                         (1..=LSCS).map(move |lsc| Record {
                             step,
-                            quantity: quantity.to_string(),
+                            quantity,
                             layer: Some(format!("dec.{}", LSCS - lsc)),
                             lsc: Some(lsc),
                             t_bin: None,
@@ -494,9 +495,9 @@ mod tests {
     /// Gate-input records of one run at its last step: LSC i's input at `distance(i)` from LSC 1's,
     /// LSC 1's spread over samples 0.1.
     fn gate_inputs(seed: u64, distance: impl Fn(u32) -> f64) -> Vec<Record> {
-        let record = |quantity: &str, lsc: u32, value: f64| Record {
+        let record = |quantity: Quantity, lsc: u32, value: f64| Record {
             step: 300,
-            quantity: quantity.to_string(),
+            quantity,
             layer: Some(format!("dec.{}", LSCS - lsc)),
             lsc: Some(lsc),
             t_bin: None,
@@ -511,7 +512,7 @@ mod tests {
                     record(GateInput::SampleSd.quantity(), lsc, 0.1),
                     record(GateInput::CosineToLsc1.quantity(), lsc, 1.0 - distance(lsc) / 10.0),
                     record(GateInput::DistanceToLsc1.quantity(), lsc, distance(lsc)),
-                    record("gate_std", lsc, 0.01),
+                    record(Quantity::GateStd, lsc, 0.01),
                 ]
             })
             .collect()

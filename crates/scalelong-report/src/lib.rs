@@ -145,7 +145,7 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         .filter_map(|group| analysis::gate_fit(&group))
         .collect();
     let gate_inputs = learned::gate_input_profiles(&sweep);
-    let has_learned_runs = sweep.runs.iter().any(|run| analysis::learned_quantity(run.strategy).is_some());
+    let has_learned_runs = sweep.runs.iter().any(|run| run.strategy.learned_quantity().is_some());
     let skips = SkipFindings::new(&judged);
     let claims = claims::assess_claims(&comparisons, &bound_checks, &gate_fits, stable_lr.as_deref(), &skips);
 

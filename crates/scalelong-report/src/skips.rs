@@ -9,25 +9,16 @@
 
 use std::collections::BTreeMap;
 
-use scalelong_analysis::inference::spearman;
 use scalelong_analysis::inference::{
     Interval, LEVEL, mean_correlation_interval, mean_interval, paired_difference_interval, paired_ratio_interval,
 };
+use scalelong_analysis::resampling::spearman;
 use scalelong_analysis::stats::mean;
-use scalelong_schema::{SkipEvalLine, SkipScaling, series};
+use scalelong_schema::{EditKind, Quantity, SkipEvalLine, SkipScaling, series};
 
-use crate::analysis::learned_quantity;
 use crate::assess::Status;
 use crate::compare::Judged;
 use crate::sweep_data::RunData;
-
-/// The `kind` of the unedited line in `skip_eval.jsonl`.
-const UNEDITED: &str = "none";
-/// The `kind` of the lines that scale one LSC alone.
-const IMPORTANCE: &str = "importance";
-/// The diagnostics quantities of the spectral view (docs/run-folder.md).
-pub const SKIP_SHARE: &str = "skip_low_freq_share";
-pub const MAIN_SHARE: &str = "main_low_freq_share";
 
 /// Everything this module computes from a sweep.
 pub struct SkipFindings {
@@ -74,7 +65,7 @@ pub struct EditRow {
     pub strategy: SkipScaling,
     pub strategy_label: String,
     /// `none` (the unedited networks), `skip-tuning`, `freeu` or `importance`.
-    pub kind: String,
+    pub kind: EditKind,
     pub setting: String,
     pub lsc: Option<u32>,
     pub factor: Option<f64>,
@@ -98,7 +89,9 @@ pub fn edit_rows(groups: &[RunGroup]) -> Vec<EditRow> {
         let lines: Vec<(&[SkipEvalLine], &SkipEvalLine)> = group
             .runs
             .iter()
-            .filter_map(|run| Some((run.skip_evals.as_slice(), run.skip_evals.iter().find(|l| l.kind == UNEDITED)?)))
+            .filter_map(|run| {
+                Some((run.skip_evals.as_slice(), run.skip_evals.iter().find(|l| l.kind == EditKind::Unedited)?))
+            })
             .collect();
         let Some((first, _)) = lines.first() else { continue };
         for template in first.iter() {
@@ -114,13 +107,13 @@ pub fn edit_rows(groups: &[RunGroup]) -> Vec<EditRow> {
             let (edited, unedited) = column(&|l| l.heldout_loss);
             let (edited_fd, unedited_fd) = column(&|l| l.fd.unwrap_or(f64::NAN));
             let fds: Vec<f64> = edited_fd.iter().copied().filter(|fd| fd.is_finite()).collect();
-            let is_reference = template.kind == UNEDITED;
+            let is_reference = template.kind == EditKind::Unedited;
             let bins = template.heldout_loss_bins.len();
             rows.push(EditRow {
                 model: group.model.clone(),
                 strategy: group.strategy,
                 strategy_label: group.strategy_label.clone(),
-                kind: template.kind.clone(),
+                kind: template.kind,
                 setting: template.setting.clone(),
                 lsc: template.lsc,
                 factor: template.factor,
@@ -168,7 +161,7 @@ pub fn importance_profiles(groups: &[RunGroup]) -> Vec<ImportanceProfile> {
             .runs
             .iter()
             .flat_map(|run| &run.skip_evals)
-            .filter(|l| l.kind == IMPORTANCE)
+            .filter(|l| l.kind == EditKind::Importance)
             .filter_map(|l| l.factor)
             .collect();
         factors.sort_by(f64::total_cmp);
@@ -179,11 +172,11 @@ pub fn importance_profiles(groups: &[RunGroup]) -> Vec<ImportanceProfile> {
                 .runs
                 .iter()
                 .filter_map(|run| {
-                    let unedited = run.skip_evals.iter().find(|l| l.kind == UNEDITED)?.heldout_loss;
+                    let unedited = run.skip_evals.iter().find(|l| l.kind == EditKind::Unedited)?.heldout_loss;
                     Some(
                         run.skip_evals
                             .iter()
-                            .filter(|l| l.kind == IMPORTANCE && l.factor == Some(factor))
+                            .filter(|l| l.kind == EditKind::Importance && l.factor == Some(factor))
                             .filter_map(|l| Some((l.lsc?, l.heldout_loss - unedited)))
                             .collect(),
                     )
@@ -222,7 +215,7 @@ pub fn importance_profiles(groups: &[RunGroup]) -> Vec<ImportanceProfile> {
 fn final_coefficients(runs: &[&RunData]) -> Vec<(u32, f64)> {
     let mut per_lsc: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
     for run in runs {
-        let quantity = learned_quantity(run.strategy).filter(|q| *q == "gate_mean").unwrap_or("coef");
+        let quantity = run.strategy.learned_quantity().filter(|q| *q == Quantity::GateMean).unwrap_or(Quantity::Coef);
         for (lsc, points) in last_per_lsc(run, quantity) {
             per_lsc.entry(lsc).or_default().push(points);
         }
@@ -231,7 +224,7 @@ fn final_coefficients(runs: &[&RunData]) -> Vec<(u32, f64)> {
 }
 
 /// Per LSC, the last value of `quantity` over the whole probe batch.
-fn last_per_lsc(run: &RunData, quantity: &str) -> BTreeMap<u32, f64> {
+fn last_per_lsc(run: &RunData, quantity: Quantity) -> BTreeMap<u32, f64> {
     let mut lscs: Vec<(u32, String)> = run
         .diagnostics
         .iter()
@@ -266,7 +259,9 @@ pub fn spectral_rows(groups: &[RunGroup]) -> Vec<SpectralRow> {
             let per_run: Vec<(BTreeMap<u32, f64>, BTreeMap<u32, f64>)> = group
                 .runs
                 .iter()
-                .map(|run| (last_per_lsc(run, SKIP_SHARE), last_per_lsc(run, MAIN_SHARE)))
+                .map(|run| {
+                    (last_per_lsc(run, Quantity::SkipLowFreqShare), last_per_lsc(run, Quantity::MainLowFreqShare))
+                })
                 .filter(|(skip, main)| !skip.is_empty() && !main.is_empty())
                 .collect();
             if per_run.is_empty() {

@@ -351,7 +351,7 @@ pub fn skip_edits_frame(rows: &[EditRow]) -> PolarsResult<DataFrame> {
     df! {
         "model" => rows.iter().map(|row| row.model.as_str()).collect::<Vec<_>>(),
         "strategy" => rows.iter().map(|row| row.strategy_label.as_str()).collect::<Vec<_>>(),
-        "kind" => rows.iter().map(|row| row.kind.as_str()).collect::<Vec<_>>(),
+        "kind" => rows.iter().map(|row| row.kind.name()).collect::<Vec<_>>(),
         "setting" => rows.iter().map(|row| row.setting.as_str()).collect::<Vec<_>>(),
         "lsc" => rows.iter().map(|row| row.lsc).collect::<Vec<_>>(),
         "factor" => rows.iter().map(|row| row.factor).collect::<Vec<_>>(),

@@ -5,8 +5,8 @@ use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
 
 use scalelong_schema::{
-    AnalysisPlan, DoseQuantity, DoseResponseLine, EvalLine, MetricsLine, Record, RunConfig, RunState, SkipEvalLine,
-    SkipScaling, Status, SweepManifest, SweepRun, write_json_atomic,
+    AnalysisPlan, DoseQuantity, DoseResponseLine, EditKind, EvalLine, MetricsLine, Quantity, Record, RunConfig,
+    RunState, SkipEvalLine, SkipScaling, Status, SweepManifest, SweepRun, write_json_atomic,
 };
 
 /// LSCs of the synthetic network; decoder block K consumes LSC `LSC_COUNT - K`.
@@ -236,21 +236,22 @@ impl SweepFixture {
 /// than each effect keeps the intervals narrow but not empty.
 fn skip_evals(run: &FixtureRun, heldout: f64, fd: f64) -> Vec<SkipEvalLine> {
     let jitter = 1.0 + 0.001 * run.seed as f64;
-    let line =
-        |kind: &str, setting: String, lsc: Option<u32>, factor: Option<f64>, loss: f64, fd: Option<f64>| SkipEvalLine {
+    let line = |kind: EditKind, setting: String, lsc: Option<u32>, factor: Option<f64>, loss: f64, fd: Option<f64>| {
+        SkipEvalLine {
             step: STEPS,
-            kind: kind.to_string(),
+            kind,
             setting,
             lsc,
             factor,
             heldout_loss: loss,
             heldout_loss_bins: vec![loss / 2.0, loss, 1.5 * loss],
             fd,
-        };
+        }
+    };
     let mut lines = vec![
-        line("none", "unedited".into(), None, None, heldout, Some(fd)),
+        line(EditKind::Unedited, "unedited".into(), None, None, heldout, Some(fd)),
         line(
-            "skip-tuning",
+            EditKind::SkipTuning,
             "rho 1 -> 0.8".into(),
             None,
             None,
@@ -258,7 +259,7 @@ fn skip_evals(run: &FixtureRun, heldout: f64, fd: f64) -> Vec<SkipEvalLine> {
             Some(fd * TUNING_FD_RATIO * jitter),
         ),
         line(
-            "freeu",
+            EditKind::FreeU,
             "b 1.2/1.4 s 0.9/0.2 threshold 1".into(),
             None,
             None,
@@ -268,8 +269,15 @@ fn skip_evals(run: &FixtureRun, heldout: f64, fd: f64) -> Vec<SkipEvalLine> {
     ];
     for lsc in 1..=LSC_COUNT {
         let cut = CUT_INCREASE * 0.5f64.powi(lsc as i32 - 1) * jitter;
-        lines.push(line("importance", format!("LSC {lsc} x 0"), Some(lsc), Some(0.0), heldout + cut, None));
-        lines.push(line("importance", format!("LSC {lsc} x 0.5"), Some(lsc), Some(0.5), heldout + cut / 4.0, None));
+        lines.push(line(EditKind::Importance, format!("LSC {lsc} x 0"), Some(lsc), Some(0.0), heldout + cut, None));
+        lines.push(line(
+            EditKind::Importance,
+            format!("LSC {lsc} x 0.5"),
+            Some(lsc),
+            Some(0.5),
+            heldout + cut / 4.0,
+            None,
+        ));
     }
     lines
 }
@@ -284,8 +292,8 @@ fn diagnostics(run: &FixtureRun, last_step: u64) -> Vec<Record> {
     let square_sum = tail_square_sum(1);
     let mut records = Vec::new();
     let mut record =
-        |step: u64, quantity: &str, layer: Option<String>, lsc: Option<u32>, t_bin: Option<u32>, value: f64| {
-            records.push(Record { step, quantity: quantity.to_string(), layer, lsc, t_bin, value: Some(value) });
+        |step: u64, quantity: Quantity, layer: Option<String>, lsc: Option<u32>, t_bin: Option<u32>, value: f64| {
+            records.push(Record { step, quantity, layer, lsc, t_bin, value: Some(value) });
         };
     for step in (DIAGNOSTICS_EVERY..=last_step).step_by(DIAGNOSTICS_EVERY as usize) {
         let progress = step as f64 / STEPS as f64;
@@ -295,11 +303,11 @@ fn diagnostics(run: &FixtureRun, last_step: u64) -> Vec<Record> {
             let layer = Some(format!("dec.{block}"));
             // Squared norm 10 * S_i * (1 + progress) +- 30% of S_i: the oscillation grows with S_i.
             let squared_norm = tail_square_sum(lsc) * (10.0 * (1.0 + progress) + 3.0 * alternating);
-            record(step, "feature_l2", layer.clone(), Some(lsc), None, squared_norm.sqrt());
-            record(step, "coef", layer.clone(), Some(lsc), None, coefficient(lsc));
+            record(step, Quantity::FeatureL2, layer.clone(), Some(lsc), None, squared_norm.sqrt());
+            record(step, Quantity::Coef, layer.clone(), Some(lsc), None, coefficient(lsc));
             record(
                 step,
-                "grad_norm",
+                Quantity::GradNorm,
                 layer.clone(),
                 None,
                 None,
@@ -308,26 +316,40 @@ fn diagnostics(run: &FixtureRun, last_step: u64) -> Vec<Record> {
             if run.ls {
                 // Gates rise by 5% over training; seeds differ by far less.
                 let gate = coefficient(lsc) * (1.0 - 0.05 * (1.0 - progress)) * (1.0 + 0.001 * run.seed as f64);
-                record(step, "gate_mean", layer, Some(lsc), None, gate);
+                record(step, Quantity::GateMean, layer, Some(lsc), None, gate);
             }
-            record(step, "feature_l2", Some(format!("enc.{block}")), Some(block + 1), None, 3.0);
+            record(step, Quantity::FeatureL2, Some(format!("enc.{block}")), Some(block + 1), None, 3.0);
             let jitter = 0.001 * run.seed as f64;
-            record(step, "skip_low_freq_share", Some(format!("dec.{block}")), Some(lsc), None, SKIP_SHARE + jitter);
-            record(step, "main_low_freq_share", Some(format!("dec.{block}")), Some(lsc), None, MAIN_SHARE - jitter);
+            record(
+                step,
+                Quantity::SkipLowFreqShare,
+                Some(format!("dec.{block}")),
+                Some(lsc),
+                None,
+                SKIP_SHARE + jitter,
+            );
+            record(
+                step,
+                Quantity::MainLowFreqShare,
+                Some(format!("dec.{block}")),
+                Some(lsc),
+                None,
+                MAIN_SHARE - jitter,
+            );
         }
-        record(step, "xt_sq_norm", None, None, None, 10.0);
-        record(step, "m0", None, None, None, M0);
+        record(step, Quantity::XtSqNorm, None, None, None, 10.0);
+        record(step, Quantity::M0, None, None, None, M0);
         let amplification: f64 = (1..=LSC_COUNT).map(|lsc| coefficient(lsc) * M0.powi(lsc as i32)).sum();
-        record(step, "robustness", None, None, None, 2.0 * amplification * (1.0 + 0.01 * run.seed as f64));
+        record(step, Quantity::Robustness, None, None, None, 2.0 * amplification * (1.0 + 0.01 * run.seed as f64));
         for bin in 0..T_BINS {
             let probe_loss = 0.2 + 0.3 * f64::from(bin);
             let xt_sq_norm = 4.0 + 3.0 * f64::from(bin);
             // enc^2 + dec^2 = 2 * probe_loss * ||x_t||^2 * sum c^2.
             let group_norm = (probe_loss * xt_sq_norm * square_sum).sqrt();
-            record(step, "probe_loss", None, None, Some(bin), probe_loss);
-            record(step, "xt_sq_norm", None, None, Some(bin), xt_sq_norm);
-            record(step, "grad_norm_bin", Some("enc".to_string()), None, Some(bin), group_norm);
-            record(step, "grad_norm_bin", Some("dec".to_string()), None, Some(bin), group_norm);
+            record(step, Quantity::ProbeLoss, None, None, Some(bin), probe_loss);
+            record(step, Quantity::XtSqNorm, None, None, Some(bin), xt_sq_norm);
+            record(step, Quantity::GradNormBin, Some("enc".to_string()), None, Some(bin), group_norm);
+            record(step, Quantity::GradNormBin, Some("dec".to_string()), None, Some(bin), group_norm);
         }
     }
     records

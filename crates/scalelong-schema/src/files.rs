@@ -72,12 +72,48 @@ pub struct EvalLine {
     pub n_samples: u64,
 }
 
+/// The `kind` of a `skip_eval.jsonl` line: which sampling-time edit it measures (docs/method.md
+/// §3.5), serialised as `none`, `skip-tuning`, `freeu` or `importance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EditKind {
+    /// The unedited network, the reference of every other line.
+    #[serde(rename = "none")]
+    Unedited,
+    #[serde(rename = "skip-tuning")]
+    SkipTuning,
+    #[serde(rename = "freeu")]
+    FreeU,
+    /// One LSC scaled alone.
+    #[serde(rename = "importance")]
+    Importance,
+}
+
+impl EditKind {
+    /// Whether the line is a published sampling-time method (Skip-Tuning, FreeU), as opposed to
+    /// the reference or an importance probe.
+    pub fn is_method(self) -> bool {
+        match self {
+            EditKind::SkipTuning | EditKind::FreeU => true,
+            EditKind::Unedited | EditKind::Importance => false,
+        }
+    }
+
+    /// The name in `skip_eval.jsonl` and in the report's tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            EditKind::Unedited => "none",
+            EditKind::SkipTuning => "skip-tuning",
+            EditKind::FreeU => "freeu",
+            EditKind::Importance => "importance",
+        }
+    }
+}
+
 /// One line of `skip_eval.jsonl`: the final EMA weights under one sampling-time skip edit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SkipEvalLine {
     pub step: u64,
-    /// `none`, `skip-tuning`, `freeu` or `importance`.
-    pub kind: String,
+    pub kind: EditKind,
     /// The setting in words, e.g. `rho 1 -> 0.8`, `LSC 3 x 0`; what the report's tables show.
     pub setting: String,
     /// The LSC an importance setting scales (1 = outermost).
@@ -149,6 +185,15 @@ fn nulls_as_nan<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f64>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edit_kinds_are_written_and_read_by_the_names_the_report_shows() {
+        for kind in [EditKind::Unedited, EditKind::SkipTuning, EditKind::FreeU, EditKind::Importance] {
+            let written = serde_json::to_string(&kind).unwrap();
+            assert_eq!(written, format!("\"{}\"", kind.name()));
+            assert_eq!(serde_json::from_str::<EditKind>(&written).unwrap(), kind);
+        }
+    }
 
     #[test]
     fn non_finite_values_go_out_as_null_and_come_back_as_nan() {

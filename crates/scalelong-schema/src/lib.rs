@@ -37,11 +37,12 @@ pub use config::{
 pub use diffusion::{SamplerConfig, ScheduleConfig};
 pub use dose_response::{DoseQuantity, DoseResponseLine, DoseResponsePlan};
 pub use files::{
-    AnalysisPlan, CheckpointState, EvalLine, MetricsLine, RunState, SkipEvalLine, Status, SweepManifest, SweepRun,
+    AnalysisPlan, CheckpointState, EditKind, EvalLine, MetricsLine, RunState, SkipEvalLine, Status, SweepManifest,
+    SweepRun,
 };
 pub use frontier::{Censoring, Frontier, LrBracket};
 pub use io::{
     JsonlLog, read_json, read_jsonl, remove_stale_temporaries, truncate_jsonl_after, write_atomic, write_json_atomic,
 };
-pub use records::{GateInput, Record, series, series_values};
+pub use records::{GateInput, Quantity, Record, series, series_values};
 pub use strategy::SkipScaling;

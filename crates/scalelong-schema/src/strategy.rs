@@ -19,6 +19,7 @@
 //! | `strategy = "mp-cat"` / `{ mp-cat = 0.3 }` | [`SkipScaling::MpCat`], balance 0.5 / 0.3 |
 //! | `strategy = "learned-scalar"` / `{ learned-scalar = 0.7 }` | [`SkipScaling::LearnedScalar`], from kappa 0.5 / 0.7 |
 
+use crate::records::Quantity;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -143,6 +144,16 @@ impl SkipScaling {
         match self {
             Self::Original | Self::InvSqrt2 | Self::Constant { .. } | Self::Learnable { .. } => true,
             Self::MpCat { .. } | Self::LearnedScalar { .. } => false,
+        }
+    }
+
+    /// The diagnostics quantity that holds the learned coefficient of each LSC: the LS gates'
+    /// mean, a learned scalar's value; `None` where the coefficients are set, not learned.
+    pub fn learned_quantity(self) -> Option<Quantity> {
+        match self {
+            Self::Learnable { .. } => Some(Quantity::GateMean),
+            Self::LearnedScalar { .. } => Some(Quantity::Coef),
+            Self::Original | Self::InvSqrt2 | Self::Constant { .. } | Self::MpCat { .. } => None,
         }
     }
 

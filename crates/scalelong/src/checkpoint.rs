@@ -287,14 +287,7 @@ mod tests {
     #[test]
     fn a_reloaded_network_has_the_same_ids_and_gradients() {
         let device = Device::flex().autodiff();
-        let config = ModelConfig::Uvit(UViTConfig {
-            img_size: 8,
-            patch_size: 2,
-            embed_dim: 16,
-            depth: 4,
-            num_heads: 2,
-            ..UViTConfig::default()
-        });
+        let config = ModelConfig::Uvit(UViTConfig::tiny(4));
         let model = config.init(SkipScaling::Learnable { shared: true, reduction: 16 }, &device);
         let bytes = model.clone().into_record().into_bytes().unwrap().to_vec();
         let loaded = config
@@ -311,7 +304,7 @@ mod tests {
         let norm = |m: &DiffusionNet| {
             let loss = m.forward(x.clone(), t.clone(), None).square().mean();
             let g = GradientsParams::from_grads(loss.backward(), m);
-            (g.len(), crate::train::global_grad_norm(m, &g))
+            (g.len(), crate::optimizer::global_grad_norm(m, &g))
         };
         let (count, original) = norm(&model);
         assert_eq!(count, a.0.len(), "every parameter receives a gradient");

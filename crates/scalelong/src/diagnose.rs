@@ -10,7 +10,7 @@
 use crate::checkpoint::load_latest_weights;
 use crate::config::ResolveModel;
 use crate::exchange::{ImportArgs, Weights, import};
-use crate::train::load_images;
+use crate::images::load_images;
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
 use scalelong_data::Split;

@@ -8,7 +8,7 @@
 //! (`scalelong_diagnostics::bounds`).
 
 use crate::config::ResolveModel;
-use crate::train::load_images;
+use crate::images::load_images;
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use scalelong_analysis::dose_response::{

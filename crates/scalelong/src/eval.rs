@@ -121,14 +121,7 @@ mod tests {
     #[test]
     fn evaluate_writes_the_run_folder_line_and_repeats_itself() {
         let device = Device::flex().autodiff();
-        let model_config = ModelConfig::Uvit(UViTConfig {
-            img_size: 8,
-            patch_size: 2,
-            embed_dim: 16,
-            depth: 2,
-            num_heads: 2,
-            ..UViTConfig::default()
-        });
+        let model_config = ModelConfig::Uvit(UViTConfig::tiny(2));
         device.seed(3);
         let ema = model_config.init(SkipScaling::Original, &device).valid();
         let schedule = NoiseSchedule::new(&ScheduleConfig::default());

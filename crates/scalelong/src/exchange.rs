@@ -117,7 +117,7 @@ pub fn import(checkpoint: &Path, args: &ImportArgs, out: &Path, device: &Device)
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create run folder", out.display()))?;
     write_json_atomic(&out.join("config.json"), &config)?;
     let state = CheckpointState { step: 0, config: config.clone() };
-    checkpoint::save(out, &state, &net, &net, &crate::train::adamw(&config))?;
+    checkpoint::save(out, &state, &net, &net, &crate::optimizer::adamw(&config))?;
     let message = format!("imported from {}", checkpoint.display());
     Status { state: RunState::Completed, step: 0, message: Some(message) }.write(out)?;
     Ok(config)

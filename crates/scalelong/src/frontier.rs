@@ -15,7 +15,7 @@ use crate::sweep::{self, Found, PlannedRun, SweepFile, SweepPlan, inspect, lock_
 use crate::train::{self, Outcome};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::Device;
-use scalelong_analysis::inference::{RunOutcome, judge_run};
+use scalelong_analysis::run_rules::{RunOutcome, judge_run};
 use scalelong_schema::{
     Censoring, EvalLine, Frontier, LrBracket, RunConfig, Status, SweepManifest, SweepRun, read_jsonl, write_json_atomic,
 };

@@ -17,6 +17,8 @@ pub mod ema;
 pub mod eval;
 pub mod exchange;
 pub mod frontier;
+pub mod images;
+pub mod optimizer;
 pub mod progress;
 pub mod samples;
 pub mod skip_eval;

@@ -10,19 +10,19 @@
 use crate::checkpoint::load_latest_weights;
 use crate::config::ResolveModel;
 use crate::eval::evaluate;
+use crate::images::load_images;
 use crate::samples::{encode_rows, generate};
-use crate::train::load_images;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use scalelong_data::{ImageSet, Split};
 use scalelong_model::diffusion::NoiseSchedule;
 use scalelong_model::{DiffusionNet, FreeU, ModelConfig, SkipEdit};
-use scalelong_schema::{RunConfig, SkipEditSpec, SkipEvalLine, write_atomic};
+use scalelong_schema::{EditKind, RunConfig, SkipEditSpec, SkipEvalLine, write_atomic};
 use std::path::{Path, PathBuf};
 
 /// One setting: what `skip_eval.jsonl` names it, the edit, and whether it gets an FD.
 struct Setting {
-    kind: &'static str,
+    kind: EditKind,
     setting: String,
     lsc: Option<u32>,
     factor: Option<f64>,
@@ -33,7 +33,7 @@ struct Setting {
 /// The settings `specs` expand to on a network with `n` LSCs, the unedited one first.
 fn settings(specs: &[SkipEditSpec], n: usize, fd: bool) -> Vec<Setting> {
     let unedited = Setting {
-        kind: "none",
+        kind: EditKind::Unedited,
         setting: "unedited".into(),
         lsc: None,
         factor: None,
@@ -44,7 +44,7 @@ fn settings(specs: &[SkipEditSpec], n: usize, fd: bool) -> Vec<Setting> {
     for spec in specs {
         match spec {
             SkipEditSpec::SkipTuning { rho_outer, rho_inner } => all.push(Setting {
-                kind: "skip-tuning",
+                kind: EditKind::SkipTuning,
                 setting: format!("rho {rho_outer} -> {rho_inner}"),
                 lsc: None,
                 factor: None,
@@ -52,7 +52,7 @@ fn settings(specs: &[SkipEditSpec], n: usize, fd: bool) -> Vec<Setting> {
                 with_fd: fd,
             }),
             &SkipEditSpec::Freeu { b, s, threshold } => all.push(Setting {
-                kind: "freeu",
+                kind: EditKind::FreeU,
                 setting: format!("b {}/{} s {}/{} threshold {threshold}", b[0], b[1], s[0], s[1]),
                 lsc: None,
                 factor: None,
@@ -63,7 +63,7 @@ fn settings(specs: &[SkipEditSpec], n: usize, fd: bool) -> Vec<Setting> {
                 for lsc in 1..=n {
                     for &factor in factors {
                         all.push(Setting {
-                            kind: "importance",
+                            kind: EditKind::Importance,
                             setting: format!("LSC {lsc} x {factor}"),
                             lsc: Some(lsc as u32),
                             factor: Some(factor),
@@ -114,7 +114,7 @@ pub fn evaluate_edits(
         log(&format!("skip edit {}: held-out loss {:.4} FD {:?}", s.setting, line.heldout_loss, line.fd));
         lines.push(SkipEvalLine {
             step,
-            kind: s.kind.to_string(),
+            kind: s.kind,
             setting: s.setting,
             lsc: s.lsc,
             factor: s.factor,
@@ -242,7 +242,7 @@ mod tests {
         ];
         let all = settings(&specs, 3, true);
         assert_eq!(all.len(), 1 + 1 + 3 * 2);
-        assert_eq!((all[0].kind, all[0].with_fd), ("none", true));
+        assert_eq!((all[0].kind, all[0].with_fd), (EditKind::Unedited, true));
         assert_eq!(all[1].setting, "rho 1 -> 0.8");
         let last = all.last().unwrap();
         assert_eq!((last.lsc, last.factor, last.with_fd), (Some(3), Some(0.5), false));

@@ -9,21 +9,22 @@ use crate::checkpoint;
 use crate::config::ResolveModel;
 use crate::ema::Ema;
 use crate::eval;
+use crate::images::load_images;
+use crate::optimizer::{adamw, global_grad_norm, learning_rate, scale_grads};
 use crate::progress::Progress;
 use crate::samples;
 use crate::skip_eval;
 use anyhow::{Context, Result, bail};
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use scalelong_data::{ImageSet, Loader, Split};
+use scalelong_data::{Loader, Split};
 use scalelong_diagnostics::recorder::Recorder;
+use scalelong_model::DiffusionNet;
 use scalelong_model::diffusion::{NoiseSchedule, noise_prediction_loss, seeded_noise};
-use scalelong_model::{DiffusionNet, ModelConfig};
 use scalelong_schema::{
-    CheckpointState, JsonlLog, LrSchedule, MetricsLine, RunConfig, RunState, Status, remove_stale_temporaries,
+    CheckpointState, JsonlLog, MetricsLine, RunConfig, RunState, Status, remove_stale_temporaries,
     truncate_jsonl_after, write_json_atomic,
 };
 use std::path::Path;
@@ -189,125 +190,9 @@ pub fn train(config: &RunConfig, run: &Path, device: &Device, resume: bool) -> R
     Ok(Outcome::Completed)
 }
 
-pub(crate) fn adamw(config: &RunConfig) -> ModuleOptimizer {
-    let o = &config.optimizer;
-    AdamWConfig::new()
-        .with_beta_1(o.beta1 as f32)
-        .with_beta_2(o.beta2 as f32)
-        .with_epsilon(o.eps as f32)
-        .with_weight_decay(o.weight_decay as f32)
-        .init()
-}
-
-/// Linear warm-up from 0 to `lr` over `warmup_steps`, then `optimizer.schedule`.
-pub fn learning_rate(config: &RunConfig, step: u64) -> f64 {
-    let lr = config.optimizer.lr;
-    if step < config.warmup_steps {
-        return lr * (step as f64 / config.warmup_steps as f64);
-    }
-    match config.optimizer.schedule {
-        LrSchedule::Constant => lr,
-        LrSchedule::Cosine { final_fraction } => {
-            let span = config.steps.saturating_sub(config.warmup_steps).max(1) as f64;
-            let progress = ((step - config.warmup_steps) as f64 / span).min(1.0);
-            let floor = lr * final_fraction;
-            floor + (lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
-        }
-    }
-}
-
 /// The RNG of one step's timesteps and noise.
 fn step_rng(seed: u64, step: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(step);
     rng
-}
-
-/// Loads a split of the configured dataset, padded, and checks it fits the network.
-pub fn load_images(config: &RunConfig, model: &ModelConfig, split: Split) -> Result<ImageSet> {
-    let mut set = config.data.dataset.load(split)?;
-    if config.data.pad_to_multiple > 1 {
-        set = set.pad_to_multiple(config.data.pad_to_multiple);
-    }
-    let [c, h, w] = model.image_shape();
-    if [set.channels, set.height, set.width] != [c, h, w] {
-        bail!(
-            "data: images are {}x{}x{} (CxHxW) after padding to a multiple of {}, but the model expects {c}x{h}x{w}; \
-             set data.pad_to_multiple or the model's img_size / channels",
-            set.channels,
-            set.height,
-            set.width,
-            config.data.pad_to_multiple
-        );
-    }
-    if set.len() < config.batch_size {
-        bail!("batch_size: {} is larger than the dataset ({} images)", config.batch_size, set.len());
-    }
-    Ok(set)
-}
-
-/// Squared L2 norm of every gradient, summed on the device and read once.
-pub fn global_grad_norm(model: &DiffusionNet, grads: &GradientsParams) -> f64 {
-    struct SumSquares<'a> {
-        grads: &'a GradientsParams,
-        parts: Vec<Tensor<1>>,
-    }
-    impl ModuleVisitor for SumSquares<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.grads.get::<D>(param.id) {
-                self.parts.push(g.square().sum());
-            }
-        }
-    }
-    let mut visitor = SumSquares { grads, parts: Vec::new() };
-    model.visit(&mut visitor);
-    if visitor.parts.is_empty() {
-        return 0.0;
-    }
-    (Tensor::cat(visitor.parts, 0).sum().into_scalar::<f32>() as f64).sqrt()
-}
-
-fn scale_grads(model: &DiffusionNet, grads: GradientsParams, factor: f64) -> GradientsParams {
-    struct Scale {
-        grads: GradientsParams,
-        factor: f64,
-    }
-    impl ModuleVisitor for Scale {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.grads.remove::<D>(param.id) {
-                self.grads.register(param.id, g.mul_scalar(self.factor));
-            }
-        }
-    }
-    let mut visitor = Scale { grads, factor };
-    model.visit(&mut visitor);
-    visitor.grads
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn schedule(schedule: LrSchedule) -> RunConfig {
-        let mut config = RunConfig { steps: 110, warmup_steps: 10, ..RunConfig::default() };
-        config.optimizer.lr = 1e-3;
-        config.optimizer.schedule = schedule;
-        config
-    }
-
-    #[test]
-    fn warm_up_then_constant_or_cosine_down_to_the_final_fraction() {
-        let constant = schedule(LrSchedule::Constant);
-        assert_eq!(learning_rate(&constant, 5), 1e-3 * 0.5);
-        assert_eq!(learning_rate(&constant, 10), 1e-3);
-        assert_eq!(learning_rate(&constant, 110), 1e-3);
-        let cosine = schedule(LrSchedule::Cosine { final_fraction: 0.1 });
-        assert_eq!(learning_rate(&cosine, 5), 1e-3 * 0.5, "the warm-up is shared");
-        assert_eq!(learning_rate(&cosine, 10), 1e-3);
-        // Halfway through the decay the cosine term is 0: the mean of the start and the floor.
-        assert!((learning_rate(&cosine, 60) - 0.55e-3).abs() < 1e-15);
-        assert!((learning_rate(&cosine, 110) - 1e-4).abs() < 1e-15);
-        let rates: Vec<f64> = (10..=110).map(|step| learning_rate(&cosine, step)).collect();
-        assert!(rates.windows(2).all(|pair| pair[1] <= pair[0]), "monotone after the warm-up");
-    }
 }

@@ -3,6 +3,7 @@
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
+pub use scalelong_kernels::testing::to_vec;
 use scalelong_model::unet::UNetConfig;
 use scalelong_model::uvit::UViTConfig;
 use scalelong_model::{DiffusionNet, ModelConfig, SkipScaling};
@@ -75,10 +76,6 @@ pub fn batch(shape: [usize; 4], device: &Device) -> Tensor<4> {
 
 pub fn times(values: &[f32], device: &Device) -> Tensor<1> {
     Tensor::from_floats(values, device)
-}
-
-pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
 }
 
 pub fn with_scaling(net: DiffusionNet, scaling: SkipScaling) -> DiffusionNet {

@@ -103,14 +103,7 @@ mod tests {
     use scalelong_model::uvit::UViTConfig;
 
     fn tiny_net(seed: u64, device: &Device) -> DiffusionNet {
-        let config = ModelConfig::Uvit(UViTConfig {
-            img_size: 8,
-            patch_size: 2,
-            embed_dim: 16,
-            depth: 2,
-            num_heads: 2,
-            ..UViTConfig::default()
-        });
+        let config = ModelConfig::Uvit(UViTConfig::tiny(2));
         device.seed(seed);
         config.init(SkipScaling::Original, device)
     }
