@@ -69,60 +69,107 @@ vectorised_fn! {
     }
 }
 
+/// `[l, l]` probabilities of head `bh` (image `bh / heads`, head `bh % heads`) into `dst`:
+/// `S = scale q k^T` by GEMM straight from the strided `qkv` (`src`), then the softmax of its rows
+/// while `S` is in cache. `k_t` is scratch of `dh l` values (empty for the portable kernels).
+fn head_probs(
+    src: &[f32],
+    s: &Heads,
+    bh: usize,
+    k_t: &mut [f32],
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    isa: Option<Isa>,
+) {
+    let (l, dh, d3) = (s.tokens, s.head_dim, 3 * s.dim());
+    let base = (bh / s.heads) * l * d3 + (bh % s.heads) * dh;
+    let q = (src[base..].as_ptr(), d3 as isize, 1);
+    let out = (dst.as_mut_ptr().cast::<f32>(), l as isize, 1);
+    assert!(dst.len() == l * l && k_t.len() >= if isa.is_some() { dh * l } else { 0 });
+    // SAFETY: q and k of (b, h) are [l, dh] blocks of rows of qkv; dst is [l, l], written whole
+    // by the product (which does not read it) before the softmax reads it; k_t is [dh, l].
+    unsafe {
+        if isa.is_some() {
+            transpose_block(&src[base + s.dim()..], l, dh, d3, s.scale(), k_t);
+            matmul(isa, (l, l, dh), out, false, q, (k_t.as_ptr(), l as isize, 1), 1.0);
+        } else {
+            gemm_strided((l, l, dh), out, false, q, (src.as_ptr().add(base + s.dim()), 1, d3 as isize), s.scale());
+        }
+        softmax_rows(isa, assume_written(dst), l);
+    }
+}
+
+/// Head `bh`'s `P v` (`p`: its `[l, l]` probabilities) into its columns of the merged output.
+///
+/// # Safety
+/// `dst` is the `[B, L, D]` output; no other thread writes head `bh`'s block meanwhile.
+unsafe fn head_out(src: &[f32], s: &Heads, bh: usize, p: &[f32], dst: Shared, isa: Option<Isa>) {
+    let (l, dh, d) = (s.tokens, s.head_dim, s.dim());
+    let (b, h) = (bh / s.heads, bh % s.heads);
+    assert!(p.len() == l * l && src.len() == s.batch * l * 3 * d);
+    // SAFETY: the (b, h) output block [l, dh] at columns h dh of image b's rows is written by
+    // this task alone; v is a block of qkv, p the task's [l, l] probabilities.
+    unsafe {
+        matmul(
+            isa,
+            (l, dh, l),
+            (dst.0.add(b * l * d + h * dh), d as isize, 1),
+            false,
+            (p.as_ptr(), l as isize, 1),
+            (src.as_ptr().add(b * l * 3 * d + 2 * d + h * dh), 3 * d as isize, 1),
+            1.0,
+        );
+    }
+}
+
 /// Returns the merged output `[B, L, D]` and the attention probabilities `[B, H, L, L]`.
 ///
-/// One task per (image, head): `S = scale q k^T` by GEMM straight from the strided `qkv`, the
-/// softmax of its rows (while `S` is in cache), then `P v` by GEMM straight into the head's
-/// columns of the output.
+/// One task per (image, head) computes its probabilities ([`head_probs`]); a second pass
+/// multiplies them into `v`, straight into the head's columns of the output.
 fn attention_forward(qkv: FlexTensor, heads: usize, isa: Option<Isa>) -> (FlexTensor, FlexTensor) {
     let s = Heads::of(&qkv, heads);
     let (l, dh, d) = (s.tokens, s.head_dim, s.dim());
-    let (d3, scale) = (3 * d, s.scale());
     let src = qkv.storage::<f32>();
-    let scores_of = |k_t: &mut Vec<f32>, bh: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
-        let base = (bh / heads) * l * d3 + (bh % heads) * dh;
-        let q = (src[base..].as_ptr(), d3 as isize, 1);
-        let out = (dst.as_mut_ptr().cast::<f32>(), l as isize, 1);
-        // SAFETY: q and k of (b, h) are [l, dh] blocks of rows of qkv; dst is [l, l], written
-        // whole by the product (which does not read it) before the softmax reads it; k_t is
-        // [dh, l].
-        unsafe {
-            if isa.is_some() {
-                transpose_block(&src[base + d..], l, dh, d3, scale, k_t);
-                matmul(isa, (l, l, dh), out, false, q, (k_t.as_ptr(), l as isize, 1), 1.0);
-            } else {
-                gemm_strided((l, l, dh), out, false, q, (src.as_ptr().add(base + d), 1, d3 as isize), scale);
-            }
-            softmax_rows(isa, assume_written(dst), l);
-        }
-    };
-    // SAFETY: `scores_of` writes its whole chunk.
+    let scratch = || vec![0.0f32; if isa.is_some() { dh * l } else { 0 }];
+    // SAFETY: `head_probs` writes its whole chunk.
     let (scores, _) = unsafe {
-        par_filled(s.batch * heads * l * l, l * l, || vec![0.0f32; if isa.is_some() { dh * l } else { 0 }], scores_of)
+        par_filled(s.batch * heads * l * l, l * l, scratch, |k_t, bh, dst| head_probs(src, &s, bh, k_t, dst, isa))
     };
     let probs = new_tensor(scores, &[s.batch, heads, l, l]);
     let p = probs.storage::<f32>();
-    let head_out = |dst: Shared, bh: usize| {
-        let (b, h) = (bh / heads, bh % heads);
-        // SAFETY: the (b, h) output block [l, dh] at columns h dh of image b's rows is written by
-        // this task alone; v is a block of qkv, p the task's [l, l] probabilities.
-        unsafe {
-            matmul(
-                isa,
-                (l, dh, l),
-                (dst.0.add(b * l * d + h * dh), d as isize, 1),
-                false,
-                (p.as_ptr().add(bh * l * l), l as isize, 1),
-                (src.as_ptr().add(b * l * d3 + 2 * d + h * dh), d3 as isize, 1),
-                1.0,
-            );
-        }
-    };
     // SAFETY: the (b, h) blocks are disjoint and cover the output.
     let out = unsafe {
-        filled_through(s.batch * l * d, |dst| (0..s.batch * heads).into_par_iter().for_each(|bh| head_out(dst, bh)))
+        filled_through(s.batch * l * d, |dst| {
+            (0..s.batch * heads)
+                .into_par_iter()
+                .for_each(|bh| head_out(src, &s, bh, &p[bh * l * l..(bh + 1) * l * l], dst, isa))
+        })
     };
     (new_tensor(out, &[s.batch, l, d]), probs)
+}
+
+/// [`attention_forward`]'s output alone, in one pass: each (image, head) task keeps its
+/// probabilities in a per-thread `[l, l]` buffer (17 KB at 65 tokens, in L1/L2) and multiplies
+/// them into `v` at once, so the `[B, H, L, L]` tensor is never written nor read back. The same
+/// products in the same order as [`attention_forward`]: the same values.
+fn attention_infer(qkv: FlexTensor, heads: usize, isa: Option<Isa>) -> FlexTensor {
+    let s = Heads::of(&qkv, heads);
+    let (l, dh, d) = (s.tokens, s.head_dim, s.dim());
+    let src = qkv.storage::<f32>();
+    let scratch = || (Vec::<f32>::with_capacity(l * l), vec![0.0f32; if isa.is_some() { dh * l } else { 0 }]);
+    // SAFETY: the (b, h) blocks are disjoint and cover the output; `head_probs` writes all of
+    // `probs` before it is read.
+    let out = unsafe {
+        filled_through(s.batch * l * d, |dst| {
+            (0..s.batch * heads).into_par_iter().for_each_init(scratch, |(probs, k_t), bh| {
+                #[allow(clippy::redundant_locals)]
+                let dst = dst; // the whole `Shared` (Send), not its pointer
+                let probs = &mut probs.spare_capacity_mut()[..l * l];
+                head_probs(src, &s, bh, k_t, probs, isa);
+                head_out(src, &s, bh, assume_written(probs), dst, isa);
+            })
+        })
+    };
+    new_tensor(out, &[s.batch, l, d])
 }
 
 /// The fused attention; the backward keeps the input and the probabilities.
@@ -138,6 +185,10 @@ impl FusedOp<1> for Attention {
     fn forward(&self, [qkv]: [FlexTensor; 1], isa: Option<Isa>) -> (FlexTensor, Self::State) {
         let (out, probs) = attention_forward(qkv.clone(), self.heads, isa);
         (out, (qkv, probs))
+    }
+
+    fn infer(&self, [qkv]: [FlexTensor; 1], isa: Option<Isa>) -> FlexTensor {
+        attention_infer(qkv, self.heads, isa)
     }
 
     fn backward(

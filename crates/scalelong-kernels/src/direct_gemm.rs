@@ -83,7 +83,7 @@ pub(super) unsafe fn gemm_raw(
 /// Rows of the left factor every column slab is run over before the next rows: with an inner
 /// dimension of 256 they take 96 KB, which stays in L2 across the slabs (without it, `256 -> 64`
 /// re-read 2 MB of rows per slab and ran 0.84x gemm's speed).
-const ROW_BLOCK: usize = 96;
+pub(crate) const ROW_BLOCK: usize = 96;
 
 /// Inner-dimension block: a long product (a weight gradient sums over every token) runs in blocks
 /// whose slices of both factors stay in L2 while every tile reads them.

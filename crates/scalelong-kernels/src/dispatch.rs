@@ -1,6 +1,7 @@
 //! Where an op runs, and the one piece of autodiff wiring every fused op shares.
 //!
-//! An op whose inputs are all on flex runs its fused forward; all on autodiff flex, the same
+//! An op whose inputs are all on flex runs its fused forward without the state a backward would
+//! keep ([`FusedOp::infer`]); all on autodiff flex, the same
 //! forward becomes one node of the autodiff graph whose backward is the op's own ([`FusedOp`]);
 //! anything else (another backend, a mix, another dtype, or inside
 //! `testing::with_reference_ops`) returns `None`, and the op runs its [`crate::reference`]
@@ -25,6 +26,12 @@ pub(crate) trait FusedOp<const N: usize>: Send + std::fmt::Debug + Sized + 'stat
     type State: Clone + Send + std::fmt::Debug + 'static;
     /// The output and the state the backward needs, on the kernels of `isa`.
     fn forward(&self, inputs: [FlexTensor; N], isa: Option<Isa>) -> (FlexTensor, Self::State);
+    /// The output alone, where nothing will differentiate it (the inputs are on flex, not
+    /// autodiff): what [`FusedOp::forward`] returns, computed in the same order, so the values
+    /// are the same; an op whose state is large (attention's probabilities) skips building it.
+    fn infer(&self, inputs: [FlexTensor; N], isa: Option<Isa>) -> FlexTensor {
+        self.forward(inputs, isa).0
+    }
     /// The gradient of each input that is `wanted`, from the output's (contiguous).
     fn backward(
         self,
@@ -65,7 +72,7 @@ pub(crate) fn run<const N: usize, const D: usize, F: FusedOp<N>>(
             Some(Placed::Flex(t)) => contiguous(t),
             _ => unreachable!("checked above"),
         });
-        return Some(Tensor::from_primitive::<Flex>(op.forward(inputs, isa).0));
+        return Some(Tensor::from_primitive::<Flex>(op.infer(inputs, isa)));
     }
     if !inputs.iter().all(|p| matches!(p, Some(Placed::Autodiff(_)))) {
         return None;

@@ -12,9 +12,18 @@ use rayon::prelude::*;
 
 vectorised_fn! {
     /// `x Phi(x)` of each element.
-    fn gelu_chunk(dst: &mut [std::mem::MaybeUninit<f32>], xs: &[f32]) {
+    pub(crate) fn gelu_chunk(dst: &mut [std::mem::MaybeUninit<f32>], xs: &[f32]) {
         for (o, &v) in dst.iter_mut().zip(xs) {
             o.write(v * math::phi_and_pdf(v).0);
+        }
+    }
+}
+
+vectorised_fn! {
+    /// [`gelu_chunk`] in place: the same values.
+    pub(crate) fn gelu_in_place(xs: &mut [f32]) {
+        for v in xs.iter_mut() {
+            *v = *v * math::phi_and_pdf(*v).0;
         }
     }
 }
@@ -46,12 +55,16 @@ impl FusedOp<1> for Gelu {
     }
 
     fn backward(self, x: FlexTensor, grad: FlexTensor, _: [bool; 1], isa: Option<Isa>) -> [Option<FlexTensor>; 1] {
-        let mut dx = vec![0.0f32; grad.storage::<f32>().len()];
-        (dx.par_chunks_mut(CHUNK)
-            .zip(x.storage::<f32>().par_chunks(CHUNK).zip(grad.storage::<f32>().par_chunks(CHUNK))))
-        .for_each(|(dst, (xs, gs))| gelu_grad_chunk(isa, dst, xs, gs));
-        [Some(new_tensor(dx, grad.layout().shape()))]
+        [Some(gelu_backward(&x, &grad, isa))]
     }
+}
+
+/// The gradient of GELU's input `x` from its output's `grad`, one parallel pass.
+pub(crate) fn gelu_backward(x: &FlexTensor, grad: &FlexTensor, isa: Option<Isa>) -> FlexTensor {
+    let mut dx = vec![0.0f32; grad.storage::<f32>().len()];
+    (dx.par_chunks_mut(CHUNK).zip(x.storage::<f32>().par_chunks(CHUNK).zip(grad.storage::<f32>().par_chunks(CHUNK))))
+        .for_each(|(dst, (xs, gs))| gelu_grad_chunk(isa, dst, xs, gs));
+    new_tensor(dx, grad.layout().shape())
 }
 
 /// `x * Phi(x)` (exact GELU), element-wise, with its backward.

@@ -29,6 +29,43 @@ impl<const D: usize> Fused<Tensor<D>> for Linear {
     }
 }
 
+/// A linear layer whose output is added to a residual, in one op ([`crate::linear_add`]).
+pub trait FusedAdd<X> {
+    /// `residual + self.forward(x)`.
+    fn fused_add(&self, x: X, residual: X) -> X;
+}
+
+impl<const D: usize> FusedAdd<Tensor<D>> for Linear {
+    /// [`crate::linear_add`]; a missing bias is a zero one, which takes no gradient.
+    fn fused_add(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+        let weight = self.weight.val();
+        let bias = match &self.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([weight.dims()[1]], &x.device()),
+        };
+        crate::linear_add(x, weight, bias, residual)
+    }
+}
+
+/// A linear layer followed by GELU in one op ([`crate::linear_gelu`]): the MLPs of the
+/// transformer blocks.
+pub trait FusedGelu<X> {
+    /// `gelu(self.forward(x))`.
+    fn fused_gelu(&self, x: X) -> X;
+}
+
+impl<const D: usize> FusedGelu<Tensor<D>> for Linear {
+    /// [`crate::linear_gelu`]; a missing bias is a zero one, which takes no gradient.
+    fn fused_gelu(&self, x: Tensor<D>) -> Tensor<D> {
+        let weight = self.weight.val();
+        let bias = match &self.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([weight.dims()[1]], &x.device()),
+        };
+        crate::linear_gelu(x, weight, bias)
+    }
+}
+
 impl Fused<Tensor<4>> for Conv2d {
     /// [`crate::conv2d`] when the layer fits it (stride 1, dilation 1, one group, a bias,
     /// symmetric padding below the kernel size), [`crate::conv2d_stride2`] for ADM's

@@ -18,6 +18,9 @@
 //! | [`conv2d`] | burn's `conv2d` (stride 1) and its backward | direct AVX-512 or AVX2 kernels (implicit GEMMs without AVX2) over shifted views of the padded input, no im2col buffer; the AVX-512 weight gradient channels-last |
 //! | [`conv2d_stride2`] | burn's `conv2d` (3x3, stride 2) and its backward | [`conv2d`]'s kernels on the input's four phases (a 2x2 stride-1 convolution) |
 //! | [`linear`] | burn's `Linear` and its backward | one GEMM per thread on a block of rows; gradients through strided views |
+//! | [`linear_gelu`] | `Linear` then GELU (U-ViT's MLP) | GELU on each block of rows of the product while in cache (inference: in place) |
+//! | [`linear_add`] | a residual plus `Linear` (the transformer blocks' residuals) | the residual added to each block of rows of the product while in cache |
+//! | [`linear_cat`] | `Linear` on `cat([x, y], -1)` (U-ViT's skip fusion) | [`linear`]'s GEMMs on each part, accumulated onto one output; no concatenation |
 //! | [`gelu`] | burn's `gelu` and its backward | one parallel, vectorised pass each (flex's runs on one thread with libm's erf) |
 //! | [`upsample_nearest2x`] | reshape, expand, reshape (flex's strided copy) | one copy forward, one 2x2 sum backward |
 //! | [`group_norm`] | burn's `GroupNorm` (+ SiLU) | one vectorised pass forward, two backward |
@@ -59,8 +62,8 @@ pub use alloc::tune_allocator;
 pub use attention::qkv_attention;
 pub use conv::{conv2d, conv2d_stride2};
 pub use gelu::gelu;
-pub use layers::{Fused, FusedSilu, LAYER_NORM_EPS};
-pub use linear::linear;
+pub use layers::{Fused, FusedAdd, FusedGelu, FusedSilu, LAYER_NORM_EPS};
+pub use linear::{linear, linear_add, linear_cat, linear_gelu};
 pub use norm::{Activation, group_norm, layer_norm};
 pub use upsample::upsample_nearest2x;
 

@@ -1,50 +1,218 @@
 //! Linear layers: `x W + b` as one GEMM per thread on a block of rows (the bias written first, the
 //! product accumulated onto it); the input gradient against W^T, the weight gradient summed over
 //! blocks of tokens (the direct kernel) or computed by blocks of W's rows (gemm, strided views).
+//! The same on a concatenated input (`cat([x, y], -1) W + b`, [`linear_cat`]) without building
+//! the concatenation: one product per part, accumulated onto the same output.
 
 use crate::dispatch::{self, FusedOp, dims, new_tensor, placed};
+use crate::gelu::{gelu_backward, gelu_chunk, gelu_in_place};
 use crate::gemm::{gemm_strided, matmul, transpose_block};
-use crate::parallel::{par_filled, row_block, sum_partials};
+use crate::parallel::{assume_written, filled_through, par_filled, row_block, sum_partials};
 use crate::{Isa, direct_gemm, reference};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-/// `x [M, K] W [K, N] + b [N]`, all contiguous.
-fn linear_flex(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, isa: Option<Isa>) -> FlexTensor {
-    let ([m, k], [_, n]) = (dims::<2>(x), dims::<2>(w));
-    let (x, w, b) = (x.storage::<f32>(), w.storage::<f32>(), b.storage::<f32>());
+/// `x [M, K] W [K, N] + b [N]`, all contiguous; `x` given as column blocks `parts` (`[M, K_i]`
+/// each, `sum K_i = K`, the rows of `W` in the same order): `cat(parts, 1) W + b` without the
+/// concatenation. Each thread takes a block of rows and runs it [`direct_gemm::ROW_BLOCK`] rows at
+/// a time: the bias written, each part's product accumulated onto it, then `epilogue(first row,
+/// rows)` on those rows while they are in cache (an activation). Every element is the bias plus
+/// one sum over `K` in order, so the values do not depend on the blocking.
+fn linear_rows(
+    parts: &[&FlexTensor],
+    w: &FlexTensor,
+    b: &FlexTensor,
+    isa: Option<Isa>,
+    epilogue: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let ([m, _], [k_all, n]) = (dims::<2>(parts[0]), dims::<2>(w));
+    let widths: Vec<usize> = parts.iter().map(|p| dims::<2>(p)[1]).collect();
+    assert_eq!(widths.iter().sum::<usize>(), k_all, "the parts' widths add up to W's rows");
+    let xs: Vec<&[f32]> = parts.iter().map(|p| p.storage::<f32>()).collect();
+    let (w, b) = (w.storage::<f32>(), b.storage::<f32>());
+    assert!(xs.iter().zip(&widths).all(|(x, &k)| x.len() == m * k) && w.len() == k_all * n && b.len() == n);
+    let sub = direct_gemm::ROW_BLOCK;
+    let block = |first: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
+        for row in dst.chunks_mut(n) {
+            for (o, &v) in row.iter_mut().zip(b) {
+                o.write(v);
+            }
+        }
+        // SAFETY: every element was just written (the bias).
+        let dst = unsafe { assume_written(dst) };
+        let mut w_rows = 0;
+        for (x, &k) in xs.iter().zip(&widths) {
+            // SAFETY: dst is rows first.. of the output [r, N]; those rows of x [r, K_i] and W's
+            // rows w_rows..w_rows + K_i [K_i, N] are inside their slices (asserted above).
+            unsafe {
+                matmul(
+                    isa,
+                    (dst.len() / n, n, k),
+                    (dst.as_mut_ptr(), n as isize, 1),
+                    true,
+                    (x.as_ptr().add(first * k), k as isize, 1),
+                    (w[w_rows * n..].as_ptr(), n as isize, 1),
+                    1.0,
+                )
+            };
+            w_rows += k;
+        }
+        epilogue(first, dst);
+    };
     let rows = row_block(m);
-    let mut out = b.repeat(m); // every row starts as the bias; the GEMM accumulates onto it
-    out.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
-        // SAFETY: dst is this block's [r, N]; the block's rows of x [r, K] and all of W [K, N]
-        // are inside their slices.
-        unsafe {
-            matmul(
-                isa,
-                (dst.len() / n, n, k),
-                (dst.as_mut_ptr(), n as isize, 1),
-                true,
-                (x.as_ptr().add(i * rows * k), k as isize, 1),
-                (w.as_ptr(), n as isize, 1),
-                1.0,
-            )
-        };
-    });
-    new_tensor(out, &[m, n])
+    // SAFETY: `block` writes every element of the rows it is given (the bias first).
+    let (out, _) = unsafe {
+        par_filled(
+            m * n,
+            rows * n,
+            || (),
+            |_, i, dst| {
+                for (j, dst) in dst.chunks_mut(sub * n).enumerate() {
+                    block(i * rows + j * sub, dst);
+                }
+            },
+        )
+    };
+    out
 }
 
 #[derive(Clone)]
 struct LinearState {
-    /// The input `[M, K]` and the weight `[K, N]`, contiguous.
-    x: FlexTensor,
+    /// The input's column blocks (`[M, K_i]` each) and the weight `[K, N]`, contiguous.
+    parts: Vec<FlexTensor>,
     weight: FlexTensor,
 }
 
 impl std::fmt::Debug for LinearState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LinearState({:?} x {:?})", dims::<2>(&self.x), dims::<2>(&self.weight))
+        let parts: Vec<[usize; 2]> = self.parts.iter().map(dims::<2>).collect();
+        write!(f, "LinearState({parts:?} x {:?})", dims::<2>(&self.weight))
     }
+}
+
+/// `dx [M, K] = dy [M, N] W^T` for the rows `w [K, N]` of the weight: the direct kernel on a
+/// transposed copy of them (it reads its right factor by rows), gemm on W^T's strides (row 1,
+/// column N).
+fn input_grad(dy: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), isa: Option<Isa>) -> FlexTensor {
+    let rows = row_block(m);
+    let w_t = isa.map(|_| {
+        let mut w_t = vec![0.0f32; k * n];
+        transpose_block(w, k, n, n, 1.0, &mut w_t);
+        w_t
+    });
+    let rows_of_dx = |_: &mut (), i: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
+        let rhs = match &w_t {
+            Some(w_t) => (w_t.as_ptr(), k as isize, 1),
+            None => (w.as_ptr(), 1, n as isize),
+        };
+        assert!(w.len() >= k * n && dy.len() >= (i * rows + dst.len() / k) * n);
+        // SAFETY: dst is this block's [r, K], written whole by the product (which does not read
+        // it); dy's block [r, N] and W^T [N, K] are inside their slices (asserted).
+        unsafe {
+            matmul(
+                isa,
+                (dst.len() / k, k, n),
+                (dst.as_mut_ptr().cast(), k as isize, 1),
+                false,
+                (dy[i * rows * n..].as_ptr(), n as isize, 1),
+                rhs,
+                1.0,
+            )
+        };
+    };
+    // SAFETY: `rows_of_dx` writes its whole block.
+    let (dx, _) = unsafe { par_filled(m * k, rows * k, || (), rows_of_dx) };
+    new_tensor(dx, &[m, k])
+}
+
+/// `dW [K, N] = x^T [K, M] dy [M, N]` into `dw` (`K N` values): the direct kernel sums a block of
+/// tokens per task (partial dW summed after); gemm takes a block of W's rows per task.
+fn weight_grad(x: &[f32], dy: &[f32], (m, k, n): (usize, usize, usize), dw: &mut [f32], isa: Option<Isa>) {
+    assert!(dw.len() == k * n && x.len() == m * k && dy.len() == m * n);
+    if let Some(isa) = isa {
+        let rows = row_block(m);
+        let partials: Vec<Vec<f32>> = (x.par_chunks(rows * k).zip(dy.par_chunks(rows * n)))
+            .map(|(x_rows, dy_rows)| {
+                let mut part = vec![0.0f32; k * n];
+                direct_gemm::gemm(isa, k, n, dy_rows.len() / n, &mut part, false, x_rows, (1, k), dy_rows);
+                part
+            })
+            .collect();
+        dw.copy_from_slice(&sum_partials(partials.into_iter(), k * n));
+    } else {
+        let rows = row_block(k);
+        dw.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
+            // SAFETY: dst is [r, N]; x^T's rows i*rows.. are x's columns (strides 1, K).
+            unsafe {
+                gemm_strided(
+                    (dst.len() / n, n, m),
+                    (dst.as_mut_ptr(), n as isize, 1),
+                    false,
+                    (x.as_ptr().add(i * rows), 1, k as isize),
+                    (dy.as_ptr(), n as isize, 1),
+                    1.0,
+                );
+            }
+        });
+    }
+}
+
+/// `db [N] = sum over rows of dy [M, N]`.
+fn bias_grad(dy: &[f32], m: usize, n: usize) -> FlexTensor {
+    let partials = dy.par_chunks(row_block(m) * n).map(|block| {
+        let mut sum = vec![0.0f32; n];
+        for row in block.chunks_exact(n) {
+            for (s, v) in sum.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+        sum
+    });
+    new_tensor(sum_partials(partials.collect::<Vec<_>>().into_iter(), n), &[n])
+}
+
+/// The forward of a linear layer on `P` column blocks of its input (`P = 1`: [`linear`];
+/// `P = 2`: [`linear_cat`]) and the backward, for inputs `[part_1, .., part_P, weight, bias]`.
+fn linear_forward(inputs: Vec<FlexTensor>, isa: Option<Isa>) -> (FlexTensor, LinearState) {
+    let mut inputs = inputs;
+    let bias = inputs.pop().expect("bias");
+    let weight = inputs.pop().expect("weight");
+    let parts: Vec<&FlexTensor> = inputs.iter().collect();
+    let [m, n] = [dims::<2>(parts[0])[0], dims::<2>(&weight)[1]];
+    let out = new_tensor(linear_rows(&parts, &weight, &bias, isa, |_, _| ()), &[m, n]);
+    (out, LinearState { parts: inputs, weight })
+}
+
+/// The gradients of `[part_1, .., part_P, weight, bias]`, each where `wanted`.
+fn linear_backward(
+    LinearState { parts, weight }: LinearState,
+    dy: FlexTensor,
+    wanted: &[bool],
+    isa: Option<Isa>,
+) -> Vec<Option<FlexTensor>> {
+    let [k_all, n] = dims::<2>(&weight);
+    let m = dims::<2>(&parts[0])[0];
+    let (w, dy) = (weight.storage::<f32>(), dy.storage::<f32>()); // dy: [M, N]
+    let mut grads = Vec::with_capacity(parts.len() + 2);
+    let mut w_rows = 0;
+    for (part, &want) in parts.iter().zip(wanted) {
+        let k = dims::<2>(part)[1];
+        grads.push(want.then(|| input_grad(dy, &w[w_rows * n..(w_rows + k) * n], (m, k, n), isa)));
+        w_rows += k;
+    }
+    grads.push(wanted[parts.len()].then(|| {
+        let mut dw = vec![0.0f32; k_all * n];
+        let mut w_rows = 0;
+        for part in &parts {
+            let k = dims::<2>(part)[1];
+            weight_grad(part.storage::<f32>(), dy, (m, k, n), &mut dw[w_rows * n..(w_rows + k) * n], isa);
+            w_rows += k;
+        }
+        new_tensor(dw, &[k_all, n])
+    }));
+    grads.push(wanted[parts.len() + 1].then(|| bias_grad(dy, m, n)));
+    grads
 }
 
 /// `x W + b` on `[M, K]` rows; the backward keeps `x` and `W`.
@@ -54,98 +222,161 @@ struct Linear;
 impl FusedOp<3> for Linear {
     type State = LinearState;
 
-    fn forward(&self, [x, weight, bias]: [FlexTensor; 3], isa: Option<Isa>) -> (FlexTensor, LinearState) {
-        (linear_flex(&x, &weight, &bias, isa), LinearState { x, weight })
+    fn forward(&self, inputs: [FlexTensor; 3], isa: Option<Isa>) -> (FlexTensor, LinearState) {
+        linear_forward(inputs.into(), isa)
     }
 
     fn backward(
         self,
-        LinearState { x, weight }: LinearState,
+        state: LinearState,
         dy: FlexTensor,
-        [want_x, want_w, want_b]: [bool; 3],
+        wanted: [bool; 3],
         isa: Option<Isa>,
     ) -> [Option<FlexTensor>; 3] {
-        let ([m, k], [_, n]) = (dims::<2>(&x), dims::<2>(&weight));
-        let (x, w, dy) = (x.storage::<f32>(), weight.storage::<f32>(), dy.storage::<f32>()); // dy: [M, N]
-        let dx = want_x.then(|| {
-            // dx [M, K] = dy [M, N] W^T: the direct kernel on a transposed copy of W (it reads
-            // its right factor by rows), gemm on W^T's strides (row 1, column N).
-            let rows = row_block(m);
-            let w_t = isa.map(|_| {
-                let mut w_t = vec![0.0f32; k * n];
-                transpose_block(w, k, n, n, 1.0, &mut w_t);
-                w_t
-            });
-            let rows_of_dx = |_: &mut (), i: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
-                let rhs = match &w_t {
-                    Some(w_t) => (w_t.as_ptr(), k as isize, 1),
-                    None => (w.as_ptr(), 1, n as isize),
-                };
-                // SAFETY: dst is this block's [r, K], written whole by the product (which does
-                // not read it); dy's block [r, N] and W^T [N, K] are inside their slices.
-                unsafe {
-                    matmul(
-                        isa,
-                        (dst.len() / k, k, n),
-                        (dst.as_mut_ptr().cast(), k as isize, 1),
-                        false,
-                        (dy[i * rows * n..].as_ptr(), n as isize, 1),
-                        rhs,
-                        1.0,
-                    )
-                };
-            };
-            // SAFETY: `rows_of_dx` writes its whole block.
-            let (dx, _) = unsafe { par_filled(m * k, rows * k, || (), rows_of_dx) };
-            new_tensor(dx, &[m, k])
-        });
-        let dw = want_w.then(|| {
-            // dW [K, N] = x^T [K, M] dy [M, N]: the direct kernel sums a block of tokens per task
-            // (partial dW summed after); gemm takes a block of W's rows per task.
-            let dw = if let Some(isa) = isa {
-                let rows = row_block(m);
-                let partials: Vec<Vec<f32>> = (x.par_chunks(rows * k).zip(dy.par_chunks(rows * n)))
-                    .map(|(x_rows, dy_rows)| {
-                        let mut part = vec![0.0f32; k * n];
-                        direct_gemm::gemm(isa, k, n, dy_rows.len() / n, &mut part, false, x_rows, (1, k), dy_rows);
-                        part
-                    })
-                    .collect();
-                sum_partials(partials.into_iter(), k * n)
-            } else {
-                let rows = row_block(k);
-                let mut dw = vec![0.0f32; k * n];
-                dw.par_chunks_mut(rows * n).enumerate().for_each(|(i, dst)| {
-                    // SAFETY: dst is [r, N]; x^T's rows i*rows.. are x's columns (strides 1, K).
-                    unsafe {
-                        gemm_strided(
-                            (dst.len() / n, n, m),
-                            (dst.as_mut_ptr(), n as isize, 1),
-                            false,
-                            (x.as_ptr().add(i * rows), 1, k as isize),
-                            (dy.as_ptr(), n as isize, 1),
-                            1.0,
-                        );
-                    }
-                });
-                dw
-            };
-            new_tensor(dw, &[k, n])
-        });
-        let db = want_b.then(|| {
-            let partials = dy.par_chunks(row_block(m) * n).map(|block| {
-                let mut sum = vec![0.0f32; n];
-                for row in block.chunks_exact(n) {
-                    for (s, v) in sum.iter_mut().zip(row) {
-                        *s += v;
-                    }
-                }
-                sum
-            });
-            new_tensor(sum_partials(partials.collect::<Vec<_>>().into_iter(), n), &[n])
-        });
-        [dx, dw, db]
+        let mut grads = linear_backward(state, dy, &wanted, isa).into_iter();
+        std::array::from_fn(|_| grads.next().expect("one gradient per input"))
     }
+}
+
+/// `cat([x, y], 1) W + b` on `[M, K_x]` and `[M, K_y]` rows; the backward keeps `x`, `y` and `W`.
+#[derive(Debug)]
+struct LinearCat;
+
+impl FusedOp<4> for LinearCat {
+    type State = LinearState;
+
+    fn forward(&self, inputs: [FlexTensor; 4], isa: Option<Isa>) -> (FlexTensor, LinearState) {
+        linear_forward(inputs.into(), isa)
+    }
+
+    fn backward(
+        self,
+        state: LinearState,
+        dy: FlexTensor,
+        wanted: [bool; 4],
+        isa: Option<Isa>,
+    ) -> [Option<FlexTensor>; 4] {
+        let mut grads = linear_backward(state, dy, &wanted, isa).into_iter();
+        std::array::from_fn(|_| grads.next().expect("one gradient per input"))
+    }
+}
+
+/// `r + (x W + b)` on `[M, K]` rows: the residual added to each block of rows of the product
+/// while it is in cache; the backward keeps `x` and `W` (the residual's gradient is the output's).
+#[derive(Debug)]
+struct LinearAdd;
+
+impl FusedOp<4> for LinearAdd {
+    type State = LinearState;
+
+    fn forward(&self, [x, weight, bias, residual]: [FlexTensor; 4], isa: Option<Isa>) -> (FlexTensor, LinearState) {
+        let [m, n] = [dims::<2>(&x)[0], dims::<2>(&weight)[1]];
+        let r = residual.storage::<f32>();
+        assert_eq!(r.len(), m * n, "the residual has the output's shape");
+        let out = linear_rows(&[&x], &weight, &bias, isa, |first, rows| {
+            // `r + y`, as the composition adds them (IEEE addition commutes: the same bits).
+            for (o, &v) in rows.iter_mut().zip(&r[first * n..]) {
+                *o += v;
+            }
+        });
+        (new_tensor(out, &[m, n]), LinearState { parts: vec![x], weight })
+    }
+
+    fn backward(
+        self,
+        state: LinearState,
+        dy: FlexTensor,
+        wanted: [bool; 4],
+        isa: Option<Isa>,
+    ) -> [Option<FlexTensor>; 4] {
+        let [want_x, want_w, want_b, want_r] = wanted;
+        let dr = want_r.then(|| dy.clone());
+        let mut grads = linear_backward(state, dy, &[want_x, want_w, want_b], isa).into_iter();
+        let mut next = || grads.next().expect("one gradient per input");
+        [next(), next(), next(), dr]
+    }
+}
+
+/// `residual + (x W + b)` over the last axis, as one op: the residual is added to each block of
+/// rows of the product while it is in cache (no separate pass, no second output); the same
+/// values as `residual + linear(x, W, b)`, bit for bit.
+///
+/// # Shapes
+/// - x: `[..., K]`, weight: `[K, N]` (burn's layout), bias: `[N]`, residual: `[..., N]`
+/// - output: `[..., N]`
+pub fn linear_add<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Tensor<1>, residual: Tensor<D>) -> Tensor<D> {
+    let shape = x.dims();
+    let [k, n] = weight.dims();
+    let out_shape = residual.dims();
+    let m = shape[..D - 1].iter().product::<usize>();
+    let (x, r) = (x.reshape([m, k]), residual.reshape([m, n])); // [M, K], [M, N]
+    let y: Tensor<2> = dispatch::run(LinearAdd, [placed(&x), placed(&weight), placed(&bias), placed(&r)])
+        .unwrap_or_else(|| r + reference::linear(x, weight, bias));
+    y.reshape(out_shape)
+}
+
+/// `gelu(x W + b)` on `[M, K]` rows: GELU applied to each block of rows of the product while it
+/// is in cache; the backward keeps `x`, `W` and the pre-activation.
+#[derive(Debug)]
+struct LinearGelu;
+
+impl FusedOp<3> for LinearGelu {
+    /// The linear layer's state and the pre-activation `x W + b`.
+    type State = (LinearState, FlexTensor);
+
+    fn forward(&self, [x, weight, bias]: [FlexTensor; 3], isa: Option<Isa>) -> (FlexTensor, Self::State) {
+        let [m, n] = [dims::<2>(&x)[0], dims::<2>(&weight)[1]];
+        let mut z = Vec::new();
+        // SAFETY: the epilogue writes GELU of every row of the product (`linear_rows` hands it
+        // every row once), each at its own offset.
+        let y = unsafe {
+            filled_through(m * n, |y| {
+                z = linear_rows(&[&x], &weight, &bias, isa, |first, rows| {
+                    #[allow(clippy::redundant_locals)]
+                    let y = y; // the whole `Shared` (Sync), not its pointer
+                    let dst = std::slice::from_raw_parts_mut(y.0.add(first * n).cast(), rows.len());
+                    gelu_chunk(isa, dst, rows);
+                })
+            })
+        };
+        let z = new_tensor(z, &[m, n]);
+        (new_tensor(y, &[m, n]), (LinearState { parts: vec![x], weight }, z))
+    }
+
+    fn infer(&self, [x, weight, bias]: [FlexTensor; 3], isa: Option<Isa>) -> FlexTensor {
+        let [m, n] = [dims::<2>(&x)[0], dims::<2>(&weight)[1]];
+        new_tensor(linear_rows(&[&x], &weight, &bias, isa, |_, rows| gelu_in_place(isa, rows)), &[m, n])
+    }
+
+    fn backward(
+        self,
+        (state, z): Self::State,
+        dy: FlexTensor,
+        wanted: [bool; 3],
+        isa: Option<Isa>,
+    ) -> [Option<FlexTensor>; 3] {
+        let dz = gelu_backward(&z, &dy, isa);
+        let mut grads = linear_backward(state, dz, &wanted, isa).into_iter();
+        std::array::from_fn(|_| grads.next().expect("one gradient per input"))
+    }
+}
+
+/// `gelu(x W + b)` over the last axis (exact GELU, as [`crate::gelu`]), as one op: GELU runs on
+/// each block of rows of the product while it is in cache, and the backward is GELU's then the
+/// linear layer's. The same values as [`linear`] then [`crate::gelu`], bit for bit.
+///
+/// # Shapes
+/// - x: `[..., K]`, weight: `[K, N]` (burn's layout), bias: `[N]`
+/// - output: `[..., N]`
+pub fn linear_gelu<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<D> {
+    let shape = x.dims();
+    let [k, n] = weight.dims();
+    let mut out_shape = shape;
+    out_shape[D - 1] = n;
+    let x = x.reshape([shape[..D - 1].iter().product::<usize>(), k]); // [M, K]
+    let y: Tensor<2> = dispatch::run(LinearGelu, [placed(&x), placed(&weight), placed(&bias)])
+        .unwrap_or_else(|| reference::gelu(reference::linear(x, weight, bias)));
+    y.reshape(out_shape)
 }
 
 /// `x W + b` over the last axis, both gradients too.
@@ -162,4 +393,26 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Tensor<1>) 
     let y: Tensor<2> = dispatch::run(Linear, [placed(&x), placed(&weight), placed(&bias)])
         .unwrap_or_else(|| reference::linear(x, weight, bias));
     y.reshape(out_shape)
+}
+
+/// `cat([x, y], -1) W + b` without the concatenation: one op whose products accumulate onto the
+/// bias (`x` against W's first `K_x` rows, then `y` against the rest), gradients for all four
+/// inputs. What U-ViT's decoder blocks compute on the main path and the scaled long skip.
+///
+/// # Shapes
+/// - x: `[..., K_x]`, y: `[..., K_y]` (the same leading axes), weight: `[K_x + K_y, N]` (burn's
+///   layout), bias: `[N]`
+/// - output: `[..., N]`
+pub fn linear_cat<const D: usize>(x: Tensor<D>, y: Tensor<D>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<D> {
+    let shape = x.dims();
+    let (kx, ky) = (shape[D - 1], y.dims()[D - 1]);
+    let [k, n] = weight.dims();
+    assert_eq!(kx + ky, k, "linear_cat: the inputs' widths {kx} + {ky} against the weight's {k} rows");
+    let mut out_shape = shape;
+    out_shape[D - 1] = n;
+    let m = shape[..D - 1].iter().product::<usize>();
+    let (x, y) = (x.reshape([m, kx]), y.reshape([m, ky])); // [M, K_x], [M, K_y]
+    let out: Tensor<2> = dispatch::run(LinearCat, [placed(&x), placed(&y), placed(&weight), placed(&bias)])
+        .unwrap_or_else(|| reference::linear_cat(x, y, weight, bias));
+    out.reshape(out_shape)
 }

@@ -40,6 +40,11 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Tensor<1>) 
     burn::tensor::module::linear(x, weight, Some(bias))
 }
 
+/// [`crate::linear_cat`]: burn's `linear` on the concatenation `cat([x, y], -1)`.
+pub fn linear_cat<const D: usize>(x: Tensor<D>, y: Tensor<D>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<D> {
+    burn::tensor::module::linear(Tensor::cat(vec![x, y], D - 1), weight, Some(bias))
+}
+
 /// [`crate::gelu`]: burn's `gelu`.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     burn::tensor::activation::gelu(x)

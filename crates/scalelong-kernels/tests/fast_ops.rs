@@ -204,6 +204,124 @@ fn linear_equals_burns_linear() {
 }
 
 #[test]
+fn linear_cat_equals_linear_on_the_concatenation() {
+    // (batch, tokens, in x, in y, out); tolerance 1e-5 relative (f32 summation order). U-ViT's
+    // skip fusion (64 + 64 -> 64) and widths around the direct kernel's tiles.
+    for (b, l, kx, ky, n) in [(2, 5, 8, 8, 24), (3, 65, 64, 64, 64), (1, 1, 3, 5, 2), (1, 7, 33, 16, 17)] {
+        on_every_kernel_set(|kernels| {
+            check_with_params(
+                &format!("linear_cat b{b} l{l} {kx}+{ky}->{n}{kernels}"),
+                vec![normal([b, l, kx, 1], 1.0), normal([b, l, ky, 1], 1.0), normal([kx + ky, n, 1, 1], 0.3)],
+                vec![normal([n], 0.3)],
+                |x, p| {
+                    let ([b, l, kx, _], ky) = (x[0].dims(), x[1].dims()[2]);
+                    let w = x[2].clone().reshape([kx + ky, p[0].dims()[0]]);
+                    kernels::linear_cat(
+                        x[0].clone().reshape([b, l, kx]),
+                        x[1].clone().reshape([b, l, ky]),
+                        w,
+                        p[0].clone(),
+                    )
+                },
+                1e-5,
+            )
+        });
+    }
+}
+
+#[test]
+fn linear_gelu_equals_linear_then_gelu() {
+    // (batch, tokens, in, out); tolerance 1e-5 relative against burn's composition (its erf and
+    // summation order); bit for bit against the fused linear then the fused GELU. Row counts
+    // around the 96-row blocks GELU runs on.
+    for (b, l, k, n) in [(2, 5, 8, 24), (3, 65, 64, 256), (1, 1, 3, 2), (1, 97, 33, 17)] {
+        on_every_kernel_set(|kernels| {
+            let f = |x: &[Tensor<4>], p: &[Tensor<1>], fused: bool| {
+                let [b, l, k, _] = x[0].dims();
+                let (x, w) = (x[0].clone().reshape([b, l, k]), x[1].clone().reshape([k, p[0].dims()[0]]));
+                if fused {
+                    kernels::linear_gelu(x, w, p[0].clone())
+                } else {
+                    kernels::gelu(kernels::linear(x, w, p[0].clone()))
+                }
+            };
+            let inputs = vec![normal([b, l, k, 1], 1.0), normal([k, n, 1, 1], 0.3)];
+            let params = vec![normal([n], 0.3)];
+            let name = format!("linear_gelu b{b} l{l} {k}->{n}{kernels}");
+            check_with_params(&name, inputs.clone(), params.clone(), |x, p| f(x, p, true), 1e-5);
+            assert!(to_vec(f(&inputs, &params, true)) == to_vec(f(&inputs, &params, false)), "{name}: bits");
+            let ad = Device::flex().autodiff();
+            let on_ad = |ts: &[Tensor<4>]| -> Vec<Tensor<4>> {
+                ts.iter().map(|t| Tensor::from_data(t.clone().into_data(), &ad).require_grad()).collect()
+            };
+            let (xs, ps) =
+                (on_ad(&inputs), vec![Tensor::<1>::from_data(params[0].clone().into_data(), &ad).require_grad()]);
+            let (fused, plain) = (f(&xs, &ps, true), f(&xs, &ps, false));
+            assert!(to_vec(fused.clone()) == to_vec(plain.clone()), "{name}: bits on autodiff");
+            let (g_fused, g_plain) = (fused.sum().backward(), plain.sum().backward());
+            for (i, t) in xs.iter().enumerate() {
+                let (a, b) = (to_vec(t.grad(&g_fused).unwrap()), to_vec(t.grad(&g_plain).unwrap()));
+                assert!(a == b, "{name}: gradient of input {i}, bits");
+            }
+        });
+    }
+}
+
+#[test]
+fn linear_add_equals_the_residual_plus_linear() {
+    // (batch, tokens, in, out); tolerance 1e-5 relative against burn's composition; bit for bit
+    // against the fused linear plus the residual, values and gradients.
+    for (b, l, k, n) in [(2, 5, 8, 24), (3, 65, 256, 64), (1, 1, 3, 2), (1, 97, 33, 17)] {
+        on_every_kernel_set(|kernels| {
+            let f = |x: &[Tensor<4>], p: &[Tensor<1>], fused: bool| {
+                let [b, l, k, _] = x[0].dims();
+                let n = p[0].dims()[0];
+                let (h, w, r) =
+                    (x[0].clone().reshape([b, l, k]), x[1].clone().reshape([k, n]), x[2].clone().reshape([b, l, n]));
+                if fused { kernels::linear_add(h, w, p[0].clone(), r) } else { r + kernels::linear(h, w, p[0].clone()) }
+            };
+            let inputs = vec![normal([b, l, k, 1], 1.0), normal([k, n, 1, 1], 0.3), normal([b, l, n, 1], 1.0)];
+            let params = vec![normal([n], 0.3)];
+            let name = format!("linear_add b{b} l{l} {k}->{n}{kernels}");
+            check_with_params(&name, inputs.clone(), params.clone(), |x, p| f(x, p, true), 1e-5);
+            assert!(to_vec(f(&inputs, &params, true)) == to_vec(f(&inputs, &params, false)), "{name}: bits");
+            let ad = Device::flex().autodiff();
+            let on_ad = |ts: &[Tensor<4>]| -> Vec<Tensor<4>> {
+                ts.iter().map(|t| Tensor::from_data(t.clone().into_data(), &ad).require_grad()).collect()
+            };
+            let (xs, ps) =
+                (on_ad(&inputs), vec![Tensor::<1>::from_data(params[0].clone().into_data(), &ad).require_grad()]);
+            let (fused, plain) = (f(&xs, &ps, true), f(&xs, &ps, false));
+            assert!(to_vec(fused.clone()) == to_vec(plain.clone()), "{name}: bits on autodiff");
+            let w = Tensor::<3>::random(fused.dims(), Distribution::Normal(0.0, 1.0), &ad);
+            let (g_fused, g_plain) = ((fused * w.clone()).sum().backward(), (plain * w).sum().backward());
+            for (i, t) in xs.iter().enumerate() {
+                let (a, b) = (to_vec(t.grad(&g_fused).unwrap()), to_vec(t.grad(&g_plain).unwrap()));
+                assert!(a == b, "{name}: gradient of input {i}, bits");
+            }
+        });
+    }
+}
+
+/// Where nothing differentiates (flex, not autodiff), the fused ops skip the state a backward
+/// would keep (attention's probabilities); what they compute is the training forward's values,
+/// bit for bit.
+#[test]
+fn the_inference_forwards_equal_the_training_forwards_bit_for_bit() {
+    let device = Device::flex();
+    device.seed(3);
+    let on_autodiff = |x: &Tensor<3>| Tensor::<3>::from_data(x.clone().into_data(), &Device::flex().autodiff());
+    for (b, l, heads, dh) in [(3, 65, 4, 16), (2, 17, 2, 8)] {
+        let x = normal([b, l, 3 * heads * dh], 1.0);
+        on_every_kernel_set(|kernels| {
+            let inferred = to_vec(kernels::qkv_attention(x.clone(), heads));
+            let trained = to_vec(kernels::qkv_attention(on_autodiff(&x).require_grad(), heads));
+            assert!(inferred == trained, "attention b{b} l{l} h{heads} dh{dh}{kernels}");
+        });
+    }
+}
+
+#[test]
 fn group_norm_with_and_without_silu_equals_burns() {
     use burn::nn::GroupNormConfig;
     // Tolerance 1e-4 relative: burn normalises with several passes in f32, the fused op

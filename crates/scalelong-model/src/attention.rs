@@ -4,7 +4,7 @@
 use crate::init::{LinearInit, linear};
 use burn::nn::Linear;
 use burn::prelude::*;
-use scalelong_kernels::{Fused, qkv_attention};
+use scalelong_kernels::{Fused, FusedAdd, qkv_attention};
 
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -29,5 +29,11 @@ impl Attention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let qkv = self.qkv.fused(x); // [B, L, 3D], laid out (3, H, Dh)
         self.proj.fused(qkv_attention(qkv, self.heads)) // [B, L, D]
+    }
+
+    /// `residual + self.forward(x)`, the sum inside proj's op (the same values).
+    pub fn forward_add(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        let qkv = self.qkv.fused(x); // [B, L, 3D]
+        self.proj.fused_add(qkv_attention(qkv, self.heads), residual) // [B, L, D]
     }
 }

@@ -5,8 +5,7 @@ use crate::attention::Attention;
 use crate::init::{LinearInit, linear};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::module::linear as linear_op;
-use scalelong_kernels::{Fused, gelu};
+use scalelong_kernels::{Fused, FusedAdd, FusedGelu, linear_cat};
 
 /// The reference's `Mlp`: `fc2(gelu(fc1(x)))` (exact erf GELU, as torch's `nn.GELU()`).
 #[derive(Module, Debug)]
@@ -17,7 +16,12 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.fc2.fused(gelu(self.fc1.fused(x)))
+        self.fc2.fused(self.fc1.fused_gelu(x)) // GELU fused into fc1's op
+    }
+
+    /// `residual + self.forward(x)`, the sum inside fc2's op.
+    pub fn forward_add<const D: usize>(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+        self.fc2.fused_add(self.fc1.fused_gelu(x), residual)
     }
 }
 
@@ -61,21 +65,25 @@ impl Block {
             (None, None) => x,
             _ => panic!("a block fuses a skip exactly when it was built with skip_linear"),
         };
-        let x = x.clone() + self.attn.forward(self.norm1.fused(x)); // [B, L, D]
-        x.clone() + self.mlp.forward(self.norm2.fused(x)) // [B, L, D]
+        // x + attn(norm1(x)), then x + mlp(norm2(x)); each residual is added inside the op of
+        // the layer before it (the same values as the sums).
+        let x = self.attn.forward_add(self.norm1.fused(x.clone()), x); // [B, L, D]
+        self.mlp.forward_add(self.norm2.fused(x.clone()), x) // [B, L, D]
     }
 }
 
-/// `skip_linear(cat([x, skip], -1))`, computed as `x W_x + skip W_skip + b` on the two halves of
-/// the weight, which saves the concatenation (equal within f32 rounding; the test in
-/// tests/networks.rs holds it to the concatenation).
+/// `skip_linear(cat([x, skip], -1))` without building the concatenation: each half of the
+/// weight against its part, accumulated onto one output (`scalelong_kernels::linear_cat`; the
+/// test in tests/fused_networks.rs holds it to the concatenation).
 ///
 /// # Shapes
 /// - x, skip: `[B, L, D]`
 /// - output: `[B, L, D]`
 fn fuse_skip(fuse: &Linear, x: Tensor<3>, skip: Tensor<3>) -> Tensor<3> {
     let weight = fuse.weight.val(); // burn layout [2D, D]: rows 0..D read x, D..2D the skip
-    let d = weight.dims()[1];
-    let bias = fuse.bias.as_ref().map(|b| b.val());
-    linear_op(x, weight.clone().narrow(0, 0, d), None) + linear_op(skip, weight.narrow(0, d, d), bias)
+    let bias = match &fuse.bias {
+        Some(b) => b.val(),
+        None => Tensor::zeros([weight.dims()[1]], &x.device()),
+    };
+    linear_cat(x, skip, weight, bias)
 }
