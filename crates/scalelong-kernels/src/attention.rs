@@ -45,10 +45,7 @@ vectorised_fn! {
     fn softmax_rows(rows: &mut [f32], l: usize) {
         for row in rows.chunks_mut(l) {
             let max = math::max(row);
-            for v in row.iter_mut() {
-                *v = math::exp(*v - max);
-            }
-            let inv = 1.0 / math::sum(row, |v| v);
+            let inv = 1.0 / math::exp_in_place_and_sum(row, max);
             for v in row.iter_mut() {
                 *v *= inv;
             }

@@ -155,10 +155,13 @@ fn conv2d_stride2_equals_burns_strided_conv2d() {
 
 #[test]
 fn gelu_equals_burns_gelu() {
-    // Tolerance 1e-6 relative to the largest value: the polynomial erf is within 1.5e-7.
+    // Tolerance 2e-6 relative to the largest value: the polynomial erf is within 1.5e-7 and the
+    // gradient within 2.2e-7 of the exact one over [-4, 4] (its Horner steps as FMAs; 2.7e-7
+    // without), but burn's erf is another approximation, and on 3 elements the two gradients
+    // differed by 1.4e-6 of the largest.
     for shape in [[2, 5, 8], [3, 65, 256], [1, 1, 3]] {
         on_every_kernel_set(|kernels| {
-            check(&format!("gelu {shape:?}{kernels}"), shape, kernels::gelu, reference::gelu, 1e-6)
+            check(&format!("gelu {shape:?}{kernels}"), shape, kernels::gelu, reference::gelu, 2e-6)
         });
     }
 }
