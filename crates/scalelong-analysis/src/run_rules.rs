@@ -75,15 +75,26 @@ pub enum RunOutcome {
     Collapsed,
     /// A non-finite loss was seen or the run reported divergence.
     Diverged,
+    /// Running, interrupted, or without an evaluation to judge it by: left out of every
+    /// comparison.
+    Unfinished,
+}
+
+impl RunOutcome {
+    /// The word the report's tables and the frontier's log use.
+    pub fn text(self) -> &'static str {
+        match self {
+            RunOutcome::Trained => "trained",
+            RunOutcome::Collapsed => "collapsed",
+            RunOutcome::Diverged => "diverged",
+            RunOutcome::Unfinished => "unfinished",
+        }
+    }
 }
 
 impl fmt::Display for RunOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RunOutcome::Trained => "trained",
-            RunOutcome::Collapsed => "collapsed",
-            RunOutcome::Diverged => "diverged",
-        })
+        f.write_str(self.text())
     }
 }
 
@@ -134,16 +145,16 @@ pub fn zero_predictor_loss(last_eval: Option<&EvalLine>) -> f64 {
 /// What a run is by its `status.json` state and its last evaluation, the one rule the report and
 /// `scalelong frontier` judge runs by: diverged when it says so or its last held-out loss is not
 /// finite; a completed run is trained or collapsed by [`classify_run`] at [`COLLAPSE_FRACTION`];
-/// `None` while it is unfinished (running, interrupted, or completed without an evaluation).
-pub fn judge_run(state: Option<RunState>, last_eval: Option<&EvalLine>) -> Option<RunOutcome> {
+/// [`RunOutcome::Unfinished`] while it is running, interrupted, or completed without an evaluation.
+pub fn judge_run(state: Option<RunState>, last_eval: Option<&EvalLine>) -> RunOutcome {
     let final_loss = last_eval.map(|line| line.heldout_loss);
     if state == Some(RunState::Diverged) || final_loss.is_some_and(|loss| !loss.is_finite()) {
-        return Some(RunOutcome::Diverged);
+        return RunOutcome::Diverged;
     }
     if state != Some(RunState::Completed) {
-        return None;
+        return RunOutcome::Unfinished;
     }
-    classify_run(false, final_loss, zero_predictor_loss(last_eval), COLLAPSE_FRACTION)
+    classify_run(false, final_loss, zero_predictor_loss(last_eval), COLLAPSE_FRACTION).unwrap_or(RunOutcome::Unfinished)
 }
 
 /// Logged points in the trailing window the report measures a spike against ([`spike_steps`]).
@@ -325,16 +336,16 @@ mod tests {
             n_samples: 0,
         };
         let completed = Some(RunState::Completed);
-        assert_eq!(judge_run(completed, Some(&eval(0.1, 1.0))), Some(RunOutcome::Trained));
-        assert_eq!(judge_run(completed, Some(&eval(0.95, 1.0))), Some(RunOutcome::Collapsed));
-        assert_eq!(judge_run(completed, Some(&eval(0.5, 0.5))), Some(RunOutcome::Collapsed), "the recorded zero loss");
-        assert_eq!(judge_run(completed, Some(&eval(0.85, f64::NAN))), Some(RunOutcome::Trained), "1.0 when missing");
-        assert_eq!(judge_run(completed, Some(&eval(f64::NAN, 1.0))), Some(RunOutcome::Diverged));
-        assert_eq!(judge_run(Some(RunState::Diverged), None), Some(RunOutcome::Diverged));
-        assert_eq!(judge_run(Some(RunState::Running), Some(&eval(f64::NAN, 1.0))), Some(RunOutcome::Diverged));
-        assert_eq!(judge_run(Some(RunState::Running), Some(&eval(0.1, 1.0))), None, "not finished");
-        assert_eq!(judge_run(completed, None), None, "nothing to judge it by");
-        assert_eq!(judge_run(None, None), None);
+        assert_eq!(judge_run(completed, Some(&eval(0.1, 1.0))), RunOutcome::Trained);
+        assert_eq!(judge_run(completed, Some(&eval(0.95, 1.0))), RunOutcome::Collapsed);
+        assert_eq!(judge_run(completed, Some(&eval(0.5, 0.5))), RunOutcome::Collapsed, "the recorded zero loss");
+        assert_eq!(judge_run(completed, Some(&eval(0.85, f64::NAN))), RunOutcome::Trained, "1.0 when missing");
+        assert_eq!(judge_run(completed, Some(&eval(f64::NAN, 1.0))), RunOutcome::Diverged);
+        assert_eq!(judge_run(Some(RunState::Diverged), None), RunOutcome::Diverged);
+        assert_eq!(judge_run(Some(RunState::Running), Some(&eval(f64::NAN, 1.0))), RunOutcome::Diverged);
+        assert_eq!(judge_run(Some(RunState::Running), Some(&eval(0.1, 1.0))), RunOutcome::Unfinished, "not finished");
+        assert_eq!(judge_run(completed, None), RunOutcome::Unfinished, "nothing to judge it by");
+        assert_eq!(judge_run(None, None), RunOutcome::Unfinished);
     }
 
     #[test]

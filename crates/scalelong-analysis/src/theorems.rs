@@ -319,11 +319,7 @@ pub fn training_checks(runs: &[RunRecords]) -> [TheoremCheck; 3] {
             seed: run.seed,
             network: run.run_id.clone(),
             strategy: run.strategy.label(),
-            kappa: match run.strategy {
-                SkipScaling::Original => Some(1.0),
-                SkipScaling::Constant { kappa } => Some(kappa),
-                _ => None,
-            },
+            kappa: run.strategy.cs_kappa(),
             lsc,
             factor,
             value,

@@ -221,10 +221,7 @@ pub fn forward_macs(config: &ModelConfig, scaling: SkipScaling) -> u64 {
             // qkv, q k^T, attn v, proj, mlp
             let block = l * 3 * d * d + 2 * l * l * d + l * d * d + 2 * l * d * hidden;
             let skip = l * 2 * d * d;
-            let gate = match scaling {
-                SkipScaling::Learnable { reduction, .. } => n * 2 * l * (l / reduction as u64).max(1),
-                _ => 0,
-            };
+            let gate = scaling.gate_reduction().map_or(0, |reduction| n * 2 * l * (l / reduction as u64).max(1));
             let conv = if c.conv { (c.img_size * c.img_size * 9 * c.in_chans * c.in_chans) as u64 } else { 0 };
             time + grid * grid * patch * d + (2 * n + 1) * block + n * skip + l * d * patch + conv + gate
         }

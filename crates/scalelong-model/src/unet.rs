@@ -181,10 +181,7 @@ impl UNetConfig {
         };
 
         // Decoder: levels in reverse, res_blocks + 1 blocks each, popping skips innermost first.
-        let reduction = match scaling {
-            SkipScaling::Learnable { reduction, .. } => Some(reduction),
-            _ => None,
-        };
+        let reduction = scaling.gate_reduction();
         let mut scalars = learned_scalars(scaling, skip_widths.len(), device).into_iter();
         let mut decoder = Vec::with_capacity(skip_widths.len());
         for level in (0..self.levels()).rev() {

@@ -117,10 +117,7 @@ impl UViTConfig {
         let n = self.num_skips();
         let d = self.embed_dim;
         let patch_dim = self.patch_size.pow(2) * self.in_chans;
-        let reduction = match scaling {
-            SkipScaling::Learnable { reduction, .. } => reduction,
-            _ => 1,
-        };
+        let reduction = scaling.gate_reduction().unwrap_or(1);
         UViT {
             patch_embed: PatchEmbed {
                 proj: Conv2dConfig::new([self.in_chans, d], [self.patch_size; 2])

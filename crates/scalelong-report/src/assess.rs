@@ -10,31 +10,11 @@ use scalelong_analysis::run_rules::{
 
 use crate::sweep_data::RunData;
 
-/// Where a run stands, for every table and claim: a finished run is trained, collapsed or
-/// diverged; an unfinished one is left out of every comparison.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Trained,
-    Collapsed,
-    Diverged,
-    /// Running, interrupted, or without an evaluation to judge it by.
-    Unfinished,
-}
-
-impl Status {
-    pub fn text(self) -> &'static str {
-        match self {
-            Status::Trained => "trained",
-            Status::Collapsed => "collapsed",
-            Status::Diverged => "diverged",
-            Status::Unfinished => "unfinished",
-        }
-    }
-}
-
 /// One run judged.
 pub struct Assessment {
-    pub status: Status,
+    /// Where the run stands, for every table and claim: a finished run is trained, collapsed or
+    /// diverged; an unfinished one is left out of every comparison.
+    pub status: RunOutcome,
     /// The held-out loss of the last evaluation, when finite.
     pub final_heldout: Option<f64>,
     /// The zero predictor's held-out loss on the same samples.
@@ -57,12 +37,7 @@ pub fn assess(run: &RunData) -> Assessment {
         .collect();
     let last = run.last_eval.as_ref();
     let final_heldout = last.map(|line| line.heldout_loss).filter(|loss| loss.is_finite());
-    let status = match judge_run(run.status.as_ref().map(|status| status.state), last) {
-        Some(RunOutcome::Trained) => Status::Trained,
-        Some(RunOutcome::Collapsed) => Status::Collapsed,
-        Some(RunOutcome::Diverged) => Status::Diverged,
-        None => Status::Unfinished,
-    };
+    let status = judge_run(run.status.as_ref().map(|status| status.state), last);
     let series = |value: fn(&scalelong_schema::MetricsLine) -> f64| -> Vec<(u64, f64)> {
         run.metrics.iter().map(|line| (line.step, value(line))).collect()
     };

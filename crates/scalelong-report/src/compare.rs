@@ -17,8 +17,9 @@ use scalelong_analysis::paired::{
 use scalelong_analysis::verdict::{ClaimedEffect, claimed_magnitude_excluded};
 use scalelong_schema::{AnalysisPlan, SkipScaling};
 
-use crate::assess::{Assessment, Status, steps_to_reach};
+use crate::assess::{Assessment, steps_to_reach};
 use crate::sweep_data::{RunData, SweepData};
+use scalelong_analysis::run_rules::RunOutcome;
 
 /// A run with its assessment.
 pub struct Judged<'a> {
@@ -41,7 +42,7 @@ pub struct Cell<'a> {
 }
 
 impl Cell<'_> {
-    pub fn count(&self, status: Status) -> usize {
+    pub fn count(&self, status: RunOutcome) -> usize {
         self.runs.iter().filter(|judged| judged.assessment.status == status).count()
     }
 }
@@ -170,7 +171,7 @@ pub fn cells<'a>(judged: &'a [Judged<'a>]) -> Vec<Cell<'a>> {
     groups
         .into_iter()
         .map(|((model, setting, _, strategy_label), runs)| {
-            let trained: Vec<&&Judged> = runs.iter().filter(|j| j.assessment.status == Status::Trained).collect();
+            let trained: Vec<&&Judged> = runs.iter().filter(|j| j.assessment.status == RunOutcome::Trained).collect();
             let losses: Vec<f64> = trained.iter().filter_map(|j| j.assessment.final_heldout).collect();
             let fds: Vec<f64> = trained
                 .iter()
@@ -241,15 +242,15 @@ impl Outcome {
     fn of(judged: &Judged) -> Option<Self> {
         let assessment = &judged.assessment;
         let failed = match assessment.status {
-            Status::Trained => false,
-            Status::Collapsed | Status::Diverged => true,
-            Status::Unfinished => return None,
+            RunOutcome::Trained => false,
+            RunOutcome::Collapsed | RunOutcome::Diverged => true,
+            RunOutcome::Unfinished => return None,
         };
         let zero = assessment.zero_loss;
         let final_loss = if failed { zero } else { assessment.final_heldout? };
         let end = judged.run.steps;
         let mut curve: Vec<(u64, f64)> = assessment.heldout_curve.iter().map(|&(s, l)| (s, l.min(zero))).collect();
-        if curve.last().is_none_or(|&(step, _)| step < end) && assessment.status == Status::Diverged {
+        if curve.last().is_none_or(|&(step, _)| step < end) && assessment.status == RunOutcome::Diverged {
             curve.push((end, zero));
         }
         Some(Self { failed, final_loss, curve, end })

@@ -18,9 +18,9 @@ use super::plot::{
 };
 use super::skips::{EditRow, ImportanceProfile};
 use super::sweep_data::SweepData;
-use crate::assess::Status;
 use crate::compare::Judged;
 use crate::tables::StableLrRow;
+use scalelong_analysis::run_rules::RunOutcome;
 use scalelong_schema::Quantity;
 
 pub struct Figure {
@@ -98,13 +98,13 @@ pub fn frontier_figures(judged: &[Judged], rows: &[StableLrRow], palette: &Palet
                     .iter()
                     .filter(|j| j.run.model == model && j.run.strategy_label == row.strategy_label)
                     .collect();
-                let points = |status: Status| -> Vec<(f64, f64)> {
+                let points = |status: RunOutcome| -> Vec<(f64, f64)> {
                     runs.iter()
                         .filter(|j| j.assessment.status == status)
                         .map(|j| (j.run.lr, j.assessment.final_heldout.unwrap_or(j.assessment.zero_loss)))
                         .collect()
                 };
-                let trained = points(Status::Trained);
+                let trained = points(RunOutcome::Trained);
                 let mut by_lr: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
                 for &(lr, loss) in &trained {
                     by_lr.entry(lr.to_bits()).or_default().push(loss);
@@ -137,12 +137,12 @@ pub fn frontier_figures(judged: &[Judged], rows: &[StableLrRow], palette: &Palet
                         XySeries {
                             label: "collapsed".to_string(),
                             colour: RGBColor(160, 160, 160),
-                            points: points(Status::Collapsed),
+                            points: points(RunOutcome::Collapsed),
                         },
                         XySeries {
                             label: "diverged (at the zero predictor)".to_string(),
                             colour: RGBColor(0, 0, 0),
-                            points: points(Status::Diverged),
+                            points: points(RunOutcome::Diverged),
                         },
                     ],
                     lines,

@@ -10,12 +10,12 @@ use scalelong_analysis::theorems::{DESCENT_REMAINING, MIN_SETTLED_RECORDS};
 use super::ReportContent;
 use super::figures::Figure;
 use super::format_number;
-use crate::assess::Status;
 use crate::claims::{
     CLAIMED_FD_RATIO, CLAIMED_LR_RATIO, CLAIMED_SHARE_DIFFERENCE, CLAIMED_SPEEDUP, SMALLEST_EFFECT, summary,
 };
 use crate::learned;
 use crate::sweep_data::RunData;
+use scalelong_analysis::run_rules::RunOutcome;
 use scalelong_analysis::run_rules::{COLLAPSE_FRACTION, PLATEAU_MAX_DROP, PLATEAU_TAIL, SPIKE_K, SPIKE_WINDOW};
 use scalelong_schema::{EditKind, SkipScaling};
 
@@ -125,8 +125,8 @@ fn claims_section(content: &ReportContent, page: &mut String) {
     page.push_str(&format!("<p id=\"claims\">{}</p>\n", escape(&summary(content.claims))));
     // Verdicts about runs still learning, or not all there, are about a moment, not an outcome.
     let count = |f: &dyn Fn(&crate::tables::SummaryRow) -> bool| content.summary.iter().filter(|row| f(row)).count();
-    let unfinished = count(&|row| row.status == Status::Unfinished);
-    let not_plateaued = count(&|row| row.status == Status::Trained && row.plateaued == Some(false));
+    let unfinished = count(&|row| row.status == RunOutcome::Unfinished);
+    let not_plateaued = count(&|row| row.status == RunOutcome::Trained && row.plateaued == Some(false));
     let mut caveats = Vec::new();
     if unfinished > 0 {
         caveats.push(format!("{unfinished} of {} runs are unfinished or were never evaluated", content.summary.len()));
@@ -297,7 +297,7 @@ fn methods_section(content: &ReportContent, page: &mut String) {
 fn runs_section(content: &ReportContent, page: &mut String) {
     page.push_str("<h2>The runs</h2>\n");
     let not_plateaued = content.summary.iter().filter(|row| row.plateaued == Some(false)).count();
-    let not_trained = content.summary.iter().filter(|row| row.status != Status::Trained).count();
+    let not_trained = content.summary.iter().filter(|row| row.status != RunOutcome::Trained).count();
     page.push_str(&format!(
         "<p>{} runs: {} did not train (collapsed, diverged or unfinished), {} trained runs did not plateau{}.</p>\n",
         content.summary.len(),
@@ -363,10 +363,10 @@ fn side_by_side_section(content: &ReportContent, page: &mut String) {
                 Cell::Text(cell.setting.clone()),
                 Cell::Text(format!(
                     "{} of {} ({} collapsed, {} diverged)",
-                    cell.count(Status::Trained),
+                    cell.count(RunOutcome::Trained),
                     cell.runs.len(),
-                    cell.count(Status::Collapsed),
-                    cell.count(Status::Diverged)
+                    cell.count(RunOutcome::Collapsed),
+                    cell.count(RunOutcome::Diverged)
                 )),
                 interval_cell(cell.final_loss.as_ref()),
                 interval_cell(cell.fd.as_ref()),

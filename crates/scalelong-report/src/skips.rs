@@ -16,9 +16,9 @@ use scalelong_analysis::resampling::spearman;
 use scalelong_analysis::stats::mean;
 use scalelong_schema::{EditKind, Quantity, SkipEvalLine, SkipScaling, series};
 
-use crate::assess::Status;
 use crate::compare::Judged;
 use crate::sweep_data::RunData;
+use scalelong_analysis::run_rules::RunOutcome;
 
 /// Everything this module computes from a sweep.
 pub struct SkipFindings {
@@ -48,7 +48,7 @@ pub fn trained_groups<'a>(judged: &'a [Judged<'a>]) -> Vec<RunGroup<'a>> {
     // (model, strategy rank, strategy label): groups sort by model, then strategy.
     type GroupKey = (String, (u8, u64), String);
     let mut groups: BTreeMap<GroupKey, Vec<&RunData>> = BTreeMap::new();
-    for j in judged.iter().filter(|j| j.assessment.status == Status::Trained) {
+    for j in judged.iter().filter(|j| j.assessment.status == RunOutcome::Trained) {
         let (rank, value) = j.run.strategy.rank();
         let key = (j.run.model.clone(), (rank, value.to_bits()), j.run.strategy_label.clone());
         groups.entry(key).or_default().push(j.run);

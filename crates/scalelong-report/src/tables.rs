@@ -12,11 +12,11 @@ use scalelong_analysis::inference::{Interval, LEVEL, paired_ratio_interval};
 use scalelong_schema::{Censoring, LrBracket, SkipScaling, write_atomic};
 
 use crate::analysis::{GateFit, strategies};
-use crate::assess::Status;
 use crate::compare::{Cell, Comparison, Direction, Judged, Reading};
 use crate::format_number;
 use crate::skips::{EditRow, ImportanceProfile, SpectralRow};
 use crate::sweep_data::{LR_AXIS, SweepData};
+use scalelong_analysis::run_rules::RunOutcome;
 
 pub struct SummaryRow {
     pub run_id: String,
@@ -25,7 +25,7 @@ pub struct SummaryRow {
     pub seed: u64,
     pub lr: f64,
     /// trained, collapsed, diverged or unfinished, with the step where it stopped.
-    pub status: Status,
+    pub status: RunOutcome,
     pub status_text: String,
     pub heldout_loss: Option<f64>,
     pub zero_loss: f64,
@@ -45,9 +45,9 @@ pub fn summary_rows(judged: &[Judged]) -> Vec<SummaryRow> {
             let eval = run.last_eval.as_ref();
             let stopped = run.status.as_ref().map(|status| status.step);
             let status_text = match (assessment.status, stopped) {
-                (Status::Diverged, Some(step)) => format!("diverged at step {step}"),
-                (Status::Unfinished, Some(step)) => format!("unfinished (step {step} of {})", run.steps),
-                (Status::Unfinished, None) => "unfinished (no status.json)".to_string(),
+                (RunOutcome::Diverged, Some(step)) => format!("diverged at step {step}"),
+                (RunOutcome::Unfinished, Some(step)) => format!("unfinished (step {step} of {})", run.steps),
+                (RunOutcome::Unfinished, None) => "unfinished (no status.json)".to_string(),
                 (status, _) => status.text().to_string(),
             };
             SummaryRow {
@@ -120,20 +120,21 @@ pub fn stable_lr_rows(sweep: &SweepData, judged: &[Judged]) -> Option<Vec<Stable
             if runs.is_empty() {
                 continue;
             }
-            let statuses: Vec<(f64, u64, Status)> =
+            let statuses: Vec<(f64, u64, RunOutcome)> =
                 runs.iter().map(|j| (j.run.lr, j.run.seed, j.assessment.status)).collect();
             let mut lrs_tried: Vec<f64> = statuses.iter().map(|(lr, _, _)| *lr).collect();
             lrs_tried.sort_by(f64::total_cmp);
             lrs_tried.dedup();
             let mut per_seed: BTreeMap<u64, f64> = BTreeMap::new();
             for &(lr, seed, status) in &statuses {
-                if status == Status::Trained {
+                if status == RunOutcome::Trained {
                     let best = per_seed.entry(seed).or_insert(lr);
                     *best = best.max(lr);
                 }
             }
-            let all_trained_at =
-                |lr: f64| statuses.iter().filter(|(l, _, _)| *l == lr).all(|(_, _, status)| *status == Status::Trained);
+            let all_trained_at = |lr: f64| {
+                statuses.iter().filter(|(l, _, _)| *l == lr).all(|(_, _, status)| *status == RunOutcome::Trained)
+            };
             let mut largest_stable_lr = lrs_tried.iter().copied().rev().find(|&lr| all_trained_at(lr));
             let bisection = sweep.frontier.as_ref().map(|frontier| {
                 let brackets: Vec<&LrBracket> = frontier
@@ -220,7 +221,7 @@ pub fn cells_frame(cells: &[Cell]) -> PolarsResult<DataFrame> {
         "strategy" => cells.iter().map(|cell| cell.strategy_label.as_str()).collect::<Vec<_>>(),
         "setting" => cells.iter().map(|cell| cell.setting.as_str()).collect::<Vec<_>>(),
         "runs" => cells.iter().map(|cell| cell.runs.len() as u64).collect::<Vec<_>>(),
-        "trained" => cells.iter().map(|cell| cell.count(Status::Trained) as u64).collect::<Vec<_>>(),
+        "trained" => cells.iter().map(|cell| cell.count(RunOutcome::Trained) as u64).collect::<Vec<_>>(),
         "heldout_loss_mean" => loss.iter().map(|p| p.0).collect::<Vec<_>>(),
         "heldout_loss_low" => loss.iter().map(|p| p.1).collect::<Vec<_>>(),
         "heldout_loss_high" => loss.iter().map(|p| p.2).collect::<Vec<_>>(),

@@ -147,6 +147,28 @@ impl SkipScaling {
         }
     }
 
+    /// The SE gate's reduction ratio (LS only): its hidden width is the gated width over it.
+    pub fn gate_reduction(self) -> Option<usize> {
+        match self {
+            Self::Learnable { reduction, .. } => Some(reduction),
+            Self::Original
+            | Self::InvSqrt2
+            | Self::Constant { .. }
+            | Self::MpCat { .. }
+            | Self::LearnedScalar { .. } => None,
+        }
+    }
+
+    /// The kappa of the CS family `kappa^(i-1)` the strategy is a member of (strategy 1 is
+    /// kappa 1): the dose of the bounds' dose-responses; `None` outside the family.
+    pub fn cs_kappa(self) -> Option<f64> {
+        match self {
+            Self::Original => Some(1.0),
+            Self::Constant { kappa } => Some(kappa),
+            Self::InvSqrt2 | Self::Learnable { .. } | Self::MpCat { .. } | Self::LearnedScalar { .. } => None,
+        }
+    }
+
     /// The diagnostics quantity that holds the learned coefficient of each LSC: the LS gates'
     /// mean, a learned scalar's value; `None` where the coefficients are set, not learned.
     pub fn learned_quantity(self) -> Option<Quantity> {

@@ -355,8 +355,10 @@ fn trained(dir: &Path) -> Result<bool> {
     // The line written last at the largest step (a resumed run may repeat a step).
     let last = read_jsonl::<EvalLine>(&dir.join("eval.jsonl"))?.into_iter().max_by_key(|line| line.step);
     match judge_run(state, last.as_ref()) {
-        Some(outcome) => Ok(outcome == RunOutcome::Trained),
-        None => bail!("{}: finished, but eval.jsonl holds no evaluation to judge it by", dir.display()),
+        RunOutcome::Unfinished => {
+            bail!("{}: finished, but eval.jsonl holds no evaluation to judge it by", dir.display())
+        }
+        outcome => Ok(outcome == RunOutcome::Trained),
     }
 }
 
