@@ -105,8 +105,7 @@ unsafe fn gemm_block(
         // Every slab of 16 columns, then the last `n - main` (< 16) through masked loads and
         // stores: a scalar tail cost `[65 x 16] x [16 x 65]` (attention's scores) a quarter more.
         let slabs = (0..main).step_by(COLS).map(|n0| (n0, COLS)).chain((main < n).then_some((main, n - main)));
-        let slabs: Vec<(usize, usize)> = slabs.collect();
-        for (m0, &(n0, cols)) in (0..m).step_by(ROW_BLOCK).flat_map(|m0| slabs.iter().map(move |slab| (m0, slab))) {
+        for (m0, (n0, cols)) in (0..m).step_by(ROW_BLOCK).flat_map(|m0| slabs.clone().map(move |slab| (m0, slab))) {
             for r0 in (m0..m.min(m0 + ROW_BLOCK)).step_by(ROWS) {
                 let (ap, bp, dp) = (a.add(r0 * ars), b.add(n0), dst.add(r0 * drs + n0));
                 let rows = ROWS.min(m - r0);

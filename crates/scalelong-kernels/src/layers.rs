@@ -18,15 +18,22 @@ pub trait Fused<X> {
 }
 
 impl<const D: usize> Fused<Tensor<D>> for Linear {
-    /// [`crate::linear`]; a missing bias is a zero one, which takes no gradient.
+    /// [`crate::linear`].
     fn fused(&self, x: Tensor<D>) -> Tensor<D> {
-        let weight = self.weight.val();
-        let bias = match &self.bias {
-            Some(b) => b.val(),
-            None => Tensor::zeros([weight.dims()[1]], &x.device()),
-        };
+        let (weight, bias) = weight_and_bias(self, &x.device());
         crate::linear(x, weight, bias)
     }
+}
+
+/// A linear layer's weight `[K, N]` and bias `[N]`; a missing bias is a zero one, which takes no
+/// gradient.
+fn weight_and_bias(layer: &Linear, device: &Device) -> (Tensor<2>, Tensor<1>) {
+    let weight = layer.weight.val();
+    let bias = match &layer.bias {
+        Some(b) => b.val(),
+        None => Tensor::zeros([weight.dims()[1]], device),
+    };
+    (weight, bias)
 }
 
 /// A linear layer whose output is added to a residual, in one op ([`crate::linear_add`]).
@@ -36,13 +43,9 @@ pub trait FusedAdd<X> {
 }
 
 impl<const D: usize> FusedAdd<Tensor<D>> for Linear {
-    /// [`crate::linear_add`]; a missing bias is a zero one, which takes no gradient.
+    /// [`crate::linear_add`].
     fn fused_add(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
-        let weight = self.weight.val();
-        let bias = match &self.bias {
-            Some(b) => b.val(),
-            None => Tensor::zeros([weight.dims()[1]], &x.device()),
-        };
+        let (weight, bias) = weight_and_bias(self, &x.device());
         crate::linear_add(x, weight, bias, residual)
     }
 }
@@ -55,13 +58,9 @@ pub trait FusedGelu<X> {
 }
 
 impl<const D: usize> FusedGelu<Tensor<D>> for Linear {
-    /// [`crate::linear_gelu`]; a missing bias is a zero one, which takes no gradient.
+    /// [`crate::linear_gelu`].
     fn fused_gelu(&self, x: Tensor<D>) -> Tensor<D> {
-        let weight = self.weight.val();
-        let bias = match &self.bias {
-            Some(b) => b.val(),
-            None => Tensor::zeros([weight.dims()[1]], &x.device()),
-        };
+        let (weight, bias) = weight_and_bias(self, &x.device());
         crate::linear_gelu(x, weight, bias)
     }
 }

@@ -215,14 +215,15 @@ fn linear_backward(
     grads
 }
 
-/// `x W + b` on `[M, K]` rows; the backward keeps `x` and `W`.
+/// `cat(parts, 1) W + b` on `N - 2` column blocks of the input rows (`N = 3`: [`linear`]'s `x W + b`;
+/// `N = 4`: [`linear_cat`]'s two parts); the backward keeps the parts and `W`.
 #[derive(Debug)]
-struct Linear;
+struct LinearParts<const N: usize>;
 
-impl FusedOp<3> for Linear {
+impl<const N: usize> FusedOp<N> for LinearParts<N> {
     type State = LinearState;
 
-    fn forward(&self, inputs: [FlexTensor; 3], isa: Option<Isa>) -> (FlexTensor, LinearState) {
+    fn forward(&self, inputs: [FlexTensor; N], isa: Option<Isa>) -> (FlexTensor, LinearState) {
         linear_forward(inputs.into(), isa)
     }
 
@@ -230,32 +231,9 @@ impl FusedOp<3> for Linear {
         self,
         state: LinearState,
         dy: FlexTensor,
-        wanted: [bool; 3],
+        wanted: [bool; N],
         isa: Option<Isa>,
-    ) -> [Option<FlexTensor>; 3] {
-        let mut grads = linear_backward(state, dy, &wanted, isa).into_iter();
-        std::array::from_fn(|_| grads.next().expect("one gradient per input"))
-    }
-}
-
-/// `cat([x, y], 1) W + b` on `[M, K_x]` and `[M, K_y]` rows; the backward keeps `x`, `y` and `W`.
-#[derive(Debug)]
-struct LinearCat;
-
-impl FusedOp<4> for LinearCat {
-    type State = LinearState;
-
-    fn forward(&self, inputs: [FlexTensor; 4], isa: Option<Isa>) -> (FlexTensor, LinearState) {
-        linear_forward(inputs.into(), isa)
-    }
-
-    fn backward(
-        self,
-        state: LinearState,
-        dy: FlexTensor,
-        wanted: [bool; 4],
-        isa: Option<Isa>,
-    ) -> [Option<FlexTensor>; 4] {
+    ) -> [Option<FlexTensor>; N] {
         let mut grads = linear_backward(state, dy, &wanted, isa).into_iter();
         std::array::from_fn(|_| grads.next().expect("one gradient per input"))
     }
@@ -390,7 +368,7 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Tensor<1>) 
     let mut out_shape = shape;
     out_shape[D - 1] = n;
     let x = x.reshape([shape[..D - 1].iter().product::<usize>(), k]); // [M, K]
-    let y: Tensor<2> = dispatch::run(Linear, [placed(&x), placed(&weight), placed(&bias)])
+    let y: Tensor<2> = dispatch::run(LinearParts::<3>, [placed(&x), placed(&weight), placed(&bias)])
         .unwrap_or_else(|| reference::linear(x, weight, bias));
     y.reshape(out_shape)
 }
@@ -412,7 +390,7 @@ pub fn linear_cat<const D: usize>(x: Tensor<D>, y: Tensor<D>, weight: Tensor<2>,
     out_shape[D - 1] = n;
     let m = shape[..D - 1].iter().product::<usize>();
     let (x, y) = (x.reshape([m, kx]), y.reshape([m, ky])); // [M, K_x], [M, K_y]
-    let out: Tensor<2> = dispatch::run(LinearCat, [placed(&x), placed(&y), placed(&weight), placed(&bias)])
+    let out: Tensor<2> = dispatch::run(LinearParts::<4>, [placed(&x), placed(&y), placed(&weight), placed(&bias)])
         .unwrap_or_else(|| reference::linear_cat(x, y, weight, bias));
     out.reshape(out_shape)
 }

@@ -232,6 +232,30 @@ fn linear_cat_equals_linear_on_the_concatenation() {
     }
 }
 
+/// `f(.., true)` (a fused op) against `f(.., false)` (its fused parts composed), bit for bit: the
+/// values on flex and on autodiff, and every input's gradient of a random weighting of the output.
+fn assert_fused_is_bit_identical(
+    name: &str,
+    inputs: &[Tensor<4>],
+    params: &[Tensor<1>],
+    f: impl Fn(&[Tensor<4>], &[Tensor<1>], bool) -> Tensor<3>,
+) {
+    assert!(to_vec(f(inputs, params, true)) == to_vec(f(inputs, params, false)), "{name}: bits");
+    let ad = Device::flex().autodiff();
+    let xs: Vec<Tensor<4>> =
+        inputs.iter().map(|t| Tensor::from_data(t.clone().into_data(), &ad).require_grad()).collect();
+    let ps: Vec<Tensor<1>> =
+        params.iter().map(|t| Tensor::from_data(t.clone().into_data(), &ad).require_grad()).collect();
+    let (fused, plain) = (f(&xs, &ps, true), f(&xs, &ps, false));
+    assert!(to_vec(fused.clone()) == to_vec(plain.clone()), "{name}: bits on autodiff");
+    let w = Tensor::<3>::random(fused.dims(), Distribution::Normal(0.0, 1.0), &ad);
+    let (g_fused, g_plain) = ((fused * w.clone()).sum().backward(), (plain * w).sum().backward());
+    for (i, t) in xs.iter().enumerate() {
+        let (a, b) = (to_vec(t.grad(&g_fused).unwrap()), to_vec(t.grad(&g_plain).unwrap()));
+        assert!(a == b, "{name}: gradient of input {i}, bits");
+    }
+}
+
 #[test]
 fn linear_gelu_equals_linear_then_gelu() {
     // (batch, tokens, in, out); tolerance 1e-5 relative against burn's composition (its erf and
@@ -252,20 +276,7 @@ fn linear_gelu_equals_linear_then_gelu() {
             let params = vec![normal([n], 0.3)];
             let name = format!("linear_gelu b{b} l{l} {k}->{n}{kernels}");
             check_with_params(&name, inputs.clone(), params.clone(), |x, p| f(x, p, true), 1e-5);
-            assert!(to_vec(f(&inputs, &params, true)) == to_vec(f(&inputs, &params, false)), "{name}: bits");
-            let ad = Device::flex().autodiff();
-            let on_ad = |ts: &[Tensor<4>]| -> Vec<Tensor<4>> {
-                ts.iter().map(|t| Tensor::from_data(t.clone().into_data(), &ad).require_grad()).collect()
-            };
-            let (xs, ps) =
-                (on_ad(&inputs), vec![Tensor::<1>::from_data(params[0].clone().into_data(), &ad).require_grad()]);
-            let (fused, plain) = (f(&xs, &ps, true), f(&xs, &ps, false));
-            assert!(to_vec(fused.clone()) == to_vec(plain.clone()), "{name}: bits on autodiff");
-            let (g_fused, g_plain) = (fused.sum().backward(), plain.sum().backward());
-            for (i, t) in xs.iter().enumerate() {
-                let (a, b) = (to_vec(t.grad(&g_fused).unwrap()), to_vec(t.grad(&g_plain).unwrap()));
-                assert!(a == b, "{name}: gradient of input {i}, bits");
-            }
+            assert_fused_is_bit_identical(&name, &inputs, &params, f);
         });
     }
 }
@@ -287,21 +298,7 @@ fn linear_add_equals_the_residual_plus_linear() {
             let params = vec![normal([n], 0.3)];
             let name = format!("linear_add b{b} l{l} {k}->{n}{kernels}");
             check_with_params(&name, inputs.clone(), params.clone(), |x, p| f(x, p, true), 1e-5);
-            assert!(to_vec(f(&inputs, &params, true)) == to_vec(f(&inputs, &params, false)), "{name}: bits");
-            let ad = Device::flex().autodiff();
-            let on_ad = |ts: &[Tensor<4>]| -> Vec<Tensor<4>> {
-                ts.iter().map(|t| Tensor::from_data(t.clone().into_data(), &ad).require_grad()).collect()
-            };
-            let (xs, ps) =
-                (on_ad(&inputs), vec![Tensor::<1>::from_data(params[0].clone().into_data(), &ad).require_grad()]);
-            let (fused, plain) = (f(&xs, &ps, true), f(&xs, &ps, false));
-            assert!(to_vec(fused.clone()) == to_vec(plain.clone()), "{name}: bits on autodiff");
-            let w = Tensor::<3>::random(fused.dims(), Distribution::Normal(0.0, 1.0), &ad);
-            let (g_fused, g_plain) = ((fused * w.clone()).sum().backward(), (plain * w).sum().backward());
-            for (i, t) in xs.iter().enumerate() {
-                let (a, b) = (to_vec(t.grad(&g_fused).unwrap()), to_vec(t.grad(&g_plain).unwrap()));
-                assert!(a == b, "{name}: gradient of input {i}, bits");
-            }
+            assert_fused_is_bit_identical(&name, &inputs, &params, f);
         });
     }
 }
