@@ -17,7 +17,7 @@
 use crate::dispatch::{self, FusedOp, dims, new_tensor, placed};
 use crate::gemm::gemm_strided;
 use crate::math;
-use crate::parallel::{par_filled, sum_partials};
+use crate::parallel::{assume_written, par_filled, sum_partials};
 use crate::{Isa, direct_conv, reference};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
@@ -70,35 +70,33 @@ impl ConvGeom {
 
 /// Zero-padded copies of every image of `x` (`[B, C, H, W]`), `g.padded_len()` floats each.
 fn pad_images(x: &[f32], g: &ConvGeom) -> Vec<f32> {
-    let (wp, len, pad) = (g.wp(), g.padded_len(), g.pad);
     let img = g.c_in * g.h * g.w;
-    let zero = std::mem::MaybeUninit::new(0.0f32);
-    // SAFETY: each image's chunk is written whole: per channel `pad` zero rows, the rows (zero
-    // margins around the image row), `pad` zero rows; then the `kw` floats of slack.
+    // SAFETY: `pad_image` writes each image's chunk whole.
     unsafe {
-        par_filled(
-            g.batch * len,
-            len,
-            || (),
-            |_, b, dst| {
-                let src = &x[b * img..(b + 1) * img];
-                let (planes, slack) = dst.split_at_mut(g.c_in * g.hp() * wp);
-                for (plane, channel) in planes.chunks_exact_mut(g.hp() * wp).zip(src.chunks_exact(g.h * g.w)) {
-                    let (top, rest) = plane.split_at_mut(pad * wp);
-                    let (rows, bottom) = rest.split_at_mut(g.h * wp);
-                    top.fill(zero);
-                    bottom.fill(zero);
-                    for (row, image_row) in rows.chunks_exact_mut(wp).zip(channel.chunks_exact(g.w)) {
-                        row[..pad].fill(zero);
-                        row[pad..pad + g.w].write_copy_of_slice(image_row);
-                        row[pad + g.w..].fill(zero);
-                    }
-                }
-                slack.fill(zero);
-            },
-        )
-        .0
+        par_filled(g.batch * g.padded_len(), g.padded_len(), || (), |_, b, dst| pad_image(&x[b * img..][..img], g, dst))
+            .0
     }
+}
+
+/// Writes the zero-padded copy of one image `src` (`[C, H, W]`) into `dst`, all of its
+/// `g.padded_len()` floats: per channel `pad` zero rows, the rows (zero margins around the image
+/// row), `pad` zero rows; then the `kw` floats of slack.
+fn pad_image(src: &[f32], g: &ConvGeom, dst: &mut [std::mem::MaybeUninit<f32>]) {
+    let (wp, pad) = (g.wp(), g.pad);
+    let zero = std::mem::MaybeUninit::new(0.0f32);
+    let (planes, slack) = dst[..g.padded_len()].split_at_mut(g.c_in * g.hp() * wp);
+    for (plane, channel) in planes.chunks_exact_mut(g.hp() * wp).zip(src.chunks_exact(g.h * g.w)) {
+        let (top, rest) = plane.split_at_mut(pad * wp);
+        let (rows, bottom) = rest.split_at_mut(g.h * wp);
+        top.fill(zero);
+        bottom.fill(zero);
+        for (row, image_row) in rows.chunks_exact_mut(wp).zip(channel.chunks_exact(g.w)) {
+            row[..pad].fill(zero);
+            row[pad..pad + g.w].write_copy_of_slice(image_row);
+            row[pad + g.w..].fill(zero);
+        }
+    }
+    slack.fill(zero);
 }
 
 /// A kernel as `kh * kw` matrices `[rows, cols]` (strides given): tap (i, j) starts at
@@ -182,14 +180,27 @@ pub(crate) fn crop_extended(ext: &[f32], g: &ConvGeom, dst: &mut [std::mem::Mayb
     }
 }
 
-/// `[B, C_out, Ho, Wo]` (+ bias): the convolution of the images `x` with `taps` (`[C_out, C_in]`
-/// each): by the direct kernels where the CPU has them, as GEMMs otherwise. `x` holds padded
-/// images (`g.padded_len()` floats each) if `padded`; else the images themselves, which are
-/// padded here unless the kernel reads them as they are (AVX-512, same-size convolutions).
-/// Also returns the padded images when it made them.
+/// The images a convolution reads, and what becomes of the padded copies it makes of them.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// Padded images, `g.padded_len()` floats each (the stride-2 convolution's phases).
+    Padded(&'a [f32]),
+    /// The images, padded in one batch where the kernel reads them padded, and the padded batch
+    /// returned: a weight gradient reads it again.
+    KeepPadded(&'a [f32]),
+    /// The images, each padded into a per-thread buffer just before it is convolved, where the
+    /// kernel reads them padded: nothing reads the padded copy again (sampling, the input
+    /// gradient), and a buffer of one image stays in cache where a padded batch (17 MB for 64
+    /// images of 64 channels at 32x32) goes to memory and back.
+    Images(&'a [f32]),
+}
+
+/// `[B, C_out, Ho, Wo]` (+ bias): the convolution of the images of `source` with `taps`
+/// (`[C_out, C_in]` each): by the direct kernels where the CPU has them, as GEMMs otherwise.
+/// Images are read padded unless the kernel reads them as they are (AVX-512, same-size
+/// convolutions). Also returns the padded batch when `source` asks to keep it and one was made.
 fn convolve_images(
-    x: &[f32],
-    padded: bool,
+    source: Source,
     g: &ConvGeom,
     taps: Taps,
     bias: Option<&[f32]>,
@@ -197,23 +208,39 @@ fn convolve_images(
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let q = g.q();
     let img_out = g.c_out * g.ho() * g.wo();
+    let padded = matches!(source, Source::Padded(_));
     let direct = isa.map(|isa| direct_conv::PackedKernel::new(taps, g, isa, padded));
-    let xp = (!padded && direct.as_ref().is_none_or(|kernel| kernel.reads_padded())).then(|| pad_images(x, g));
-    let (src, len) = match &xp {
-        Some(xp) => (&xp[..], g.padded_len()),
-        None if padded => (x, g.padded_len()),
-        None => (x, g.c_in * g.h * g.w),
+    let pads = !padded && direct.as_ref().is_none_or(|kernel| kernel.reads_padded());
+    let (x, xp) = match source {
+        Source::Padded(x) | Source::Images(x) => (x, None),
+        Source::KeepPadded(x) => (x, pads.then(|| pad_images(x, g))),
     };
+    // Per image: where its floats start in `x` and how many, and whether it is padded here.
+    let (len, pad_each) = match &xp {
+        Some(_) => (g.padded_len(), false),
+        None if padded => (g.padded_len(), false),
+        None => (g.c_in * g.h * g.w, pads),
+    };
+    let src = xp.as_deref().unwrap_or(x);
     // The extended grid only where a kernel needs it (AVX2, gemm).
     let ext_len = if direct.as_ref().is_none_or(|kernel| kernel.needs_extended()) { g.c_out * q } else { 0 };
-    // SAFETY: each image's chunk [c_out, ho, wo] is written whole (`convolve`, `crop_extended`).
+    let pad_len = if pad_each { g.padded_len() } else { 0 };
+    // SAFETY: each image's chunk [c_out, ho, wo] is written whole (`convolve`, `crop_extended`);
+    // a padded image is written whole (`pad_image`) before it is read.
     let out = unsafe {
         par_filled(
             g.batch * img_out,
             img_out,
-            || (vec![0.0f32; ext_len], if bias.is_some() && direct.is_none() { vec![1.0f32; q] } else { Vec::new() }),
-            |(ext, ones), b, dst| {
-                let src = &src[b * len..(b + 1) * len];
+            || {
+                let ones = if bias.is_some() && direct.is_none() { vec![1.0f32; q] } else { Vec::new() };
+                (vec![0.0f32; ext_len], ones, vec![std::mem::MaybeUninit::<f32>::uninit(); pad_len])
+            },
+            |(ext, ones, padded_image), b, dst| {
+                let mut src = &src[b * len..(b + 1) * len];
+                if pad_each {
+                    pad_image(src, g, padded_image);
+                    src = assume_written(padded_image);
+                }
                 match &direct {
                     Some(kernel) => kernel.convolve(src, g, bias, ext, dst),
                     None => {
@@ -318,8 +345,13 @@ fn conv_flex(
     isa: Option<Isa>,
 ) -> (FlexTensor, ConvInput) {
     let g = conv_geom(x, weight, pad);
-    let (out, xp) =
-        convolve_images(x.storage(), false, &g, forward_taps(weight.storage(), &g), Some(bias.storage()), isa);
+    let (out, xp) = convolve_images(
+        Source::KeepPadded(x.storage()),
+        &g,
+        forward_taps(weight.storage(), &g),
+        Some(bias.storage()),
+        isa,
+    );
     let input = match xp {
         Some(xp) => ConvInput::Padded(std::sync::Arc::new(xp)),
         None => ConvInput::Images(x.clone()),
@@ -385,7 +417,7 @@ fn conv_backward(
             kw: g.kw,
             pad: g.kh - 1 - g.pad,
         };
-        let (dx, _) = convolve_images(grad, false, &t, backward_taps(weight.storage(), &g), None, isa); // [B, C_in, H, W]
+        let (dx, _) = convolve_images(Source::Images(grad), &t, backward_taps(weight.storage(), &g), None, isa); // [B, C_in, H, W]
         match phases_of {
             Some(chw) => new_tensor(from_phases(&dx, g.batch, chw), &[g.batch, chw[0], chw[1], chw[2]]),
             None => new_tensor(dx, &[g.batch, g.c_in, g.h, g.w]),
@@ -417,6 +449,14 @@ impl FusedOp<3> for Conv {
         let geom = conv_geom(&x, &weight, self.padding);
         let (out, input) = conv_flex(&x, &weight, &bias, self.padding, isa);
         (out, ConvState { input, weight, geom, phases_of: None })
+    }
+
+    /// Pads each image as it is convolved: no weight gradient reads the padded images.
+    fn infer(&self, [x, weight, bias]: [FlexTensor; 3], isa: Option<Isa>) -> FlexTensor {
+        let g = conv_geom(&x, &weight, self.padding);
+        let taps = forward_taps(weight.storage(), &g);
+        let (out, _) = convolve_images(Source::Images(x.storage()), &g, taps, Some(bias.storage()), isa);
+        new_tensor(out, &[g.batch, g.c_out, g.ho(), g.wo()])
     }
 
     fn backward(
@@ -503,7 +543,8 @@ fn conv_stride2_flex(
     let g = ConvGeom { batch, c_in: 4 * c, h: h / 2 + 1, w: w / 2 + 1, c_out, kh: 2, kw: 2, pad: 0 };
     let phases = to_phases(x.storage(), &g, [c, h, w]);
     let w2 = new_tensor(kernel_to_phases(weight.storage(), c_out, c), &[c_out, 4 * c, 2, 2]);
-    let (out, _) = convolve_images(&phases, true, &g, forward_taps(w2.storage(), &g), Some(bias.storage()), isa);
+    let (out, _) =
+        convolve_images(Source::Padded(&phases), &g, forward_taps(w2.storage(), &g), Some(bias.storage()), isa);
     (new_tensor(out, &[batch, c_out, g.ho(), g.wo()]), phases, w2, g)
 }
 

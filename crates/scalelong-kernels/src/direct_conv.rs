@@ -16,26 +16,40 @@ use crate::Isa;
 use crate::conv::{ConvGeom, Taps};
 use std::mem::MaybeUninit;
 
-/// Output channels per tile: 5 x 2 accumulators, two input vectors and a broadcast weight fit
-/// AVX2's 16 vector registers. 6 fits too (15 registers); side by side it was faster for 16
-/// channels and slower for 32 (the last block's padding), so no better on the presets overall.
+/// Output channels per AVX2 tile: 5 x 2 accumulators, two input vectors and a broadcast weight
+/// fit AVX2's 16 vector registers, or 4 x 2 where that computes fewer padding channels in the
+/// last block ([`avx2_rows`]). 5 x 2 does 10 FMAs per 7 loads and broadcasts, but 20 channels'
+/// worth for 16 and 35 for 32: 4 x 2 took 0.74-0.81x the time on the UNet's 16- and 32-channel
+/// forward convolutions (side by side, one thread each). 4 x 3 needs all 16 registers, and the
+/// compiler spilled its accumulators (1.5x the time); 6 x 2 fits (15 registers) and was faster
+/// for 16 channels, slower for 32.
 const ROWS: usize = 5;
+const FEWER_ROWS: usize = 4;
 /// Extended-grid positions per tile (two 8-lane vectors).
 const PIXELS: usize = 16;
 
-/// The kernel's taps laid out for the tile: for each block of `rows` output channels ([`ROWS`] or
-/// [`ROWS_512`]; the last block padded with zeros), `[kh kw][C_in][rows]`, so a tile reads its
+/// The rows of the AVX2 tile for `c_out` output channels: the one that computes fewer padding
+/// channels, [`ROWS`] on a tie.
+fn avx2_rows(c_out: usize) -> usize {
+    let padded = |rows: usize| c_out.div_ceil(rows) * rows;
+    if padded(FEWER_ROWS) < padded(ROWS) { FEWER_ROWS } else { ROWS }
+}
+
+/// The kernel's taps laid out for the tile: for each block of `rows` output channels
+/// ([`avx2_rows`] or [`ROWS_512`]; the last block padded with zeros), `[kh kw][C_in][rows]`, so a tile reads its
 /// weights in order.
 pub(super) struct PackedKernel {
     data: Vec<f32>,
     tiling: Tiling,
+    /// Output channels per block.
+    rows: usize,
     c_in: usize,
     c_out: usize,
 }
 
 /// The tile a kernel is packed for, and where it reads.
 enum Tiling {
-    /// [`ROWS`] channels on the extended grid of padded images, through an extended-grid buffer;
+    /// [`avx2_rows`] channels on the extended grid of padded images, through an extended-grid buffer;
     /// the input offset of each tap.
     Avx2 { offsets: Vec<usize> },
     /// [`ROWS_512`] channels on its grid, stored straight into the output.
@@ -49,7 +63,7 @@ impl PackedKernel {
     pub(super) fn new(taps: Taps, g: &ConvGeom, isa: Isa, padded: bool) -> Self {
         let t = g.kh * g.kw;
         let rows = match isa {
-            Isa::Avx2 => ROWS,
+            Isa::Avx2 => avx2_rows(g.c_out),
             Isa::Avx512 => ROWS_512,
         };
         let blocks = g.c_out.div_ceil(rows);
@@ -73,7 +87,7 @@ impl PackedKernel {
             Isa::Avx512 if padded || !g.is_same() => Tiling::Avx512(Grid512::extended(g)),
             Isa::Avx512 => Tiling::Avx512(Grid512::same(g)),
         };
-        Self { data, tiling, c_in: g.c_in, c_out: g.c_out }
+        Self { data, tiling, rows, c_in: g.c_in, c_out: g.c_out }
     }
 
     /// Whether `convolve` reads padded images: on AVX2, for a convolution that changes the size,
@@ -113,7 +127,10 @@ impl PackedKernel {
                 Tiling::Avx2 { offsets } => {
                     assert!(Isa::Avx2.detected(), "this CPU lacks AVX2 and FMA");
                     assert!(ext.len() >= self.c_out * g.q());
-                    convolve_avx2(self, offsets, src, g, bias, ext);
+                    match self.rows {
+                        FEWER_ROWS => convolve_avx2::<FEWER_ROWS>(self, offsets, src, g, bias, ext),
+                        _ => convolve_avx2::<ROWS>(self, offsets, src, g, bias, ext),
+                    }
                     crate::conv::crop_extended(ext, g, dst);
                 }
                 Tiling::Avx512(grid) => {
@@ -129,7 +146,7 @@ impl PackedKernel {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn convolve_avx2(
+unsafe fn convolve_avx2<const R: usize>(
     k: &PackedKernel,
     offsets: &[usize],
     src: &[f32],
@@ -138,18 +155,19 @@ unsafe fn convolve_avx2(
     ext: &mut [f32],
 ) {
     let (q, plane, t) = (g.q(), g.hp() * g.wp(), offsets.len());
+    assert_eq!(k.rows, R);
     // Whole tiles read up to position q - 1 at the largest offset, which `padded_len`'s slack
     // covers (as for the GEMM path); the last positions go through the scalar loop.
     let main = q / PIXELS * PIXELS;
-    for (blk, w) in k.data.chunks_exact(k.c_in * t * ROWS).enumerate() {
-        let o0 = blk * ROWS;
-        let rows = ROWS.min(k.c_out - o0);
-        let init: [f32; ROWS] = std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[o0 + r]) } else { 0.0 });
+    for (blk, w) in k.data.chunks_exact(k.c_in * t * R).enumerate() {
+        let o0 = blk * R;
+        let rows = R.min(k.c_out - o0);
+        let init: [f32; R] = std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[o0 + r]) } else { 0.0 });
         for p in (0..main).step_by(PIXELS) {
             // SAFETY: reads src[c plane + p + offset + 0..16] for c < c_in, within padded_len;
             // writes ext[(o0 + r) q + p + 0..16] for r < rows, within c_out q.
             unsafe {
-                tile(
+                tile::<R>(
                     src.as_ptr().add(p),
                     plane,
                     offsets,
@@ -167,7 +185,7 @@ unsafe fn convolve_avx2(
                 let mut acc = init[r];
                 for (tap, &off) in offsets.iter().enumerate() {
                     for c in 0..k.c_in {
-                        acc += w[(tap * k.c_in + c) * ROWS + r] * src[c * plane + p + off];
+                        acc += w[(tap * k.c_in + c) * R + r] * src[c * plane + p + off];
                     }
                 }
                 ext[(o0 + r) * q + p] = acc;
@@ -176,30 +194,30 @@ unsafe fn convolve_avx2(
     }
 }
 
-/// One tile: `ROWS` output channels x `PIXELS` positions, summed over every channel and tap in
+/// One tile: `R` output channels x `PIXELS` positions, summed over every channel and tap in
 /// registers, then stored (the first `rows` channels) at `out` (row stride `out_stride`).
 ///
 /// # Safety
 /// AVX2 and FMA present; `src + c plane + offset + 0..PIXELS` readable for every channel and
-/// offset, `w` holding `c_in * offsets.len() * ROWS` floats, `out + r out_stride + 0..PIXELS`
+/// offset, `w` holding `c_in * offsets.len() * R` floats, `out + r out_stride + 0..PIXELS`
 /// writable for `r < rows`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(
+unsafe fn tile<const R: usize>(
     src: *const f32,
     plane: usize,
     offsets: &[usize],
     c_in: usize,
     w: *const f32,
-    init: &[f32; ROWS],
+    init: &[f32; R],
     out: *mut f32,
     out_stride: usize,
     rows: usize,
 ) {
     use std::arch::x86_64::*;
     unsafe {
-        let mut acc: [[__m256; 2]; ROWS] = std::array::from_fn(|r| [_mm256_set1_ps(init[r]); 2]);
+        let mut acc: [[__m256; 2]; R] = std::array::from_fn(|r| [_mm256_set1_ps(init[r]); 2]);
         let mut w = w;
         for &off in offsets {
             let mut x = src.add(off);
@@ -212,7 +230,7 @@ unsafe fn tile(
                     a[1] = _mm256_fmadd_ps(wv, x1, a[1]);
                 }
                 x = x.add(plane);
-                w = w.add(ROWS);
+                w = w.add(R);
             }
         }
         for (r, a) in acc.iter().enumerate().take(rows) {

@@ -122,6 +122,7 @@ fn conv2d_equals_burns_conv2d() {
         (2, 20, 9, 6, 1, 0),
         (1, 11, 5, 7, 3, 1),
         (1, 16, 4, 17, 3, 1),
+        (2, 3, 6, 4, 3, 1),
     ];
     for (b, ci, co, hw, k, p) in cases {
         on_every_kernel_set(|kernels| {
@@ -304,19 +305,31 @@ fn linear_add_equals_the_residual_plus_linear() {
 }
 
 /// Where nothing differentiates (flex, not autodiff), the fused ops skip the state a backward
-/// would keep (attention's probabilities); what they compute is the training forward's values,
-/// bit for bit.
+/// would keep (attention's probabilities, a convolution's padded batch); what they compute is
+/// the training forward's values, bit for bit.
+fn on_autodiff<const D: usize>(x: &Tensor<D>) -> Tensor<D> {
+    Tensor::from_data(x.clone().into_data(), &Device::flex().autodiff())
+}
+
 #[test]
 fn the_inference_forwards_equal_the_training_forwards_bit_for_bit() {
     let device = Device::flex();
     device.seed(3);
-    let on_autodiff = |x: &Tensor<3>| Tensor::<3>::from_data(x.clone().into_data(), &Device::flex().autodiff());
     for (b, l, heads, dh) in [(3, 65, 4, 16), (2, 17, 2, 8)] {
         let x = normal([b, l, 3 * heads * dh], 1.0);
         on_every_kernel_set(|kernels| {
             let inferred = to_vec(kernels::qkv_attention(x.clone(), heads));
             let trained = to_vec(kernels::qkv_attention(on_autodiff(&x).require_grad(), heads));
             assert!(inferred == trained, "attention b{b} l{l} h{heads} dh{dh}{kernels}");
+        });
+    }
+    for (b, ci, co, hw, k, p) in [(3, 16, 8, 8, 3, 1), (2, 7, 11, 12, 3, 1), (2, 6, 4, 5, 1, 0)] {
+        let (x, w, bias) = (normal([b, ci, hw, hw], 1.0), normal([co, ci, k, k], 0.3), normal([co], 0.3));
+        on_every_kernel_set(|kernels| {
+            let inferred = to_vec(kernels::conv2d(x.clone(), w.clone(), bias.clone(), p));
+            let trained =
+                to_vec(kernels::conv2d(on_autodiff(&x).require_grad(), on_autodiff(&w), on_autodiff(&bias), p));
+            assert!(inferred == trained, "conv2d b{b} {ci}->{co} {hw}x{hw} k{k} p{p}{kernels}");
         });
     }
 }
