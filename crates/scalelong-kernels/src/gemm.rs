@@ -74,11 +74,101 @@ pub(crate) unsafe fn matmul(
 }
 
 /// `rows` rows of `cols` values, `stride` apart in `src`, transposed into `dst` (`[cols, rows]`)
-/// and multiplied by `scale`: a right factor the direct kernel can read by rows.
+/// and multiplied by `scale`: a right factor the direct kernel can read by rows. On AVX2, 8 x 8
+/// blocks are transposed in registers: element by element, attention's per-head transposes of
+/// K (65 x 16, stride 192) were 5-7% of U-ViT sampling, each a scattered store.
 pub(crate) fn transpose_block(src: &[f32], rows: usize, cols: usize, stride: usize, scale: f32, dst: &mut [f32]) {
-    for r in 0..rows {
-        for (c, &v) in src[r * stride..][..cols].iter().enumerate() {
-            dst[c * rows + r] = v * scale;
+    assert!((rows == 0 || src.len() >= (rows - 1) * stride + cols) && dst.len() >= rows * cols);
+    let (mut rows_done, mut cols_done) = (0, cols);
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx2.detected() {
+        (rows_done, cols_done) = (rows / 8 * 8, cols / 8 * 8);
+        // SAFETY: AVX2 checked; the blocks read rows < rows_done, columns < cols_done of `src`
+        // and write inside `dst` [cols, rows] (the asserts above).
+        unsafe { transpose_blocks_avx2(src, rows, (rows_done, cols_done), stride, scale, dst) };
+    }
+    // What the blocks left: the last columns of their rows, then the last rows.
+    let element = |dst: &mut [f32], r: usize, c: usize| dst[c * rows + r] = src[r * stride + c] * scale;
+    for r in 0..rows_done {
+        for c in cols_done..cols {
+            element(dst, r, c);
+        }
+    }
+    for r in rows_done..rows {
+        for c in 0..cols {
+            element(dst, r, c);
+        }
+    }
+}
+
+/// The 8 x 8 blocks of [`transpose_block`] within the first `rows_done` rows and `cols_done`
+/// columns (multiples of 8).
+///
+/// # Safety
+/// AVX2 present; the blocks lie inside `src` (rows `stride` apart) and `dst` (`[cols, rows]`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_blocks_avx2(
+    src: &[f32],
+    rows: usize,
+    (rows_done, cols_done): (usize, usize),
+    stride: usize,
+    scale: f32,
+    dst: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let scale = _mm256_set1_ps(scale);
+    for r0 in (0..rows_done).step_by(8) {
+        for c0 in (0..cols_done).step_by(8) {
+            // SAFETY: rows r0..r0 + 8, columns c0..c0 + 8 of src; columns r0..r0 + 8 of rows
+            // c0..c0 + 8 of dst.
+            unsafe {
+                let row = |i: usize| _mm256_mul_ps(_mm256_loadu_ps(src.as_ptr().add((r0 + i) * stride + c0)), scale);
+                let r: [__m256; 8] = std::array::from_fn(row);
+                // Pairs of rows interleaved, then pairs of those: each vector of `u` holds four
+                // rows of columns m (low half) and m + 4 (high half).
+                let t: [__m256; 8] = std::array::from_fn(|i| {
+                    let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+                    if i % 2 == 0 { _mm256_unpacklo_ps(a, b) } else { _mm256_unpackhi_ps(a, b) }
+                });
+                let u: [__m256; 8] = std::array::from_fn(|i| {
+                    let (a, b) = (t[i / 4 * 4 + i % 2], t[i / 4 * 4 + i % 2 + 2]);
+                    if i % 4 < 2 { _mm256_shuffle_ps::<0x44>(a, b) } else { _mm256_shuffle_ps::<0xee>(a, b) }
+                });
+                for j in 0..8 {
+                    // u[k] (k < 4) holds columns of rows 0..4, u[k + 4] of rows 4..8; column j
+                    // is half (j / 4) of each.
+                    let k = (j % 4) / 2 + 2 * (j % 2);
+                    let column = if j < 4 {
+                        _mm256_permute2f128_ps::<0x20>(u[k], u[k + 4])
+                    } else {
+                        _mm256_permute2f128_ps::<0x31>(u[k], u[k + 4])
+                    };
+                    _mm256_storeu_ps(dst.as_mut_ptr().add((c0 + j) * rows + r0), column);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every element lands where the element-by-element transpose puts it, scaled the same way
+    /// (so bit for bit), on shapes with and without whole 8 x 8 blocks and leftover rows and
+    /// columns.
+    #[test]
+    fn transpose_block_moves_every_element() {
+        for (rows, cols, stride) in [(65, 16, 192), (8, 8, 8), (17, 11, 13), (3, 20, 20), (16, 24, 30), (0, 4, 4)] {
+            let src: Vec<f32> = (0..rows.max(1) * stride).map(|i| (i as f32).sin()).collect();
+            let mut dst = vec![f32::NAN; rows * cols];
+            transpose_block(&src, rows, cols, stride, 0.25, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(dst[c * rows + r], src[r * stride + c] * 0.25, "{rows}x{cols}: ({r}, {c})");
+                }
+            }
         }
     }
 }
