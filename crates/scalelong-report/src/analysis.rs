@@ -1,6 +1,7 @@
 //! The numbers behind the figures: smoothing, aggregation over seeds, per-LSC grids, the LS gate
-//! fits, grouped by model and strategy (the theorem checks are in `bounds.rs`).
+//! fits, each over a [`RunGroup`] (the theorem checks are in `sections/theorem_checks.rs`).
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use scalelong_analysis::inference::{Interval, LEVEL, mean_interval, sample_sd};
@@ -8,7 +9,8 @@ use scalelong_analysis::stats::{DecayFit, exp_decay_fit, mean};
 use scalelong_schema::SkipScaling;
 use scalelong_schema::{Quantity, Record, series};
 
-use super::sweep_data::{RunData, SweepData};
+use crate::run_group::RunGroup;
+use crate::sweep_data::SweepData;
 
 /// Logged points in the trailing moving average applied to training losses (figure and
 /// steps-to-target alike).
@@ -25,13 +27,6 @@ pub struct BandPoint {
     pub high: f64,
 }
 
-/// The runs of one model and one strategy (its seeds, and any other axis the sweep varies).
-pub struct Group<'a> {
-    pub model: &'a str,
-    pub strategy_label: &'a str,
-    pub runs: Vec<&'a RunData>,
-}
-
 /// Every strategy of the sweep once, in [`SkipScaling::rank`] order, labels distinct.
 pub fn strategies(sweep: &SweepData) -> Vec<(SkipScaling, String)> {
     let mut strategies: Vec<(SkipScaling, String)> = Vec::new();
@@ -40,32 +35,21 @@ pub fn strategies(sweep: &SweepData) -> Vec<(SkipScaling, String)> {
             strategies.push((run.strategy, run.strategy_label.clone()));
         }
     }
-    strategies.sort_by(|(a, _), (b, _)| {
-        let (rank_a, kappa_a) = a.rank();
-        let (rank_b, kappa_b) = b.rank();
-        rank_a.cmp(&rank_b).then(kappa_a.total_cmp(&kappa_b))
-    });
+    strategies.sort_by(|(a, _), (b, _)| rank_order(*a, *b));
     strategies
+}
+
+/// The order strategies are listed in, by [`SkipScaling::rank`].
+pub fn rank_order(a: SkipScaling, b: SkipScaling) -> Ordering {
+    let (rank_a, kappa_a) = a.rank();
+    let (rank_b, kappa_b) = b.rank();
+    rank_a.cmp(&rank_b).then(kappa_a.total_cmp(&kappa_b))
 }
 
 /// Model labels, sorted.
 pub fn models(sweep: &SweepData) -> Vec<&str> {
     let models: BTreeSet<&str> = sweep.runs.iter().map(|run| run.model.as_str()).collect();
     models.into_iter().collect()
-}
-
-/// The runs of `model`, one group per strategy in [`strategies`] order; strategies without runs of
-/// this model are left out.
-pub fn groups_of_model<'a>(sweep: &'a SweepData, model: &'a str) -> Vec<Group<'a>> {
-    strategies(sweep)
-        .into_iter()
-        .filter_map(|(_, label)| {
-            let runs: Vec<&RunData> =
-                sweep.runs.iter().filter(|run| run.model == model && run.strategy_label == label).collect();
-            let strategy_label = runs.first()?.strategy_label.as_str();
-            Some(Group { model, strategy_label, runs })
-        })
-        .collect()
 }
 
 /// Trailing moving average over `window` points (fewer at the start).
@@ -118,17 +102,17 @@ pub fn window_band(points: &[(u64, f64)], window: usize) -> Vec<BandPoint> {
 }
 
 /// Smoothed training loss, mean over the group's runs with their min..max as band.
-pub fn loss_band(group: &Group) -> Vec<BandPoint> {
+pub fn loss_band(group: &RunGroup) -> Vec<BandPoint> {
     let per_run: Vec<Vec<(u64, f64)>> =
-        group.runs.iter().map(|run| moving_average(&run.losses, LOSS_SMOOTHING_WINDOW)).collect();
+        group.run_data().map(|run| moving_average(&run.losses, LOSS_SMOOTHING_WINDOW)).collect();
     band_over_seeds(&per_run)
 }
 
 /// `feature_l2` of the last decoder block (the one consuming LSC 1), mean over the group's runs,
 /// with its sliding-window oscillation band; empty when no run recorded it.
-pub fn outer_feature_norm_band(group: &Group) -> Vec<BandPoint> {
+pub fn outer_feature_norm_band(group: &RunGroup) -> Vec<BandPoint> {
     let per_run: Vec<Vec<(u64, f64)>> =
-        group.runs.iter().filter_map(|run| per_lsc_series(&run.diagnostics, Quantity::FeatureL2).remove(&1)).collect();
+        group.run_data().filter_map(|run| per_lsc_series(&run.diagnostics, Quantity::FeatureL2).remove(&1)).collect();
     let seed_mean: Vec<(u64, f64)> =
         band_over_seeds(&per_run).into_iter().map(|point| (point.step, point.mean)).collect();
     window_band(&seed_mean, OSCILLATION_WINDOW)
@@ -156,10 +140,9 @@ impl LscGrid {
     }
 }
 
-pub fn lsc_grid(group: &Group, quantity: LscQuantity) -> LscGrid {
+pub fn lsc_grid(group: &RunGroup, quantity: LscQuantity) -> LscGrid {
     let per_run: Vec<BTreeMap<u32, Vec<(u64, f64)>>> = group
-        .runs
-        .iter()
+        .run_data()
         .map(|run| match quantity {
             LscQuantity::FeatureNorm => per_lsc_series(&run.diagnostics, Quantity::FeatureL2),
             LscQuantity::GradientNorm => decoder_gradient_series(&run.diagnostics),
@@ -176,17 +159,17 @@ pub fn lsc_grid(group: &Group, quantity: LscQuantity) -> LscGrid {
 
 /// The learned coefficients (LS gate means, learned scalars) per LSC against step, mean over the
 /// group's runs; empty for other groups.
-pub fn gate_curves(group: &Group) -> BTreeMap<u32, Vec<(u64, f64)>> {
-    match group.runs.first().and_then(|run| run.strategy.learned_quantity()) {
+pub fn gate_curves(group: &RunGroup) -> BTreeMap<u32, Vec<(u64, f64)>> {
+    match group.strategy.learned_quantity() {
         Some(quantity) => lsc_curves(group, quantity),
         None => BTreeMap::new(),
     }
 }
 
 /// A per-LSC diagnostics quantity against step, mean over the group's runs.
-pub fn lsc_curves(group: &Group, quantity: Quantity) -> BTreeMap<u32, Vec<(u64, f64)>> {
+pub fn lsc_curves(group: &RunGroup, quantity: Quantity) -> BTreeMap<u32, Vec<(u64, f64)>> {
     let per_run: Vec<BTreeMap<u32, Vec<(u64, f64)>>> =
-        group.runs.iter().map(|run| per_lsc_series(&run.diagnostics, quantity)).collect();
+        group.run_data().map(|run| per_lsc_series(&run.diagnostics, quantity)).collect();
     mean_per_lsc(&per_run)
 }
 
@@ -228,13 +211,13 @@ pub const DECAY_KAPPA_MAX: f64 = 0.9;
 
 /// `None` for a group without learned coefficients (not LS or learned-scalar, or diagnostics not
 /// recorded).
-pub fn gate_fit(group: &Group) -> Option<GateFit> {
-    let strategy = group.runs.first()?.strategy;
+pub fn gate_fit(group: &RunGroup) -> Option<GateFit> {
+    let strategy = group.strategy;
     let quantity = strategy.learned_quantity()?;
     // Per LSC, per run: (first, last) value.
     let mut ends: BTreeMap<u32, Vec<(f64, f64)>> = BTreeMap::new();
     let mut per_run_kappa = Vec::new();
-    for run in &group.runs {
+    for run in group.run_data() {
         let series = per_lsc_series(&run.diagnostics, quantity);
         let mut last_of_run = Vec::new();
         for (lsc, points) in &series {

@@ -8,7 +8,18 @@ use scalelong_analysis::run_rules::{
     zero_predictor_loss,
 };
 
-use crate::sweep_data::RunData;
+use crate::sweep_data::{RunData, SweepData};
+
+/// A run with its assessment.
+pub struct Judged<'a> {
+    pub run: &'a RunData,
+    pub assessment: Assessment,
+}
+
+/// Every run judged, in sweep order.
+pub fn judge(sweep: &SweepData) -> Vec<Judged<'_>> {
+    sweep.runs.iter().map(|run| Judged { run, assessment: assess(run) }).collect()
+}
 
 /// One run judged.
 pub struct Assessment {

@@ -1,51 +1,25 @@
-//! The strategies against each other, with honest uncertainty: per cell (model, strategy and every
-//! other setting but the seed) the mean final held-out loss with a 95% Student t interval over its
-//! trained seeds; per strategy against strategy `1` the paired comparisons over every seed both
-//! finished (runs with one seed share their initialisation of shared parts, data order, noise and
-//! held-out batch, so pairing removes what seeds change alike). A collapsed or diverged run is an
-//! outcome, never a row to drop: it counts as a failure, ends at the zero predictor's loss, and
-//! reaches no speed target. Each measure is tested exactly over the seed pairs
-//! (scalelong_analysis::paired) with Holm's correction across the strategies compared with `1`.
+//! The strategies against strategy `1`, with honest uncertainty: each cell of the design (model,
+//! strategy and every other setting but the seed, a [`RunGroup::per_cell`]) paired with strategy
+//! 1's cell over every seed both finished (runs with one seed share their initialisation of shared
+//! parts, data order, noise and held-out batch, so pairing removes what seeds change alike). A
+//! collapsed or diverged run is an outcome, never a row to drop: it counts as a failure, ends at the
+//! zero predictor's loss, and reaches no speed target. Each measure is tested exactly over the seed
+//! pairs (scalelong_analysis::paired) with Holm's correction across the strategies compared with
+//! `1`.
 
 use std::collections::BTreeMap;
 
-use scalelong_analysis::inference::{Interval, LEVEL, mean_interval};
+use scalelong_analysis::inference::{Interval, LEVEL};
 use scalelong_analysis::paired::{
     PairedCounts, holm_adjust, log_ratios, mcnemar_exact_p_value, paired_proportion_interval, sign_flip_p_value,
     sign_flip_ratio_interval,
 };
-use scalelong_analysis::verdict::{ClaimedEffect, claimed_magnitude_excluded};
+use scalelong_analysis::verdict::{ClaimedEffect, Verdict, claimed_magnitude_excluded};
 use scalelong_schema::{AnalysisPlan, SkipScaling};
 
-use crate::assess::{Assessment, steps_to_reach};
-use crate::sweep_data::{RunData, SweepData};
+use crate::assess::{Judged, steps_to_reach};
+use crate::run_group::RunGroup;
 use scalelong_analysis::run_rules::RunOutcome;
-
-/// A run with its assessment.
-pub struct Judged<'a> {
-    pub run: &'a RunData,
-    pub assessment: Assessment,
-}
-
-/// The runs of one model and strategy at one setting of the other axes, over their seeds.
-pub struct Cell<'a> {
-    pub model: String,
-    pub strategy: SkipScaling,
-    pub strategy_label: String,
-    /// The axes other than strategy and seed, as `key=value` text (empty for none).
-    pub setting: String,
-    pub runs: Vec<&'a Judged<'a>>,
-    /// Mean final held-out loss of the trained runs, with its interval (`None` under 2 seeds).
-    pub final_loss: Option<Interval>,
-    /// Mean FD of the trained runs that have one, with its interval.
-    pub fd: Option<Interval>,
-}
-
-impl Cell<'_> {
-    pub fn count(&self, status: RunOutcome) -> usize {
-        self.runs.iter().filter(|judged| judged.assessment.status == status).count()
-    }
-}
 
 /// The smallest effects of interest at this scale (docs/experiment-design.md): what a user would
 /// act on, fixed before the runs.
@@ -93,16 +67,6 @@ impl Measure {
     }
 }
 
-/// Whether a test established a direction, after Holm's correction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// The interval lies on the side of the effect of interest.
-    Claimed,
-    /// The interval lies on the other side.
-    Opposite,
-    NotEstablished,
-}
-
 /// One measure of one strategy against strategy `1`, over the seed pairs.
 #[derive(Debug, Clone)]
 pub struct Reading {
@@ -120,15 +84,17 @@ pub struct Reading {
 }
 
 impl Reading {
-    /// The direction after Holm's correction, read from the estimate's side of no effect.
-    pub fn direction(&self) -> Direction {
-        let (Some(p), Some(interval)) = (self.p_holm, &self.interval) else { return Direction::NotEstablished };
+    /// The direction Holm's correction establishes, read from the estimate's side of no effect:
+    /// held on the side of the effect of interest, did not hold on the other, inconclusive when
+    /// the adjusted p is not below 5%.
+    pub fn direction(&self) -> Verdict {
+        let (Some(p), Some(interval)) = (self.p_holm, &self.interval) else { return Verdict::Inconclusive };
         if p >= 1.0 - LEVEL {
-            return Direction::NotEstablished;
+            return Verdict::Inconclusive;
         }
         let effect = self.measure.effect();
         let toward_claimed = (interval.estimate - effect.null) * (effect.claimed - effect.null) > 0.0;
-        if toward_claimed { Direction::Claimed } else { Direction::Opposite }
+        if toward_claimed { Verdict::Held } else { Verdict::DidNotHold }
     }
 
     /// Whether the interval lies entirely short of the effect of interest.
@@ -153,54 +119,16 @@ pub struct Comparison {
     pub has_curves: bool,
 }
 
-/// Every run judged, in sweep order.
-pub fn judge(sweep: &SweepData) -> Vec<Judged<'_>> {
-    sweep.runs.iter().map(|run| Judged { run, assessment: crate::assess::assess(run) }).collect()
-}
-
-/// The cells of the sweep, by model, setting and strategy (in [`SkipScaling::rank`] order).
-pub fn cells<'a>(judged: &'a [Judged<'a>]) -> Vec<Cell<'a>> {
-    // (model, setting, strategy rank, strategy label): cells sort by model, then setting, then strategy.
-    type CellKey = (String, String, (u8, u64), String);
-    let mut groups: BTreeMap<CellKey, Vec<&Judged>> = BTreeMap::new();
-    for j in judged {
-        let (rank, kappa) = j.run.strategy.rank();
-        let key = (j.run.model.clone(), j.run.setting.clone(), (rank, kappa.to_bits()), j.run.strategy_label.clone());
-        groups.entry(key).or_default().push(j);
-    }
-    groups
-        .into_iter()
-        .map(|((model, setting, _, strategy_label), runs)| {
-            let trained: Vec<&&Judged> = runs.iter().filter(|j| j.assessment.status == RunOutcome::Trained).collect();
-            let losses: Vec<f64> = trained.iter().filter_map(|j| j.assessment.final_heldout).collect();
-            let fds: Vec<f64> = trained
-                .iter()
-                .filter_map(|j| j.run.last_eval.as_ref().and_then(|line| line.fd))
-                .filter(|fd| fd.is_finite())
-                .collect();
-            Cell {
-                model,
-                strategy: runs[0].run.strategy,
-                strategy_label,
-                setting,
-                final_loss: mean_interval(&losses, LEVEL),
-                fd: mean_interval(&fds, LEVEL),
-                runs,
-            }
-        })
-        .collect()
-}
-
-/// Every non-`1` strategy against strategy `1` in the same model and setting, with Holm's correction
-/// over the strategies of one model and setting, measure by measure.
-pub fn comparisons(cells: &[Cell], analysis: &AnalysisPlan) -> Vec<Comparison> {
-    let baseline = |model: &str, setting: &str| {
-        cells.iter().find(|c| c.model == model && c.setting == setting && c.strategy == SkipScaling::Original)
+/// Every non-`1` strategy against strategy `1` in the same model and setting (`cells`: groups per
+/// cell), with Holm's correction over the strategies of one model and setting, measure by measure.
+pub fn comparisons(cells: &[RunGroup], analysis: &AnalysisPlan) -> Vec<Comparison> {
+    let baseline = |cell: &RunGroup| {
+        cells.iter().find(|c| c.model == cell.model && c.setting == cell.setting && c.strategy == SkipScaling::Original)
     };
     let mut comparisons: Vec<Comparison> = cells
         .iter()
         .filter(|cell| cell.strategy != SkipScaling::Original)
-        .filter_map(|cell| Some(compare(baseline(&cell.model, &cell.setting)?, cell, &analysis.speed_targets)))
+        .filter_map(|cell| Some(compare(baseline(cell)?, cell, &analysis.speed_targets)))
         .collect();
     let families: Vec<(String, String)> = comparisons
         .iter()
@@ -222,12 +150,12 @@ pub fn comparisons(cells: &[Cell], analysis: &AnalysisPlan) -> Vec<Comparison> {
     comparisons
 }
 
-fn by_seed<'c>(cell: &'c Cell) -> BTreeMap<u64, &'c Judged<'c>> {
+fn by_seed<'c>(cell: &'c RunGroup) -> BTreeMap<u64, &'c Judged<'c>> {
     cell.runs.iter().map(|j| (j.run.seed, *j)).collect()
 }
 
 /// A finished run as the paired readings see it.
-struct Outcome {
+struct FinishedRun {
     failed: bool,
     /// The final held-out loss, at the zero predictor's for a failed run (a collapsed run's own
     /// loss can lie a little below it; a diverged one has none).
@@ -238,7 +166,7 @@ struct Outcome {
     end: u64,
 }
 
-impl Outcome {
+impl FinishedRun {
     fn of(judged: &Judged) -> Option<Self> {
         let assessment = &judged.assessment;
         let failed = match assessment.status {
@@ -278,12 +206,12 @@ impl Outcome {
     }
 }
 
-fn compare(baseline: &Cell, cell: &Cell, speed_targets: &[f64]) -> Comparison {
+fn compare(baseline: &RunGroup, cell: &RunGroup, speed_targets: &[f64]) -> Comparison {
     let (base, other) = (by_seed(baseline), by_seed(cell));
     let (mut seeds, mut unfinished_seeds, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
     for (seed, b) in &base {
         let Some(o) = other.get(seed) else { continue };
-        match (Outcome::of(b), Outcome::of(o)) {
+        match (FinishedRun::of(b), FinishedRun::of(o)) {
             (Some(b), Some(o)) => {
                 seeds.push(*seed);
                 pairs.push((*seed, b, o));
@@ -294,9 +222,9 @@ fn compare(baseline: &Cell, cell: &Cell, speed_targets: &[f64]) -> Comparison {
     let has_curves = [baseline, cell].iter().flat_map(|c| &c.runs).any(|j| j.assessment.heldout_curve.len() >= 2);
     let (failures, readings) = paired_readings(&pairs, speed_targets, has_curves);
     Comparison {
-        model: cell.model.clone(),
-        strategy_label: cell.strategy_label.clone(),
-        setting: cell.setting.clone(),
+        model: cell.model.to_string(),
+        strategy_label: cell.strategy_label.to_string(),
+        setting: cell.setting.unwrap_or_default().to_string(),
         seeds,
         unfinished_seeds,
         failures,
@@ -309,7 +237,7 @@ fn compare(baseline: &Cell, cell: &Cell, speed_targets: &[f64]) -> Comparison {
 /// correction: failures and final loss always; with held-out curves, the steps to each target and
 /// the curve's geometric mean.
 fn paired_readings(
-    pairs: &[(u64, Outcome, Outcome)],
+    pairs: &[(u64, FinishedRun, FinishedRun)],
     speed_targets: &[f64],
     has_curves: bool,
 ) -> (PairedCounts, Vec<Reading>) {
@@ -333,7 +261,7 @@ fn paired_readings(
             .collect(),
         censored: 0,
     }];
-    let ratio_reading = |measure: Measure, values: &dyn Fn(&Outcome) -> Option<f64>, invert: bool| {
+    let ratio_reading = |measure: Measure, values: &dyn Fn(&FinishedRun) -> Option<f64>, invert: bool| {
         let kept: Vec<(u64, f64, f64)> =
             pairs.iter().filter_map(|(seed, b, o)| Some((*seed, values(b)?, values(o)?))).collect();
         let (numerator, denominator): (Vec<f64>, Vec<f64>) =
@@ -352,15 +280,15 @@ fn paired_readings(
             censored: 0,
         }
     };
-    readings.push(ratio_reading(Measure::FinalLoss, &|run: &Outcome| Some(run.final_loss), false));
+    readings.push(ratio_reading(Measure::FinalLoss, &|run: &FinishedRun| Some(run.final_loss), false));
     if has_curves {
         for &target in speed_targets {
             let mut reading =
-                ratio_reading(Measure::StepsTo { target }, &|run: &Outcome| Some(run.steps_to(target).0), true);
+                ratio_reading(Measure::StepsTo { target }, &|run: &FinishedRun| Some(run.steps_to(target).0), true);
             reading.censored = pairs.iter().filter(|(_, b, o)| b.steps_to(target).1 || o.steps_to(target).1).count();
             readings.push(reading);
         }
-        readings.push(ratio_reading(Measure::CurveArea, &|run: &Outcome| run.curve_geometric_mean(), false));
+        readings.push(ratio_reading(Measure::CurveArea, &|run: &FinishedRun| run.curve_geometric_mean(), false));
     }
     (failures, readings)
 }
@@ -380,13 +308,13 @@ mod tests {
         (1..=END / EVERY).map(|k| k * EVERY).map(|s| (s, 0.08 + 0.92 * (-(s as f64) / scale).exp())).collect()
     }
 
-    fn trained(scale: f64) -> Outcome {
+    fn trained(scale: f64) -> FinishedRun {
         let curve = curve(scale);
-        Outcome { failed: false, final_loss: curve.last().unwrap().1, curve, end: END }
+        FinishedRun { failed: false, final_loss: curve.last().unwrap().1, curve, end: END }
     }
 
-    fn collapsed() -> Outcome {
-        Outcome {
+    fn collapsed() -> FinishedRun {
+        FinishedRun {
             failed: true,
             final_loss: 1.0,
             curve: (1..=END / EVERY).map(|k| (k * EVERY, 0.99)).collect(),
@@ -405,7 +333,7 @@ mod tests {
             draw = (draw + 0.618_033_988_75).fract();
             (noise * (draw - 0.5) * 12f64.sqrt()).exp()
         };
-        let pairs: Vec<(u64, Outcome, Outcome)> = (0..SEEDS)
+        let pairs: Vec<(u64, FinishedRun, FinishedRun)> = (0..SEEDS)
             .map(|seed| {
                 let scale = 90.0 * (1.0 + 0.1 * seed as f64);
                 (seed, trained(scale * jitter()), trained(scale / speed * jitter()))
@@ -426,7 +354,7 @@ mod tests {
         for target in TARGETS {
             let reading = speed(&readings, target);
             let interval = reading.interval.unwrap();
-            assert_eq!(reading.direction(), Direction::Claimed, "{interval:?}");
+            assert_eq!(reading.direction(), Verdict::Held, "{interval:?}");
             assert_eq!(reading.size_excluded(), Some(false), "{interval:?}");
             assert!(interval.contains(1.5), "{interval:?}");
             assert_eq!(reading.censored, 0);
@@ -439,7 +367,7 @@ mod tests {
         for target in TARGETS {
             let reading = speed(&readings, target);
             let interval = reading.interval.unwrap();
-            assert_eq!(reading.direction(), Direction::NotEstablished, "{interval:?}");
+            assert_eq!(reading.direction(), Verdict::Inconclusive, "{interval:?}");
             assert_eq!(reading.size_excluded(), Some(true), "1.2x (and so 1.5x) excluded: {interval:?}");
             assert!(interval.high < 1.5);
         }
@@ -451,7 +379,7 @@ mod tests {
         for target in TARGETS {
             let reading = speed(&readings, target);
             let interval = reading.interval.unwrap();
-            assert_eq!(reading.direction(), Direction::NotEstablished, "{interval:?}");
+            assert_eq!(reading.direction(), Verdict::Inconclusive, "{interval:?}");
             assert_eq!(reading.size_excluded(), Some(false), "{interval:?}");
         }
     }
@@ -459,7 +387,7 @@ mod tests {
     #[test]
     fn planted_collapses_are_kept_and_establish_the_direction() {
         // Strategy 1 collapses on 6 of 8 seeds, the other on none.
-        let pairs: Vec<(u64, Outcome, Outcome)> = (0..SEEDS)
+        let pairs: Vec<(u64, FinishedRun, FinishedRun)> = (0..SEEDS)
             .map(|seed| (seed, if seed < 6 { collapsed() } else { trained(100.0) }, trained(100.0)))
             .collect();
         let (counts, mut readings) = paired_readings(&pairs, &TARGETS, true);
@@ -468,12 +396,12 @@ mod tests {
         let failures = &readings[0];
         assert_eq!(failures.measure, Measure::Failures);
         assert!((failures.p_value.unwrap() - 2.0 / 64.0).abs() < 1e-12);
-        assert_eq!(failures.direction(), Direction::Claimed);
+        assert_eq!(failures.direction(), Verdict::Held);
         // Every pair stays in the other measures: the collapsed runs end at the zero predictor's loss
         // and never reach a target (censored at the last step).
         let final_loss = readings.iter().find(|r| r.measure == Measure::FinalLoss).unwrap();
         assert_eq!(final_loss.per_seed.len(), 8);
-        assert_eq!(final_loss.direction(), Direction::Claimed);
+        assert_eq!(final_loss.direction(), Verdict::Held);
         let reading = speed(&readings, TARGETS[0]);
         assert_eq!((reading.per_seed.len(), reading.censored), (8, 6));
         // Holm across three strategies with this count would need p < 0.05 / 3: 2/64 is not.
@@ -483,18 +411,19 @@ mod tests {
 
     #[test]
     fn no_failures_on_either_side_reads_not_established_without_excluding_two_in_eight() {
-        let pairs: Vec<(u64, Outcome, Outcome)> =
+        let pairs: Vec<(u64, FinishedRun, FinishedRun)> =
             (0..SEEDS).map(|seed| (seed, trained(100.0), trained(100.0))).collect();
         let (_, mut readings) = paired_readings(&pairs, &[], false);
         readings.iter_mut().for_each(|reading| reading.p_holm = reading.p_value);
         assert_eq!(readings.len(), 2, "no curves, no speed readings");
-        assert_eq!(readings[0].direction(), Direction::NotEstablished);
+        assert_eq!(readings[0].direction(), Verdict::Inconclusive);
         assert_eq!(readings[0].size_excluded(), Some(false), "8 seeds cannot exclude 2 fewer failures");
     }
 
     #[test]
     fn a_diverged_run_is_continued_at_the_zero_predictor_to_its_end() {
-        let run = Outcome { failed: true, final_loss: 1.0, curve: vec![(25, 0.9), (50, 0.95), (400, 1.0)], end: 400 };
+        let run =
+            FinishedRun { failed: true, final_loss: 1.0, curve: vec![(25, 0.9), (50, 0.95), (400, 1.0)], end: 400 };
         assert_eq!(run.steps_to(0.5), (400.0, true));
         assert_eq!(trained(100.0).steps_to(2.0), (25.0, false), "already there at the first evaluation");
         let mean = trained(100.0).curve_geometric_mean().unwrap();

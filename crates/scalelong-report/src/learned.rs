@@ -1,27 +1,26 @@
-//! Claim (e), whether a learned skip profile decays with the LSC index, for every learned profile
-//! a sweep has (LS gates, one module shared by all LSCs or one per LSC; learned scalars), and what
-//! the LS gates see: each LSC's pooled gate input at the last record, which says whether a gate
-//! shared by all LSCs could give them different coefficients at all (docs/method.md §3.4).
+//! The reading behind claim (e), whether a learned skip profile decays with the LSC index, for
+//! every learned profile a sweep has (LS gates, one module shared by all LSCs or one per LSC;
+//! learned scalars), and what the LS gates see: each LSC's pooled gate input at the last record,
+//! which says whether a gate shared by all LSCs could give them different coefficients at all
+//! (docs/method.md §3.4). Its claim rows, tables and figures are in
+//! `sections/learned_coefficients.rs`.
 
 use std::collections::BTreeMap;
 
-use polars::prelude::*;
 use scalelong_analysis::stats::mean;
-use scalelong_analysis::verdict::{ClaimedEffect, claimed_magnitude_excluded, verdict};
+use scalelong_analysis::verdict::{ClaimedEffect, Verdict, claimed_magnitude_excluded, verdict};
 use scalelong_schema::{GateInput, Quantity, Record, SkipScaling};
 
-use crate::analysis::{DECAY_KAPPA_MAX, GateFit, groups_of_model, models};
-use crate::claims::{Claim, Outcome, interval_text, not_measured};
+use crate::analysis::{DECAY_KAPPA_MAX, GateFit};
 use crate::format_number;
-use crate::html::Cell;
-use crate::sweep_data::SweepData;
+use crate::run_group::RunGroup;
 
 /// What claim (e) tests on a profile's per-run `kappa_hat`: below 1 (a decay), of interest at
 /// most [`DECAY_KAPPA_MAX`].
 const DECAY: ClaimedEffect = ClaimedEffect { null: 1.0, claimed: DECAY_KAPPA_MAX };
 
 /// What the learned coefficients of a strategy are called: `gates` for LS, `learned scalars`.
-fn subject(strategy: SkipScaling) -> &'static str {
+pub fn learned_subject(strategy: SkipScaling) -> &'static str {
     if matches!(strategy, SkipScaling::Learnable { .. }) { "gates" } else { "learned scalars" }
 }
 
@@ -30,7 +29,7 @@ fn subject(strategy: SkipScaling) -> &'static str {
 pub struct DecayReading {
     /// Held when the interval lies below 1 (a decay is established), the profile moved from its
     /// start, and a learned scalar started at CS's profile ends decaying more steeply than it.
-    pub outcome: Outcome,
+    pub verdict: Verdict,
     /// Whether the interval lies wholly above [`DECAY_KAPPA_MAX`]: a decay of interest excluded.
     pub decay_of_interest_excluded: bool,
     /// Why the verdict is not the interval's alone, when it is not.
@@ -41,10 +40,10 @@ pub struct DecayReading {
 pub fn decay_reading(profile: &GateFit) -> Option<DecayReading> {
     let interval = profile.kappa.as_ref()?;
     let decay_of_interest_excluded = claimed_magnitude_excluded(interval, &DECAY);
-    let subject = subject(profile.strategy);
+    let subject = learned_subject(profile.strategy);
     if !profile.any_moved() {
         return Some(DecayReading {
-            outcome: Outcome::Inconclusive,
+            verdict: Verdict::Inconclusive,
             decay_of_interest_excluded,
             note: format!(
                 "no LSC's {subject} moved from their start by more than their seed-to-seed spread: the fit describes \
@@ -52,13 +51,13 @@ pub fn decay_reading(profile: &GateFit) -> Option<DecayReading> {
             ),
         });
     }
-    let outcome = Outcome::from(verdict(interval, &DECAY));
+    let decay = verdict(interval, &DECAY);
     // A learned scalar starts at CS's kappa^(i-1) (LS gates start near 0.5 on every LSC): a decay at
     // the end is learned only where it is steeper than that start.
     match profile.strategy {
-        SkipScaling::LearnedScalar { kappa } if kappa < 1.0 && outcome == Outcome::Held && interval.high >= kappa => {
+        SkipScaling::LearnedScalar { kappa } if kappa < 1.0 && decay == Verdict::Held && interval.high >= kappa => {
             Some(DecayReading {
-                outcome: Outcome::Inconclusive,
+                verdict: Verdict::Inconclusive,
                 decay_of_interest_excluded,
                 note: format!(
                     "the {subject} started at kappa^(i-1) with kappa {}: the decay at the end is not steeper than \
@@ -67,42 +66,7 @@ pub fn decay_reading(profile: &GateFit) -> Option<DecayReading> {
                 ),
             })
         }
-        _ => Some(DecayReading { outcome, decay_of_interest_excluded, note: String::new() }),
-    }
-}
-
-/// (e) One learned profile (LS gates, shared or not, or learned scalars) decays roughly
-/// exponentially with the LSC index, as the paper reports of its LS gates.
-pub fn decay_claim(profile: &GateFit) -> Claim {
-    let subject = subject(profile.strategy);
-    let name = format!("(e) {} {subject} decay with the LSC index on {}", profile.strategy_label, profile.model);
-    let claimed = format!(
-        "each run's final {subject} fitted as a * kappa_hat^(i-1) give kappa_hat < 1 (of interest: at most {})",
-        format_number(DECAY_KAPPA_MAX)
-    );
-    let rests_on = format!("{} {} runs", profile.runs, profile.strategy_label);
-    let (Some(interval), Some(reading)) = (&profile.kappa, decay_reading(profile)) else {
-        return Claim {
-            claimed,
-            rests_on,
-            ..not_measured(&name, "a kappa_hat interval needs 2 runs with learned coefficients on LSCs 1..N")
-        };
-    };
-    let pooled = profile.fit.map_or(String::new(), |fit| {
-        format!(" (fit of the means over runs: a {}, R^2 {})", format_number(fit.a), format_number(fit.r2))
-    });
-    let size = if reading.decay_of_interest_excluded { "excluded" } else { "not excluded" };
-    Claim {
-        claimed,
-        outcome: reading.outcome,
-        effect: format!(
-            "kappa_hat {}{pooled}; a decay to {} or less {size}",
-            interval_text(interval, ""),
-            format_number(DECAY_KAPPA_MAX)
-        ),
-        rests_on,
-        note: reading.note,
-        ..not_measured(&name, "")
+        _ => Some(DecayReading { verdict: decay, decay_of_interest_excluded, note: String::new() }),
     }
 }
 
@@ -132,49 +96,47 @@ impl LscGateInput {
     }
 }
 
-/// One profile per model and LS strategy whose runs recorded their gates' inputs.
-pub fn gate_input_profiles(sweep: &SweepData) -> Vec<GateInputProfile> {
+/// One profile per model and LS strategy whose runs recorded their gates' inputs (`groups`: per
+/// model and strategy).
+pub fn gate_input_profiles(groups: &[RunGroup]) -> Vec<GateInputProfile> {
     let mut profiles = Vec::new();
-    for model in models(sweep) {
-        for group in groups_of_model(sweep, model) {
-            let runs: Vec<&[Record]> = group
-                .runs
-                .iter()
-                .map(|run| run.diagnostics.as_slice())
-                .filter(|records| records.iter().any(|record| record.quantity == GateInput::Rms.quantity()))
-                .collect();
-            if runs.is_empty() {
-                continue;
-            }
-            let mean_over_runs = |quantity: Quantity| -> BTreeMap<u32, f64> {
-                let mut values: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-                for records in &runs {
-                    for (lsc, value) in last_per_lsc(records, quantity) {
-                        values.entry(lsc).or_default().push(value);
-                    }
-                }
-                values.into_iter().filter_map(|(lsc, v)| Some((lsc, mean(&v)?))).collect()
-            };
-            let gate_means = mean_over_runs(Quantity::GateMean);
-            let gate_sds = mean_over_runs(Quantity::GateStd);
-            let inputs: Vec<BTreeMap<u32, f64>> =
-                GateInput::ALL.iter().map(|input| mean_over_runs(input.quantity())).collect();
-            let lscs = inputs[GateInput::Rms as usize]
-                .keys()
-                .map(|&lsc| LscGateInput {
-                    lsc,
-                    gate_mean: gate_means.get(&lsc).copied(),
-                    gate_sd: gate_sds.get(&lsc).copied(),
-                    inputs: std::array::from_fn(|index| inputs[index].get(&lsc).copied()),
-                })
-                .collect();
-            profiles.push(GateInputProfile {
-                model: model.to_string(),
-                strategy_label: group.strategy_label.to_string(),
-                runs: runs.len(),
-                lscs,
-            });
+    for group in groups {
+        let runs: Vec<&[Record]> = group
+            .run_data()
+            .map(|run| run.diagnostics.as_slice())
+            .filter(|records| records.iter().any(|record| record.quantity == GateInput::Rms.quantity()))
+            .collect();
+        if runs.is_empty() {
+            continue;
         }
+        let mean_over_runs = |quantity: Quantity| -> BTreeMap<u32, f64> {
+            let mut values: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+            for records in &runs {
+                for (lsc, value) in last_per_lsc(records, quantity) {
+                    values.entry(lsc).or_default().push(value);
+                }
+            }
+            values.into_iter().filter_map(|(lsc, v)| Some((lsc, mean(&v)?))).collect()
+        };
+        let gate_means = mean_over_runs(Quantity::GateMean);
+        let gate_sds = mean_over_runs(Quantity::GateStd);
+        let inputs: Vec<BTreeMap<u32, f64>> =
+            GateInput::ALL.iter().map(|input| mean_over_runs(input.quantity())).collect();
+        let lscs = inputs[GateInput::Rms as usize]
+            .keys()
+            .map(|&lsc| LscGateInput {
+                lsc,
+                gate_mean: gate_means.get(&lsc).copied(),
+                gate_sd: gate_sds.get(&lsc).copied(),
+                inputs: std::array::from_fn(|index| inputs[index].get(&lsc).copied()),
+            })
+            .collect();
+        profiles.push(GateInputProfile {
+            model: group.model.to_string(),
+            strategy_label: group.strategy_label.to_string(),
+            runs: runs.len(),
+            lscs,
+        });
     }
     profiles
 }
@@ -283,71 +245,6 @@ pub fn separation_text(profile: &GateInputProfile) -> String {
     format!("{measured} {reading}{response}")
 }
 
-pub const GATE_INPUT_HEADERS: [&str; 11] = [
-    "model",
-    "strategy",
-    "LSC i",
-    "final gate mean",
-    "gate sd (tokens, samples)",
-    "input mean",
-    "input RMS",
-    "input sd over positions",
-    "input sd over samples",
-    "cosine to LSC 1's",
-    "distance to LSC 1's / LSC 1's sd over samples",
-];
-
-/// One row per LSC of each profile, in [`GATE_INPUT_HEADERS`] order.
-pub fn gate_input_cells(profiles: &[GateInputProfile]) -> Vec<Vec<Cell>> {
-    profiles
-        .iter()
-        .flat_map(|profile| {
-            let spread = profile.lscs.iter().find(|lsc| lsc.lsc == 1).and_then(|lsc| lsc.input(GateInput::SampleSd));
-            profile.lscs.iter().map(move |lsc| {
-                let distance = lsc.input(GateInput::DistanceToLsc1).zip(spread).map(|(d, s)| d / s);
-                vec![
-                    Cell::Text(profile.model.clone()),
-                    Cell::Text(profile.strategy_label.clone()),
-                    Cell::Number(Some(f64::from(lsc.lsc))),
-                    Cell::Number(lsc.gate_mean),
-                    Cell::Number(lsc.gate_sd),
-                    Cell::Number(lsc.input(GateInput::Mean)),
-                    Cell::Number(lsc.input(GateInput::Rms)),
-                    Cell::Number(lsc.input(GateInput::PositionSd)),
-                    Cell::Number(lsc.input(GateInput::SampleSd)),
-                    Cell::Number(lsc.input(GateInput::CosineToLsc1)),
-                    Cell::Number(distance),
-                ]
-            })
-        })
-        .collect()
-}
-
-/// The table behind [`gate_input_cells`], one row per model, strategy and LSC, the summaries under
-/// their diagnostics names.
-pub fn gate_inputs_frame(profiles: &[GateInputProfile]) -> PolarsResult<DataFrame> {
-    let rows: Vec<(&GateInputProfile, &LscGateInput)> =
-        profiles.iter().flat_map(|profile| profile.lscs.iter().map(move |lsc| (profile, lsc))).collect();
-    let mut columns = vec![
-        Column::new("model".into(), rows.iter().map(|(profile, _)| profile.model.as_str()).collect::<Vec<_>>()),
-        Column::new(
-            "strategy".into(),
-            rows.iter().map(|(profile, _)| profile.strategy_label.as_str()).collect::<Vec<_>>(),
-        ),
-        Column::new("runs".into(), rows.iter().map(|(profile, _)| profile.runs as u32).collect::<Vec<_>>()),
-        Column::new("lsc".into(), rows.iter().map(|(_, lsc)| lsc.lsc).collect::<Vec<_>>()),
-        Column::new(Quantity::GateMean.name().into(), rows.iter().map(|(_, lsc)| lsc.gate_mean).collect::<Vec<_>>()),
-        Column::new(Quantity::GateStd.name().into(), rows.iter().map(|(_, lsc)| lsc.gate_sd).collect::<Vec<_>>()),
-    ];
-    for input in GateInput::ALL {
-        columns.push(Column::new(
-            input.quantity().name().into(),
-            rows.iter().map(|(_, lsc)| lsc.input(input)).collect::<Vec<_>>(),
-        ));
-    }
-    DataFrame::new_infer_height(columns)
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
@@ -356,6 +253,8 @@ mod tests {
 
     use super::*;
     use crate::analysis::gate_fit;
+    use crate::assess::judge;
+    use crate::sections::learned_coefficients::{decay_claim, gate_input_cells, gate_inputs_frame};
     use crate::sweep_data::read_sweep;
 
     const LSCS: u32 = 8;
@@ -415,11 +314,13 @@ mod tests {
 
     fn fits(sweep_dir: &Path) -> Vec<GateFit> {
         let sweep = read_sweep(sweep_dir).unwrap();
-        models(&sweep)
-            .into_iter()
-            .flat_map(|model| groups_of_model(&sweep, model))
-            .filter_map(|g| gate_fit(&g))
-            .collect()
+        RunGroup::per_strategy(&judge(&sweep)).iter().filter_map(gate_fit).collect()
+    }
+
+    /// The gate-input profiles of the sweep folder `sweep_dir`.
+    fn profiles_of(sweep_dir: &Path) -> Vec<GateInputProfile> {
+        let sweep = read_sweep(sweep_dir).unwrap();
+        gate_input_profiles(&RunGroup::per_strategy(&judge(&sweep)))
     }
 
     fn reading_of<'a>(fits: &'a [GateFit], label: &str) -> (&'a GateFit, DecayReading) {
@@ -460,20 +361,20 @@ mod tests {
         assert!(kappa.low < 0.6 && 0.6 < kappa.high && kappa.high < 0.62, "planted 0.6: {kappa:?}");
         assert_eq!(
             reading,
-            DecayReading { outcome: Outcome::Held, decay_of_interest_excluded: false, note: String::new() }
+            DecayReading { verdict: Verdict::Held, decay_of_interest_excluded: false, note: String::new() }
         );
         assert_eq!(decay_claim(ls).name, "(e) LS gates decay with the LSC index on uvit-small");
 
         for flat in ["LS(non-shared)", "Scalar(1)"] {
             let (fit, reading) = reading_of(&fits, flat);
             assert!(fit.any_moved(), "{flat}");
-            assert_ne!(reading.outcome, Outcome::Held, "{flat}: {:?}", fit.kappa);
+            assert_ne!(reading.verdict, Verdict::Held, "{flat}: {:?}", fit.kappa);
             assert!(reading.decay_of_interest_excluded, "{flat}: a flat profile excludes a decay: {:?}", fit.kappa);
         }
 
         let (inherited, reading) = reading_of(&fits, "Scalar(0.5)");
         assert!(inherited.kappa.unwrap().high < 0.6, "the final profile decays like its start");
-        assert_eq!(reading.outcome, Outcome::Inconclusive);
+        assert_eq!(reading.verdict, Verdict::Inconclusive);
         assert!(reading.note.contains("started at kappa^(i-1) with kappa 0.5"), "{}", reading.note);
         let claim = decay_claim(inherited);
         assert_eq!(claim.name, "(e) Scalar(0.5) learned scalars decay with the LSC index on uvit-small");
@@ -488,7 +389,7 @@ mod tests {
             })];
         let fits = fits(&planted_sweep("unmoved", &strategies, |_, _| Vec::new()));
         let (_, reading) = reading_of(&fits, "LS(non-shared)");
-        assert_eq!(reading.outcome, Outcome::Inconclusive);
+        assert_eq!(reading.verdict, Verdict::Inconclusive);
         assert!(reading.note.starts_with("no LSC's gates moved"), "{}", reading.note);
     }
 
@@ -525,7 +426,7 @@ mod tests {
         let close_inputs = planted_sweep("close", &[(shared, flat)], |_, seed| {
             gate_inputs(seed, |lsc| 0.02 * f64::from(lsc - 1) / f64::from(LSCS))
         });
-        let profiles = gate_input_profiles(&read_sweep(&close_inputs).unwrap());
+        let profiles = profiles_of(&close_inputs);
         assert_eq!(profiles.len(), 1);
         let profile = &profiles[0];
         assert_eq!((profile.runs, profile.lscs.len()), (3, LSCS as usize));
@@ -546,7 +447,7 @@ mod tests {
 
         let far_inputs =
             planted_sweep("far", &[(shared, flat)], |_, seed| gate_inputs(seed, |lsc| 0.3 * f64::from(lsc)));
-        let profiles = gate_input_profiles(&read_sweep(&far_inputs).unwrap());
+        let profiles = profiles_of(&far_inputs);
         assert!(separation_text(&profiles[0]).contains("a shared gate can tell the LSCs apart"));
     }
 }

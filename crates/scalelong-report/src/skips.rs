@@ -16,11 +16,12 @@ use scalelong_analysis::resampling::spearman;
 use scalelong_analysis::stats::mean;
 use scalelong_schema::{EditKind, Quantity, SkipEvalLine, SkipScaling, series};
 
-use crate::compare::Judged;
+use crate::run_group::RunGroup;
 use crate::sweep_data::RunData;
-use scalelong_analysis::run_rules::RunOutcome;
 
-/// Everything this module computes from a sweep.
+/// Everything this module computes from a sweep, from the trained runs of each model and strategy
+/// only (collapsed, diverged and unfinished runs left out: editing a network that learned nothing
+/// says nothing about skips).
 pub struct SkipFindings {
     pub edits: Vec<EditRow>,
     pub importance: Vec<ImportanceProfile>,
@@ -28,35 +29,10 @@ pub struct SkipFindings {
 }
 
 impl SkipFindings {
-    pub fn new(judged: &[Judged]) -> Self {
-        let groups = trained_groups(judged);
-        Self { edits: edit_rows(&groups), importance: importance_profiles(&groups), spectral: spectral_rows(&groups) }
+    /// `groups`: every run of each model and strategy ([`RunGroup::per_strategy`]).
+    pub fn new(groups: &[RunGroup]) -> Self {
+        Self { edits: edit_rows(groups), importance: importance_profiles(groups), spectral: spectral_rows(groups) }
     }
-}
-
-/// The trained runs of one model and strategy, in strategy order.
-pub struct RunGroup<'a> {
-    pub model: String,
-    pub strategy: SkipScaling,
-    pub strategy_label: String,
-    pub runs: Vec<&'a RunData>,
-}
-
-/// Trained runs grouped by model and strategy (collapsed, diverged and unfinished runs left out:
-/// editing a network that learned nothing says nothing about skips).
-pub fn trained_groups<'a>(judged: &'a [Judged<'a>]) -> Vec<RunGroup<'a>> {
-    // (model, strategy rank, strategy label): groups sort by model, then strategy.
-    type GroupKey = (String, (u8, u64), String);
-    let mut groups: BTreeMap<GroupKey, Vec<&RunData>> = BTreeMap::new();
-    for j in judged.iter().filter(|j| j.assessment.status == RunOutcome::Trained) {
-        let (rank, value) = j.run.strategy.rank();
-        let key = (j.run.model.clone(), (rank, value.to_bits()), j.run.strategy_label.clone());
-        groups.entry(key).or_default().push(j.run);
-    }
-    groups
-        .into_iter()
-        .map(|((model, _, strategy_label), runs)| RunGroup { model, strategy: runs[0].strategy, strategy_label, runs })
-        .collect()
 }
 
 /// One sampling-time setting on one model and strategy against the unedited networks.
@@ -83,12 +59,11 @@ pub struct EditRow {
 }
 
 /// Every setting of every group with `skip_eval.jsonl` lines, in the order the runs list them.
-pub fn edit_rows(groups: &[RunGroup]) -> Vec<EditRow> {
+fn edit_rows(groups: &[RunGroup]) -> Vec<EditRow> {
     let mut rows = Vec::new();
     for group in groups {
         let lines: Vec<(&[SkipEvalLine], &SkipEvalLine)> = group
-            .runs
-            .iter()
+            .trained()
             .filter_map(|run| {
                 Some((run.skip_evals.as_slice(), run.skip_evals.iter().find(|l| l.kind == EditKind::Unedited)?))
             })
@@ -110,9 +85,9 @@ pub fn edit_rows(groups: &[RunGroup]) -> Vec<EditRow> {
             let is_reference = template.kind == EditKind::Unedited;
             let bins = template.heldout_loss_bins.len();
             rows.push(EditRow {
-                model: group.model.clone(),
+                model: group.model.to_string(),
                 strategy: group.strategy,
-                strategy_label: group.strategy_label.clone(),
+                strategy_label: group.strategy_label.to_string(),
                 kind: template.kind,
                 setting: template.setting.clone(),
                 lsc: template.lsc,
@@ -154,11 +129,11 @@ pub struct ImportanceProfile {
     pub coefficients: Vec<(u32, f64)>,
 }
 
-pub fn importance_profiles(groups: &[RunGroup]) -> Vec<ImportanceProfile> {
+fn importance_profiles(groups: &[RunGroup]) -> Vec<ImportanceProfile> {
     let mut profiles = Vec::new();
     for group in groups {
-        let mut factors: Vec<f64> = group
-            .runs
+        let runs: Vec<&RunData> = group.trained().collect();
+        let mut factors: Vec<f64> = runs
             .iter()
             .flat_map(|run| &run.skip_evals)
             .filter(|l| l.kind == EditKind::Importance)
@@ -168,8 +143,7 @@ pub fn importance_profiles(groups: &[RunGroup]) -> Vec<ImportanceProfile> {
         factors.dedup();
         for factor in factors {
             // Per run: LSC -> increase over the run's unedited loss.
-            let per_run: Vec<BTreeMap<u32, f64>> = group
-                .runs
+            let per_run: Vec<BTreeMap<u32, f64>> = runs
                 .iter()
                 .filter_map(|run| {
                     let unedited = run.skip_evals.iter().find(|l| l.kind == EditKind::Unedited)?.heldout_loss;
@@ -198,13 +172,13 @@ pub fn importance_profiles(groups: &[RunGroup]) -> Vec<ImportanceProfile> {
                 })
                 .collect();
             profiles.push(ImportanceProfile {
-                model: group.model.clone(),
-                strategy_label: group.strategy_label.clone(),
+                model: group.model.to_string(),
+                strategy_label: group.strategy_label.to_string(),
                 factor,
                 increase,
                 spearman: mean_correlation_interval(&spearman_per_run, LEVEL),
                 spearman_per_run,
-                coefficients: final_coefficients(&group.runs),
+                coefficients: final_coefficients(&runs),
             });
         }
     }
@@ -252,13 +226,12 @@ pub struct SpectralRow {
     pub difference: Option<Interval>,
 }
 
-pub fn spectral_rows(groups: &[RunGroup]) -> Vec<SpectralRow> {
+fn spectral_rows(groups: &[RunGroup]) -> Vec<SpectralRow> {
     groups
         .iter()
         .filter_map(|group| {
             let per_run: Vec<(BTreeMap<u32, f64>, BTreeMap<u32, f64>)> = group
-                .runs
-                .iter()
+                .trained()
                 .map(|run| {
                     (last_per_lsc(run, Quantity::SkipLowFreqShare), last_per_lsc(run, Quantity::MainLowFreqShare))
                 })
@@ -283,8 +256,8 @@ pub fn spectral_rows(groups: &[RunGroup]) -> Vec<SpectralRow> {
                 })
                 .collect();
             Some(SpectralRow {
-                model: group.model.clone(),
-                strategy_label: group.strategy_label.clone(),
+                model: group.model.to_string(),
+                strategy_label: group.strategy_label.to_string(),
                 per_lsc,
                 difference: mean_interval(&difference_per_run, LEVEL),
                 difference_per_run,

@@ -1,37 +1,145 @@
-//! Claims (b)-(d), ScaleLong's bounds, as dose-responses (docs/method.md §4,
+//! "Theorem checks" and claims (b)-(d), ScaleLong's bounds, as dose-responses (docs/method.md §4,
 //! [`scalelong_analysis::theorems`]): at initialisation from the sweep folder's
 //! `dose_response.jsonl` (`scalelong dose-response`: CS over a kappa grid, many seeds), during
 //! training from the sweep's runs with fixed coefficients; their claim rows, a figure of each
-//! quantity against kappa (initialisation) or the bound's factor (training), and their rows as a
-//! table.
+//! quantity against kappa (initialisation) or the bound's factor (training), and their rows as the
+//! `theorem_rows` table.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::Result;
 use polars::prelude::*;
-use scalelong_analysis::dose_response::{ALPHA, PredictedOrdering};
+use scalelong_analysis::dose_response::ALPHA;
 use scalelong_analysis::theorems::{RunRecords, Source, Theorem, TheoremCheck, initialisation_checks, training_checks};
 use scalelong_schema::{DoseResponseLine, read_jsonl};
 
-use crate::claims::{Claim, Outcome};
+use super::{ReportContext, Section};
+use crate::claims::{Claim, Finding};
 use crate::figures::Figure;
 use crate::format_number;
+use crate::page::{Page, TableCell, escape};
 use crate::plot::{PANEL_SIZE, Palette, Scale, ScatterPanel, XySeries, draw_scatter_panel, render, sequential_colour};
 use crate::sweep_data::SweepData;
+use crate::tables::Table;
+
+pub struct TheoremChecks {
+    checks: Vec<BoundCheck>,
+    /// Per check, its figure when it has a value a log axis can show.
+    figures: Vec<Option<Figure>>,
+    /// `None` when no check has rows.
+    rows_table: Option<Table>,
+}
+
+impl TheoremChecks {
+    pub fn build(ctx: &ReportContext) -> Result<Self> {
+        let checks = bound_checks(ctx.sweep, ctx.sweep_dir, ctx.models)?;
+        let figures =
+            checks.iter().enumerate().map(|(index, bound)| figure(index, bound, ctx.palette)).collect::<Result<_>>()?;
+        let rows_table = if checks.iter().any(|bound| !bound.check.rows.is_empty()) {
+            Some(Table { stem: "theorem_rows", frame: rows_frame(&checks)? })
+        } else {
+            None
+        };
+        Ok(Self { checks, figures, rows_table })
+    }
+}
+
+impl Section for TheoremChecks {
+    fn claims(&self) -> Vec<Claim> {
+        claims(&self.checks)
+    }
+
+    fn figures(&self) -> Vec<&Figure> {
+        self.figures.iter().flatten().collect()
+    }
+
+    fn tables(&self) -> Vec<&Table> {
+        self.rows_table.iter().collect()
+    }
+
+    fn render(&self, page: &mut Page) {
+        page.push("<h2>Theorem checks</h2>\n");
+        page.push(
+            "<p>Each bound as a dose-response: the quantity it speaks of against the bound's factor, over networks \
+             that differ only in their skip coefficients, compared within seeds (docs/method.md §4). At \
+             initialisation from the sweep folder's dose_response.jsonl (`just dose-response`), during training from \
+             the runs with fixed coefficients (1, 1/sqrt2, CS; learned ones are left out). A bound is an upper bound: \
+             \"not observed\" does not refute it.</p>\n",
+        );
+        if self.checks.is_empty() {
+            page.note("The diagnostics and the dose-response the theorem checks need were");
+            return;
+        }
+        if let Some(table) = &self.rows_table {
+            page.table_links(table);
+        }
+        let rows: Vec<Vec<TableCell>> = self
+            .checks
+            .iter()
+            .map(|bound| {
+                let response = &bound.check.response;
+                vec![
+                    TableCell::Text(format!(
+                        "{} on {}, {}",
+                        bound.check.theorem.name(),
+                        bound.model,
+                        bound.check.source
+                    )),
+                    TableCell::Text(bound.check.quantity.clone()),
+                    TableCell::Text(bound.check.theorem.factor().to_string()),
+                    TableCell::Text(response.ordering.to_string()),
+                    TableCell::interval(response.spearman.as_ref()),
+                    TableCell::interval(response.slope.as_ref()),
+                    TableCell::Number(response.p_value),
+                    TableCell::Number(Some(response.seeds as f64)),
+                ]
+            })
+            .collect();
+        page.html_table(
+            &[
+                "check",
+                "quantity",
+                "factor",
+                "label",
+                "within-seed Spearman",
+                "log-log slope",
+                "p (one-sided)",
+                "seeds",
+            ],
+            &rows,
+        );
+        for (bound, figure) in self.checks.iter().zip(&self.figures) {
+            let check = &bound.check;
+            page.push(&format!(
+                "<h3>{} on {}, {}</h3>\n<p>{}</p>\n",
+                check.theorem.name(),
+                escape(&bound.model),
+                check.source,
+                escape(&check.response.explanation)
+            ));
+            if !check.excluded.is_empty() {
+                page.push(&format!("<p>Left out: {}.</p>\n", escape(&check.excluded.join("; "))));
+            }
+            if let Some(figure) = figure {
+                page.figure(figure);
+            }
+        }
+    }
+}
 
 /// What `scalelong dose-response` writes into a sweep folder for the report to find.
-pub const DOSE_RESPONSE_FILE: &str = "dose_response.jsonl";
+const DOSE_RESPONSE_FILE: &str = "dose_response.jsonl";
 
 /// One bound checked on one source for one model.
-pub struct BoundCheck {
-    pub model: String,
-    pub check: TheoremCheck,
+struct BoundCheck {
+    model: String,
+    check: TheoremCheck,
 }
 
 /// Every check the sweep folder supports: at initialisation for each model `dose_response.jsonl`
 /// names, during training for each model whose runs recorded diagnostics.
-pub fn bound_checks(sweep: &SweepData, sweep_dir: &Path, models: &[&str]) -> Result<Vec<BoundCheck>> {
+fn bound_checks(sweep: &SweepData, sweep_dir: &Path, models: &[&str]) -> Result<Vec<BoundCheck>> {
     let lines: Vec<DoseResponseLine> = read_jsonl(&sweep_dir.join(DOSE_RESPONSE_FILE))?;
     let mut line_models: Vec<&str> = lines.iter().map(|line| line.model.as_str()).collect();
     line_models.sort_unstable();
@@ -72,7 +180,7 @@ fn title(theorem: Theorem) -> &'static str {
 }
 
 /// One claim row per check, (b) to (d); a bound no check could read is listed as not measured.
-pub fn claims(checks: &[BoundCheck]) -> Vec<Claim> {
+fn claims(checks: &[BoundCheck]) -> Vec<Claim> {
     let mut claims = Vec::new();
     for theorem in Theorem::ALL {
         let of_theorem: Vec<&BoundCheck> = checks.iter().filter(|c| c.check.theorem == theorem).collect();
@@ -119,10 +227,6 @@ fn claim(bound: &BoundCheck) -> Claim {
             if check.excluded.is_empty() { String::new() } else { format!("; {} runs left out", check.excluded.len()) }
         ),
     };
-    let outcome = match response.ordering {
-        PredictedOrdering::Observed => Outcome::OrderingObserved,
-        PredictedOrdering::NotObserved => Outcome::OrderingNotObserved,
-    };
     let effect = match &response.spearman {
         Some(rho) => format!(
             "{}: Spearman {} [{}, {}]{}",
@@ -142,7 +246,7 @@ fn claim(bound: &BoundCheck) -> Claim {
     Claim {
         name,
         claimed,
-        outcome,
+        finding: Finding::Ordering(response.ordering),
         effect,
         p_value: response.p_value.map_or(String::new(), |p| format!("{} (one-sided)", format_number(p))),
         rests_on,
@@ -155,7 +259,7 @@ fn claim(bound: &BoundCheck) -> Claim {
 /// dot and the mean over seeds a line, or for the per-LSC quantity one line per LSC (the mean over
 /// seeds; 8 LSCs of 16 dots each would hide each other). During training against the bound's factor,
 /// one dot per run and LSC, coloured by strategy. `None` without a value a log axis can show.
-pub fn figure(index: usize, bound: &BoundCheck, palette: &Palette) -> Result<Option<Figure>> {
+fn figure(index: usize, bound: &BoundCheck, palette: &Palette) -> Result<Option<Figure>> {
     let check = &bound.check;
     if !check.rows.iter().any(|row| row.value > 0.0) {
         return Ok(None);
@@ -268,7 +372,7 @@ fn short_quantity(theorem: Theorem, source: Source) -> &'static str {
 }
 
 /// Every row of every check, with its model, theorem and source.
-pub fn rows_frame(checks: &[BoundCheck]) -> PolarsResult<DataFrame> {
+fn rows_frame(checks: &[BoundCheck]) -> PolarsResult<DataFrame> {
     let rows: Vec<(&BoundCheck, &scalelong_analysis::theorems::CheckRow)> =
         checks.iter().flat_map(|bound| bound.check.rows.iter().map(move |row| (bound, row))).collect();
     df!(
