@@ -10,7 +10,7 @@ use plotters::coord::Shift;
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use scalelong_schema::SkipScaling;
+use scalelong_schema::{ColourClass, SkipScaling};
 
 use super::analysis::{BandPoint, LscGrid};
 use super::canvas::Canvas;
@@ -65,14 +65,12 @@ impl Palette {
         let mut assigned: Vec<(String, RGBColor)> = Vec::new();
         let mut others = OTHER_COLOURS.iter().cycle();
         for (strategy, label) in strategies {
-            let fixed = match strategy {
-                SkipScaling::Original => Some(RED),
-                SkipScaling::InvSqrt2 => Some(ORANGE),
-                SkipScaling::Constant { .. } => Some(BLUE),
-                SkipScaling::Learnable { shared: true, .. } => Some(GREEN),
-                SkipScaling::Learnable { shared: false, .. }
-                | SkipScaling::MpCat { .. }
-                | SkipScaling::LearnedScalar { .. } => None,
+            let fixed = match strategy.colour_class() {
+                ColourClass::Original => Some(RED),
+                ColourClass::InvSqrt2 => Some(ORANGE),
+                ColourClass::Constant => Some(BLUE),
+                ColourClass::SharedGate => Some(GREEN),
+                ColourClass::NextFree => None,
             }
             .filter(|colour| assigned.iter().all(|(_, taken)| taken != colour));
             let colour = fixed.unwrap_or_else(|| *others.next().expect("cycle is endless"));

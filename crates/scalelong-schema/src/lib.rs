@@ -45,4 +45,4 @@ pub use io::{
     JsonlLog, read_json, read_jsonl, remove_stale_temporaries, truncate_jsonl_after, write_atomic, write_json_atomic,
 };
 pub use records::{GateInput, Quantity, Record, series, series_values};
-pub use strategy::SkipScaling;
+pub use strategy::{ColourClass, SkipScaling};

@@ -137,6 +137,20 @@ impl SkipScaling {
         }
     }
 
+    /// Which colour the report's figures give the strategy: the paper's four strategies keep
+    /// theirs in every figure of every sweep; the others take the next free one.
+    pub fn colour_class(self) -> ColourClass {
+        match self {
+            Self::Original => ColourClass::Original,
+            Self::InvSqrt2 => ColourClass::InvSqrt2,
+            Self::Constant { .. } => ColourClass::Constant,
+            Self::Learnable { shared: true, .. } => ColourClass::SharedGate,
+            Self::Learnable { shared: false, .. } | Self::MpCat { .. } | Self::LearnedScalar { .. } => {
+                ColourClass::NextFree
+            }
+        }
+    }
+
     /// Whether the PyTorch reference's code has the strategy, so that its checkpoints can hold it
     /// and ours of it can be exported there. MP-cat and the learned scalar are scalelong's own
     /// (docs/method.md §3.5).
@@ -191,6 +205,21 @@ impl SkipScaling {
             Self::LearnedScalar { kappa } => format!("Scalar({kappa})"),
         }
     }
+}
+
+/// The colour a strategy keeps in the report's figures ([`SkipScaling::colour_class`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColourClass {
+    /// Strategy 1.
+    Original,
+    /// 1/sqrt(2).
+    InvSqrt2,
+    /// CS, whatever its kappa (the first CS of a sweep).
+    Constant,
+    /// LS with one gate for every LSC.
+    SharedGate,
+    /// The next colour no strategy of the sweep has.
+    NextFree,
 }
 
 /// LSC index (1-based) consumed by decoder block `k` (0-based) of a network with `n_skips` LSCs.
