@@ -19,9 +19,10 @@ use crate::run_group::RunGroup;
 /// most [`DECAY_KAPPA_MAX`].
 const DECAY: ClaimedEffect = ClaimedEffect { null: 1.0, claimed: DECAY_KAPPA_MAX };
 
-/// What the learned coefficients of a strategy are called: `gates` for LS, `learned scalars`.
+/// What the learned coefficients of a strategy are called, by the quantity that holds them:
+/// `gates` for LS, `learned scalars`.
 pub fn learned_subject(strategy: SkipScaling) -> &'static str {
-    if matches!(strategy, SkipScaling::Learnable { .. }) { "gates" } else { "learned scalars" }
+    if strategy.learned_quantity() == Some(Quantity::GateMean) { "gates" } else { "learned scalars" }
 }
 
 /// Claim (e) read off one learned profile's per-run `kappa_hat` interval.
@@ -284,8 +285,7 @@ mod tests {
                 std::fs::create_dir_all(&run_dir).unwrap();
                 let config = RunConfig { seed, strategy, ..RunConfig::default() };
                 write_json_atomic(&run_dir.join("config.json"), &config).unwrap();
-                let quantity =
-                    if matches!(strategy, SkipScaling::Learnable { .. }) { Quantity::GateMean } else { Quantity::Coef };
+                let quantity = strategy.learned_quantity().expect("the fixture plants learned strategies");
                 let mut records: Vec<Record> = [25, 300]
                     .into_iter()
                     .enumerate()

@@ -95,7 +95,9 @@ impl SkipScaling {
     pub fn initial_scalar(self, lsc: usize) -> Option<f64> {
         match self {
             Self::LearnedScalar { kappa } => Some(kappa.powi(lsc as i32 - 1)),
-            _ => None,
+            Self::Original | Self::InvSqrt2 | Self::Constant { .. } | Self::Learnable { .. } | Self::MpCat { .. } => {
+                None
+            }
         }
     }
 
@@ -119,7 +121,11 @@ impl SkipScaling {
         match self {
             Self::Learnable { shared: true, .. } => 1,
             Self::Learnable { shared: false, .. } => n_skips,
-            _ => 0,
+            Self::Original
+            | Self::InvSqrt2
+            | Self::Constant { .. }
+            | Self::MpCat { .. }
+            | Self::LearnedScalar { .. } => 0,
         }
     }
 
