@@ -111,7 +111,26 @@ pub fn write_report(sweep_dir: &Path, out_dir: &Path) -> Result<ReportSummary> {
         section.render(&mut page);
     }
     write_atomic(&summary.html, page.finish().as_bytes())?;
+    let figure_files = summary.figures.iter().flat_map(|png| [png.clone(), png.with_extension("svg")]);
+    remove_stale(&figures_dir, &figure_files.collect::<Vec<_>>())?;
+    remove_stale(&samples_dir, &summary.samples)?;
     Ok(summary)
+}
+
+/// Removes the PNG and SVG files of `dir` (`figures/`, `samples/`: the report's own folders) that
+/// this report did not write: a figure or run an older report of the folder had (a check the
+/// sweep no longer records, a run since removed) would otherwise sit beside the new ones as if
+/// current.
+fn remove_stale(dir: &Path, written: &[PathBuf]) -> Result<()> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
+    for entry in entries {
+        let path = entry.with_context(|| format!("{}: cannot list", dir.display()))?.path();
+        let image = matches!(path.extension().and_then(|extension| extension.to_str()), Some("png" | "svg"));
+        if image && path.is_file() && !written.contains(&path) {
+            std::fs::remove_file(&path).with_context(|| format!("{}: cannot remove a stale figure", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// A number with four significant digits and no trailing zeros (`0.5`, `12.35`, `2.5e-5`), in

@@ -380,3 +380,30 @@ fn sampling_time_edits_importance_and_spectra_follow_the_planted_effects() {
         assert!(width > 0 && height > 0, "{stem}");
     }
 }
+
+/// A report written again into the same folder leaves only its own figures and samples: a
+/// figure or sample grid an older report wrote that this one does not (a check no longer
+/// recorded, a run removed) is removed; files of other kinds are left alone.
+#[test]
+fn a_report_removes_the_figures_an_older_report_left() {
+    let root = scratch_dir("stale_figures");
+    let sweep_dir = SweepFixture::default().write(&root);
+    let out = root.join("reports").join("fixture");
+    write_report(&sweep_dir, &out).unwrap();
+    let stale =
+        [out.join("figures/Thm_3_old.png"), out.join("figures/Thm_3_old.svg"), out.join("samples/gone_run.png")];
+    let kept = out.join("figures/notes.txt");
+    for path in stale.iter().chain([&kept]) {
+        std::fs::write(path, b"from an older report").unwrap();
+    }
+    let summary = write_report(&sweep_dir, &out).unwrap();
+    for path in &stale {
+        assert!(!path.exists(), "{} was left", path.display());
+    }
+    assert!(kept.exists());
+    assert!(!summary.figures.is_empty() && !summary.samples.is_empty());
+    for path in summary.figures.iter().chain(&summary.samples) {
+        assert!(path.exists(), "{} was removed", path.display());
+    }
+    assert!(summary.figures.iter().all(|png| png.with_extension("svg").exists()));
+}
