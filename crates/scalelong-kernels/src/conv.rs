@@ -215,12 +215,9 @@ fn convolve_images(
         Source::Padded(x) | Source::Images(x) => (x, None),
         Source::KeepPadded(x) => (x, pads.then(|| pad_images(x, g))),
     };
-    // Per image: where its floats start in `x` and how many, and whether it is padded here.
-    let (len, pad_each) = match &xp {
-        Some(_) => (g.padded_len(), false),
-        None if padded => (g.padded_len(), false),
-        None => (g.c_in * g.h * g.w, pads),
-    };
+    // Floats per image of `src`, and whether each image is padded as it is convolved.
+    let len = if padded || xp.is_some() { g.padded_len() } else { g.c_in * g.h * g.w };
+    let pad_each = pads && xp.is_none();
     let src = xp.as_deref().unwrap_or(x);
     // The extended grid only where a kernel needs it (AVX2, gemm).
     let ext_len = if direct.as_ref().is_none_or(|kernel| kernel.needs_extended()) { g.c_out * q } else { 0 };

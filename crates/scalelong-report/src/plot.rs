@@ -2,6 +2,7 @@
 //! three kinds of panel (lines with bands, per-LSC heatmaps, scatter plots with fitted lines).
 //! Text uses the DejaVu font compiled into the binary, so no system font is needed.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::OnceLock;
 
@@ -316,6 +317,30 @@ pub struct BandPanel {
     /// What the x axis counts (`step`, `LSC i`, `timestep bin`); curves' points hold it in `step`.
     pub x_desc: String,
     pub curves: Vec<Curve>,
+}
+
+impl BandPanel {
+    /// One line per LSC against step (`curves`: each LSC's `(step, value)` points), coloured
+    /// along the sequential map from the outermost LSC, with no band.
+    pub fn per_lsc(title: String, curves: &BTreeMap<u32, Vec<(u64, f64)>>) -> Self {
+        let last = (curves.len().max(2) - 1) as f64;
+        Self {
+            title,
+            x_desc: "step".to_string(),
+            curves: curves
+                .iter()
+                .enumerate()
+                .map(|(index, (lsc, points))| Curve {
+                    label: format!("LSC {lsc}"),
+                    colour: sequential_colour(index as f64 / last),
+                    points: points
+                        .iter()
+                        .map(|&(step, mean)| BandPoint { step, mean, low: mean, high: mean })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Lines against the panel's x (step, unless it says otherwise), each with its shaded band, and a legend.

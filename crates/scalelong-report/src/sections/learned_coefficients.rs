@@ -8,7 +8,7 @@ use polars::prelude::*;
 use scalelong_schema::{GateInput, Quantity, SkipScaling};
 
 use super::{ReportContext, Section};
-use crate::analysis::{BandPoint, DECAY_KAPPA_MAX, GateFit, gate_curves, gate_fit};
+use crate::analysis::{DECAY_KAPPA_MAX, GateFit, gate_curves, gate_fit};
 use crate::claims::{Claim, Finding, interval_text, not_measured};
 use crate::figures::Figure;
 use crate::format_number;
@@ -17,8 +17,8 @@ use crate::learned::{
 };
 use crate::page::{Page, TableCell, escape};
 use crate::plot::{
-    BandPanel, Curve, PANEL_SIZE, Scale, ScatterPanel, XySeries, draw_band_panel, draw_scatter_panel, panel_areas,
-    render, sequential_colour,
+    BandPanel, PANEL_SIZE, Scale, ScatterPanel, XySeries, draw_band_panel, draw_scatter_panel, panel_areas, render,
+    sequential_colour,
 };
 use crate::tables::{Table, join_numbers};
 
@@ -288,24 +288,8 @@ fn gate_figures(ctx: &ReportContext, gate_fits: &[GateFit]) -> Result<Vec<Figure
             let Some(quantity) = group.strategy.learned_quantity() else { continue };
             let (name, value) =
                 if quantity == Quantity::GateMean { ("gates", "mean gate") } else { ("learned scalars", "scalar") };
-            let curves = gate_curves(group);
-            let lsc_count = curves.len().max(2);
-            let over_training = BandPanel {
-                title: format!("{} {name} over training", group.strategy_label),
-                x_desc: "step".to_string(),
-                curves: curves
-                    .iter()
-                    .enumerate()
-                    .map(|(index, (lsc, points))| Curve {
-                        label: format!("LSC {lsc}"),
-                        colour: sequential_colour(index as f64 / (lsc_count - 1) as f64),
-                        points: points
-                            .iter()
-                            .map(|&(step, mean)| BandPoint { step, mean, low: mean, high: mean })
-                            .collect(),
-                    })
-                    .collect(),
-            };
+            let over_training =
+                BandPanel::per_lsc(format!("{} {name} over training", group.strategy_label), &gate_curves(group));
             let mut lines = Vec::new();
             if let Some(fit) = gates.fit {
                 let lscs = 1..=gates.final_means.len();

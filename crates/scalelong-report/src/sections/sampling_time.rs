@@ -543,24 +543,7 @@ fn spectral_figures(ctx: &ReportContext) -> Result<Vec<Figure>> {
         let panels: Vec<BandPanel> = ctx
             .groups_of(model)
             .map(|group| {
-                let curves = lsc_curves(group, Quantity::SkipLowFreqShare);
-                let lsc_count = curves.len().max(2);
-                BandPanel {
-                    title: group.strategy_label.to_string(),
-                    x_desc: "step".to_string(),
-                    curves: curves
-                        .into_iter()
-                        .enumerate()
-                        .map(|(index, (lsc, points))| Curve {
-                            label: format!("LSC {lsc}"),
-                            colour: sequential_colour(index as f64 / (lsc_count - 1) as f64),
-                            points: points
-                                .into_iter()
-                                .map(|(step, mean)| BandPoint { step, mean, low: mean, high: mean })
-                                .collect(),
-                        })
-                        .collect(),
-                }
+                BandPanel::per_lsc(group.strategy_label.to_string(), &lsc_curves(group, Quantity::SkipLowFreqShare))
             })
             .collect();
         if panels.iter().all(|panel| panel.curves.is_empty()) {
