@@ -86,7 +86,7 @@ fn head_probs(
     // by the product (which does not read it) before the softmax reads it; k_t is [dh, l].
     unsafe {
         if isa.is_some() {
-            transpose_block(&src[base + s.dim()..], l, dh, d3, s.scale(), k_t);
+            transpose_block(&src[base + s.dim()..], l, dh, d3, s.scale(), k_t, l);
             matmul(isa, (l, l, dh), out, false, q, (k_t.as_ptr(), l as isize, 1), 1.0);
         } else {
             gemm_strided((l, l, dh), out, false, q, (src.as_ptr().add(base + s.dim()), 1, d3 as isize), s.scale());
@@ -236,7 +236,7 @@ fn attention_backward(
                     );
                     // dp = dy v^T
                     if isa.is_some() {
-                        transpose_block(&x[base + 2 * d..], l, dh, d3, 1.0, v_t);
+                        transpose_block(&x[base + 2 * d..], l, dh, d3, 1.0, v_t, l);
                         matmul(
                             isa,
                             (l, l, dh),

@@ -10,9 +10,9 @@
 //! transposed kernel (strides only, nothing is copied), and the weight gradient is a GEMM per tap
 //! against the same shifted views. (A channels-last variant that merges the taps of a kernel row
 //! into one GEMM measured 2x slower here: its transposing copy costs more than it saves.) The
-//! direct kernels (`direct_conv.rs`) compute the same sums in register tiles; on AVX-512 a
-//! same-size convolution reads the unpadded input with masked loads instead, and its weight
-//! gradient runs channels-last.
+//! direct kernels (`direct_conv.rs`) compute the same sums in register tiles (on AVX-512 a
+//! same-size convolution reads the unpadded input with masked loads instead), and their weight
+//! gradient runs channels-last (along positions, as the forward, for inputs of fewer than 8 channels).
 
 use crate::dispatch::{self, FusedOp, dims, new_tensor, placed};
 use crate::gemm::gemm_strided;
@@ -254,12 +254,13 @@ fn convolve_images(
 
 /// `[C_out, C_in, kh, kw]` weight gradient and `[C_out]` bias gradient of the convolution of
 /// the images `x` (padded ones if `padded`) whose output gradient is `dy` (`[B, C_out, Ho, Wo]`):
-/// by the direct kernels where the CPU has them (channels-last on AVX-512 for 3x3, 2x2 and 1x1
-/// kernels), as a GEMM per tap otherwise.
+/// by the channels-last direct kernel where it applies ([`direct_conv::WeightGrad`]), else by the
+/// direct kernel along positions where the CPU has one, as a GEMM per tap otherwise.
 fn conv_weight_grad((x, padded): (&[f32], bool), g: &ConvGeom, dy: &[f32], isa: Option<Isa>) -> (Vec<f32>, Vec<f32>) {
     let (wp, q) = (g.wp(), g.q());
-    // Only the channels-last kernel reads unpadded images.
-    let xp = (!padded && !direct_conv::WeightGrad512::applies(g, isa)).then(|| pad_images(x, g));
+    // The channels-last kernel reads the images as they are; the others read them padded.
+    let channels_last = direct_conv::WeightGrad::applies(g, isa);
+    let xp = (!padded && !channels_last).then(|| pad_images(x, g));
     let (xp, padded) = match &xp {
         Some(xp) => (&xp[..], true),
         None => (x, padded),
@@ -276,9 +277,9 @@ fn conv_weight_grad((x, padded): (&[f32], bool), g: &ConvGeom, dy: &[f32], isa: 
         .map(|start| {
             let mut dw = vec![0.0f32; wlen];
             let mut db = vec![0.0f32; g.c_out];
-            let mut channels_last = direct_conv::WeightGrad512::new(g, isa);
-            // The output gradient on the extended grid, for the AVX2 and gemm paths (the garbage
-            // columns stay 0).
+            let mut channels_last = isa.filter(|_| channels_last).map(|isa| direct_conv::WeightGrad::new(g, isa));
+            // The output gradient on the extended grid, for the other kernels (the garbage columns
+            // stay 0).
             let mut ext = if channels_last.is_none() { vec![0.0f32; g.c_out * q] } else { Vec::new() };
             for b in start..(start + per).min(g.batch) {
                 let (img, dy) = (&xp[b * len..(b + 1) * len], &dy[b * g.c_out * ho * wo..][..g.c_out * ho * wo]);
@@ -342,13 +343,13 @@ fn conv_flex(
     isa: Option<Isa>,
 ) -> (FlexTensor, ConvInput) {
     let g = conv_geom(x, weight, pad);
-    let (out, xp) = convolve_images(
-        Source::KeepPadded(x.storage()),
-        &g,
-        forward_taps(weight.storage(), &g),
-        Some(bias.storage()),
-        isa,
-    );
+    // Only the channels-last weight gradient reads the images unpadded.
+    let source = if direct_conv::WeightGrad::applies(&g, isa) {
+        Source::Images(x.storage())
+    } else {
+        Source::KeepPadded(x.storage())
+    };
+    let (out, xp) = convolve_images(source, &g, forward_taps(weight.storage(), &g), Some(bias.storage()), isa);
     let input = match xp {
         Some(xp) => ConvInput::Padded(std::sync::Arc::new(xp)),
         None => ConvInput::Images(x.clone()),

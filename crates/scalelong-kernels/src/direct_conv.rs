@@ -448,13 +448,13 @@ const GRAD_IN: usize = 5;
 /// output gradient `[C_out, Ho Wp]` with zeros in the garbage columns, `src` the padded image).
 /// Each tile keeps `GRAD_OUT x GRAD_IN` sums as vectors across 8 positions, reduced once at the end.
 ///
-/// Panics unless the CPU has AVX2 and FMA. (Where AVX-512 runs, [`WeightGrad512`] takes 3x3, 2x2
-/// and 1x1 kernels instead.)
+/// For inputs of fewer than 8 channels (the image's own), where [`WeightGrad`]'s channel lanes
+/// would be mostly empty. Panics unless the CPU has AVX2 and FMA.
 pub(super) fn accumulate_weight_grad(src: &[f32], g: &ConvGeom, ext: &[f32], dw: &mut [f32]) {
     assert!(Isa::Avx2.detected(), "the direct kernels need AVX2 and FMA");
     assert!(src.len() >= g.padded_len() && ext.len() >= g.c_out * g.q() && dw.len() >= g.c_out * g.c_in * g.kh * g.kw);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA checked; the asserts bound every access (see `grad_tile`).
+    // SAFETY: AVX2 and FMA checked; the asserts bound every access (see `position_tile`).
     unsafe {
         weight_grad_avx2(src, g, ext, dw)
     }
@@ -472,7 +472,7 @@ unsafe fn weight_grad_avx2(src: &[f32], g: &ConvGeom, ext: &[f32], dw: &mut [f32
                 let x = src[c0 * plane + off..].as_ptr();
                 // SAFETY: rows o0..o0 + no of ext and rows c0..c0 + nc of the image at this
                 // tap's offset, each q long, are inside their slices (as in `convolve_avx2`).
-                let sums = unsafe { grad_tile_dispatch(no, nc, dy, q, x, plane, q) };
+                let sums = unsafe { position_tile_dispatch(no, nc, dy, q, x, plane, q) };
                 for (o, row) in sums.iter().enumerate().take(no) {
                     for (c, &v) in row.iter().enumerate().take(nc) {
                         dw[((o0 + o) * g.c_in + c0 + c) * t + tap] += v;
@@ -483,11 +483,11 @@ unsafe fn weight_grad_avx2(src: &[f32], g: &ConvGeom, ext: &[f32], dw: &mut [f32
     }
 }
 
-/// [`grad_tile`] for `no <= GRAD_OUT` output and `nc <= GRAD_IN` input channels (each size its
+/// [`position_tile`] for `no <= GRAD_OUT` output and `nc <= GRAD_IN` input channels (each size its
 /// own instance, so the sums stay in registers); unused entries are 0.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn grad_tile_dispatch(
+unsafe fn position_tile_dispatch(
     no: usize,
     nc: usize,
     dy: *const f32,
@@ -499,7 +499,7 @@ unsafe fn grad_tile_dispatch(
     macro_rules! dispatch {
         ($(($o:literal, $c:literal)),*) => {
             match (no, nc) {
-                $(($o, $c) => unsafe { grad_tile::<$o, $c>(dy, dy_stride, x, x_stride, n) },)*
+                $(($o, $c) => unsafe { position_tile::<$o, $c>(dy, dy_stride, x, x_stride, n) },)*
                 _ => unreachable!("tile {no} x {nc}"),
             }
         };
@@ -515,7 +515,7 @@ unsafe fn grad_tile_dispatch(
 #[target_feature(enable = "avx2,fma")]
 // The O x C register tile is indexed by both loop counters, as the formula reads.
 #[allow(clippy::needless_range_loop)]
-unsafe fn grad_tile<const O: usize, const C: usize>(
+unsafe fn position_tile<const O: usize, const C: usize>(
     dy: *const f32,
     dy_stride: usize,
     x: *const f32,
@@ -548,82 +548,92 @@ unsafe fn grad_tile<const O: usize, const C: usize>(
     sums
 }
 
-/// The weight gradient on AVX-512, over a thread's images, for 3x3, 2x2 (the stride-2
-/// convolution's phases) and 1x1 kernels: vectorised
-/// across 16 input channels instead of across positions, so its sums are the gradient's own
-/// entries (no horizontal reduction) and run over every position of every image in registers.
+/// The weight gradient over a thread's images, vectorised across input channels: each image is
+/// first copied channels-last (`[Hp Wp + kw][stride]`), so a vector of input channels at one
+/// position is one contiguous load, and a tile's sums are the gradient's own entries (no
+/// horizontal reduction) that stay in registers over every position of the image.
 ///
-/// Why: the AVX2 kernel's vectors run along positions, so each tile ends in reductions, and an
-/// AVX-512 copy of it (4 x 6 tiles) measured no faster: the weight gradient stayed near half the
-/// forward tile's rate. Here each image is first copied channels-last (`[Hp Wp + kw][C_in]`);
-/// a tile of 3 output channels x 9 taps keeps 27 vectors of 16 input channels: per position
-/// 9 loads (one per tap, contiguous channels), 3 broadcasts of the output gradient and 27 FMAs.
-pub(super) struct WeightGrad512 {
-    /// The current image, channels-last, with `kw` zero positions of slack.
+/// Why: vectorised along positions instead (the extended grid, as the forward tile), each tile
+/// of 2 output x 5 input channels streamed 7 rows of the image from L2 per 10 FMAs and ended in
+/// reductions; it ran at about half the forward tile's rate and was 30% of the conv UNet's
+/// training step (one thread, perf). An AVX-512 copy of it (4 x 6 tiles) measured no faster.
+///
+/// For inputs of 8 channels or more ([`WeightGrad::applies`]; the narrower image channels keep
+/// [`accumulate_weight_grad`], whose lanes they fill), two tiles, by the instruction set:
+/// - AVX-512, for 3x3, 2x2 (the stride-2 convolution's phases) and 1x1 kernels: 3 output
+///   channels x 9 taps (or 6 x 4, 8 x 1) = 27 vectors of 16 input channels, masked to `C_in`;
+///   per position 9 loads, 3 broadcasts and 27 FMAs.
+/// - AVX2, every other case: 3 output channels x 3 taps of one kernel row (or 4 x 2, 6 x 1) =
+///   9 vectors of 8 input channels, with `C_in` rounded up to whole vectors (the extra lanes
+///   hold zeros); per position 3 loads, 3 broadcasts and 9 FMAs, in 13 of the 16 registers.
+pub(super) struct WeightGrad {
+    /// The AVX-512 tile (else AVX2's).
+    wide: bool,
+    /// Floats per position of `xt` and per (output channel, tap) of `acc`: `C_in`, rounded up to
+    /// a multiple of 8 for the AVX2 tile.
+    stride: usize,
+    /// The current image, channels-last; the padding positions, the `kw` positions of slack and
+    /// the lanes past `C_in` stay zero from its creation.
     xt: Vec<f32>,
-    /// `[C_out][taps][C_in]`, summed over the images so far.
+    /// `[C_out][taps][stride]`, summed over the images so far.
     acc: Vec<f32>,
     offsets: Vec<usize>,
 }
 
-impl WeightGrad512 {
-    /// `None` unless the CPU has AVX-512 (and [`Isa::Avx512`] is what runs), the kernel is 3x3,
-    /// 2x2 or 1x1, and there are 8 input channels or more (fewer fill too little of a vector: the
-    /// stem's one channel is faster on the AVX2 kernel).
-    pub(super) fn new(g: &ConvGeom, isa: Option<Isa>) -> Option<Self> {
-        let taps = g.kh * g.kw;
-        Self::applies(g, isa).then(|| Self {
-            xt: vec![0.0; (g.hp() * g.wp() + g.kw) * g.c_in],
-            acc: vec![0.0; g.c_out * taps * g.c_in],
-            offsets: g.tap_offsets().collect(),
-        })
+/// Output channels per AVX2 tile for `taps` taps of one kernel row (at most 3): `O x T` sums,
+/// `min(O, T)` values held across the FMAs and one load fit in 13 registers.
+fn avx2_grad_rows(taps: usize) -> usize {
+    match taps {
+        3 => 3,
+        2 => 4,
+        _ => 6,
+    }
+}
+
+impl WeightGrad {
+    /// Whether the kernels running on `isa` (none: the portable path) take `g`'s weight gradient
+    /// channels-last.
+    pub(super) fn applies(g: &ConvGeom, isa: Option<Isa>) -> bool {
+        isa.is_some() && g.c_in >= 8
     }
 
-    /// Whether [`WeightGrad512::new`] gives one.
-    pub(super) fn applies(g: &ConvGeom, isa: Option<Isa>) -> bool {
+    /// For the instruction set the kernels run on (`accumulate` checks that the CPU has it).
+    pub(super) fn new(g: &ConvGeom, isa: Isa) -> Self {
         let taps = g.kh * g.kw;
-        isa == Some(Isa::Avx512) && matches!(taps, 9 | 4 | 1) && g.c_in >= 8
+        let wide = isa == Isa::Avx512 && matches!(taps, 9 | 4 | 1);
+        let stride = if wide { g.c_in } else { g.c_in.next_multiple_of(8) };
+        Self {
+            wide,
+            stride,
+            xt: vec![0.0; (g.hp() * g.wp() + g.kw) * stride],
+            acc: vec![0.0; g.c_out * taps * stride],
+            offsets: g.tap_offsets().collect(),
+        }
     }
 
     /// Adds the gradient of one image: `src` the image (`C_in H W` floats), or the padded image
     /// (`g.padded_len()` floats) if `padded`; `dy` its output gradient `[C_out, Ho, Wo]`.
     pub(super) fn accumulate(&mut self, src: &[f32], padded: bool, g: &ConvGeom, dy: &[f32]) {
-        let (c_in, out_plane, taps) = (g.c_in, g.ho() * g.wo(), self.offsets.len());
-        assert!(Isa::Avx512.detected(), "this CPU lacks AVX-512");
+        let (c_in, out_plane, stride) = (g.c_in, g.ho() * g.wo(), self.stride);
         // Rows of `cols` positions, `plane` floats per channel, and where row 0 starts in the
-        // padded grid (the unpadded image's rows sit inside its zero margins, which `xt` keeps
-        // from its creation).
+        // padded grid (the unpadded image's rows sit inside its zero margins).
         let (rows, cols, plane, start) =
             if padded { (g.hp(), g.wp(), g.hp() * g.wp(), 0) } else { (g.h, g.w, g.h * g.w, g.pad * g.wp() + g.pad) };
         assert!(src.len() >= c_in * plane && dy.len() >= g.c_out * out_plane);
-        // Channels-last copy, row by row: 16 x 16 blocks transposed in registers, the rest one
-        // by one.
-        let (full_c, full_x) = (c_in / 16 * 16, cols / 16 * 16);
         for y in 0..rows {
-            let at = start + y * g.wp(); // grid position of the row's first column
-            #[cfg(target_arch = "x86_64")]
-            for c0 in (0..full_c).step_by(16) {
-                for x0 in (0..full_x).step_by(16) {
-                    // SAFETY: AVX-512 checked; channels c0..c0 + 16 of src at row y, columns
-                    // x0..x0 + 16, and positions at + x0..at + x0 + 16 of xt at channels
-                    // c0..c0 + 16 are inside the buffers.
-                    unsafe {
-                        transpose16(
-                            src.as_ptr().add(c0 * plane + y * cols + x0),
-                            plane,
-                            self.xt.as_mut_ptr().add((at + x0) * c_in + c0),
-                            c_in,
-                        )
-                    };
-                }
-            }
-            for x in 0..cols {
-                let from = if x < full_x { full_c } else { 0 };
-                for c in from..c_in {
-                    self.xt[(at + x) * c_in + c] = src[c * plane + y * cols + x];
-                }
-            }
+            let at = (start + y * g.wp()) * stride;
+            crate::gemm::transpose_block(&src[y * cols..], c_in, cols, plane, 1.0, &mut self.xt[at..], stride);
         }
+        if self.wide {
+            self.accumulate_avx512(g, dy);
+        } else {
+            self.accumulate_avx2(g, dy);
+        }
+    }
+
+    fn accumulate_avx512(&mut self, g: &ConvGeom, dy: &[f32]) {
+        let (c_in, out_plane, taps) = (g.c_in, g.ho() * g.wo(), self.offsets.len());
+        assert!(Isa::Avx512.detected(), "this CPU lacks AVX-512");
         #[cfg(target_arch = "x86_64")]
         for c0 in (0..c_in).step_by(16) {
             let mask = ((1u32 << (c_in - c0).min(16)) - 1) as u16;
@@ -643,7 +653,7 @@ impl WeightGrad512 {
                             // lane] for y < Ho, x < Wo (below Hp Wp + kw), dy channels o0..
                             // (Ho Wo each), and the masked-in lanes of acc rows o0.. (taps c_in
                             // each), all inside their buffers.
-                            $($o => unsafe { grad_tile_cl::<$o, $t>(xt, c_in, self.offsets[..$t].try_into().unwrap(), dy, g, acc, mask) },)*
+                            $($o => unsafe { grad_tile512::<$o, $t>(xt, c_in, self.offsets[..$t].try_into().unwrap(), dy, g, acc, mask) },)*
                             o => unreachable!("{o} output channels"),
                         }
                     };
@@ -657,14 +667,96 @@ impl WeightGrad512 {
         }
     }
 
+    fn accumulate_avx2(&mut self, g: &ConvGeom, dy: &[f32]) {
+        let (out_plane, stride, taps) = (g.ho() * g.wo(), self.stride, self.offsets.len());
+        assert!(Isa::Avx2.detected(), "this CPU lacks AVX2 and FMA");
+        // Every tile reads positions p + offset + t below Ho Wp + (kh - 1) Wp + kw - 1, inside
+        // `xt`'s Hp Wp + kw positions.
+        assert!(self.xt.len() >= (g.q() + self.offsets[taps - 1]) * stride);
+        #[cfg(target_arch = "x86_64")]
+        for c0 in (0..stride).step_by(8) {
+            for i in 0..g.kh {
+                for j0 in (0..g.kw).step_by(3) {
+                    let (tap, t) = (i * g.kw + j0, 3.min(g.kw - j0));
+                    let step = avx2_grad_rows(t);
+                    for o0 in (0..g.c_out).step_by(step) {
+                        let acc = self.acc[(o0 * taps + tap) * stride + c0..].as_mut_ptr();
+                        let (xt, dy) =
+                            (self.xt[self.offsets[tap] * stride + c0..].as_ptr(), dy[o0 * out_plane..].as_ptr());
+                        macro_rules! tile {
+                            ($t:literal: $($o:literal)*) => {
+                                match step.min(g.c_out - o0) {
+                                    // SAFETY: AVX2 checked; reads xt from (offset + y Wp + x + t')
+                                    // stride + c0 for y < Ho, x < Wo, t' < t (the assert above),
+                                    // dy channels o0.. (Ho Wo each), and acc rows o0.. (taps
+                                    // stride each) at taps tap.., all inside their buffers.
+                                    $($o => unsafe { grad_tile::<$o, $t>(xt, stride, dy, g, acc, taps * stride) },)*
+                                    o => unreachable!("{o} output channels"),
+                                }
+                            };
+                        }
+                        match t {
+                            3 => tile!(3: 1 2 3),
+                            2 => tile!(2: 1 2 3 4),
+                            _ => tile!(1: 1 2 3 4 5 6),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Adds the sums into `dw` (`[C_out, C_in, kh, kw]`).
     pub(super) fn add_to(&self, dw: &mut [f32], g: &ConvGeom) {
         let taps = self.offsets.len();
         for o in 0..g.c_out {
             for tap in 0..taps {
                 for c in 0..g.c_in {
-                    dw[(o * g.c_in + c) * taps + tap] += self.acc[(o * taps + tap) * g.c_in + c];
+                    dw[(o * g.c_in + c) * taps + tap] += self.acc[(o * taps + tap) * self.stride + c];
                 }
+            }
+        }
+    }
+}
+
+/// `acc[o acc_stride + t stride + lane] += sum_{y < Ho, x < Wo} dy[o Ho Wo + y Wo + x]
+/// xt[(y Wp + x + t) stride + lane]` for `O` output channels, `T` consecutive taps and 8 lanes
+/// (input channels).
+///
+/// # Safety
+/// AVX2 and FMA present; every addressed element inside its allocation.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+// The O x T register tile is indexed by both loop counters, as the formula reads.
+#[allow(clippy::needless_range_loop)]
+unsafe fn grad_tile<const O: usize, const T: usize>(
+    xt: *const f32,
+    stride: usize,
+    dy: *const f32,
+    g: &ConvGeom,
+    acc: *mut f32,
+    acc_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let (wp, ho, wo) = (g.wp(), g.ho(), g.wo());
+    unsafe {
+        let at = |o: usize, t: usize| acc.add(o * acc_stride + t * stride);
+        let mut sums: [[__m256; T]; O] = std::array::from_fn(|o| std::array::from_fn(|t| _mm256_loadu_ps(at(o, t))));
+        for y in 0..ho {
+            let (xt, dy) = (xt.add(y * wp * stride), dy.add(y * wo));
+            for x in 0..wo {
+                let d: [__m256; O] = std::array::from_fn(|o| _mm256_broadcast_ss(&*dy.add(o * ho * wo + x)));
+                for t in 0..T {
+                    let xv = _mm256_loadu_ps(xt.add((x + t) * stride));
+                    for o in 0..O {
+                        sums[o][t] = _mm256_fmadd_ps(d[o], xv, sums[o][t]);
+                    }
+                }
+            }
+        }
+        for o in 0..O {
+            for t in 0..T {
+                _mm256_storeu_ps(at(o, t), sums[o][t]);
             }
         }
     }
@@ -678,7 +770,7 @@ impl WeightGrad512 {
 /// tap rows `c_in` apart).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn grad_tile_cl<const O: usize, const T: usize>(
+unsafe fn grad_tile512<const O: usize, const T: usize>(
     xt: *const f32,
     c_in: usize,
     offsets: [usize; T],
@@ -709,37 +801,6 @@ unsafe fn grad_tile_cl<const O: usize, const T: usize>(
             for (t, &s) in row.iter().enumerate() {
                 _mm512_mask_storeu_ps(at(o, t), mask, s);
             }
-        }
-    }
-}
-
-/// Transposes the 16 x 16 block at `src` (row stride `src_stride`) into `dst` (row stride
-/// `dst_stride`): four rounds that swap the off-diagonal h x h blocks (h = 8, 4, 2, 1) of every
-/// pair of rows h apart, two two-source permutes per pair.
-///
-/// # Safety
-/// AVX-512 F present; 16 rows of 16 floats readable at `src` and writable at `dst`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn transpose16(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
-    use std::arch::x86_64::*;
-    unsafe {
-        let mut r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * src_stride)));
-        for h in [8usize, 4, 2, 1] {
-            // Lane j of the upper row takes its own j where bit h of j is clear, else the lower
-            // row's j - h; the lower row takes the upper's j + h, else its own j (16 + j: the
-            // second source).
-            let upper: [i32; 16] = std::array::from_fn(|j| if j & h == 0 { j as i32 } else { (16 + j - h) as i32 });
-            let lower: [i32; 16] = std::array::from_fn(|j| if j & h == 0 { (j + h) as i32 } else { (16 + j) as i32 });
-            let (upper, lower) = (_mm512_loadu_si512(upper.as_ptr().cast()), _mm512_loadu_si512(lower.as_ptr().cast()));
-            for i in (0..16).filter(|i| i & h == 0) {
-                let (a, b) = (r[i], r[i + h]);
-                r[i] = _mm512_permutex2var_ps(a, upper, b);
-                r[i + h] = _mm512_permutex2var_ps(a, lower, b);
-            }
-        }
-        for (i, row) in r.iter().enumerate() {
-            _mm512_storeu_ps(dst.add(i * dst_stride), *row);
         }
     }
 }

@@ -73,22 +73,35 @@ pub(crate) unsafe fn matmul(
     }
 }
 
-/// `rows` rows of `cols` values, `stride` apart in `src`, transposed into `dst` (`[cols, rows]`)
-/// and multiplied by `scale`: a right factor the direct kernel can read by rows. On AVX2, 8 x 8
+/// `rows` rows of `cols` values, `stride` apart in `src`, transposed into `dst` (`cols` rows of
+/// `rows` values, `dst_stride` apart) and multiplied by `scale`: a right factor the direct kernel
+/// can read by rows, or an image channels-last. On AVX2, 8 x 8
 /// blocks are transposed in registers: element by element, attention's per-head transposes of
 /// K (65 x 16, stride 192) were 5-7% of U-ViT sampling, each a scattered store.
-pub(crate) fn transpose_block(src: &[f32], rows: usize, cols: usize, stride: usize, scale: f32, dst: &mut [f32]) {
-    assert!((rows == 0 || src.len() >= (rows - 1) * stride + cols) && dst.len() >= rows * cols);
+pub(crate) fn transpose_block(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    scale: f32,
+    dst: &mut [f32],
+    dst_stride: usize,
+) {
+    assert!(dst_stride >= rows);
+    assert!(
+        (rows == 0 || src.len() >= (rows - 1) * stride + cols)
+            && (cols == 0 || dst.len() >= (cols - 1) * dst_stride + rows)
+    );
     let (mut rows_done, mut cols_done) = (0, cols);
     #[cfg(target_arch = "x86_64")]
     if Isa::Avx2.detected() {
         (rows_done, cols_done) = (rows / 8 * 8, cols / 8 * 8);
         // SAFETY: AVX2 checked; the blocks read rows < rows_done, columns < cols_done of `src`
-        // and write inside `dst` [cols, rows] (the asserts above).
-        unsafe { transpose_blocks_avx2(src, rows, (rows_done, cols_done), stride, scale, dst) };
+        // and write the first `rows` values of `cols` rows of `dst` (the asserts above).
+        unsafe { transpose_blocks_avx2(src, (rows_done, cols_done), (stride, dst_stride), scale, dst) };
     }
     // What the blocks left: the last columns of their rows, then the last rows.
-    let element = |dst: &mut [f32], r: usize, c: usize| dst[c * rows + r] = src[r * stride + c] * scale;
+    let element = |dst: &mut [f32], r: usize, c: usize| dst[c * dst_stride + r] = src[r * stride + c] * scale;
     for r in 0..rows_done {
         for c in cols_done..cols {
             element(dst, r, c);
@@ -105,14 +118,14 @@ pub(crate) fn transpose_block(src: &[f32], rows: usize, cols: usize, stride: usi
 /// columns (multiples of 8).
 ///
 /// # Safety
-/// AVX2 present; the blocks lie inside `src` (rows `stride` apart) and `dst` (`[cols, rows]`).
+/// AVX2 present; the blocks lie inside `src` (rows `stride` apart) and `dst` (rows `dst_stride`
+/// apart).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn transpose_blocks_avx2(
     src: &[f32],
-    rows: usize,
     (rows_done, cols_done): (usize, usize),
-    stride: usize,
+    (stride, dst_stride): (usize, usize),
     scale: f32,
     dst: &mut [f32],
 ) {
@@ -120,7 +133,7 @@ unsafe fn transpose_blocks_avx2(
     let scale = _mm256_set1_ps(scale);
     for r0 in (0..rows_done).step_by(8) {
         for c0 in (0..cols_done).step_by(8) {
-            // SAFETY: rows r0..r0 + 8, columns c0..c0 + 8 of src; columns r0..r0 + 8 of rows
+            // SAFETY: rows r0..r0 + 8, columns c0..c0 + 8 of src; values r0..r0 + 8 of rows
             // c0..c0 + 8 of dst.
             unsafe {
                 let row = |i: usize| _mm256_mul_ps(_mm256_loadu_ps(src.as_ptr().add((r0 + i) * stride + c0)), scale);
@@ -144,7 +157,7 @@ unsafe fn transpose_blocks_avx2(
                     } else {
                         _mm256_permute2f128_ps::<0x31>(u[k], u[k + 4])
                     };
-                    _mm256_storeu_ps(dst.as_mut_ptr().add((c0 + j) * rows + r0), column);
+                    _mm256_storeu_ps(dst.as_mut_ptr().add((c0 + j) * dst_stride + r0), column);
                 }
             }
         }
@@ -160,14 +173,18 @@ mod tests {
     /// columns.
     #[test]
     fn transpose_block_moves_every_element() {
-        for (rows, cols, stride) in [(65, 16, 192), (8, 8, 8), (17, 11, 13), (3, 20, 20), (16, 24, 30), (0, 4, 4)] {
+        let shapes =
+            [(65, 16, 192, 65), (8, 8, 8, 8), (17, 11, 13, 17), (3, 20, 20, 8), (16, 24, 30, 21), (0, 4, 4, 0)];
+        for (rows, cols, stride, dst_stride) in shapes {
             let src: Vec<f32> = (0..rows.max(1) * stride).map(|i| (i as f32).sin()).collect();
-            let mut dst = vec![f32::NAN; rows * cols];
-            transpose_block(&src, rows, cols, stride, 0.25, &mut dst);
-            for r in 0..rows {
-                for c in 0..cols {
-                    assert_eq!(dst[c * rows + r], src[r * stride + c] * 0.25, "{rows}x{cols}: ({r}, {c})");
+            let mut dst = vec![f32::NAN; cols * dst_stride];
+            transpose_block(&src, rows, cols, stride, 0.25, &mut dst, dst_stride);
+            for c in 0..cols {
+                for r in 0..rows {
+                    assert_eq!(dst[c * dst_stride + r], src[r * stride + c] * 0.25, "{rows}x{cols}: ({r}, {c})");
                 }
+                // The values between rows of `dst` are left alone.
+                assert!(dst[c * dst_stride + rows..(c + 1) * dst_stride].iter().all(|v| v.is_nan()), "{rows}x{cols}");
             }
         }
     }

@@ -98,7 +98,7 @@ fn input_grad(dy: &[f32], w: &[f32], (m, k, n): (usize, usize, usize), isa: Opti
     let rows = row_block(m);
     let w_t = isa.map(|_| {
         let mut w_t = vec![0.0f32; k * n];
-        transpose_block(w, k, n, n, 1.0, &mut w_t);
+        transpose_block(w, k, n, n, 1.0, &mut w_t, k);
         w_t
     });
     let rows_of_dx = |_: &mut (), i: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {

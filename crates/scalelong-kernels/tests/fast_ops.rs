@@ -110,8 +110,10 @@ fn normal<const D: usize>(shape: [usize; D], std: f64) -> Tensor<D> {
 #[test]
 fn conv2d_equals_burns_conv2d() {
     // (batch, c_in, c_out, size, kernel, padding); tolerance 1e-5 relative (f32 summation order).
-    // Channel counts around the direct kernels' tiles (5 and 4 output channels, 3 x 9 and 8 x 1
-    // in the weight gradient) and 16-channel vectors, grids around their 16 to 64 positions.
+    // Channel counts around the direct kernels' tiles (5 and 4 output channels; in the weight
+    // gradient 2 x 5 input channels below 8 input channels, else 3, 4 and 6 x 8 input channels on
+    // AVX2 and 3 x 9, 6 x 4 and 8 x 1 on AVX-512) and their 8- and 16-channel vectors, grids around their 16 to 64 positions, kernel rows
+    // longer than the AVX2 weight gradient's 3 taps.
     let cases = [
         (2, 3, 5, 7, 3, 1),
         (3, 16, 8, 8, 3, 1),
@@ -123,6 +125,10 @@ fn conv2d_equals_burns_conv2d() {
         (1, 11, 5, 7, 3, 1),
         (1, 16, 4, 17, 3, 1),
         (2, 3, 6, 4, 3, 1),
+        (2, 24, 7, 6, 3, 1),
+        (1, 8, 10, 5, 1, 0),
+        (2, 32, 5, 9, 2, 0),
+        (1, 9, 3, 8, 5, 2),
     ];
     for (b, ci, co, hw, k, p) in cases {
         on_every_kernel_set(|kernels| {
