@@ -15,7 +15,7 @@
 //! | op | replaces | how |
 //! |---|---|---|
 //! | [`qkv_attention`] | head split, `softmax(q k^T / sqrt(Dh)) v`, head merge | GEMMs on strided views of `qkv`, vectorised softmax, fused softmax backward |
-//! | [`conv2d`] | burn's `conv2d` (stride 1) and its backward | direct AVX-512 or AVX2 kernels (implicit GEMMs without AVX2) over shifted views of the padded input, no im2col buffer; the AVX-512 weight gradient channels-last |
+//! | [`conv2d`] | burn's `conv2d` (stride 1) and its backward | direct AVX-512 or AVX2 kernels (implicit GEMMs without AVX2) over shifted views of the padded input, no im2col buffer; the weight gradient channels-last (along positions below 8 input channels) |
 //! | [`conv2d_stride2`] | burn's `conv2d` (3x3, stride 2) and its backward | [`conv2d`]'s kernels on the input's four phases (a 2x2 stride-1 convolution) |
 //! | [`linear`] | burn's `Linear` and its backward | one GEMM per thread on a block of rows; gradients through strided views |
 //! | [`linear_gelu`] | `Linear` then GELU (U-ViT's MLP) | GELU on each block of rows of the product while in cache (inference: in place) |
