@@ -12,7 +12,7 @@
 //! into one GEMM measured 2x slower here: its transposing copy costs more than it saves.) The
 //! direct kernels (`direct_conv.rs`) compute the same sums in register tiles (on AVX-512 a
 //! same-size convolution reads the unpadded input with masked loads instead), and their weight
-//! gradient runs channels-last (along positions, as the forward, for inputs of fewer than 8 channels).
+//! gradient runs channels-last (along positions, as the forward, below 8 input channels).
 
 use crate::dispatch::{self, FusedOp, dims, new_tensor, placed};
 use crate::gemm::gemm_strided;
@@ -259,8 +259,7 @@ fn convolve_images(
 fn conv_weight_grad((x, padded): (&[f32], bool), g: &ConvGeom, dy: &[f32], isa: Option<Isa>) -> (Vec<f32>, Vec<f32>) {
     let (wp, q) = (g.wp(), g.q());
     // The channels-last kernel reads the images as they are; the others read them padded.
-    let channels_last = direct_conv::WeightGrad::applies(g, isa);
-    let xp = (!padded && !channels_last).then(|| pad_images(x, g));
+    let xp = (!padded && !direct_conv::WeightGrad::applies(g, isa)).then(|| pad_images(x, g));
     let (xp, padded) = match &xp {
         Some(xp) => (&xp[..], true),
         None => (x, padded),
@@ -277,7 +276,7 @@ fn conv_weight_grad((x, padded): (&[f32], bool), g: &ConvGeom, dy: &[f32], isa: 
         .map(|start| {
             let mut dw = vec![0.0f32; wlen];
             let mut db = vec![0.0f32; g.c_out];
-            let mut channels_last = isa.filter(|_| channels_last).map(|isa| direct_conv::WeightGrad::new(g, isa));
+            let mut channels_last = direct_conv::WeightGrad::new(g, isa);
             // The output gradient on the extended grid, for the other kernels (the garbage columns
             // stay 0).
             let mut ext = if channels_last.is_none() { vec![0.0f32; g.c_out * q] } else { Vec::new() };

@@ -597,18 +597,19 @@ impl WeightGrad {
         isa.is_some() && g.c_in >= 8
     }
 
-    /// For the instruction set the kernels run on (`accumulate` checks that the CPU has it).
-    pub(super) fn new(g: &ConvGeom, isa: Isa) -> Self {
+    /// For the instruction set the kernels run on (`accumulate` checks that the CPU has it);
+    /// `None` where it does not apply ([`WeightGrad::applies`]).
+    pub(super) fn new(g: &ConvGeom, isa: Option<Isa>) -> Option<Self> {
         let taps = g.kh * g.kw;
-        let wide = isa == Isa::Avx512 && matches!(taps, 9 | 4 | 1);
+        let wide = isa == Some(Isa::Avx512) && matches!(taps, 9 | 4 | 1);
         let stride = if wide { g.c_in } else { g.c_in.next_multiple_of(8) };
-        Self {
+        Self::applies(g, isa).then(|| Self {
             wide,
             stride,
             xt: vec![0.0; (g.hp() * g.wp() + g.kw) * stride],
             acc: vec![0.0; g.c_out * taps * stride],
             offsets: g.tap_offsets().collect(),
-        }
+        })
     }
 
     /// Adds the gradient of one image: `src` the image (`C_in H W` floats), or the padded image

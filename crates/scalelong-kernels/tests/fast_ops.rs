@@ -112,8 +112,8 @@ fn conv2d_equals_burns_conv2d() {
     // (batch, c_in, c_out, size, kernel, padding); tolerance 1e-5 relative (f32 summation order).
     // Channel counts around the direct kernels' tiles (5 and 4 output channels; in the weight
     // gradient 2 x 5 input channels below 8 input channels, else 3, 4 and 6 x 8 input channels on
-    // AVX2 and 3 x 9, 6 x 4 and 8 x 1 on AVX-512) and their 8- and 16-channel vectors, grids around their 16 to 64 positions, kernel rows
-    // longer than the AVX2 weight gradient's 3 taps.
+    // AVX2 and 3 x 9, 6 x 4 and 8 x 1 on AVX-512) and their 8- and 16-channel vectors, grids
+    // around their 16 to 64 positions, kernel rows longer than the AVX2 weight gradient's 3 taps.
     let cases = [
         (2, 3, 5, 7, 3, 1),
         (3, 16, 8, 8, 3, 1),
