@@ -63,7 +63,7 @@ pub(crate) unsafe fn matmul(
                 isa,
                 (m, n, k),
                 (dst.0, dst.1 as usize),
-                accumulate,
+                direct_gemm::Addends::accumulate(accumulate),
                 (lhs.0, lhs.1 as usize, lhs.2 as usize),
                 (rhs.0, rhs.1 as usize),
             );

@@ -4,25 +4,30 @@
 //! The same on a concatenated input (`cat([x, y], -1) W + b`, [`linear_cat`]) without building
 //! the concatenation: one product per part, accumulated onto the same output.
 
+use crate::direct_gemm::{self, Addends, Start};
 use crate::dispatch::{self, FusedOp, dims, new_tensor, placed};
 use crate::gelu::{gelu_backward, gelu_chunk, gelu_in_place};
 use crate::gemm::{gemm_strided, matmul, transpose_block};
 use crate::parallel::{assume_written, filled_through, par_filled, row_block, sum_partials};
-use crate::{Isa, direct_gemm, reference};
+use crate::{Isa, reference};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-/// `x [M, K] W [K, N] + b [N]`, all contiguous; `x` given as column blocks `parts` (`[M, K_i]`
-/// each, `sum K_i = K`, the rows of `W` in the same order): `cat(parts, 1) W + b` without the
-/// concatenation. Each thread takes a block of rows and runs it [`direct_gemm::ROW_BLOCK`] rows at
-/// a time: the bias written, each part's product accumulated onto it, then `epilogue(first row,
-/// rows)` on those rows while they are in cache (an activation). Every element is the bias plus
-/// one sum over `K` in order, so the values do not depend on the blocking.
+/// `residual + (x [M, K] W [K, N] + b [N])` (without `residual` where it is `None`), all
+/// contiguous; `x` given as column blocks `parts` (`[M, K_i]` each, `sum K_i = K`, the rows of `W`
+/// in the same order): `cat(parts, 1) W + b` without the concatenation. Each thread takes a block
+/// of rows and runs it [`direct_gemm::ROW_BLOCK`] rows at a time: each part's product accumulated
+/// onto the bias, the residual added, then `epilogue(first row, rows)` on those rows while they
+/// are in cache (an activation). The direct kernel adds the bias and the residual to its sums in
+/// registers ([`direct_gemm::Addends`]); gemm accumulates onto the bias written first, and the
+/// residual is added after. Every element is `(b + one sum over K in order) + residual` either
+/// way, so the values depend neither on the blocking nor on the kernel.
 fn linear_rows(
     parts: &[&FlexTensor],
     w: &FlexTensor,
     b: &FlexTensor,
+    residual: Option<&[f32]>,
     isa: Option<Isa>,
     epilogue: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
@@ -32,31 +37,55 @@ fn linear_rows(
     let xs: Vec<&[f32]> = parts.iter().map(|p| p.storage::<f32>()).collect();
     let (w, b) = (w.storage::<f32>(), b.storage::<f32>());
     assert!(xs.iter().zip(&widths).all(|(x, &k)| x.len() == m * k) && w.len() == k_all * n && b.len() == n);
+    assert!(residual.is_none_or(|r| r.len() == m * n), "the residual has the output's shape");
     let sub = direct_gemm::ROW_BLOCK;
     let block = |first: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
-        for row in dst.chunks_mut(n) {
-            for (o, &v) in row.iter_mut().zip(b) {
-                o.write(v);
+        let rows = dst.len() / n;
+        let residual = residual.map(|r| &r[first * n..][..rows * n]);
+        if isa.is_none() {
+            for row in dst.chunks_mut(n) {
+                for (o, &v) in row.iter_mut().zip(b) {
+                    o.write(v);
+                }
             }
         }
-        // SAFETY: every element was just written (the bias).
-        let dst = unsafe { assume_written(dst) };
+        let out = dst.as_mut_ptr().cast::<f32>();
         let mut w_rows = 0;
-        for (x, &k) in xs.iter().zip(&widths) {
-            // SAFETY: dst is rows first.. of the output [r, N]; those rows of x [r, K_i] and W's
-            // rows w_rows..w_rows + K_i [K_i, N] are inside their slices (asserted above).
+        for (i, (x, &k)) in xs.iter().zip(&widths).enumerate() {
+            let (x, w) = ((x[first * k..].as_ptr(), k, 1), (w[w_rows * n..].as_ptr(), n));
+            // SAFETY: dst is rows first.. of the output [r, N], the bias N values and the
+            // residual's block [r, N]; those rows of x [r, K_i] and W's rows w_rows..w_rows + K_i
+            // [K_i, N] are inside their slices (asserted above). The direct kernel writes every
+            // element of dst on the first part (which starts from the bias); gemm accumulates onto
+            // the bias written above.
             unsafe {
-                matmul(
-                    isa,
-                    (dst.len() / n, n, k),
-                    (dst.as_mut_ptr(), n as isize, 1),
-                    true,
-                    (x.as_ptr().add(first * k), k as isize, 1),
-                    (w[w_rows * n..].as_ptr(), n as isize, 1),
-                    1.0,
-                )
+                match isa {
+                    Some(isa) => {
+                        let start = if i == 0 { Start::Row(b.as_ptr()) } else { Start::Dst };
+                        let last = i + 1 == xs.len();
+                        let addends = Addends { start, residual: residual.filter(|_| last).map(<[f32]>::as_ptr) };
+                        direct_gemm::gemm_raw(isa, (rows, n, k), (out, n), addends, x, w)
+                    }
+                    None => matmul(
+                        None,
+                        (rows, n, k),
+                        (out, n as isize, 1),
+                        true,
+                        (x.0, k as isize, 1),
+                        (w.0, n as isize, 1),
+                        1.0,
+                    ),
+                }
             };
             w_rows += k;
+        }
+        // SAFETY: every element was written: the bias, or the direct kernel's first product.
+        let dst = unsafe { assume_written(dst) };
+        if let (None, Some(residual)) = (isa, residual) {
+            // `r + y`, as the composition adds them (IEEE addition commutes: the same bits).
+            for (o, &v) in dst.iter_mut().zip(residual) {
+                *o += v;
+            }
         }
         epilogue(first, dst);
     };
@@ -180,7 +209,7 @@ fn linear_forward(inputs: Vec<FlexTensor>, isa: Option<Isa>) -> (FlexTensor, Lin
     let weight = inputs.pop().expect("weight");
     let parts: Vec<&FlexTensor> = inputs.iter().collect();
     let [m, n] = [dims::<2>(parts[0])[0], dims::<2>(&weight)[1]];
-    let out = new_tensor(linear_rows(&parts, &weight, &bias, isa, |_, _| ()), &[m, n]);
+    let out = new_tensor(linear_rows(&parts, &weight, &bias, None, isa, |_, _| ()), &[m, n]);
     (out, LinearState { parts: inputs, weight })
 }
 
@@ -249,14 +278,7 @@ impl FusedOp<4> for LinearAdd {
 
     fn forward(&self, [x, weight, bias, residual]: [FlexTensor; 4], isa: Option<Isa>) -> (FlexTensor, LinearState) {
         let [m, n] = [dims::<2>(&x)[0], dims::<2>(&weight)[1]];
-        let r = residual.storage::<f32>();
-        assert_eq!(r.len(), m * n, "the residual has the output's shape");
-        let out = linear_rows(&[&x], &weight, &bias, isa, |first, rows| {
-            // `r + y`, as the composition adds them (IEEE addition commutes: the same bits).
-            for (o, &v) in rows.iter_mut().zip(&r[first * n..]) {
-                *o += v;
-            }
-        });
+        let out = linear_rows(&[&x], &weight, &bias, Some(residual.storage::<f32>()), isa, |_, _| ());
         (new_tensor(out, &[m, n]), LinearState { parts: vec![x], weight })
     }
 
@@ -309,7 +331,7 @@ impl FusedOp<3> for LinearGelu {
         // every row once), each at its own offset.
         let y = unsafe {
             filled_through(m * n, |y| {
-                z = linear_rows(&[&x], &weight, &bias, isa, |first, rows| {
+                z = linear_rows(&[&x], &weight, &bias, None, isa, |first, rows| {
                     #[allow(clippy::redundant_locals)]
                     let y = y; // the whole `Shared` (Sync), not its pointer
                     let dst = std::slice::from_raw_parts_mut(y.0.add(first * n).cast(), rows.len());
@@ -323,7 +345,7 @@ impl FusedOp<3> for LinearGelu {
 
     fn infer(&self, [x, weight, bias]: [FlexTensor; 3], isa: Option<Isa>) -> FlexTensor {
         let [m, n] = [dims::<2>(&x)[0], dims::<2>(&weight)[1]];
-        new_tensor(linear_rows(&[&x], &weight, &bias, isa, |_, rows| gelu_in_place(isa, rows)), &[m, n])
+        new_tensor(linear_rows(&[&x], &weight, &bias, None, isa, |_, rows| gelu_in_place(isa, rows)), &[m, n])
     }
 
     fn backward(
