@@ -22,6 +22,7 @@
 //! | [`linear_add`] | a residual plus `Linear` (the transformer blocks' residuals) | the residual added to each block of rows of the product while in cache |
 //! | [`linear_cat`] | `Linear` on `cat([x, y], -1)` (U-ViT's skip fusion) | [`linear`]'s GEMMs on each part, accumulated onto one output; no concatenation |
 //! | [`gelu`] | burn's `gelu` and its backward | one parallel, vectorised pass each (flex's runs on one thread with libm's erf) |
+//! | [`cat_axis1`] | burn's `Tensor::cat` along axis 1 (the UNet's skip concatenations) | one parallel copy per image (flex copies on one thread) |
 //! | [`upsample_nearest2x`] | reshape, expand, reshape (flex's strided copy) | one copy forward, one 2x2 sum backward |
 //! | [`group_norm`] | burn's `GroupNorm` (+ SiLU) | one vectorised pass forward, two backward |
 //! | [`layer_norm`] | burn's `LayerNorm` | flex's fused forward, one fused backward |
@@ -39,6 +40,7 @@
 
 mod alloc;
 mod attention;
+mod concat;
 mod conv;
 mod direct_conv;
 mod direct_gemm;
@@ -60,6 +62,7 @@ mod upsample;
 
 pub use alloc::tune_allocator;
 pub use attention::qkv_attention;
+pub use concat::cat_axis1;
 pub use conv::{conv2d, conv2d_stride2};
 pub use gelu::gelu;
 pub use layers::{Fused, FusedAdd, FusedGelu, FusedSilu, LAYER_NORM_EPS};

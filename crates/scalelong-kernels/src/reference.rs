@@ -50,6 +50,11 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     burn::tensor::activation::gelu(x)
 }
 
+/// [`crate::cat_axis1`]: burn's concatenation.
+pub fn cat_axis1<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+    Tensor::cat(vec![a, b], 1)
+}
+
 /// [`crate::upsample_nearest2x`]: reshape, expand, reshape.
 pub fn upsample_nearest2x(x: Tensor<4>) -> Tensor<4> {
     let [b, c, h, w] = x.dims();

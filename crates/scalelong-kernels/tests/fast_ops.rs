@@ -190,6 +190,31 @@ fn upsample_equals_the_expand_composition() {
 }
 
 #[test]
+fn cat_axis1_equals_burns_cat() {
+    // Copies: equal bit for bit, forward and gradients. Channels of an image batch, and one token
+    // before 64 (the U-ViT's time token before its patches).
+    for (shape, split) in [([2, 5, 4, 3], 3), ([3, 65, 8, 1], 1), ([1, 2, 1, 1], 1)] {
+        let parts = |x: Tensor<4>| {
+            let n = x.dims()[1];
+            (x.clone().narrow(1, 0, split), x.narrow(1, split, n - split))
+        };
+        check(
+            &format!("cat_axis1 {shape:?} at {split}"),
+            shape,
+            |x| {
+                let (a, b) = parts(x);
+                kernels::cat_axis1(a, b)
+            },
+            |x| {
+                let (a, b) = parts(x);
+                reference::cat_axis1(a, b)
+            },
+            0.0,
+        );
+    }
+}
+
+#[test]
 fn linear_equals_burns_linear() {
     // (batch, tokens, in, out); tolerance 1e-5 relative (f32 summation order). Row counts around
     // the direct kernel's 6-row tiles, widths around its 16 columns.

@@ -24,7 +24,7 @@ use burn::nn::{GroupNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use resnet::{conv3x3, group_norm};
-use scalelong_kernels::{Fused, FusedSilu};
+use scalelong_kernels::{Fused, FusedSilu, cat_axis1};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,7 +273,7 @@ impl UNet {
             let widths = (h.dims()[1], skip.dims()[1]);
             let site = FusionSite { lsc, params, widths, stage: Some(stage), layout: Layout::Channels };
             let fusion = fuse_long_skip(self.scaling, &self.edit, h, skip, site, &mut trace);
-            h = block.res.forward(Tensor::cat(vec![fusion.main, fusion.skip], 1), time.clone()); // [B, C_l, H, W]
+            h = block.res.forward(cat_axis1(fusion.main, fusion.skip), time.clone()); // [B, C_l, H, W]
             if let Some(attn) = &block.attn {
                 h = attn.forward(h);
             }

@@ -23,7 +23,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::silu;
-use scalelong_kernels::Fused;
+use scalelong_kernels::{Fused, cat_axis1};
 use serde::{Deserialize, Serialize};
 
 /// Every field of the reference `UViT.__init__` this project uses; defaults are a CPU-sized
@@ -233,7 +233,7 @@ impl UViT {
 
         // 2. Patches, time token first, position embedding.
         let patches = self.patch_embed.forward(x, self.patch_size); // [B, hw, D]
-        let mut h = Tensor::cat(vec![time, patches], 1) + self.pos_embed.val(); // [B, L, D]
+        let mut h = cat_axis1(time, patches) + self.pos_embed.val(); // [B, L, D]
 
         // 3. Encoder: every in-block pushes its output as a skip.
         let mut skips = Vec::with_capacity(self.in_blocks.len());
