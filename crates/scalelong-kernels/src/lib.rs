@@ -19,7 +19,7 @@
 //! | [`conv2d_stride2`] | burn's `conv2d` (3x3, stride 2) and its backward | [`conv2d`]'s kernels on the input's four phases (a 2x2 stride-1 convolution) |
 //! | [`linear`] | burn's `Linear` and its backward | one GEMM per thread on a block of rows; gradients through strided views |
 //! | [`linear_gelu`] | `Linear` then GELU (U-ViT's MLP) | GELU on each block of rows of the product while in cache (inference: in place) |
-//! | [`linear_add`] | a residual plus `Linear` (the transformer blocks' residuals) | the residual added to each block of rows of the product while in cache |
+//! | [`linear_add`] | a residual plus `Linear` (the transformer blocks' residuals) | the bias and the residual added to the sums in the GEMM tile, before they are stored |
 //! | [`linear_cat`] | `Linear` on `cat([x, y], -1)` (U-ViT's skip fusion) | [`linear`]'s GEMMs on each part, accumulated onto one output; no concatenation |
 //! | [`gelu`] | burn's `gelu` and its backward | one parallel, vectorised pass each (flex's runs on one thread with libm's erf) |
 //! | [`cat_axis1`] | burn's `Tensor::cat` along axis 1 (the UNet's skip concatenations) | one parallel copy per image (flex copies on one thread) |

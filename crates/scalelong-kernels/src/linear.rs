@@ -1,5 +1,5 @@
-//! Linear layers: `x W + b` as one GEMM per thread on a block of rows (the bias written first, the
-//! product accumulated onto it); the input gradient against W^T, the weight gradient summed over
+//! Linear layers: `x W + b` as one GEMM per thread on a block of rows (the direct kernel adds the
+//! bias, and a residual, to its sums before it stores them); the input gradient against W^T, the weight gradient summed over
 //! blocks of tokens (the direct kernel) or computed by blocks of W's rows (gemm, strided views).
 //! The same on a concatenated input (`cat([x, y], -1) W + b`, [`linear_cat`]) without building
 //! the concatenation: one product per part, accumulated onto the same output.
@@ -268,8 +268,8 @@ impl<const N: usize> FusedOp<N> for LinearParts<N> {
     }
 }
 
-/// `r + (x W + b)` on `[M, K]` rows: the residual added to each block of rows of the product
-/// while it is in cache; the backward keeps `x` and `W` (the residual's gradient is the output's).
+/// `r + (x W + b)` on `[M, K]` rows: the residual added to the product's sums in the tile (or to
+/// each block of rows while it is in cache, on gemm); the backward keeps `x` and `W` (the residual's gradient is the output's).
 #[derive(Debug)]
 struct LinearAdd;
 
