@@ -11,20 +11,18 @@ use crate::{Isa, reference};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 
-/// `cat([a, b], 1)`; the backward needs the parts' sizes only.
+/// `cat([a, b], 1)`; the backward needs the parts' shapes only.
 #[derive(Debug)]
 struct Cat;
 
-/// Floats per image of each part: the output's image is `a`'s then `b`'s.
-#[derive(Clone, Copy, Debug)]
-struct Parts {
-    batch: usize,
-    a: usize,
-    b: usize,
+/// Floats per image (per index of the first axis) of a tensor of `shape`.
+fn per_image(shape: &[usize]) -> usize {
+    shape[1..].iter().product()
 }
 
 impl FusedOp<2> for Cat {
-    type State = (Parts, Vec<usize>, Vec<usize>);
+    /// The shapes of `a` and `b`.
+    type State = [Vec<usize>; 2];
 
     fn forward(&self, [a, b]: [FlexTensor; 2], _: Option<Isa>) -> (FlexTensor, Self::State) {
         let (shape_a, shape_b) = (a.layout().shape().to_vec(), b.layout().shape().to_vec());
@@ -33,52 +31,51 @@ impl FusedOp<2> for Cat {
             && shape_a.iter().zip(&shape_b).enumerate().all(|(i, (x, y))| i == 1 || x == y);
         assert!(same_but_axis_1, "cat along axis 1 of {shape_a:?} and {shape_b:?}: other axes differ");
         let (xa, xb) = (a.storage::<f32>(), b.storage::<f32>());
-        let batch = shape_a[0];
-        let parts = Parts { batch, a: xa.len() / batch.max(1), b: xb.len() / batch.max(1) };
-        let image = parts.a + parts.b;
+        let (la, lb) = (per_image(&shape_a), per_image(&shape_b));
         // SAFETY: each image's chunk is written whole: `a`'s part, then `b`'s.
         let (out, _) = unsafe {
             par_filled(
-                batch * image,
-                image,
+                shape_a[0] * (la + lb),
+                la + lb,
                 || (),
                 |_, i, dst| {
-                    let (da, db) = dst.split_at_mut(parts.a);
-                    da.write_copy_of_slice(&xa[i * parts.a..][..parts.a]);
-                    db.write_copy_of_slice(&xb[i * parts.b..][..parts.b]);
+                    let (da, db) = dst.split_at_mut(la);
+                    da.write_copy_of_slice(&xa[i * la..][..la]);
+                    db.write_copy_of_slice(&xb[i * lb..][..lb]);
                 },
             )
         };
         let mut shape = shape_a.clone();
         shape[1] += shape_b[1];
-        (new_tensor(out, &shape), (parts, shape_a, shape_b))
+        (new_tensor(out, &shape), [shape_a, shape_b])
     }
 
     fn backward(
         self,
-        (parts, shape_a, shape_b): Self::State,
+        [shape_a, shape_b]: Self::State,
         grad: FlexTensor,
         [want_a, want_b]: [bool; 2],
         _: Option<Isa>,
     ) -> [Option<FlexTensor>; 2] {
         let dy = grad.storage::<f32>();
-        let image = parts.a + parts.b;
-        // The gradient of the part at `offset` (`len` floats per image) within each image.
-        let part = |offset: usize, len: usize, shape: &[usize]| {
+        let (la, lb) = (per_image(&shape_a), per_image(&shape_b));
+        // The gradient of the part of `shape` at `offset` within each image of the output.
+        let part = |offset: usize, shape: &[usize]| {
+            let len = per_image(shape);
             // SAFETY: each image's chunk of the part is written whole.
             let (dx, _) = unsafe {
                 par_filled(
-                    parts.batch * len,
+                    shape[0] * len,
                     len.max(1),
                     || (),
                     |_, i, dst| {
-                        dst.write_copy_of_slice(&dy[i * image + offset..][..dst.len()]);
+                        dst.write_copy_of_slice(&dy[i * (la + lb) + offset..][..dst.len()]);
                     },
                 )
             };
             new_tensor(dx, shape)
         };
-        [want_a.then(|| part(0, parts.a, &shape_a)), want_b.then(|| part(parts.a, parts.b, &shape_b))]
+        [want_a.then(|| part(0, &shape_a)), want_b.then(|| part(la, &shape_b))]
     }
 }
 

@@ -1,6 +1,7 @@
 //! Linear layers: `x W + b` as one GEMM per thread on a block of rows (the direct kernel adds the
-//! bias, and a residual, to its sums before it stores them); the input gradient against W^T, the weight gradient summed over
-//! blocks of tokens (the direct kernel) or computed by blocks of W's rows (gemm, strided views).
+//! bias, and a residual, to its sums before it stores them); the input gradient against W^T, the
+//! weight gradient summed over blocks of tokens (the direct kernel) or computed by blocks of W's
+//! rows (gemm, strided views).
 //! The same on a concatenated input (`cat([x, y], -1) W + b`, [`linear_cat`]) without building
 //! the concatenation: one product per part, accumulated onto the same output.
 
@@ -42,51 +43,56 @@ fn linear_rows(
     let block = |first: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
         let rows = dst.len() / n;
         let residual = residual.map(|r| &r[first * n..][..rows * n]);
-        if isa.is_none() {
-            for row in dst.chunks_mut(n) {
-                for (o, &v) in row.iter_mut().zip(b) {
-                    o.write(v);
-                }
-            }
-        }
         let out = dst.as_mut_ptr().cast::<f32>();
-        let mut w_rows = 0;
-        for (i, (x, &k)) in xs.iter().zip(&widths).enumerate() {
-            let (x, w) = ((x[first * k..].as_ptr(), k, 1), (w[w_rows * n..].as_ptr(), n));
-            // SAFETY: dst is rows first.. of the output [r, N], the bias N values and the
-            // residual's block [r, N]; those rows of x [r, K_i] and W's rows w_rows..w_rows + K_i
-            // [K_i, N] are inside their slices (asserted above). The direct kernel writes every
-            // element of dst on the first part (which starts from the bias); gemm accumulates onto
-            // the bias written above.
-            unsafe {
-                match isa {
-                    Some(isa) => {
-                        let start = if i == 0 { Start::Row(b.as_ptr()) } else { Start::Dst };
-                        let last = i + 1 == xs.len();
-                        let addends = Addends { start, residual: residual.filter(|_| last).map(<[f32]>::as_ptr) };
-                        direct_gemm::gemm_raw(isa, (rows, n, k), (out, n), addends, x, w)
-                    }
-                    None => matmul(
-                        None,
-                        (rows, n, k),
-                        (out, n as isize, 1),
-                        true,
-                        (x.0, k as isize, 1),
-                        (w.0, n as isize, 1),
-                        1.0,
-                    ),
+        // Each part's rows first.. of x (`[r, K_i]`), its width and its rows of W (`[K_i, N]`).
+        let products = xs.iter().zip(&widths).scan(0, |w_rows, (x, &k)| {
+            let part = (x[first * k..].as_ptr(), k, w[*w_rows * n..].as_ptr());
+            *w_rows += k;
+            Some(part)
+        });
+        // In both arms, dst is rows first.. of the output [r, N], the bias N values, the residual's
+        // block [r, N], and the parts' rows and W's rows are inside their slices (asserted above).
+        match isa {
+            // The first product starts from the bias (and writes every element), the last adds
+            // the residual.
+            Some(isa) => {
+                for (i, (x, k, w)) in products.enumerate() {
+                    let start = if i == 0 { Start::Row(b.as_ptr()) } else { Start::Dst };
+                    let residual = residual.filter(|_| i + 1 == xs.len()).map(<[f32]>::as_ptr);
+                    let addends = Addends { start, residual };
+                    // SAFETY: the views above.
+                    unsafe { direct_gemm::gemm_raw(isa, (rows, n, k), (out, n), addends, (x, k, 1), (w, n)) };
                 }
-            };
-            w_rows += k;
-        }
-        // SAFETY: every element was written: the bias, or the direct kernel's first product.
-        let dst = unsafe { assume_written(dst) };
-        if let (None, Some(residual)) = (isa, residual) {
-            // `r + y`, as the composition adds them (IEEE addition commutes: the same bits).
-            for (o, &v) in dst.iter_mut().zip(residual) {
-                *o += v;
+            }
+            // The bias written, each product accumulated onto it, the residual added.
+            None => {
+                for row in dst.chunks_mut(n) {
+                    for (o, &v) in row.iter_mut().zip(b) {
+                        o.write(v);
+                    }
+                }
+                for (x, k, w) in products {
+                    // SAFETY: the views above; dst holds the bias, which the product accumulates onto.
+                    unsafe {
+                        gemm_strided(
+                            (rows, n, k),
+                            (out, n as isize, 1),
+                            true,
+                            (x, k as isize, 1),
+                            (w, n as isize, 1),
+                            1.0,
+                        )
+                    };
+                }
+                // `r + y`, as the composition adds them (IEEE addition commutes: the same bits).
+                // SAFETY: every element holds the bias plus the products.
+                for (o, &v) in unsafe { assume_written(dst) }.iter_mut().zip(residual.unwrap_or_default()) {
+                    *o += v;
+                }
             }
         }
+        // SAFETY: every element was written: by the direct kernel's first product, or the bias.
+        let dst = unsafe { assume_written(dst) };
         epilogue(first, dst);
     };
     let rows = row_block(m);
@@ -269,7 +275,8 @@ impl<const N: usize> FusedOp<N> for LinearParts<N> {
 }
 
 /// `r + (x W + b)` on `[M, K]` rows: the residual added to the product's sums in the tile (or to
-/// each block of rows while it is in cache, on gemm); the backward keeps `x` and `W` (the residual's gradient is the output's).
+/// each block of rows while it is in cache, on gemm); the backward keeps `x` and `W` (the
+/// residual's gradient is the output's).
 #[derive(Debug)]
 struct LinearAdd;
 
