@@ -1,11 +1,13 @@
-//! GEMM kernels for AVX2 + FMA and for AVX-512 without packing, for the linear layers' products
-//! whose inner dimension is small (64-256 in the presets) and whose right factor fits in cache.
+//! GEMM kernels for AVX2 + FMA and for AVX-512, for the linear layers' products whose inner
+//! dimension is small (64-256 in the presets) and whose right factor fits in cache.
 //!
 //! Why: gemm packs both factors on every call and is tuned for large products; on
 //! `[4160, 64] x [64, 192]` it ran about 1.6x slower than PyTorch's BLAS. Here a tile of 6 rows x
 //! 16 columns of the product stays in 12 vector registers over the whole inner dimension: per
 //! step two loads of a contiguous row of the right factor, six broadcasts of the left and twelve
-//! FMAs; the product is written once. Same structure as `direct_conv`'s tile.
+//! FMAs; the product is written once. Same structure as `direct_conv`'s tile. Neither factor is
+//! packed, except (AVX2) a slab of the right factor whose rows would evict one another from L1,
+//! and the narrow last slab ([`Panel`]).
 
 use crate::Isa;
 
@@ -150,16 +152,21 @@ unsafe fn gemm_block(
     (a, ars, acs): (*const f32, usize, usize),
     (b, brs): (*const f32, usize),
 ) {
-    let main = n / COLS * COLS;
-    // SAFETY (whole body): rows r0..r0 + rows of a and dst, columns n0..n0 + 16 of b and dst,
-    // and the tail columns, all addressed within the caller's bounds.
+    // SAFETY (whole body): rows r0..r0 + rows of a and dst, columns n0..n0 + cols of b and dst
+    // (n0..n0 + 16 of b where that is a whole slab), all addressed within the caller's bounds;
+    // the panel holds k rows of 16.
     unsafe {
-        // Every slab of 16 columns, then the last `n - main` (< 16) through masked loads and
-        // stores: a scalar tail cost `[65 x 16] x [16 x 65]` (attention's scores) a quarter more.
-        let slabs = (0..main).step_by(COLS).map(|n0| (n0, COLS)).chain((main < n).then_some((main, n - main)));
+        let mut panel = std::mem::MaybeUninit::<Panel>::uninit();
+        let evicts_itself = Panel::evicts_itself(brs, k);
+        let slabs = (0..n).step_by(COLS).map(|n0| (n0, COLS.min(n - n0)));
         for (m0, (n0, cols)) in (0..m).step_by(ROW_BLOCK).flat_map(|m0| slabs.clone().map(move |slab| (m0, slab))) {
+            let (bp, brs) = if cols < COLS || evicts_itself {
+                (Panel::pack(&mut panel, b.add(n0), brs, k, cols), COLS)
+            } else {
+                (b.add(n0), brs)
+            };
             for r0 in (m0..m.min(m0 + ROW_BLOCK)).step_by(ROWS) {
-                let (ap, bp, dp) = (a.add(r0 * ars), b.add(n0), dst.add(r0 * drs + n0));
+                let (ap, dp) = (a.add(r0 * ars), dst.add(r0 * drs + n0));
                 let add = addends.at(r0, n0, drs, first, last);
                 let rows = ROWS.min(m - r0);
                 macro_rules! tile {
@@ -180,10 +187,73 @@ unsafe fn gemm_block(
     }
 }
 
+/// A slab of the right factor, `k` (<= [`INNER_BLOCK`]) rows of 16 columns in a row: the copy
+/// that a tile reads instead of a slab whose rows evict one another from L1, or of the last,
+/// narrower slab (padded with zeros, so that the tile's inner loop loads whole vectors there too).
+///
+/// Why: rows 256 or 1024 bytes apart fall into 16 or 4 of L1's 64 sets, so a slab of the weight
+/// `[64, 256]` or `[256, 64]`, or of an output gradient in a weight gradient, evicted itself while
+/// the tiles read it. One thread, hot caches, best of 40 alternating rounds against the unpacked
+/// kernel: `[96, 64] x [64, 256]` 1.12x, `[96, 256] x [256, 64]` 1.11x, the weight gradients
+/// `[64 | 256, 4160] x [4160, 256 | 64]` 1.2-1.3x, the input gradients `[4160, 64 | 256] x [.., 256
+/// | 64]` 1.15-1.25x faster; with the caches flushed before each round, 1.0-1.15x. The narrow
+/// slab: with masked loads in the inner loop, attention's `[65, 16] x [16, 65]` took 1.5x the
+/// time of `[65, 16] x [16, 64]`, padded 1.35-1.4x (its 16-column tiles' work for one column).
+#[repr(align(64))]
+struct Panel {
+    rows: [[f32; COLS]; INNER_BLOCK],
+}
+
+impl Panel {
+    /// Whether `k` rows `brs` floats apart evict one another from L1 (64 sets of 8 lines of 64
+    /// bytes, as on Zen 2-4 and Skylake): a stride of `x` whole lines maps the rows onto
+    /// `64 / gcd(64, x)` sets. Copying a slab that does not only adds its first reads' latency:
+    /// with the caches flushed, attention's `P v` (`[65, 65] x [65, 16]`, rows 768 bytes apart)
+    /// took 1.18x its time packed, the `qkv` product (`[96, 64] x [64, 192]`) 1.1x.
+    fn evicts_itself(brs: usize, k: usize) -> bool {
+        const SETS: usize = 64;
+        const WAYS: usize = 8;
+        let lines = brs / COLS; // 16 floats a line
+        brs.is_multiple_of(COLS) && k > WAYS * (SETS >> lines.trailing_zeros().min(SETS.trailing_zeros()))
+    }
+
+    /// Columns `0..cols` of `k` rows of `b` (rows `brs` apart) as the panel's first `k` rows,
+    /// the rest of each row zero; returns the panel.
+    ///
+    /// # Safety
+    /// The `k` (<= [`INNER_BLOCK`]) rows of `cols` (<= 16) values lie inside `b`'s allocation.
+    #[inline(always)]
+    unsafe fn pack(
+        panel: &mut std::mem::MaybeUninit<Self>,
+        b: *const f32,
+        brs: usize,
+        k: usize,
+        cols: usize,
+    ) -> *const f32 {
+        // SAFETY: a pointer to the field of the (uninitialised) panel, not a read.
+        let dst = unsafe { (&raw mut (*panel.as_mut_ptr()).rows).cast::<f32>() };
+        for kk in 0..k {
+            // SAFETY: the caller's contract; row kk of the panel is inside it (k <= INNER_BLOCK).
+            unsafe {
+                let (src, row) = (b.add(kk * brs), dst.add(kk * COLS));
+                if cols == COLS {
+                    std::ptr::copy_nonoverlapping(src, row, COLS);
+                } else {
+                    for c in 0..COLS {
+                        *row.add(c) = if c < cols { *src.add(c) } else { 0.0 };
+                    }
+                }
+            }
+        }
+        dst
+    }
+}
+
 /// `R` rows x 16 columns: `dst[r, 0..16] = (start + sum_kk a[r ars + kk acs] b[kk brs + 0..16]) +
 /// residual` ([`Addends`], the residual with `dst`'s row stride); with `MASKED`, the first `cols`
-/// (< 16) of them alone, through masked loads and stores (a masked-out lane is neither read nor
-/// written).
+/// (< 16) of them alone: `b`'s rows are read whole (a padded [`Panel`]), what is added to the
+/// sums and the sums themselves through masked loads and stores (a masked-out lane of `dst` is
+/// neither read nor written).
 ///
 /// # Safety
 /// AVX2 and FMA present; every addressed element inside its allocation.
@@ -217,8 +287,8 @@ unsafe fn tile<const R: usize, const MASKED: bool>(
         let mut acc: [[__m256; 2]; R] = [[_mm256_setzero_ps(); 2]; R];
         let (mut ak, mut bk) = (a, b);
         for _ in 0..k {
-            let b0 = load(bk, 0);
-            let b1 = load(bk.add(8), 1);
+            let b0 = _mm256_loadu_ps(bk);
+            let b1 = _mm256_loadu_ps(bk.add(8));
             for (r, row) in acc.iter_mut().enumerate() {
                 let av = _mm256_broadcast_ss(&*ak.add(r * ars));
                 row[0] = _mm256_fmadd_ps(av, b0, row[0]);
