@@ -65,6 +65,21 @@ impl<const D: usize> FusedGelu<Tensor<D>> for Linear {
     }
 }
 
+/// Two linear layers with GELU between them, added to a residual, in one op
+/// ([`crate::mlp_add`]): the transformer blocks' MLPs with their residual.
+pub trait FusedMlpAdd<X> {
+    /// `residual + fc2.forward(gelu(fc1.forward(x)))`, `self` being `(fc1, fc2)`.
+    fn fused_mlp_add(&self, x: X, residual: X) -> X;
+}
+
+impl<const D: usize> FusedMlpAdd<Tensor<D>> for (&Linear, &Linear) {
+    /// [`crate::mlp_add`].
+    fn fused_mlp_add(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+        let device = x.device();
+        crate::mlp_add(x, weight_and_bias(self.0, &device), weight_and_bias(self.1, &device), residual)
+    }
+}
+
 impl Fused<Tensor<4>> for Conv2d {
     /// [`crate::conv2d`] when the layer fits it (stride 1, dilation 1, one group, a bias,
     /// symmetric padding below the kernel size), [`crate::conv2d_stride2`] for ADM's

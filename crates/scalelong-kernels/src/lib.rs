@@ -20,6 +20,7 @@
 //! | [`linear`] | burn's `Linear` and its backward | one GEMM per thread on a block of rows; gradients through strided views |
 //! | [`linear_gelu`] | `Linear` then GELU (U-ViT's MLP) | GELU on each block of rows of the product while in cache (inference: in place) |
 //! | [`linear_add`] | a residual plus `Linear` (the transformer blocks' residuals) | the bias and the residual added to the sums in the GEMM tile, before they are stored |
+//! | [`mlp_add`] | a residual plus `Linear`, GELU, `Linear` (U-ViT's MLP and its residual) | both products and GELU on a block of rows while its hidden activations are in L2 |
 //! | [`linear_cat`] | `Linear` on `cat([x, y], -1)` (U-ViT's skip fusion) | [`linear`]'s GEMMs on each part, accumulated onto one output; no concatenation |
 //! | [`gelu`] | burn's `gelu` and its backward | one parallel, vectorised pass each (flex's runs on one thread with libm's erf) |
 //! | [`cat_axis1`] | burn's `Tensor::cat` along axis 1 (the UNet's skip concatenations) | one parallel copy per image (flex copies on one thread) |
@@ -65,8 +66,8 @@ pub use attention::qkv_attention;
 pub use concat::cat_axis1;
 pub use conv::{conv2d, conv2d_stride2};
 pub use gelu::gelu;
-pub use layers::{Fused, FusedAdd, FusedGelu, FusedSilu, LAYER_NORM_EPS};
-pub use linear::{linear, linear_add, linear_cat, linear_gelu};
+pub use layers::{Fused, FusedAdd, FusedGelu, FusedMlpAdd, FusedSilu, LAYER_NORM_EPS};
+pub use linear::{linear, linear_add, linear_cat, linear_gelu, mlp_add};
 pub use norm::{Activation, group_norm, layer_norm};
 pub use upsample::upsample_nearest2x;
 

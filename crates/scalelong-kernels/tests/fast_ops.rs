@@ -286,6 +286,10 @@ fn assert_fused_is_bit_identical(
         let (a, b) = (to_vec(t.grad(&g_fused).unwrap()), to_vec(t.grad(&g_plain).unwrap()));
         assert!(a == b, "{name}: gradient of input {i}, bits");
     }
+    for (i, t) in ps.iter().enumerate() {
+        let (a, b) = (to_vec(t.grad(&g_fused).unwrap()), to_vec(t.grad(&g_plain).unwrap()));
+        assert!(a == b, "{name}: gradient of parameter {i}, bits");
+    }
 }
 
 #[test]
@@ -331,6 +335,46 @@ fn linear_add_equals_the_residual_plus_linear() {
             let name = format!("linear_add b{b} l{l} {k}->{n}{kernels}");
             check_with_params(&name, inputs.clone(), params.clone(), |x, p| f(x, p, true), 1e-5);
             assert_fused_is_bit_identical(&name, &inputs, &params, f);
+        });
+    }
+}
+
+#[test]
+fn mlp_add_equals_linear_gelu_then_linear_add() {
+    // (batch, tokens, in, hidden, out); tolerance 1e-5 relative against burn's composition; bit
+    // for bit against the fused linear_gelu then the fused linear_add, values and the gradients
+    // of every input (x, both weights, the residual, both biases). Row counts around the 96-row
+    // blocks, on two threads and one (each thread's first block starts elsewhere).
+    for (b, l, k, h, n) in [(2, 5, 8, 24, 8), (3, 65, 64, 256, 64), (1, 1, 3, 5, 2), (1, 97, 33, 40, 17)] {
+        on_every_kernel_set(|kernels| {
+            let f = |x: &[Tensor<4>], p: &[Tensor<1>], fused: bool| {
+                let [b, l, k, _] = x[0].dims();
+                let (h, n) = (p[0].dims()[0], p[1].dims()[0]);
+                let (x0, w1, w2, r) = (
+                    x[0].clone().reshape([b, l, k]),
+                    x[1].clone().reshape([k, h]),
+                    x[2].clone().reshape([h, n]),
+                    x[3].clone().reshape([b, l, n]),
+                );
+                let (fc1, fc2) = ((w1, p[0].clone()), (w2, p[1].clone()));
+                if fused {
+                    kernels::mlp_add(x0, fc1, fc2, r)
+                } else {
+                    kernels::linear_add(kernels::linear_gelu(x0, fc1.0, fc1.1), fc2.0, fc2.1, r)
+                }
+            };
+            let inputs = vec![
+                normal([b, l, k, 1], 1.0),
+                normal([k, h, 1, 1], 0.3),
+                normal([h, n, 1, 1], 0.3),
+                normal([b, l, n, 1], 1.0),
+            ];
+            let params = vec![normal([h], 0.3), normal([n], 0.3)];
+            let name = format!("mlp_add b{b} l{l} {k}->{h}->{n}{kernels}");
+            check_with_params(&name, inputs.clone(), params.clone(), |x, p| f(x, p, true), 1e-5);
+            assert_fused_is_bit_identical(&name, &inputs, &params, f);
+            let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            one_thread.install(|| assert_fused_is_bit_identical(&format!("{name}, one thread"), &inputs, &params, f));
         });
     }
 }

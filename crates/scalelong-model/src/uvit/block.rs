@@ -5,7 +5,7 @@ use crate::attention::Attention;
 use crate::init::{LinearInit, linear};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
-use scalelong_kernels::{Fused, FusedAdd, FusedGelu, linear_cat};
+use scalelong_kernels::{Fused, FusedGelu, FusedMlpAdd, linear_cat};
 
 /// The reference's `Mlp`: `fc2(gelu(fc1(x)))` (exact erf GELU, as torch's `nn.GELU()`).
 #[derive(Module, Debug)]
@@ -19,9 +19,9 @@ impl Mlp {
         self.fc2.fused(self.fc1.fused_gelu(x)) // GELU fused into fc1's op
     }
 
-    /// `residual + self.forward(x)`, the sum inside fc2's op.
+    /// `residual + self.forward(x)`: both layers, GELU and the sum in one op.
     pub fn forward_add<const D: usize>(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
-        self.fc2.fused_add(self.fc1.fused_gelu(x), residual)
+        (&self.fc1, &self.fc2).fused_mlp_add(x, residual)
     }
 }
 
