@@ -2,6 +2,7 @@
 
 use crate::dispatch::{self, FusedOp, dims, new_tensor, placed};
 use crate::gemm::{gemm_strided, matmul, transpose_block};
+use crate::linear::{LinearState, linear_backward, linear_rows, rows_product};
 use crate::math::{self, vectorised_fn};
 use crate::parallel::{Shared, assume_written, filled_through, par_filled};
 use crate::{Isa, reference};
@@ -167,6 +168,217 @@ fn attention_infer(qkv: FlexTensor, heads: usize, isa: Option<Isa>) -> FlexTenso
         })
     };
     new_tensor(out, &[s.batch, l, d])
+}
+
+/// `r + (attention(x W_qkv + b_qkv) W_proj + b_proj)` on the `[B L, D]` rows of `B` images of
+/// `tokens` tokens: a transformer block's attention and its residual, one image at a time, so
+/// that the image's `qkv` (`[L, 3D]`, 50 KB at the presets' 65 x 192), its heads' probabilities
+/// and its merged heads are still in L1 or L2 when the next product reads them. The training
+/// forward keeps `qkv`, the probabilities and the merged heads (the backward of each step needs
+/// them); inference keeps none of them. The same products, softmax and sums as `linear`,
+/// [`qkv_attention`] then `linear_add`: the same values, bit for bit.
+#[derive(Debug)]
+struct AttentionAdd {
+    heads: usize,
+    tokens: usize,
+}
+
+#[derive(Clone, Debug)]
+struct AttentionAddState {
+    /// The qkv layer's input and weight.
+    qkv_layer: LinearState,
+    /// `qkv` `[B, L, 3D]` and the probabilities `[B, H, L, L]`.
+    qkv: FlexTensor,
+    probs: FlexTensor,
+    /// The merged heads (the projection's input) and the projection's weight.
+    proj: LinearState,
+}
+
+/// Where the training forward keeps `qkv`, the probabilities and the merged heads.
+#[derive(Clone, Copy)]
+struct Kept {
+    qkv: Shared,
+    probs: Shared,
+    merged: Shared,
+}
+
+impl AttentionAdd {
+    /// The output; with `keep`, `qkv`, the probabilities and the merged heads written through
+    /// its pointers too.
+    ///
+    /// # Safety
+    /// `keep`'s pointers address `[B, L, 3D]`, `[B, H, L, L]` and `[B, L, D]` floats, written
+    /// by no one else meanwhile.
+    unsafe fn rows(
+        &self,
+        [x, w_qkv, b_qkv, w_proj, b_proj, r]: &[FlexTensor; 6],
+        isa: Option<Isa>,
+        keep: Option<Kept>,
+    ) -> Vec<f32> {
+        let ([m, d], l) = (dims::<2>(x), self.tokens);
+        let s = Heads { batch: 1, tokens: l, heads: self.heads, head_dim: d / self.heads }; // one image
+        let (dh, d3) = (s.head_dim, 3 * d);
+        assert!(m % l == 0 && d % self.heads == 0 && dims::<2>(w_qkv) == [d, d3] && dims::<2>(w_proj) == [d, d]);
+        let (x, r) = (x.storage::<f32>(), r.storage::<f32>());
+        let (w_qkv, b_qkv, w_proj, b_proj) =
+            (w_qkv.storage::<f32>(), b_qkv.storage::<f32>(), w_proj.storage::<f32>(), b_proj.storage::<f32>());
+        // Per thread: the image's qkv, probabilities and merged heads where they are not kept,
+        // and K^T of a head.
+        let room = |len: usize| Vec::<f32>::with_capacity(if keep.is_none() { len } else { 0 });
+        let scratch = || (room(l * d3), room(l * l), room(l * d), vec![0.0f32; if isa.is_some() { dh * l } else { 0 }]);
+        let image = |(qkv, probs, merged, k_t): &mut (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>),
+                     b: usize,
+                     dst: &mut [std::mem::MaybeUninit<f32>]| {
+            // SAFETY: image b's blocks of the kept buffers, this task's alone.
+            let kept = |p: Shared, len: usize| unsafe { std::slice::from_raw_parts_mut(p.0.add(b * len).cast(), len) };
+            let qkv = match keep {
+                Some(k) => kept(k.qkv, l * d3),
+                None => &mut qkv.spare_capacity_mut()[..l * d3],
+            };
+            let qkv: &[f32] = rows_product(&[(&x[b * l * d..], d, w_qkv)], b_qkv, None, qkv, isa);
+            let merged = match keep {
+                Some(k) => kept(k.merged, l * d),
+                None => &mut merged.spare_capacity_mut()[..l * d],
+            };
+            let merged_at = Shared(merged.as_mut_ptr().cast());
+            for h in 0..self.heads {
+                let probs = match keep {
+                    Some(k) => &mut kept(k.probs, self.heads * l * l)[h * l * l..][..l * l],
+                    None => &mut probs.spare_capacity_mut()[..l * l],
+                };
+                head_probs(qkv, &s, h, k_t, probs, isa);
+                // SAFETY: head_probs wrote the probabilities; head h's columns of the merged
+                // heads are this loop step's alone.
+                unsafe { head_out(qkv, &s, h, assume_written(probs), merged_at, isa) };
+            }
+            // SAFETY: the heads' columns cover the merged heads.
+            let merged = unsafe { assume_written(merged) };
+            rows_product(&[(merged, d, w_proj)], b_proj, Some(&r[b * l * d..]), dst, isa);
+        };
+        // SAFETY: `image` writes every element of its image's rows.
+        unsafe { par_filled(m * d, l * d, scratch, image).0 }
+    }
+
+    /// The composition's own passes (the qkv layer over blocks of rows, the attention, the
+    /// projection over blocks of rows), for gemm (no direct kernel): its sums depend on the
+    /// shape of the product, so products over images would not give the composition's values.
+    /// With `keep`, the state too.
+    fn composed(
+        &self,
+        [x, w_qkv, b_qkv, w_proj, b_proj, r]: [FlexTensor; 6],
+        keep: bool,
+    ) -> (FlexTensor, Option<AttentionAddState>) {
+        let ([m, d], l) = (dims::<2>(&x), self.tokens);
+        let qkv = new_tensor(linear_rows(&[&x], &w_qkv, &b_qkv, None, None, |_, _| ()), &[m / l, l, 3 * d]);
+        let (merged, probs) = if keep {
+            let (merged, probs) = attention_forward(qkv.clone(), self.heads, None);
+            (merged, Some(probs))
+        } else {
+            (attention_infer(qkv.clone(), self.heads, None), None)
+        };
+        let merged = merged.reshape([m, d].into());
+        let out = linear_rows(&[&merged], &w_proj, &b_proj, Some(r.storage::<f32>()), None, |_, _| ());
+        let state = probs.map(|probs| AttentionAddState {
+            qkv_layer: LinearState { parts: vec![x], weight: w_qkv },
+            qkv,
+            probs,
+            proj: LinearState { parts: vec![merged], weight: w_proj },
+        });
+        (new_tensor(out, &[m, d]), state)
+    }
+}
+
+impl FusedOp<6> for AttentionAdd {
+    type State = AttentionAddState;
+
+    fn forward(&self, inputs: [FlexTensor; 6], isa: Option<Isa>) -> (FlexTensor, AttentionAddState) {
+        if isa.is_none() {
+            let (out, state) = self.composed(inputs, true);
+            return (out, state.expect("kept"));
+        }
+        let ([m, d], (l, heads)) = (dims::<2>(&inputs[0]), (self.tokens, self.heads));
+        let batch = m / l;
+        let (mut probs, mut merged, mut out) = (Vec::new(), Vec::new(), Vec::new());
+        // SAFETY: `rows` writes every element of the three buffers once, through the pointers.
+        let qkv = unsafe {
+            filled_through(m * 3 * d, |qkv| {
+                probs = filled_through(batch * heads * l * l, |p| {
+                    merged = filled_through(m * d, |merged| {
+                        out = self.rows(&inputs, isa, Some(Kept { qkv, probs: p, merged }));
+                    })
+                })
+            })
+        };
+        let [x, w_qkv, _, w_proj, ..] = inputs;
+        let state = AttentionAddState {
+            qkv_layer: LinearState { parts: vec![x], weight: w_qkv },
+            qkv: new_tensor(qkv, &[batch, l, 3 * d]),
+            probs: new_tensor(probs, &[batch, heads, l, l]),
+            proj: LinearState { parts: vec![new_tensor(merged, &[m, d])], weight: w_proj },
+        };
+        (new_tensor(out, &[m, d]), state)
+    }
+
+    fn infer(&self, inputs: [FlexTensor; 6], isa: Option<Isa>) -> FlexTensor {
+        if isa.is_none() {
+            return self.composed(inputs, false).0;
+        }
+        let [m, d] = dims::<2>(&inputs[0]);
+        // SAFETY: nothing kept.
+        new_tensor(unsafe { self.rows(&inputs, isa, None) }, &[m, d])
+    }
+
+    /// The projection's backward, the attention's, then the qkv layer's: what the autodiff of
+    /// `linear`, [`qkv_attention`] then `linear_add` runs.
+    fn backward(
+        self,
+        state: AttentionAddState,
+        dy: FlexTensor,
+        wanted: [bool; 6],
+        isa: Option<Isa>,
+    ) -> [Option<FlexTensor>; 6] {
+        let [want_x, want_w_qkv, want_b_qkv, want_w_proj, want_b_proj, want_r] = wanted;
+        let want_qkv = want_x || want_w_qkv || want_b_qkv;
+        let dr = want_r.then(|| dy.clone());
+        let three = |grads: Vec<Option<FlexTensor>>| -> [Option<FlexTensor>; 3] {
+            grads.try_into().unwrap_or_else(|_| unreachable!("three gradients"))
+        };
+        let [d_merged, dw_proj, db_proj] =
+            three(linear_backward(state.proj, dy, &[want_qkv, want_w_proj, want_b_proj], isa));
+        let [dx, dw_qkv, db_qkv] = match d_merged {
+            Some(d_merged) => {
+                let d_qkv = attention_backward(&state.qkv, &state.probs, self.heads, d_merged, isa);
+                three(linear_backward(state.qkv_layer, d_qkv, &[want_x, want_w_qkv, want_b_qkv], isa))
+            }
+            None => [None, None, None],
+        };
+        [dx, dw_qkv, db_qkv, dw_proj, db_proj, dr]
+    }
+}
+
+/// `residual + proj(qkv_attention(x W_qkv + b_qkv))`: a transformer block's attention and its
+/// residual as one op ([`AttentionAdd`]); the same values as `linear`, [`qkv_attention`] then
+/// `linear_add`, bit for bit.
+///
+/// # Shapes
+/// - x: `[B, L, D]`, w_qkv: `[D, 3D]` (output laid out `(3, heads, D / heads)`), b_qkv: `[3D]`,
+///   w_proj: `[D, D]`, b_proj: `[D]` (burn's layout), residual: `[B, L, D]`
+/// - output: `[B, L, D]`
+pub fn attention_add(
+    x: Tensor<3>,
+    (w_qkv, b_qkv): (Tensor<2>, Tensor<1>),
+    heads: usize,
+    (w_proj, b_proj): (Tensor<2>, Tensor<1>),
+    residual: Tensor<3>,
+) -> Tensor<3> {
+    let [b, l, d] = x.dims();
+    let (x, r) = (x.reshape([b * l, d]), residual.reshape([b * l, d])); // [B L, D]
+    let inputs = [placed(&x), placed(&w_qkv), placed(&b_qkv), placed(&w_proj), placed(&b_proj), placed(&r)];
+    let y: Tensor<2> = dispatch::run(AttentionAdd { heads, tokens: l }, inputs).unwrap_or_else(|| {
+        let qkv = reference::linear(x, w_qkv, b_qkv).reshape([b, l, 3 * d]);
+        r + reference::linear(reference::qkv_attention(qkv, heads).reshape([b * l, d]), w_proj, b_proj)
+    });
+    y.reshape([b, l, d])
 }
 
 /// The fused attention; the backward keeps the input and the probabilities.

@@ -80,6 +80,22 @@ impl<const D: usize> FusedMlpAdd<Tensor<D>> for (&Linear, &Linear) {
     }
 }
 
+/// The qkv and projection layers around multi-head attention, added to a residual, in one op
+/// ([`crate::attention_add`]): the transformer blocks' attention with its residual.
+pub trait FusedAttentionAdd<X> {
+    /// `residual + proj.forward(qkv_attention(qkv.forward(x), heads))`, `self` being
+    /// `(qkv, proj)`.
+    fn fused_attention_add(&self, heads: usize, x: X, residual: X) -> X;
+}
+
+impl FusedAttentionAdd<Tensor<3>> for (&Linear, &Linear) {
+    /// [`crate::attention_add`].
+    fn fused_attention_add(&self, heads: usize, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        let device = x.device();
+        crate::attention_add(x, weight_and_bias(self.0, &device), heads, weight_and_bias(self.1, &device), residual)
+    }
+}
+
 impl Fused<Tensor<4>> for Conv2d {
     /// [`crate::conv2d`] when the layer fits it (stride 1, dilation 1, one group, a bias,
     /// symmetric padding below the kernel size), [`crate::conv2d_stride2`] for ADM's

@@ -15,6 +15,7 @@
 //! | op | replaces | how |
 //! |---|---|---|
 //! | [`qkv_attention`] | head split, `softmax(q k^T / sqrt(Dh)) v`, head merge | GEMMs on strided views of `qkv`, vectorised softmax, fused softmax backward |
+//! | [`attention_add`] | a residual plus `Linear`, [`qkv_attention`], `Linear` (U-ViT's attention and its residual) | both products and the attention on one image at a time, while its `qkv` and probabilities are in cache |
 //! | [`conv2d`] | burn's `conv2d` (stride 1) and its backward | direct AVX-512 or AVX2 kernels (implicit GEMMs without AVX2) over shifted views of the padded input, no im2col buffer; the weight gradient channels-last (along positions below 8 input channels) |
 //! | [`conv2d_stride2`] | burn's `conv2d` (3x3, stride 2) and its backward | [`conv2d`]'s kernels on the input's four phases (a 2x2 stride-1 convolution) |
 //! | [`linear`] | burn's `Linear` and its backward | one GEMM per thread on a block of rows; gradients through strided views |
@@ -62,11 +63,11 @@ pub mod testing;
 mod upsample;
 
 pub use alloc::tune_allocator;
-pub use attention::qkv_attention;
+pub use attention::{attention_add, qkv_attention};
 pub use concat::cat_axis1;
 pub use conv::{conv2d, conv2d_stride2};
 pub use gelu::gelu;
-pub use layers::{Fused, FusedAdd, FusedGelu, FusedMlpAdd, FusedSilu, LAYER_NORM_EPS};
+pub use layers::{Fused, FusedAdd, FusedAttentionAdd, FusedGelu, FusedMlpAdd, FusedSilu, LAYER_NORM_EPS};
 pub use linear::{linear, linear_add, linear_cat, linear_gelu, mlp_add};
 pub use norm::{Activation, group_norm, layer_norm};
 pub use upsample::upsample_nearest2x;

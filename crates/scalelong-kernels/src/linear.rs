@@ -20,7 +20,7 @@ use rayon::prelude::*;
 /// in the same order): `cat(parts, 1) W + b` without the concatenation. Each thread takes a block
 /// of rows and runs it [`direct_gemm::ROW_BLOCK`] rows at a time ([`rows_product`]), then
 /// `epilogue(first row, rows)` on those rows while they are in cache (an activation).
-fn linear_rows(
+pub(crate) fn linear_rows(
     parts: &[&FlexTensor],
     w: &FlexTensor,
     b: &FlexTensor,
@@ -74,7 +74,7 @@ fn linear_rows(
 /// bias written first, and the residual is added after. Every element is `(b + one sum over K
 /// in order) + residual` either way, so the values depend neither on the blocking nor on the
 /// kernel.
-fn rows_product<'a>(
+pub(crate) fn rows_product<'a>(
     products: &[(&[f32], usize, &[f32])],
     b: &[f32],
     residual: Option<&[f32]>,
@@ -134,10 +134,10 @@ fn rows_product<'a>(
 }
 
 #[derive(Clone)]
-struct LinearState {
+pub(crate) struct LinearState {
     /// The input's column blocks (`[M, K_i]` each) and the weight `[K, N]`, contiguous.
-    parts: Vec<FlexTensor>,
-    weight: FlexTensor,
+    pub(crate) parts: Vec<FlexTensor>,
+    pub(crate) weight: FlexTensor,
 }
 
 impl std::fmt::Debug for LinearState {
@@ -241,7 +241,7 @@ fn linear_forward(inputs: Vec<FlexTensor>, isa: Option<Isa>) -> (FlexTensor, Lin
 }
 
 /// The gradients of `[part_1, .., part_P, weight, bias]`, each where `wanted`.
-fn linear_backward(
+pub(crate) fn linear_backward(
     LinearState { parts, weight }: LinearState,
     dy: FlexTensor,
     wanted: &[bool],

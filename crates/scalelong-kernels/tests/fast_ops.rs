@@ -379,6 +379,46 @@ fn mlp_add_equals_linear_gelu_then_linear_add() {
     }
 }
 
+#[test]
+fn attention_add_equals_linear_attention_then_linear_add() {
+    // (batch, tokens, heads, head_dim); tolerance 1e-5 relative against burn's composition; bit
+    // for bit against the fused linear, qkv_attention and linear_add, values and the gradients of
+    // every input (x, both weights, the residual, both biases), on two threads and one.
+    for (b, l, heads, dh) in [(2, 5, 2, 4), (3, 65, 4, 16), (1, 17, 1, 8)] {
+        on_every_kernel_set(|kernels| {
+            let f = |x: &[Tensor<4>], p: &[Tensor<1>], fused: bool| {
+                let [b, l, d, _] = x[0].dims();
+                let (x0, w_qkv, w_proj, r) = (
+                    x[0].clone().reshape([b, l, d]),
+                    x[1].clone().reshape([d, 3 * d]),
+                    x[2].clone().reshape([d, d]),
+                    x[3].clone().reshape([b, l, d]),
+                );
+                let (qkv, proj) = ((w_qkv, p[0].clone()), (w_proj, p[1].clone()));
+                if fused {
+                    kernels::attention_add(x0, qkv, heads, proj, r)
+                } else {
+                    let qkv = kernels::linear(x0, qkv.0, qkv.1);
+                    kernels::linear_add(kernels::qkv_attention(qkv, heads), proj.0, proj.1, r)
+                }
+            };
+            let d = heads * dh;
+            let inputs = vec![
+                normal([b, l, d, 1], 1.0),
+                normal([d, 3 * d, 1, 1], 0.3),
+                normal([d, d, 1, 1], 0.3),
+                normal([b, l, d, 1], 1.0),
+            ];
+            let params = vec![normal([3 * d], 0.3), normal([d], 0.3)];
+            let name = format!("attention_add b{b} l{l} h{heads} dh{dh}{kernels}");
+            check_with_params(&name, inputs.clone(), params.clone(), |x, p| f(x, p, true), 1e-5);
+            assert_fused_is_bit_identical(&name, &inputs, &params, f);
+            let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            one_thread.install(|| assert_fused_is_bit_identical(&format!("{name}, one thread"), &inputs, &params, f));
+        });
+    }
+}
+
 /// Where nothing differentiates (flex, not autodiff), the fused ops skip the state a backward
 /// would keep (attention's probabilities, a convolution's padded batch); what they compute is
 /// the training forward's values, bit for bit.

@@ -4,7 +4,7 @@
 use crate::init::{LinearInit, linear};
 use burn::nn::Linear;
 use burn::prelude::*;
-use scalelong_kernels::{Fused, FusedAdd, qkv_attention};
+use scalelong_kernels::{Fused, FusedAttentionAdd, qkv_attention};
 
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -31,9 +31,9 @@ impl Attention {
         self.proj.fused(qkv_attention(qkv, self.heads)) // [B, L, D]
     }
 
-    /// `residual + self.forward(x)`, the sum inside proj's op (the same values).
+    /// `residual + self.forward(x)`: both layers, the attention and the sum in one op, an image
+    /// at a time (the same values).
     pub fn forward_add(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
-        let qkv = self.qkv.fused(x); // [B, L, 3D]
-        self.proj.fused_add(qkv_attention(qkv, self.heads), residual) // [B, L, D]
+        (&self.qkv, &self.proj).fused_attention_add(self.heads, x, residual) // [B, L, D]
     }
 }
