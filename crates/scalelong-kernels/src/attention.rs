@@ -2,7 +2,7 @@
 
 use crate::dispatch::{self, FusedOp, dims, new_tensor, placed};
 use crate::gemm::{gemm_strided, matmul, transpose_block};
-use crate::linear::{LinearState, linear_backward, linear_rows, rows_product};
+use crate::linear::{LinearState, layer_backward, linear_rows, rows_product};
 use crate::math::{self, vectorised_fn};
 use crate::parallel::{Shared, assume_written, filled_through, par_filled};
 use crate::{Isa, reference};
@@ -340,15 +340,11 @@ impl FusedOp<6> for AttentionAdd {
         let [want_x, want_w_qkv, want_b_qkv, want_w_proj, want_b_proj, want_r] = wanted;
         let want_qkv = want_x || want_w_qkv || want_b_qkv;
         let dr = want_r.then(|| dy.clone());
-        let three = |grads: Vec<Option<FlexTensor>>| -> [Option<FlexTensor>; 3] {
-            grads.try_into().unwrap_or_else(|_| unreachable!("three gradients"))
-        };
-        let [d_merged, dw_proj, db_proj] =
-            three(linear_backward(state.proj, dy, &[want_qkv, want_w_proj, want_b_proj], isa));
+        let [d_merged, dw_proj, db_proj] = layer_backward(state.proj, dy, [want_qkv, want_w_proj, want_b_proj], isa);
         let [dx, dw_qkv, db_qkv] = match d_merged {
             Some(d_merged) => {
                 let d_qkv = attention_backward(&state.qkv, &state.probs, self.heads, d_merged, isa);
-                three(linear_backward(state.qkv_layer, d_qkv, &[want_x, want_w_qkv, want_b_qkv], isa))
+                layer_backward(state.qkv_layer, d_qkv, [want_x, want_w_qkv, want_b_qkv], isa)
             }
             None => [None, None, None],
         };

@@ -240,8 +240,19 @@ fn linear_forward(inputs: Vec<FlexTensor>, isa: Option<Isa>) -> (FlexTensor, Lin
     (out, LinearState { parts: inputs, weight })
 }
 
+/// [`linear_backward`] of a layer on one input: the gradients of `[x, weight, bias]`.
+pub(crate) fn layer_backward(
+    state: LinearState,
+    dy: FlexTensor,
+    wanted: [bool; 3],
+    isa: Option<Isa>,
+) -> [Option<FlexTensor>; 3] {
+    let mut grads = linear_backward(state, dy, &wanted, isa).into_iter();
+    std::array::from_fn(|_| grads.next().expect("one gradient per input"))
+}
+
 /// The gradients of `[part_1, .., part_P, weight, bias]`, each where `wanted`.
-pub(crate) fn linear_backward(
+fn linear_backward(
     LinearState { parts, weight }: LinearState,
     dy: FlexTensor,
     wanted: &[bool],
@@ -319,9 +330,8 @@ impl FusedOp<4> for LinearAdd {
     ) -> [Option<FlexTensor>; 4] {
         let [want_x, want_w, want_b, want_r] = wanted;
         let dr = want_r.then(|| dy.clone());
-        let mut grads = linear_backward(state, dy, &[want_x, want_w, want_b], isa).into_iter();
-        let mut next = || grads.next().expect("one gradient per input");
-        [next(), next(), next(), dr]
+        let [dx, dw, db] = layer_backward(state, dy, [want_x, want_w, want_b], isa);
+        [dx, dw, db, dr]
     }
 }
 
@@ -383,9 +393,7 @@ impl FusedOp<3> for LinearGelu {
         wanted: [bool; 3],
         isa: Option<Isa>,
     ) -> [Option<FlexTensor>; 3] {
-        let dz = gelu_backward(&z, &dy, isa);
-        let mut grads = linear_backward(state, dz, &wanted, isa).into_iter();
-        std::array::from_fn(|_| grads.next().expect("one gradient per input"))
+        layer_backward(state, gelu_backward(&z, &dy, isa), wanted, isa)
     }
 }
 
@@ -512,16 +520,10 @@ impl FusedOp<6> for MlpAdd {
         let [want_x, want_w1, want_b1, want_w2, want_b2, want_r] = wanted;
         let want_fc1 = want_x || want_w1 || want_b1;
         let dr = want_r.then(|| dy.clone());
-        let [d_hidden, dw2, db2]: [Option<FlexTensor>; 3] =
-            linear_backward(state.fc2, dy, &[want_fc1, want_w2, want_b2], isa)
-                .try_into()
-                .unwrap_or_else(|_| unreachable!("three gradients"));
+        let [d_hidden, dw2, db2] = layer_backward(state.fc2, dy, [want_fc1, want_w2, want_b2], isa);
         let [dx, dw1, db1] = match d_hidden {
             Some(d_hidden) => {
-                let dz = gelu_backward(&state.z, &d_hidden, isa);
-                linear_backward(state.fc1, dz, &[want_x, want_w1, want_b1], isa)
-                    .try_into()
-                    .unwrap_or_else(|_| unreachable!("three gradients"))
+                layer_backward(state.fc1, gelu_backward(&state.z, &d_hidden, isa), [want_x, want_w1, want_b1], isa)
             }
             None => [None, None, None],
         };
