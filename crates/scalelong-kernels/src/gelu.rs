@@ -8,7 +8,6 @@ use crate::parallel::{CHUNK, par_filled};
 use crate::{Isa, reference};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
-use rayon::prelude::*;
 
 vectorised_fn! {
     /// `x Phi(x)` of each element.
@@ -30,10 +29,10 @@ vectorised_fn! {
 
 vectorised_fn! {
     /// The input gradient `g (Phi(x) + x pdf(x))` of each element.
-    fn gelu_grad_chunk(dst: &mut [f32], xs: &[f32], gs: &[f32]) {
+    fn gelu_grad_chunk(dst: &mut [std::mem::MaybeUninit<f32>], xs: &[f32], gs: &[f32]) {
         for ((o, &v), &g) in dst.iter_mut().zip(xs).zip(gs) {
             let (phi, pdf) = math::phi_and_pdf(v);
-            *o = g * (phi + v * pdf);
+            o.write(g * (phi + v * pdf));
         }
     }
 }
@@ -59,11 +58,23 @@ impl FusedOp<1> for Gelu {
     }
 }
 
-/// The gradient of GELU's input `x` from its output's `grad`, one parallel pass.
+/// The gradient of GELU's input `x` from its output's `grad`, one parallel pass (into memory not
+/// zeroed first: the zeroing was 1.5% of a U-ViT training step).
 pub(crate) fn gelu_backward(x: &FlexTensor, grad: &FlexTensor, isa: Option<Isa>) -> FlexTensor {
-    let mut dx = vec![0.0f32; grad.storage::<f32>().len()];
-    (dx.par_chunks_mut(CHUNK).zip(x.storage::<f32>().par_chunks(CHUNK).zip(grad.storage::<f32>().par_chunks(CHUNK))))
-        .for_each(|(dst, (xs, gs))| gelu_grad_chunk(isa, dst, xs, gs));
+    let (xs, gs) = (x.storage::<f32>(), grad.storage::<f32>());
+    assert_eq!(xs.len(), gs.len(), "GELU's input and its output's gradient");
+    // SAFETY: gelu_grad_chunk writes its whole chunk.
+    let (dx, _) = unsafe {
+        par_filled(
+            gs.len(),
+            CHUNK,
+            || (),
+            |_, i, dst| {
+                let n = dst.len();
+                gelu_grad_chunk(isa, dst, &xs[i * CHUNK..][..n], &gs[i * CHUNK..][..n])
+            },
+        )
+    };
     new_tensor(dx, grad.layout().shape())
 }
 

@@ -3,7 +3,7 @@
 
 use crate::dispatch::{self, FusedOp, new_tensor, placed};
 use crate::math::{self, vectorised_fn};
-use crate::parallel::{par_filled, rows_per_task, sum_partials};
+use crate::parallel::{assume_written, par_filled, rows_per_task, sum_partials};
 use crate::{Isa, reference};
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
@@ -97,7 +97,7 @@ vectorised_fn! {
     ///
     /// dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) with dxhat = dy gamma.
     fn group_norm_grad_run(
-        dst: &mut [f32],
+        dst: &mut [std::mem::MaybeUninit<f32>],
         xs: &[f32],
         ds: &[f32],
         gamma: &[f32],
@@ -117,12 +117,13 @@ vectorised_fn! {
                 for ((o, &xv), &d) in row.iter_mut().zip(rows_x).zip(rows_d) {
                     let y = xv * scale + shift;
                     let sg = math::sigmoid(y);
-                    *o = d * sg * (1.0 + y * (1.0 - sg));
+                    o.write(d * sg * (1.0 + y * (1.0 - sg)));
                 }
             } else {
-                row.copy_from_slice(rows_d);
+                row.write_copy_of_slice(rows_d);
             }
-            let row = &*row;
+            // SAFETY: every element of the row was written just above.
+            let row = &*unsafe { assume_written(row) };
             per_channel.push((math::sum(row, |d| d), math::sum2(row, rows_x, |d, xv| d * (xv - m) * r)));
         }
         let (mut a, mut b) = (0.0f32, 0.0f32);
@@ -132,6 +133,8 @@ vectorised_fn! {
         }
         let n = g.group_len() as f32;
         let (a, b) = (a / n, b / n);
+        // SAFETY: the rows of every channel were written above.
+        let dst = unsafe { assume_written(dst) };
         for ci in 0..g.per_group() {
             let c = c0 + ci;
             for (v, &xv) in dst[ci * s..(ci + 1) * s].iter_mut().zip(&xs[ci * s..(ci + 1) * s]) {
@@ -153,12 +156,19 @@ fn group_norm_backward(
     isa: Option<Isa>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (n, cg) = (g.group_len(), g.per_group());
-    let mut dx = vec![0.0f32; x.len()];
-    let sums: Vec<Vec<(f32, f32)>> = (dx.par_chunks_mut(n).zip(x.par_chunks(n).zip(dout.par_chunks(n))).enumerate())
-        .map(|(run, (dst, (xs, ds)))| {
-            group_norm_grad_run(isa, dst, xs, ds, gamma, beta, stats[run], g, run % g.groups * cg)
-        })
-        .collect();
+    assert!(x.len() == dout.len() && x.len() == n * stats.len());
+    // SAFETY: group_norm_grad_run writes its whole group (into memory not zeroed first).
+    let (dx, sums) = unsafe {
+        par_filled(
+            x.len(),
+            n,
+            || (),
+            |_, run, dst| {
+                let (xs, ds) = (&x[run * n..][..n], &dout[run * n..][..n]);
+                group_norm_grad_run(isa, dst, xs, ds, gamma, beta, stats[run], g, run % g.groups * cg)
+            },
+        )
+    };
     let mut dgamma = vec![0.0f32; g.channels];
     let mut dbeta = vec![0.0f32; g.channels];
     for (run, per_channel) in sums.into_iter().enumerate() {
