@@ -203,8 +203,8 @@ struct Kept {
 }
 
 impl AttentionAdd {
-    /// The output; with `keep`, `qkv`, the probabilities and the merged heads written through
-    /// its pointers too.
+    /// The output, on the direct kernels of `isa`; with `keep`, `qkv`, the probabilities and the
+    /// merged heads written through its pointers too.
     ///
     /// # Safety
     /// `keep`'s pointers address `[B, L, 3D]`, `[B, H, L, L]` and `[B, L, D]` floats, written
@@ -212,9 +212,10 @@ impl AttentionAdd {
     unsafe fn rows(
         &self,
         [x, w_qkv, b_qkv, w_proj, b_proj, r]: &[FlexTensor; 6],
-        isa: Option<Isa>,
+        isa: Isa,
         keep: Option<Kept>,
     ) -> Vec<f32> {
+        let isa = Some(isa);
         let ([m, d], l) = (dims::<2>(x), self.tokens);
         let s = Heads { batch: 1, tokens: l, heads: self.heads, head_dim: d / self.heads }; // one image
         let (dh, d3) = (s.head_dim, 3 * d);
@@ -225,7 +226,7 @@ impl AttentionAdd {
         // Per thread: the image's qkv, probabilities and merged heads where they are not kept,
         // and K^T of a head.
         let room = |len: usize| Vec::<f32>::with_capacity(if keep.is_none() { len } else { 0 });
-        let scratch = || (room(l * d3), room(l * l), room(l * d), vec![0.0f32; if isa.is_some() { dh * l } else { 0 }]);
+        let scratch = || (room(l * d3), room(l * l), room(l * d), vec![0.0f32; dh * l]);
         let image = |(qkv, probs, merged, k_t): &mut (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>),
                      b: usize,
                      dst: &mut [std::mem::MaybeUninit<f32>]| {
@@ -292,10 +293,10 @@ impl FusedOp<6> for AttentionAdd {
     type State = AttentionAddState;
 
     fn forward(&self, inputs: [FlexTensor; 6], isa: Option<Isa>) -> (FlexTensor, AttentionAddState) {
-        if isa.is_none() {
+        let Some(isa) = isa else {
             let (out, state) = self.composed(inputs, true);
             return (out, state.expect("kept"));
-        }
+        };
         let ([m, d], (l, heads)) = (dims::<2>(&inputs[0]), (self.tokens, self.heads));
         let batch = m / l;
         let (mut probs, mut merged, mut out) = (Vec::new(), Vec::new(), Vec::new());
@@ -320,9 +321,9 @@ impl FusedOp<6> for AttentionAdd {
     }
 
     fn infer(&self, inputs: [FlexTensor; 6], isa: Option<Isa>) -> FlexTensor {
-        if isa.is_none() {
+        let Some(isa) = isa else {
             return self.composed(inputs, false).0;
-        }
+        };
         let [m, d] = dims::<2>(&inputs[0]);
         // SAFETY: nothing kept.
         new_tensor(unsafe { self.rows(&inputs, isa, None) }, &[m, d])
@@ -353,8 +354,8 @@ impl FusedOp<6> for AttentionAdd {
 }
 
 /// `residual + proj(qkv_attention(x W_qkv + b_qkv))`: a transformer block's attention and its
-/// residual as one op ([`AttentionAdd`]); the same values as `linear`, [`qkv_attention`] then
-/// `linear_add`, bit for bit.
+/// residual as one op, an image at a time (its `qkv` and probabilities stay in cache); the same
+/// values as [`crate::linear`], [`qkv_attention`] then [`crate::linear_add`], bit for bit.
 ///
 /// # Shapes
 /// - x: `[B, L, D]`, w_qkv: `[D, 3D]` (output laid out `(3, heads, D / heads)`), b_qkv: `[3D]`,

@@ -36,20 +36,6 @@ fn weight_and_bias(layer: &Linear, device: &Device) -> (Tensor<2>, Tensor<1>) {
     (weight, bias)
 }
 
-/// A linear layer whose output is added to a residual, in one op ([`crate::linear_add`]).
-pub trait FusedAdd<X> {
-    /// `residual + self.forward(x)`.
-    fn fused_add(&self, x: X, residual: X) -> X;
-}
-
-impl<const D: usize> FusedAdd<Tensor<D>> for Linear {
-    /// [`crate::linear_add`].
-    fn fused_add(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
-        let (weight, bias) = weight_and_bias(self, &x.device());
-        crate::linear_add(x, weight, bias, residual)
-    }
-}
-
 /// A linear layer followed by GELU in one op ([`crate::linear_gelu`]): the MLPs of the
 /// transformer blocks.
 pub trait FusedGelu<X> {

@@ -19,8 +19,8 @@
 //! | [`conv2d`] | burn's `conv2d` (stride 1) and its backward | direct AVX-512 or AVX2 kernels (implicit GEMMs without AVX2) over shifted views of the padded input, no im2col buffer; the weight gradient channels-last (along positions below 8 input channels) |
 //! | [`conv2d_stride2`] | burn's `conv2d` (3x3, stride 2) and its backward | [`conv2d`]'s kernels on the input's four phases (a 2x2 stride-1 convolution) |
 //! | [`linear`] | burn's `Linear` and its backward | one GEMM per thread on a block of rows; gradients through strided views |
-//! | [`linear_gelu`] | `Linear` then GELU (U-ViT's MLP) | GELU on each block of rows of the product while in cache (inference: in place) |
-//! | [`linear_add`] | a residual plus `Linear` (the transformer blocks' residuals) | the bias and the residual added to the sums in the GEMM tile, before they are stored |
+//! | [`linear_gelu`] | `Linear` then GELU (the first half of [`mlp_add`]) | GELU on each block of rows of the product while in cache (inference: in place) |
+//! | [`linear_add`] | a residual plus `Linear` (the last step of [`mlp_add`] and [`attention_add`]) | the bias and the residual added to the sums in the GEMM tile, before they are stored |
 //! | [`mlp_add`] | a residual plus `Linear`, GELU, `Linear` (U-ViT's MLP and its residual) | both products and GELU on a block of rows while its hidden activations are in L2 |
 //! | [`linear_cat`] | `Linear` on `cat([x, y], -1)` (U-ViT's skip fusion) | [`linear`]'s GEMMs on each part, accumulated onto one output; no concatenation |
 //! | [`gelu`] | burn's `gelu` and its backward | one parallel, vectorised pass each (flex's runs on one thread with libm's erf) |
@@ -67,7 +67,7 @@ pub use attention::{attention_add, qkv_attention};
 pub use concat::cat_axis1;
 pub use conv::{conv2d, conv2d_stride2};
 pub use gelu::gelu;
-pub use layers::{Fused, FusedAdd, FusedAttentionAdd, FusedGelu, FusedMlpAdd, FusedSilu, LAYER_NORM_EPS};
+pub use layers::{Fused, FusedAttentionAdd, FusedGelu, FusedMlpAdd, FusedSilu, LAYER_NORM_EPS};
 pub use linear::{linear, linear_add, linear_cat, linear_gelu, mlp_add};
 pub use norm::{Activation, group_norm, layer_norm};
 pub use upsample::upsample_nearest2x;

@@ -532,8 +532,8 @@ impl FusedOp<6> for MlpAdd {
 }
 
 /// `residual + (gelu(x W1 + b1) W2 + b2)` over the last axis (a transformer block's MLP and its
-/// residual), as one op ([`MlpAdd`]); the same values as [`linear_gelu`] then [`linear_add`],
-/// bit for bit.
+/// residual), as one op, a block of 96 rows at a time (its hidden activations stay in L2); the
+/// same values as [`linear_gelu`] then [`linear_add`], bit for bit.
 ///
 /// # Shapes
 /// - x: `[..., K]`, w1: `[K, H]`, b1: `[H]`, w2: `[H, N]`, b2: `[N]` (burn's layout), residual:
