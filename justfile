@@ -144,7 +144,8 @@ data:
 # Speed and peak memory of our presets against their PyTorch twins (bench/reference): training
 # step, sampler step and diagnostics overhead, in both configurations (one 2-thread process; two
 # 1-thread processes side by side, as a sweep runs), with the CPU, the kernels' ISA and each step's
-# share of the FMA peak measured at start. Needs `pip install torch` for the PyTorch column.
+# share of the FMA peak (measured at start and after the table; the larger reading). Needs
+# `pip install torch` for the PyTorch column.
 # E.g. `just bench-compare --presets uvit-small --strategies 1 --ops sample --repeats 3`.
 bench-compare *args:
     python3 bench/reference/compare.py --features "{{features}}" {{args}}

@@ -13,9 +13,11 @@ Every measurement is its own process (two for 2x1t, started together: they wait 
 after the warm-up), under `/usr/bin/time -v`, so the peak resident memory of each is its own. The
 Rust and the PyTorch measurement of a row run back to back, in alternating order from row to row,
 so both see the same machine; `--repeats` runs the whole table again and gives the spread of
-each ratio over the repeats. At start the script measures the machine's FMA peak (12 independent
-FMA chains per thread on the widest vectors the CPU has, in each configuration: one 2-thread
-process, two 1-thread processes side by side) and reports each step's share of it, for both
+each ratio over the repeats. The script measures the machine's FMA peak (12 independent FMA
+chains per thread on the widest vectors the CPU has, in each configuration: one 2-thread process,
+two 1-thread processes side by side) at start and again after the table, and reports each step's
+share of the larger reading (a peak is what the machine can reach; a probe that lands on a busy
+moment of a shared machine reads low: one read 269 GFLOP/s where the run before read 522), for both
 implementations (FLOPs counted analytically by steps.rs: multiply-accumulates of the matmuls
 and convolutions, times 2, training 3x the forward).
 
@@ -50,14 +52,20 @@ def have_torch():
 
 
 def cpu_model():
+    """The model name, with the family and model numbers: a VM often names only the vendor's line
+    ("AMD EPYC"), and the numbers tell a Zen 3 (family 25) from a Zen 5 (family 26)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return "unknown CPU"
+    name = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def build_rust_bench(features):
@@ -215,16 +223,16 @@ def main():
     except OSError:
         load = float("nan")
     started = time.time()
-    peaks = {}
+    start_peaks = {}
     isa = "?"
     for c in configs:
         per_process, isa = probe_peak(exe, c)
-        peaks[c] = statistics.mean(per_process)
+        start_peaks[c] = statistics.mean(per_process)
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load average {load:.2f} at start; "
           f"Rust kernels: {isa}; batch 64, 32x32x1; {args.samples} timed samples per process after one warm-up, "
           f"medians; {args.repeats} run(s) of the table")
-    print("FMA peak measured now (12 FMA chains per thread, widest vectors): " + "; ".join(
-        f"{c}: {CONFIGS[c][0] * peaks[c]:.0f} GFLOP/s ({CONFIGS[c][0]} x {peaks[c]:.1f})" for c in configs))
+    print("FMA peak measured at start (12 FMA chains per thread, widest vectors): " + "; ".join(
+        f"{c}: {CONFIGS[c][0] * start_peaks[c]:.0f} GFLOP/s ({CONFIGS[c][0]} x {start_peaks[c]:.1f})" for c in configs))
     if torch_ok:
         ver = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__, torch.backends.cpu.get_cpu_capability())"],
                              capture_output=True, text=True).stdout.split()
@@ -272,6 +280,13 @@ def main():
                             line += f", PyTorch {torch[0]:8.1f} ex/s, ratio {rust[0] / torch[0]:.2f}x"
                         print(line, flush=True)
 
+    # The peak again after the table: the larger reading is the machine's (see the module doc).
+    end_peaks = {c: statistics.mean(probe_peak(exe, c)[0]) for c in configs}
+    peaks = {c: max(start_peaks[c], end_peaks[c]) for c in configs}
+    print("\nFMA peak measured after the table: " + "; ".join(
+        f"{c}: {CONFIGS[c][0] * end_peaks[c]:.0f} GFLOP/s" for c in configs)
+        + "; each share of the peak below is of the larger of the two readings")
+
     def pct(eps, flop, config):
         return 100 * eps * flop / (CONFIGS[config][0] * peaks[config])
 
@@ -306,7 +321,7 @@ def main():
     print()
     print("ex/s: the median sample's examples/s, summed over the processes side by side; (samples): the slowest and "
           "fastest sample; ratio: Rust over PyTorch (> 1: Rust faster), the median over the repeats and (repeats) "
-          "their range; %pk: share of the FMA peak measured at start; MB: peak RSS of one process (PyTorch's includes "
+          "their range; %pk: share of the FMA peak (the larger of its readings at start and after the table); MB: peak RSS of one process (PyTorch's includes "
           "the ~0.3-1 GB its libraries occupy after import).")
     if diag_rows:
         worst = max(d["recording_share"] for _, _, d in diag_rows)
