@@ -241,10 +241,12 @@ unsafe fn tile<const R: usize>(
 }
 
 /// The AVX-512 tile: 4 output channels x 64 positions, 16 of the 32 vector registers. Against
-/// the AVX2 tile (same FLOPs a cycle on this CPU, whose AVX-512 unit is 256 bits wide) it needs
-/// 8 loads and broadcasts for 16 FMAs instead of 7 for 10, and its masked loads and stores
-/// replace the scalar tail. Timed side by side on the presets' convolutions (forward, three
-/// rounds), 4 x 64 ran 1.04-1.15x as fast as 8 x 32, and 6 x 64 0.93-0.98x.
+/// the AVX2 tile (same FLOPs a cycle on the Zen 4 it was chosen on, whose AVX-512 unit is 256
+/// bits wide) it needs 8 loads and broadcasts for 16 FMAs instead of 7 for 10, and its masked
+/// loads and stores replace the scalar tail. Timed side by side on the presets' convolutions
+/// (forward, three rounds), 4 x 64 ran 1.04-1.15x as fast as 8 x 32, and 6 x 64 0.93-0.98x. On
+/// a Zen 5 (512-bit FMA units; `sample::unet-small:1`, one pinned thread, alternating builds) 6 x
+/// 64 ran 1.00-1.02x and 8 x 48 0.64-0.65x (24 accumulators; not examined further), so 4 x 64 stays.
 const ROWS_512: usize = 4;
 const VECS_512: usize = 4;
 
