@@ -321,7 +321,8 @@ def main():
     print()
     print("ex/s: the median sample's examples/s, summed over the processes side by side; (samples): the slowest and "
           "fastest sample; ratio: Rust over PyTorch (> 1: Rust faster), the median over the repeats and (repeats) "
-          "their range; %pk: share of the FMA peak (the larger of its readings at start and after the table); MB: peak RSS of one process (PyTorch's includes "
+          "their range; %pk: share of the FMA peak (the larger of its readings at start and after the table); "
+          "MB: peak RSS of one process (PyTorch's includes "
           "the ~0.3-1 GB its libraries occupy after import).")
     if diag_rows:
         worst = max(d["recording_share"] for _, _, d in diag_rows)
